@@ -1,0 +1,8 @@
+"""Recurrent cells: one time step and its hand-derived backward each."""
+
+from rnnkit.cells.base import Cell
+from rnnkit.cells.elman import ElmanCell
+from rnnkit.cells.gru import GRUCell
+from rnnkit.cells.lstm import LSTMCell
+
+__all__ = ["Cell", "ElmanCell", "GRUCell", "LSTMCell"]

@@ -1,0 +1,43 @@
+"""GRU cell (Cho et al. 2014) as torch computes it, gates r|z|n, reset applied after W_hn h:
+
+r = sigmoid(gx_r + gh_r)    z = sigmoid(gx_z + gh_z)
+n = tanh(gx_n + r * gh_n)   where gh_n = h W_hn^T + b_hn
+h' = (1 - z) * n + z * h
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rnnkit.cells.base import Cell, State
+
+
+class GRUCell(Cell):
+    """Gated recurrent unit, parameters as ``torch.nn.GRUCell`` (3H rows: r|z|n).
+
+    Arguments as `rnnkit.cells.Cell`. Shapes: input (B, I) or (I,), hx (B, H) -> h' (B, H).
+    """
+
+    num_gates = 3
+    num_states = 1
+
+    def step(self, gx: Tensor, gh: Tensor, state: State) -> tuple[State, tuple]:
+        (h,) = state
+        x_r, x_z, x_n = gx.chunk(3, dim=1)
+        h_r, h_z, h_n = gh.chunk(3, dim=1)
+        r = torch.sigmoid(x_r + h_r)
+        z = torch.sigmoid(x_z + h_z)
+        n = torch.tanh(torch.addcmul(x_n, r, h_n))
+        h_new = torch.lerp(n, h, z)  # (1 - z) * n + z * h
+        return (h_new,), (r, z, n, h_n, h)
+
+    def step_backward(self, grad_state: State, cache: tuple) -> tuple[Tensor, Tensor, tuple]:
+        (grad_h,) = grad_state
+        r, z, n, h_n, h = cache
+        grad_n_pre = grad_h * (1 - z) * (1 - n * n)
+        grad_r_pre = grad_n_pre * h_n * r * (1 - r)
+        grad_z_pre = grad_h * (h - n) * z * (1 - z)
+        grad_gx = torch.cat((grad_r_pre, grad_z_pre, grad_n_pre), dim=1)
+        grad_gh = torch.cat((grad_r_pre, grad_z_pre, grad_n_pre * r), dim=1)
+        return grad_gx, grad_gh, (grad_h * z,)

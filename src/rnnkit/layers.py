@@ -1,0 +1,314 @@
+"""Layers RNN, LSTM, GRU: torch.nn-compatible, stacked, bidirectional, with ``lengths``.
+
+Shape legend: T sequence length, B batch, I ``input_size``, H ``hidden_size``,
+D = 2 if bidirectional else 1, L ``num_layers``.
+
+    input   (T, B, I), (B, T, I) with batch_first, or unbatched (T, I)
+    hx      (L * D, B, H) or (L * D, H) unbatched; LSTM: a tuple (h_0, c_0) of those
+    lengths (B,) integers in [1, T]; outputs past each end are zero
+    output  (T, B, D * H) (or batch_first / unbatched as the input)
+    h_n     (L * D, B, H): the state at each sequence's own last step (reverse: at its start)
+
+Parameter names, shapes and gate order equal torch's (``weight_ih_l0``, ``bias_hh_l1_reverse``, ...),
+so a ``state_dict`` loads into the matching ``torch.nn`` module and back.
+
+Two implementations compute the same thing (``impl=``):
+    "bptt"  rnnkit's engine (`rnnkit.recurrence`): explicit BPTT, any cell; every feature beyond
+            torch runs on it.
+    "torch" torch's fused kernel (oneDNN for LSTM on the CPU); only for torch's own cells.
+    "auto"  (default) "torch" where it exists for the configuration, else "bptt".
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from rnnkit.cells import Cell, ElmanCell, GRUCell, LSTMCell
+from rnnkit.errors import RnnkitError
+from rnnkit.recurrence import lengths_to_mask, reverse_within_lengths, run_cell
+
+IMPLS = ("auto", "bptt", "torch")
+_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+class _RecurrentLayer(nn.Module):
+    """Shared machinery of RNN, LSTM and GRU; subclasses name the cell and torch's kernel."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        impl: str = "auto",
+        **cell_options,
+    ) -> None:
+        super().__init__()
+        _check_sizes(input_size, hidden_size, num_layers, dropout, impl)
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
+        self.bidirectional, self.impl = bidirectional, impl
+        self.cell_options = cell_options
+        self._cells: list[Cell] = []  # math only; the parameters live on the layer, torch-named
+        for layer in range(num_layers):
+            for suffix in self._suffixes():
+                size_in = input_size if layer == 0 else hidden_size * self.num_directions
+                cell = self._make_cell(size_in, hidden_size, bias, **cell_options)
+                self._cells.append(cell)
+                for kind in _KINDS:
+                    if getattr(cell, kind) is not None:
+                        self.register_parameter(f"{kind}_l{layer}{suffix}", getattr(cell, kind))
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def _suffixes(self) -> tuple[str, ...]:
+        return ("", "_reverse") if self.bidirectional else ("",)
+
+    def _make_cell(self, input_size: int, hidden_size: int, bias: bool, **options) -> Cell:
+        raise NotImplementedError
+
+    def _weights(self, layer: int, suffix: str) -> list[Tensor | None]:
+        """[weight_ih, weight_hh, bias_ih, bias_hh] of one layer and direction (None: no bias)."""
+        return [getattr(self, f"{k}_l{layer}{suffix}", None) for k in _KINDS]
+
+    def reset_parameters(self) -> None:
+        for index, cell in enumerate(self._cells):
+            layer, direction = divmod(index, self.num_directions)
+            cell.init_parameters(*self._weights(layer, self._suffixes()[direction]))
+
+    def uses_torch_kernel(self) -> bool:
+        """True when forward runs torch's fused kernel rather than the BPTT engine."""
+        return self.impl == "torch" or (self.impl == "auto" and self._torch_kernel() is not None)
+
+    def _torch_kernel(self):
+        """torch's fused function for this configuration, or None."""
+        return None
+
+    def forward(self, input: Tensor, hx=None, lengths: Tensor | None = None):
+        """See the module docstring for shapes. Returns (output, h_n), LSTM (output, (h_n, c_n))."""
+        x, state0, lengths, unbatched = self._prepare(input, hx, lengths)
+        if self.uses_torch_kernel():
+            output, final = self._forward_torch(x, state0, lengths)
+        else:
+            output, final = self._forward_bptt(x, state0, lengths)
+        if unbatched:
+            output, final = output.squeeze(1), tuple(s.squeeze(1) for s in final)
+        elif self.batch_first:
+            output = output.transpose(0, 1)
+        return output, (final[0] if len(final) == 1 else final)
+
+    def _forward_bptt(self, x: Tensor, state0: tuple[Tensor, ...], lengths: Tensor | None):
+        mask = None if lengths is None else lengths_to_mask(lengths.to(x.device), x.shape[0])
+        finals: list[list[Tensor]] = [[] for _ in state0]
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction, suffix in enumerate(self._suffixes()):
+                index = layer * self.num_directions + direction
+                w_ih, w_hh, b_ih, b_hh = self._weights(layer, suffix)
+                x_dir = reverse_within_lengths(x, lengths) if direction else x
+                gx = nn.functional.linear(x_dir, w_ih, b_ih)  # all T steps in one product
+                h0 = tuple(s[index] for s in state0)
+                out, final = run_cell(self._cells[index], gx, w_hh, b_hh, h0, mask)
+                outputs.append(reverse_within_lengths(out, lengths) if direction else out)
+                for store, s in zip(finals, final):
+                    store.append(s)
+            x = torch.cat(outputs, dim=-1) if self.bidirectional else outputs[0]
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                x = nn.functional.dropout(x, self.dropout, training=True)
+        return x, tuple(torch.stack(f) for f in finals)
+
+    def _forward_torch(self, x: Tensor, state0: tuple[Tensor, ...], lengths: Tensor | None):
+        kernel = self._torch_kernel()
+        if kernel is None:
+            raise RnnkitError(
+                f"impl='torch': torch has no fused kernel for {self._config_name()}; "
+                "use impl='bptt' or impl='auto'"
+            )
+        weights = [
+            w
+            for layer in range(self.num_layers)
+            for s in self._suffixes()
+            for w in self._weights(layer, s)
+            if w is not None
+        ]
+        hx = state0 if len(state0) > 1 else state0[0]
+        flags = (self.bias, self.num_layers, self.dropout, self.training, self.bidirectional)
+        if lengths is None:
+            output, *final = kernel(x, hx, weights, *flags, False)
+            return output, tuple(final)
+        packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
+        order = packed.sorted_indices.to(x.device)
+        hx = tuple(s.index_select(1, order) for s in state0)
+        hx = hx if len(hx) > 1 else hx[0]
+        data, *final = kernel(packed.data, packed.batch_sizes, hx, weights, *flags)
+        packed_out = packed._replace(data=data)
+        output, _ = pad_packed_sequence(packed_out, total_length=x.shape[0])
+        unorder = packed.unsorted_indices.to(x.device)
+        return output, tuple(s.index_select(1, unorder) for s in final)
+
+    def _config_name(self) -> str:
+        return type(self).__name__
+
+    def _prepare(self, input: Tensor, hx, lengths: Tensor | None):
+        """Validate, and bring input to (T, B, I) and the state to a tuple of (L*D, B, H)."""
+        name = type(self).__name__
+        if not isinstance(input, Tensor) or not input.is_floating_point():
+            got = input.dtype if isinstance(input, Tensor) else type(input).__name__
+            raise RnnkitError(
+                f"{name}: input must be a floating-point tensor, got {got}; "
+                "convert it with input.float() (token ids go through an nn.Embedding first)"
+            )
+        if input.dim() not in (2, 3):
+            raise RnnkitError(
+                f"{name}: input must have shape (T, B, {self.input_size}) or unbatched "
+                f"(T, {self.input_size}), got {tuple(input.shape)}"
+            )
+        if input.shape[-1] != self.input_size:
+            raise RnnkitError(
+                f"{name}: input.size(-1) must equal input_size={self.input_size}, "
+                f"got {input.shape[-1]} (input shape {tuple(input.shape)})"
+            )
+        unbatched = input.dim() == 2
+        x = input.unsqueeze(1) if unbatched else input
+        if self.batch_first and not unbatched:
+            x = x.transpose(0, 1)
+        steps, batch = x.shape[0], x.shape[1]
+        if steps == 0:
+            raise RnnkitError(f"{name}: input is an empty sequence (T=0); give at least one step")
+        state0 = self._prepare_state(hx, batch, unbatched, x)
+        if lengths is not None:
+            lengths = _check_lengths(name, lengths, batch, steps)
+            if bool((lengths == steps).all()):
+                lengths = None
+        return x, state0, lengths, unbatched
+
+    def _prepare_state(self, hx, batch: int, unbatched: bool, x: Tensor) -> tuple[Tensor, ...]:
+        name = type(self).__name__
+        num_states = self._cells[0].num_states
+        shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
+        if hx is None:
+            return tuple(x.new_zeros(shape) for _ in range(num_states))
+        states = (hx,) if isinstance(hx, Tensor) else tuple(hx)
+        if len(states) != num_states:
+            raise RnnkitError(
+                f"{name}: hx must be {'a tuple (h_0, c_0)' if num_states == 2 else 'one tensor'}, "
+                f"got {len(states)} tensor(s)"
+            )
+        expected = shape[::2] if unbatched else shape
+        out = []
+        for label, s in zip(("h_0", "c_0"), states):
+            if tuple(s.shape) != expected:
+                raise RnnkitError(
+                    f"{name}: {label} must have shape {expected} (num_layers * num_directions, "
+                    f"batch, hidden_size), got {tuple(s.shape)}"
+                )
+            if s.dtype != x.dtype:
+                raise RnnkitError(f"{name}: {label} dtype {s.dtype} differs from input {x.dtype}")
+            out.append(s.unsqueeze(1) if unbatched else s)
+        return tuple(out)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        defaults = {
+            "num_layers": 1,
+            "bias": True,
+            "batch_first": False,
+            "dropout": 0.0,
+            "bidirectional": False,
+            "impl": "auto",
+        }
+        for key, default in defaults.items():
+            if getattr(self, key) != default:
+                s += f", {key}={getattr(self, key)!r}"
+        for key, value in self.cell_options.items():
+            s += f", {key}={value!r}"
+        return s
+
+
+def _check_sizes(input_size, hidden_size, num_layers, dropout, impl) -> None:
+    for label, value in (
+        ("input_size", input_size),
+        ("hidden_size", hidden_size),
+        ("num_layers", num_layers),
+    ):
+        if not isinstance(value, int) or value < 1:
+            raise RnnkitError(f"{label} must be a positive integer, got {value!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise RnnkitError(f"dropout must be in [0, 1), got {dropout!r}")
+    if impl not in IMPLS:
+        raise RnnkitError(f"impl must be one of {', '.join(IMPLS)}, got {impl!r}")
+
+
+def _check_lengths(name: str, lengths, batch: int, steps: int) -> Tensor:
+    lengths = torch.as_tensor(lengths)
+    if lengths.dim() != 1 or lengths.shape[0] != batch:
+        raise RnnkitError(
+            f"{name}: lengths must have shape ({batch},), one per sequence, "
+            f"got {tuple(lengths.shape)}"
+        )
+    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+        raise RnnkitError(f"{name}: lengths must be integers, got {lengths.dtype}")
+    longest, shortest = int(lengths.max()), int(lengths.min())
+    if longest > steps:
+        raise RnnkitError(
+            f"{name}: lengths[{int(lengths.argmax())}]={longest} is longer than the input (T={steps})"
+        )
+    if shortest < 1:
+        raise RnnkitError(
+            f"{name}: lengths[{int(lengths.argmin())}]={shortest}; every sequence needs length >= 1"
+        )
+    return lengths.long()
+
+
+class RNN(_RecurrentLayer):
+    """Elman RNN layer, as ``torch.nn.RNN`` plus ``nonlinearity="sigmoid"``, ``lengths``,
+    ``recurrent_init`` ("default" | "orthogonal" | "identity") and ``impl``.
+
+    Per step: h_t = f(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh).
+    """
+
+    def __init__(self, *args, nonlinearity: str = "tanh", **kwargs) -> None:
+        super().__init__(*args, nonlinearity=nonlinearity, **kwargs)
+
+    @property
+    def nonlinearity(self) -> str:
+        return self.cell_options["nonlinearity"]
+
+    def _make_cell(self, input_size, hidden_size, bias, **options) -> Cell:
+        return ElmanCell(input_size, hidden_size, bias, **options)
+
+    def _torch_kernel(self):
+        return {"tanh": torch.rnn_tanh, "relu": torch.rnn_relu}.get(self.nonlinearity)
+
+    def _config_name(self) -> str:
+        return f"RNN(nonlinearity={self.nonlinearity!r})"
+
+
+class LSTM(_RecurrentLayer):
+    """LSTM layer, as ``torch.nn.LSTM`` (without ``proj_size``) plus ``lengths``,
+    ``recurrent_init``, ``forget_bias`` and ``impl``. hx and the final state are (h, c) tuples.
+    """
+
+    def _make_cell(self, input_size, hidden_size, bias, **options) -> Cell:
+        return LSTMCell(input_size, hidden_size, bias, **options)
+
+    def _torch_kernel(self):
+        return torch.lstm
+
+
+class GRU(_RecurrentLayer):
+    """GRU layer, as ``torch.nn.GRU`` plus ``lengths``, ``recurrent_init`` and ``impl``."""
+
+    def _make_cell(self, input_size, hidden_size, bias, **options) -> Cell:
+        return GRUCell(input_size, hidden_size, bias, **options)
+
+    def _torch_kernel(self):
+        return torch.gru
