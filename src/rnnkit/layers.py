@@ -9,8 +9,8 @@ D = 2 if bidirectional else 1, L ``num_layers``.
     output  (T, B, D * H) (or batch_first / unbatched as the input)
     h_n     (L * D, B, H): the state at each sequence's own last step (reverse: at its start)
 
-Parameter names, shapes and gate order equal torch's (``weight_ih_l0``, ``bias_hh_l1_reverse``, ...),
-so a ``state_dict`` loads into the matching ``torch.nn`` module and back.
+Parameter names, shapes and gate order equal torch's (``weight_ih_l0``, ``bias_hh_l1_reverse``,
+...), so a ``state_dict`` loads into the matching ``torch.nn`` module and back.
 
 Two implementations compute the same thing (``impl=``):
     "bptt"  rnnkit's engine (`rnnkit.recurrence`): explicit BPTT, any cell; every feature beyond
@@ -259,7 +259,8 @@ def _check_lengths(name: str, lengths, batch: int, steps: int) -> Tensor:
     longest, shortest = int(lengths.max()), int(lengths.min())
     if longest > steps:
         raise RnnkitError(
-            f"{name}: lengths[{int(lengths.argmax())}]={longest} is longer than the input (T={steps})"
+            f"{name}: lengths[{int(lengths.argmax())}]={longest} is longer than the input "
+            f"(T={steps})"
         )
     if shortest < 1:
         raise RnnkitError(
