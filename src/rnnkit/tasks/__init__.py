@@ -1,0 +1,23 @@
+"""Applications: one module per task, each a thin configuration of the shared parts.
+
+`TASKS` maps a task's name (stored in a run's config.json) to its module; ``rnnkit sample`` and
+``rnnkit eval`` import only modules listed here, never a name taken from a run directory.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from rnnkit.errors import RnnkitError
+
+TASKS: dict[str, str] = {
+    "charlm": "rnnkit.tasks.charlm",
+}
+
+
+def task_module(name: str) -> ModuleType:
+    """The module of task ``name`` (a key of `TASKS`)."""
+    if name not in TASKS:
+        raise RnnkitError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
+    return importlib.import_module(TASKS[name])

@@ -1,0 +1,556 @@
+"""The one training loop of rnnkit; every task trains through it.
+
+The task protocol
+-----------------
+A task is any object with these members (see `Task`); it is the only place where data meets a
+model, and the trainer knows nothing of either:
+
+``name: str``
+    the task's key in `rnnkit.tasks.TASKS` (so ``rnnkit sample/eval`` can rebuild the run).
+``steps_per_epoch: int | None``
+    optimizer steps in one pass over the training data; None if batches are sampled freely
+    (then ``max_epochs`` cannot be used).
+``config() -> dict``
+    JSON-able settings that rebuild the model and the data pipeline (stored in config.json).
+``save_assets(run_dir)``
+    write what else the run needs besides weights, e.g. ``vocab.json`` (may do nothing).
+``build_model() -> nn.Module``
+    a fresh model (the trainer seeds torch first, so this is deterministic).
+``train_batch(step, rng) -> batch``
+    the batch of optimizer step ``step`` (0-based). Draw all randomness from ``rng`` (a
+    `torch.Generator` the trainer seeds and checkpoints): that is what makes resuming exact.
+``loss(model, batch, state) -> StepOutput``
+    the training loss of one batch. ``state`` is what the previous step returned in
+    ``StepOutput.state`` (detached), or None: return a state only for truncated BPTT over a
+    stream (see `rnnkit.training.tbptt`), else leave it None.
+``evaluate(model, full) -> dict[str, float]``
+    validation metrics; must include ``"loss"`` (lower is better: early stopping and the best
+    checkpoint follow it). Called in eval mode under ``torch.no_grad()``; ``full=False`` during
+    training (a task may use a fixed subset to save time), ``full=True`` once at the end.
+
+The trainer does the rest: AdamW, linear warm-up then cosine decay of the learning rate, clipping
+by global norm (the pre-clip norm is logged as ``grad_norm``), budgets (steps, epochs, seconds;
+the first reached stops training, and the schedule follows whichever is tightest), evaluation
+every ``eval_every`` steps, early stopping, seeding, checkpoints, ``metrics.jsonl``, the loss
+curve, a progress bar, Ctrl-C (finish the step, save, stop) and exact resume.
+
+Example::
+
+    class Parity:                                    # is the number of ones in x odd?
+        name, steps_per_epoch = "parity", None
+        def config(self): return {}
+        def save_assets(self, run_dir): pass
+        def build_model(self): return ParityNet()    # your nn.Module: (B, T, 1) -> (B,)
+        def train_batch(self, step, rng):
+            x = torch.randint(0, 2, (32, 20, 1), generator=rng).float()
+            return x, x.sum((1, 2)) % 2
+        def loss(self, model, batch, state):
+            x, y = batch
+            return StepOutput(F.binary_cross_entropy_with_logits(model(x), y), tokens=x.numel())
+        def evaluate(self, model, full):
+            x, y = self.train_batch(0, torch.Generator().manual_seed(123))
+            return {"loss": float(F.binary_cross_entropy_with_logits(model(x), y))}
+
+    result = Trainer(Parity(), TrainConfig(max_steps=2000, eval_every=200), "runs/parity").fit()
+    # later, with a larger budget:  Trainer(Parity(), config, "runs/parity", resume=True).fit()
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+import rnnkit
+from rnnkit.errors import RnnkitError
+from rnnkit.training import checkpoint as ckpt
+from rnnkit.training.metrics import MetricsLog, Progress, plot_loss_curve
+from rnnkit.training.tbptt import detach_state
+
+
+@dataclass
+class StepOutput:
+    """What a task's ``loss`` returns for one batch.
+
+    Attributes:
+        loss: scalar tensor to minimise.
+        state: recurrent state to carry into the next step (truncated BPTT), else None.
+        tokens: items in the batch (time steps x sequences), for the tokens/s figure.
+        metrics: extra floats to average into the logged train record.
+    """
+
+    loss: Tensor
+    state: Any = None
+    tokens: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Task(Protocol):
+    """The interface a task implements; see the module docstring."""
+
+    name: str
+    steps_per_epoch: int | None
+
+    def config(self) -> dict[str, Any]: ...
+    def save_assets(self, run_dir: Path) -> None: ...
+    def build_model(self) -> nn.Module: ...
+    def train_batch(self, step: int, rng: torch.Generator) -> Any: ...
+    def loss(self, model: nn.Module, batch: Any, state: Any) -> StepOutput: ...
+    def evaluate(self, model: nn.Module, full: bool) -> dict[str, float]: ...
+
+
+@dataclass
+class TrainConfig:
+    """Settings of the training loop (budgets in steps, epochs or seconds; None: no limit).
+
+    ``clip`` None or 0 disables clipping (the norm is still logged). ``eval_every`` and
+    ``log_every`` are in steps; ``checkpoint_every`` None means "at every evaluation".
+    ``patience``: stop after that many evaluations without an improvement of ``min_delta``.
+    ``progress``: "auto" (bar on a terminal, log lines otherwise), "bar", "log" or "none".
+    ``on_nonfinite``: a NaN/inf loss or gradient norm either raises RnnkitError ("raise") or
+    stops training with ``stop_reason="diverged"`` without applying that step ("stop").
+    """
+
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 100
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.1
+    clip: float | None = 1.0
+    max_steps: int | None = None
+    max_epochs: float | None = None
+    max_time: float | None = None
+    eval_every: int = 500
+    log_every: int = 50
+    checkpoint_every: int | None = None
+    patience: int | None = None
+    min_delta: float = 0.0
+    seed: int = 0
+    progress: str = "auto"
+    tensorboard: bool = False
+    on_nonfinite: str = "raise"
+
+    #: fields that may change when resuming (the rest must match the run's config.json)
+    RESUMABLE = (
+        "max_steps",
+        "max_epochs",
+        "max_time",
+        "eval_every",
+        "log_every",
+        "checkpoint_every",
+        "patience",
+        "min_delta",
+        "progress",
+        "tensorboard",
+        "on_nonfinite",
+    )
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a dict, refusing unknown keys (a typo in a config file)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise RnnkitError(
+                f"unknown training setting(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(known))}"
+            )
+        values = dict(values)
+        if "betas" in values:
+            values["betas"] = tuple(values["betas"])
+        return cls(**values)
+
+    def check(self, steps_per_epoch: int | None) -> None:
+        """Raise RnnkitError for settings that cannot work."""
+        if self.max_steps is None and self.max_epochs is None and self.max_time is None:
+            raise RnnkitError("no training budget: set max_steps, max_epochs or max_time")
+        if self.max_epochs is not None and steps_per_epoch is None:
+            raise RnnkitError("this task samples batches freely: use max_steps or max_time")
+        if self.schedule not in ("cosine", "constant"):
+            raise RnnkitError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.on_nonfinite not in ("raise", "stop"):
+            raise RnnkitError(f"on_nonfinite must be 'raise' or 'stop', got {self.on_nonfinite!r}")
+        if self.progress not in ("auto", "bar", "log", "none"):
+            raise RnnkitError(f"progress must be auto, bar, log or none, got {self.progress!r}")
+        for name in ("lr", "max_steps", "max_epochs", "max_time", "eval_every", "log_every"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise RnnkitError(f"{name} must be positive, got {value}")
+
+    def total_steps(self, steps_per_epoch: int | None) -> int | None:
+        """The step budget implied by max_steps and max_epochs (the smaller), or None."""
+        budgets = [self.max_steps] if self.max_steps is not None else []
+        if self.max_epochs is not None and steps_per_epoch is not None:
+            budgets.append(math.ceil(self.max_epochs * steps_per_epoch))
+        return min(budgets) if budgets else None
+
+
+@dataclass
+class FitResult:
+    """How training ended.
+
+    ``stop_reason``: "budget", "early_stopping", "interrupted" (Ctrl-C), "diverged" (see
+    ``on_nonfinite``) or "paused" (`Trainer.request_stop`). ``final`` is the full evaluation
+    (empty when the user stopped training).
+    """
+
+    step: int
+    elapsed: float
+    stop_reason: str
+    best_loss: float | None
+    final: dict[str, float]
+    run_dir: Path
+
+
+Callback = Callable[["Trainer", dict[str, Any]], None]
+
+
+@dataclass
+class _Progress:
+    """The loop's counters: all that, with the RNG states, a checkpoint must restore."""
+
+    step: int = 0
+    elapsed: float = 0.0
+    best_loss: float | None = None
+    bad_evals: int = 0
+
+
+class Trainer:
+    """Trains ``task``'s model into the run directory ``run_dir``; see the module docstring.
+
+    Args:
+        task: an object following the `Task` protocol.
+        config: the training settings. When resuming, only budget, interval and display
+            settings (`TrainConfig.RESUMABLE`) may differ from the run's; None takes the run's.
+        run_dir: the run directory; refused if it already holds a run unless ``resume``.
+        resume: continue the run in ``run_dir`` from its last checkpoint.
+        callbacks: called after every step as ``callback(trainer, record)`` with ``record``
+            holding step, loss, lr, grad_norm; a callback may call `request_stop`.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        config: TrainConfig | None,
+        run_dir: str | Path,
+        *,
+        resume: bool = False,
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
+        self.task, self.run_dir, self.resume = task, Path(run_dir), resume
+        self.callbacks = list(callbacks)
+        self.config = self._resolve_config(config)
+        self.config.check(task.steps_per_epoch)
+        self.total_steps = self.config.total_steps(task.steps_per_epoch)
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.counters = _Progress()
+        self.carried: Any = None
+        self._stop_reason: str | None = None
+        self._setup()
+
+    # --- setup ----------------------------------------------------------------------------
+
+    def _resolve_config(self, config: TrainConfig | None) -> TrainConfig:
+        if not self.resume:
+            if ckpt.is_run(self.run_dir):
+                raise RnnkitError(
+                    f"{self.run_dir} already holds a run; resume it (--resume) or choose another "
+                    "output directory (--out)"
+                )
+            if self.run_dir.exists() and (not self.run_dir.is_dir() or any(self.run_dir.iterdir())):
+                raise RnnkitError(f"{self.run_dir} exists and is not an empty directory")
+            return config or TrainConfig()
+        saved = ckpt.read_config(self.run_dir)
+        if saved.get("task") != self.task.name:
+            raise RnnkitError(
+                f"{self.run_dir} is a {saved.get('task')!r} run, not {self.task.name!r}"
+            )
+        run_config = TrainConfig.from_dict(saved["train"])
+        if config is None:
+            return run_config
+        for f in fields(TrainConfig):
+            same = getattr(config, f.name) == getattr(run_config, f.name)
+            if not same and f.name not in TrainConfig.RESUMABLE:
+                raise RnnkitError(
+                    f"cannot change {f.name} when resuming ({getattr(run_config, f.name)!r} in "
+                    f"the run, {getattr(config, f.name)!r} given); start a new run instead"
+                )
+        return config
+
+    def _setup(self) -> None:
+        torch.manual_seed(self.config.seed)
+        self.model = self.task.build_model()
+        self.data_rng = torch.Generator().manual_seed(self.config.seed + 1)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=self.config.lr,
+            betas=self.config.betas,
+            weight_decay=self.config.weight_decay,
+        )
+        if self.resume:
+            self._load_checkpoint()
+        else:
+            self._create_run()
+
+    def _create_run(self) -> None:
+        train = asdict(self.config)
+        run = {"task": self.task.name, "task_config": self.task.config(), "train": train}
+        ckpt.write_config(self.run_dir, {**run, "rnnkit_version": rnnkit.__version__})
+        self.task.save_assets(self.run_dir)
+
+    # --- checkpoints ----------------------------------------------------------------------
+
+    def save_checkpoint(self) -> None:
+        """Commit model, optimizer, counters, RNG states and carried state atomically."""
+        carried, spec = ckpt.flatten_state(self.carried)
+        tensors = {
+            "rng.torch": torch.get_rng_state(),
+            "rng.data": self.data_rng.get_state(),
+            **carried,
+        }
+        state = {**asdict(self.counters), "carried_spec": spec, "train": asdict(self.config)}
+        model_sd = self.model.state_dict()
+        files = {
+            ckpt.MODEL: ckpt.tensors_to_bytes(model_sd, {"step": self.counters.step}),
+            ckpt.OPTIMIZER: ckpt.optimizer_to_bytes(self.optimizer),
+            ckpt.TRAINER_TENSORS: ckpt.tensors_to_bytes(tensors, {"step": self.counters.step}),
+            ckpt.TRAINER_STATE: ckpt.json_bytes(state),
+        }
+        ckpt.commit_files(self.run_dir, files)
+
+    def _load_checkpoint(self) -> None:
+        ckpt.recover(self.run_dir)
+        if not (self.run_dir / ckpt.TRAINER_STATE).is_file():
+            raise RnnkitError(f"{self.run_dir} has no checkpoint to resume from; train it anew")
+        state = ckpt.read_json(self.run_dir / ckpt.TRAINER_STATE)
+        ckpt.load_model_weights(self.model, self.run_dir / ckpt.MODEL)
+        ckpt.load_optimizer(self.optimizer, self.run_dir / ckpt.OPTIMIZER)
+        tensors, _ = ckpt.read_tensors(self.run_dir / ckpt.TRAINER_TENSORS)
+        torch.set_rng_state(tensors["rng.torch"])
+        self.data_rng.set_state(tensors["rng.data"])
+        self.carried = ckpt.unflatten_state(tensors, state["carried_spec"])
+        self.counters = _Progress(
+            step=state["step"],
+            elapsed=state["elapsed"],
+            best_loss=state["best_loss"],
+            bad_evals=state["bad_evals"],
+        )
+        self.metrics.truncate_after(self.counters.step)
+        ckpt.update_train_config(self.run_dir, asdict(self.config))
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def request_stop(self, reason: str = "paused") -> None:
+        """Stop after the current step (a checkpoint is saved)."""
+        self._stop_reason = self._stop_reason or reason
+
+    def fit(self) -> FitResult:
+        """Train until a budget, early stopping, Ctrl-C or `request_stop`; see `FitResult`."""
+        cfg, c = self.config, self.counters
+        progress = Progress(cfg.progress, self.total_steps, cfg.max_time, c.step, c.elapsed)
+        board = _tensorboard(self.run_dir) if cfg.tensorboard else None
+        window = _Window()
+        start = time.perf_counter() - c.elapsed
+        restore_sigint = self._install_sigint(progress)
+        try:
+            while self._stop_reason is None and not self._budget_spent(time.perf_counter() - start):
+                record = self._train_step()
+                if record is None:  # diverged, step not applied
+                    break
+                c.step += 1
+                c.elapsed = time.perf_counter() - start
+                window.add(record)
+                for callback in self.callbacks:
+                    callback(self, record)
+                if c.step % cfg.log_every == 0:
+                    self._log_train(window.flush(c.elapsed), progress, board)
+                if c.step % cfg.eval_every == 0:
+                    self._evaluate(progress, board, full=False)
+                    c.elapsed = time.perf_counter() - start
+                    window.t0 = time.perf_counter()  # tokens/s counts training only
+                if self._checkpoint_due():
+                    self.save_checkpoint()
+        finally:
+            restore_sigint()
+        c.elapsed = time.perf_counter() - start
+        if window.steps:
+            self._log_train(window.flush(c.elapsed), progress, board)
+        reason = self._stop_reason or "budget"
+        final = {} if reason in ("interrupted", "paused") else self._evaluate(progress, board, True)
+        self.save_checkpoint()
+        self._plot()
+        progress.close()
+        if board is not None:
+            board.close()
+        return FitResult(c.step, c.elapsed, reason, c.best_loss, final, self.run_dir)
+
+    def _budget_spent(self, elapsed: float) -> bool:
+        if self.total_steps is not None and self.counters.step >= self.total_steps:
+            return True
+        return self.config.max_time is not None and elapsed >= self.config.max_time
+
+    def _checkpoint_due(self) -> bool:
+        every = self.config.checkpoint_every or self.config.eval_every
+        return self.counters.step % every == 0 and self._stop_reason is None
+
+    def _train_step(self) -> dict[str, Any] | None:
+        """One optimizer step; returns the step's record (loss, lr, grad_norm, ...), or None if
+        the loss or gradient was not finite and ``on_nonfinite="stop"`` (nothing applied)."""
+        cfg, step = self.config, self.counters.step
+        batch = self.task.train_batch(step, self.data_rng)
+        self.model.train()
+        out = self.task.loss(self.model, batch, self.carried)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        max_norm = cfg.clip if cfg.clip else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        loss = float(out.loss.detach())
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            return self._diverged(step, loss, grad_norm)
+        lr = self.learning_rate(step, self.counters.elapsed)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.carried = detach_state(out.state)
+        clipped = bool(cfg.clip) and grad_norm > cfg.clip
+        return {"step": step + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                "clipped": clipped, "tokens": out.tokens, **out.metrics}  # fmt: skip
+
+    def _diverged(self, step: int, loss: float, grad_norm: float) -> None:
+        if self.config.on_nonfinite == "raise":
+            raise RnnkitError(
+                f"training diverged at step {step} (loss {loss}, gradient norm {grad_norm}); "
+                f"lower the learning rate (now {self.config.lr}) or clip gradients (--clip 1.0); "
+                "the last checkpoint is intact"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        record = {"step": step, "split": "train", "loss": loss, "grad_norm": grad_norm}
+        self.metrics.write({**record, "diverged": True, "elapsed": round(self.counters.elapsed, 3)})
+        self.request_stop("diverged")
+        return None
+
+    def learning_rate(self, step: int, elapsed: float) -> float:
+        """Linear warm-up over ``warmup_steps``, then cosine decay to ``min_lr_ratio * lr``
+        over the budget (steps, or seconds with only a time budget; the tightest wins)."""
+        cfg = self.config
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return cfg.lr
+        fractions = []
+        if self.total_steps is not None:
+            span = max(1, self.total_steps - cfg.warmup_steps - 1)  # last step at the floor
+            fractions.append((step - cfg.warmup_steps) / span)
+        if cfg.max_time is not None:
+            fractions.append(elapsed / cfg.max_time)
+        t = min(1.0, max(fractions))
+        return cfg.lr * (
+            cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+        )
+
+    def _evaluate(self, progress: Progress, board, full: bool) -> dict[str, float]:
+        """Evaluate (RNG-neutral), log, track the best model and early stopping."""
+        c, cfg = self.counters, self.config
+        self.model.eval()
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            result = {k: float(v) for k, v in self.task.evaluate(self.model, full).items()}
+        if "loss" not in result:
+            raise TypeError(f"{type(self.task).__name__}.evaluate must return a 'loss'")
+        record = {"step": c.step, "split": "valid", **result, "elapsed": round(c.elapsed, 3)}
+        if full:
+            record["final"] = True
+        self.metrics.write(record)
+        if board is not None:
+            for key, value in result.items():
+                board.add_scalar(f"valid/{key}", value, c.step)
+        progress.message(
+            f"step {c.step} validation " + " ".join(f"{k} {v:.4f}" for k, v in result.items())
+        )
+        if full:  # the final evaluation may use more data: not comparable with the best
+            pass
+        elif c.best_loss is None or result["loss"] < c.best_loss - cfg.min_delta:
+            c.best_loss, c.bad_evals = result["loss"], 0
+            data = ckpt.tensors_to_bytes(self.model.state_dict(), {"step": c.step, **result})
+            ckpt.atomic_write_bytes(self.run_dir / ckpt.BEST, data)
+        else:
+            c.bad_evals += 1
+            if cfg.patience is not None and c.bad_evals >= cfg.patience:
+                progress.message(f"early stopping: no improvement in {c.bad_evals} evaluations")
+                self.request_stop("early_stopping")
+        self._plot()
+        return result
+
+    def _log_train(self, record: dict[str, Any], progress: Progress, board) -> None:
+        self.metrics.write(record)
+        if board is not None:
+            for key in ("loss", "lr", "grad_norm"):
+                board.add_scalar(f"train/{key}", record[key], record["step"])
+        shown = {"loss": record["loss"], "tok/s": round(record["tokens_per_s"]),
+                 "lr": record["lr"], "gnorm": record["grad_norm"]}  # fmt: skip
+        progress.update(record["step"], record["elapsed"], shown)
+
+    def _plot(self) -> None:
+        plot_loss_curve(self.metrics.read(), self.run_dir / "loss.png", title=self.task.name)
+
+    def _install_sigint(self, progress: Progress) -> Callable[[], None]:
+        """First Ctrl-C: finish the step, save, stop. Second: abort at once."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):
+            if self._stop_reason == "interrupted":
+                raise KeyboardInterrupt
+            progress.message(
+                "interrupted: saving a checkpoint after this step (Ctrl-C again aborts)"
+            )
+            self.request_stop("interrupted")
+
+        signal.signal(signal.SIGINT, handler)
+        return lambda: signal.signal(signal.SIGINT, previous)
+
+
+class _Window:
+    """Accumulates step records between two train log lines."""
+
+    def __init__(self) -> None:
+        self.steps, self.records, self.t0 = 0, [], time.perf_counter()
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.steps += 1
+        self.records.append(record)
+
+    def flush(self, elapsed: float) -> dict[str, Any]:
+        rs, last = self.records, self.records[-1]
+        seconds = max(time.perf_counter() - self.t0, 1e-9)
+        out = {"step": last["step"], "split": "train", "lr": last["lr"],
+               "grad_norm": last["grad_norm"], "elapsed": round(elapsed, 3),
+               "grad_norm_max": max(r["grad_norm"] for r in rs),
+               "clipped": sum(r["clipped"] for r in rs),
+               "tokens_per_s": sum(r["tokens"] for r in rs) / seconds}  # fmt: skip
+        skip = {"step", "lr", "grad_norm", "clipped", "tokens"}
+        for key in rs[-1]:
+            if key not in skip:
+                out[key] = sum(float(r[key]) for r in rs) / len(rs)
+        self.steps, self.records, self.t0 = 0, [], time.perf_counter()
+        return out
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise RnnkitError(
+            "TensorBoard logging needs the tensorboard package: pip install tensorboard"
+        ) from None
+    return SummaryWriter(str(run_dir / "tensorboard"))
