@@ -1,0 +1,115 @@
+"""Cells: one step against torch.nn.*Cell, the hand-derived backward by gradcheck, init."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rnnkit
+from rnnkit.recurrence import lengths_to_mask, run_cell
+
+B, I, H = 3, 4, 5
+CELLS = {
+    "elman_tanh": (lambda: rnnkit.ElmanCell(I, H), torch.nn.RNNCell(I, H)),
+    "elman_relu": (
+        lambda: rnnkit.ElmanCell(I, H, nonlinearity="relu"),
+        torch.nn.RNNCell(I, H, nonlinearity="relu"),
+    ),
+    "elman_sigmoid": (lambda: rnnkit.ElmanCell(I, H, nonlinearity="sigmoid"), None),
+    "lstm": (lambda: rnnkit.LSTMCell(I, H), torch.nn.LSTMCell(I, H)),
+    "gru": (lambda: rnnkit.GRUCell(I, H), torch.nn.GRUCell(I, H)),
+}
+
+
+@pytest.mark.parametrize("name", [n for n, (_, ref) in CELLS.items() if ref is not None])
+@pytest.mark.parametrize("batched", [True, False])
+def test_cell_matches_torch_cell(name, batched):
+    make, ref = CELLS[name]
+    cell, ref = make().double(), ref.double()
+    ref.load_state_dict(cell.state_dict())
+    shape = (B,) if batched else ()
+    x = torch.randn(*shape, I, dtype=torch.float64)
+    count = 2 if name == "lstm" else 1
+    states = tuple(torch.randn(*shape, H, dtype=torch.float64) for _ in range(count))
+    hx = states if count == 2 else states[0]
+    ours, theirs = cell(x, hx), ref(x, hx)
+    for mine, expected in zip(ours if count == 2 else [ours], theirs if count == 2 else [theirs]):
+        torch.testing.assert_close(mine, expected, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+@pytest.mark.parametrize("masked", [False, True])
+def test_step_backward_passes_gradcheck(name, masked):
+    """The engine's hand-written BPTT through each cell, with and without a length mask."""
+    torch.manual_seed(0)
+    cell = CELLS[name][0]().double()
+    T = 5
+    gx = torch.randn(T, B, cell.num_gates * H, dtype=torch.float64, requires_grad=True)
+    w_hh = (0.5 * torch.randn(cell.num_gates * H, H, dtype=torch.float64)).requires_grad_()
+    b_hh = torch.randn(cell.num_gates * H, dtype=torch.float64, requires_grad=True)
+    state0 = tuple(
+        torch.randn(B, H, dtype=torch.float64, requires_grad=True) for _ in range(cell.num_states)
+    )
+    mask = lengths_to_mask(torch.tensor([5, 2, 3]), T) if masked else None
+
+    def run(gx, w_hh, b_hh, *state0):
+        output, final = run_cell(cell, gx, w_hh, b_hh, state0, mask)
+        return (output, *final)
+
+    assert torch.autograd.gradcheck(run, (gx, w_hh, b_hh, *state0))
+
+
+@pytest.mark.parametrize("cls", [rnnkit.RNN, rnnkit.LSTM, rnnkit.GRU])
+def test_layer_passes_gradcheck_with_lengths_and_both_directions(cls):
+    torch.manual_seed(0)
+    layer = cls(3, 4, num_layers=2, bidirectional=True, impl="bptt").double()
+    x = torch.randn(5, 3, 3, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([2, 5, 3])
+    names = [name for name, _ in layer.named_parameters()]
+
+    def run(x, *weights):
+        output, final = torch.func.functional_call(
+            layer, dict(zip(names, weights)), (x,), {"lengths": lengths}
+        )
+        return (output, *(final if isinstance(final, tuple) else (final,)))
+
+    weights = [p.detach().clone().requires_grad_() for p in layer.parameters()]
+    assert torch.autograd.gradcheck(run, (x, *weights))
+
+
+def test_default_init_matches_torch_bounds():
+    cell = rnnkit.GRUCell(I, 100)
+    bound = 1 / 100**0.5
+    for p in cell.parameters():
+        assert p.abs().max() <= bound
+        assert p.abs().max() > 0.9 * bound  # uniform over the whole range, not a narrow one
+
+
+def test_orthogonal_recurrent_init():
+    cell = rnnkit.LSTMCell(I, H, recurrent_init="orthogonal")
+    for block in cell.weight_hh.detach().view(4, H, H):
+        torch.testing.assert_close(block @ block.T, torch.eye(H), atol=1e-5, rtol=0)
+
+
+def test_identity_recurrent_init_is_irnn():
+    cell = rnnkit.ElmanCell(I, H, nonlinearity="relu", recurrent_init="identity")
+    torch.testing.assert_close(cell.weight_hh.detach(), torch.eye(H))
+    assert not cell.bias_ih.any() and not cell.bias_hh.any()
+    layer = rnnkit.RNN(I, H, num_layers=2, nonlinearity="relu", recurrent_init="identity")
+    torch.testing.assert_close(layer.weight_hh_l1.detach(), torch.eye(H))
+
+
+def test_forget_bias():
+    cell = rnnkit.LSTMCell(I, H, forget_bias=1.0)
+    torch.testing.assert_close(cell.bias_ih.detach()[H : 2 * H], torch.ones(H))
+    torch.testing.assert_close(cell.bias_hh.detach()[H : 2 * H], torch.zeros(H))
+    layer = rnnkit.LSTM(I, H, bidirectional=True, forget_bias=2.0)
+    layer.reset_parameters()
+    torch.testing.assert_close(layer.bias_ih_l0_reverse.detach()[H : 2 * H], 2 * torch.ones(H))
+
+
+def test_bad_cell_options():
+    with pytest.raises(rnnkit.RnnkitError, match="nonlinearity must be one of tanh, relu, sigmoid"):
+        rnnkit.ElmanCell(I, H, nonlinearity="gelu")
+    with pytest.raises(rnnkit.RnnkitError, match="recurrent_init must be one of"):
+        rnnkit.GRUCell(I, H, recurrent_init="xavier")
