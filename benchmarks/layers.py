@@ -1,0 +1,114 @@
+"""Speed of rnnkit's layers against torch.nn and a plain Python loop over the cell; prints JSON.
+
+    python benchmarks/layers.py [--repeats 3] [--shapes 32,100,128,256 ...] [--cells lstm gru]
+
+For each cell and shape (B, T, I, H), one layer, float32, all in one process: the median time of
+forward and of forward+backward for rnnkit with each ``impl``, ``torch.nn`` and a Python loop of
+``rnnkit`` cell steps under autograd, their ratio to ``torch.nn``, and GFLOP/s of the matrix
+products (forward 2*T*B*G*H*(I+H) flops, forward+backward three times that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+import rnnkit
+
+SHAPES = [(32, 100, 128, 256), (64, 200, 256, 512), (16, 512, 64, 128), (1, 1000, 64, 256)]
+CELLS = {
+    "lstm": (rnnkit.LSTM, torch.nn.LSTM, rnnkit.LSTMCell, 4),
+    "gru": (rnnkit.GRU, torch.nn.GRU, rnnkit.GRUCell, 3),
+    "rnn_tanh": (rnnkit.RNN, torch.nn.RNN, rnnkit.ElmanCell, 1),
+}
+
+
+def cell_loop(cell: rnnkit.Cell):
+    """The plain loop a layer stands for: one autograd step per time step."""
+
+    def run(x: torch.Tensor):
+        state = cell.initial_state(x.shape[1], x.dtype, x.device)
+        outputs = []
+        for x_t in x:
+            new = cell(x_t, state if cell.num_states > 1 else state[0])
+            state = new if isinstance(new, tuple) else (new,)
+            outputs.append(state[0])
+        return torch.stack(outputs), state
+
+    return run
+
+
+def median_time(fn, x: torch.Tensor, backward: bool, repeats: int) -> float:
+    times = []
+    for i in range(repeats + 1):  # the first call warms up (allocator, oneDNN primitives)
+        x.grad = None
+        start = time.perf_counter()
+        if backward:
+            fn(x)[0].sum().backward()
+        else:
+            with torch.no_grad():
+                fn(x)
+        if i:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_shape(cell: str, shape: tuple[int, int, int, int], repeats: int) -> dict:
+    layer_cls, torch_cls, cell_cls, gates = CELLS[cell]
+    B, T, I, H = shape
+    reference = torch_cls(I, H)
+    cell_module = cell_cls(I, H)
+    variants = {"torch.nn": reference, "python_loop": cell_loop(cell_module)}
+    for impl in ("bptt", "torch"):
+        layer = layer_cls(I, H, impl=impl)
+        layer.load_state_dict(reference.state_dict())
+        variants[f"rnnkit_{impl}"] = layer
+    x = torch.randn(T, B, I, requires_grad=True)
+    flops = 2 * T * B * gates * H * (I + H)
+    result = {"cell": cell, "B": B, "T": T, "I": I, "H": H}
+    for name, fn in variants.items():
+        fwd = median_time(fn, x, False, repeats)
+        both = median_time(fn, x, True, repeats)
+        result[name] = {
+            "forward_ms": round(1e3 * fwd, 2),
+            "forward_backward_ms": round(1e3 * both, 2),
+            "forward_backward_gflops": round(3 * flops / both / 1e9, 1),
+        }
+    base = result["torch.nn"]
+    for name in variants:
+        if name != "torch.nn":
+            for key in ("forward_ms", "forward_backward_ms"):
+                result[name][f"{key.removesuffix('_ms')}_ratio_to_torch"] = round(
+                    result[name][key] / base[key], 2
+                )
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
+    parser.add_argument(
+        "--shapes", nargs="+", default=[",".join(map(str, s)) for s in SHAPES], help="B,T,I,H"
+    )
+    args = parser.parse_args()
+    shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes]
+    results = [bench_shape(c, s, args.repeats) for c in args.cells for s in shapes]
+    document = {
+        "benchmark": "layers",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "dtype": "float32",
+        "results": results,
+    }
+    print(json.dumps(document, indent=1))
+
+
+if __name__ == "__main__":
+    main()
