@@ -1,0 +1,1 @@
+"""Data: generators and loaders that turn raw data into batches (padded tensors + lengths)."""

@@ -1,0 +1,1 @@
+"""Models: topologies and output heads built on the recurrent layers (import the submodules)."""
