@@ -30,7 +30,6 @@ from rnnkit.errors import RnnkitError
 from rnnkit.recurrence import lengths_to_mask, reverse_within_lengths, run_cell
 
 IMPLS = ("auto", "bptt", "torch")
-_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
 class _RecurrentLayer(nn.Module):
@@ -61,9 +60,8 @@ class _RecurrentLayer(nn.Module):
                 size_in = input_size if layer == 0 else hidden_size * self.num_directions
                 cell = self._make_cell(size_in, hidden_size, bias, **cell_options)
                 self._cells.append(cell)
-                for kind in _KINDS:
-                    if getattr(cell, kind) is not None:
-                        self.register_parameter(f"{kind}_l{layer}{suffix}", getattr(cell, kind))
+                for name in cell.parameter_names():
+                    self.register_parameter(f"{name}_l{layer}{suffix}", getattr(cell, name))
 
     @property
     def num_directions(self) -> int:
@@ -75,14 +73,16 @@ class _RecurrentLayer(nn.Module):
     def _make_cell(self, input_size: int, hidden_size: int, bias: bool, **options) -> Cell:
         raise NotImplementedError
 
-    def _weights(self, layer: int, suffix: str) -> list[Tensor | None]:
-        """[weight_ih, weight_hh, bias_ih, bias_hh] of one layer and direction (None: no bias)."""
-        return [getattr(self, f"{k}_l{layer}{suffix}", None) for k in _KINDS]
+    def _weights(self, layer: int, suffix: str) -> dict[str, Tensor | None]:
+        """The parameters of one layer and direction by their cell's names (None: no bias)."""
+        cell = self._cells[layer * self.num_directions + (1 if suffix else 0)]
+        names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", *cell.extra_parameters)
+        return {k: getattr(self, f"{k}_l{layer}{suffix}", None) for k in names}
 
     def reset_parameters(self) -> None:
         for index, cell in enumerate(self._cells):
             layer, direction = divmod(index, self.num_directions)
-            cell.init_parameters(*self._weights(layer, self._suffixes()[direction]))
+            cell.init_parameters(self._weights(layer, self._suffixes()[direction]))
 
     def uses_torch_kernel(self) -> bool:
         """True when forward runs torch's fused kernel rather than the BPTT engine."""
@@ -112,11 +112,11 @@ class _RecurrentLayer(nn.Module):
             outputs = []
             for direction, suffix in enumerate(self._suffixes()):
                 index = layer * self.num_directions + direction
-                w_ih, w_hh, b_ih, b_hh = self._weights(layer, suffix)
+                cell = self._cells[index]
                 x_dir = reverse_within_lengths(x, lengths) if direction else x
-                gx = nn.functional.linear(x_dir, w_ih, b_ih)  # all T steps in one product
+                gx, w_hh, b_hh, params = cell.engine_inputs(x_dir, self._weights(layer, suffix))
                 h0 = tuple(s[index] for s in state0)
-                out, final = run_cell(self._cells[index], gx, w_hh, b_hh, h0, mask)
+                out, final = run_cell(cell, gx, w_hh, b_hh, h0, mask, params)
                 outputs.append(reverse_within_lengths(out, lengths) if direction else out)
                 for store, s in zip(finals, final):
                     store.append(s)
@@ -136,7 +136,7 @@ class _RecurrentLayer(nn.Module):
             w
             for layer in range(self.num_layers)
             for s in self._suffixes()
-            for w in self._weights(layer, s)
+            for w in self._weights(layer, s).values()
             if w is not None
         ]
         hx = state0 if len(state0) > 1 else state0[0]

@@ -30,20 +30,21 @@ from rnnkit.cells.base import Cell, State
 
 
 class _BPTT(torch.autograd.Function):
-    """outputs (T, B, H) and final state from gx (T, B, G*H), W_hh, b_hh and the initial state."""
+    """outputs (T, B, H) and final state from gx (T, B, G*H), W_hh, b_hh, the cell's params and
+    the initial state; ``inputs`` is ``(*params, *state0)`` (autograd needs them flat)."""
 
     @staticmethod
-    def forward(ctx, cell: Cell, mask: Tensor | None, gx, weight_hh, bias_hh, *state0):
+    def forward(ctx, cell, mask, recurrent_mask, num_params, gx, weight_hh, bias_hh, *inputs):
+        params, state = inputs[:num_params], inputs[num_params:]
         w_t = weight_hh.t()
-        state = state0
-        h_prev, caches, outputs = [], [], []
+        h_in, caches, outputs = [], [], []
         for t in range(gx.shape[0]):
-            h = state[0]
+            h = state[0] if recurrent_mask is None else state[0] * recurrent_mask
             gh = h @ w_t if bias_hh is None else torch.addmm(bias_hh, h, w_t)
-            new_state, cache = cell.step(gx[t], gh, state)
+            new_state, cache = cell.step(gx[t], gh, state, params)
             if mask is not None:
                 new_state = tuple(torch.where(mask[t], n, s) for n, s in zip(new_state, state))
-            h_prev.append(h)
+            h_in.append(h)
             caches.append(cache)
             outputs.append(new_state[0])
             state = new_state
@@ -51,42 +52,61 @@ class _BPTT(torch.autograd.Function):
         if mask is not None:
             output = output * mask
         ctx.cell, ctx.caches, ctx.has_bias = cell, caches, bias_hh is not None
-        ctx.save_for_backward(mask, weight_hh, torch.stack(h_prev))
+        ctx.shapes = [s.shape for s in state]
+        ctx.save_for_backward(mask, recurrent_mask, weight_hh, torch.stack(h_in), *params)
         # Clones: returning tensors that the caches also hold would make a reference cycle.
         return (output, *(s.clone() for s in state))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output, *grad_final):
-        mask, weight_hh, h_prev = ctx.saved_tensors
-        cell, caches = ctx.cell, ctx.caches
-        T, B, H = h_prev.shape
-        gates = weight_hh.shape[0]
-        grad_state = [
-            g if g is not None else h_prev.new_zeros(B, H) for g in grad_final
-        ]  # d loss / d state_t, carried backwards
+        mask, recurrent_mask, weight_hh, h_in, *params = ctx.saved_tensors
+        T, B, _ = h_in.shape
+        grad_state = list(grad_final)  # d loss / d state_t, carried backwards
         if grad_output is not None and mask is not None:
             grad_output = grad_output * mask
-        grad_gx = h_prev.new_empty(T, B, gates)
-        grad_gh = h_prev.new_empty(T, B, gates)
+        grad_gx = h_in.new_empty(T, B, weight_hh.shape[0])
+        grad_gh = torch.empty_like(grad_gx)
+        grad_params = [torch.zeros_like(p) for p in params]
         for t in range(T - 1, -1, -1):
+            grad_state = _fill_zeros(grad_state, ctx.shapes, h_in)
             if grad_output is not None:
                 grad_state[0] = grad_state[0] + grad_output[t]
             if mask is not None:
-                m = mask[t]
-                kept = [g * ~m for g in grad_state]  # past the end: the state passed through
-                grad_state = [g * m for g in grad_state]
-            dgx, dgh, direct = cell.step_backward(tuple(grad_state), caches[t])
-            grad_gx[t] = dgx
-            grad_gh[t] = dgh
-            grad_state = [g if g is not None else h_prev.new_zeros(B, H) for g in direct]
-            grad_state[0] = torch.addmm(grad_state[0], dgh, weight_hh)
+                kept = [g * ~mask[t] for g in grad_state]  # past the end the state passed through
+                grad_state = [g * mask[t] for g in grad_state]
+            dgx, dgh, direct, dparams = ctx.cell.step_backward(
+                tuple(grad_state), ctx.caches[t], tuple(params)
+            )
+            grad_gx[t], grad_gh[t] = dgx, dgh
+            for total, g in zip(grad_params, dparams):
+                total += g
+            through_gh = dgh @ weight_hh
+            if recurrent_mask is not None:
+                through_gh = through_gh * recurrent_mask
+            grad_state = [through_gh if direct[0] is None else direct[0] + through_gh, *direct[1:]]
             if mask is not None:
-                grad_state = [g + k for g, k in zip(grad_state, kept)]
-        flat_gh = grad_gh.view(T * B, gates)
-        grad_weight_hh = flat_gh.t() @ h_prev.view(T * B, H)
+                grad_state = [k if g is None else g + k for g, k in zip(grad_state, kept)]
+        flat_gh = grad_gh.view(T * B, -1)
+        grad_weight_hh = flat_gh.t() @ h_in.view(T * B, -1)
         grad_bias_hh = flat_gh.sum(0) if ctx.has_bias else None
-        return (None, None, grad_gx, grad_weight_hh, grad_bias_hh, *grad_state)
+        grad_state = _fill_zeros(grad_state, ctx.shapes, h_in)
+        return (
+            None,
+            None,
+            None,
+            None,
+            grad_gx,
+            grad_weight_hh,
+            grad_bias_hh,
+            *grad_params,
+            *grad_state,
+        )
+
+
+def _fill_zeros(grads: list, shapes: list[torch.Size], like: Tensor) -> list[Tensor]:
+    """Replace None (no gradient reached this state) by zeros of the state's shape."""
+    return [like.new_zeros(shape) if g is None else g for g, shape in zip(grads, shapes)]
 
 
 def run_cell(
@@ -96,20 +116,27 @@ def run_cell(
     bias_hh: Tensor | None,
     state0: State,
     mask: Tensor | None = None,
+    params: tuple[Tensor, ...] = (),
+    recurrent_mask: Tensor | None = None,
 ) -> tuple[Tensor, State]:
     """Run ``cell`` forward over time with the explicit BPTT backward.
 
     Args:
         cell: supplies ``step`` and ``step_backward`` (its own parameters are not used).
-        gx: (T, B, G*H) input projections of every step, ``x @ W_ih^T + b_ih``.
+        gx: (T, B, G*H) input projections of every step, e.g. ``x @ W_ih^T + b_ih``.
         weight_hh: (G*H, H); bias_hh: (G*H,) or None.
         state0: tuple of (B, H) tensors, the state before step 0.
         mask: (T, B, 1) bool, True where t < length; None when every sequence has length T.
+        params: the cell's extra parameters used by its ``step`` (see `Cell.engine_inputs`).
+        recurrent_mask: (B, H) multiplier of h before the recurrent product at every step
+            (variational recurrent dropout, Gal & Ghahramani 2016), or None.
 
     Returns:
         output (T, B, H): h_t at each step (zero past a sequence's end), and the final state.
     """
-    output, *final = _BPTT.apply(cell, mask, gx, weight_hh, bias_hh, *state0)
+    output, *final = _BPTT.apply(
+        cell, mask, recurrent_mask, len(params), gx, weight_hh, bias_hh, *params, *state0
+    )
     return output, tuple(final)
 
 

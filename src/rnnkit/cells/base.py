@@ -2,17 +2,21 @@
 
 Shapes: B batch, I input size, H hidden size, G number of gate blocks (1 Elman, 4 LSTM, 3 GRU).
 
-A cell never computes its input projection: the engine (`rnnkit.recurrence`) hoists
-``gx = x @ weight_ih.T + bias_ih`` for all time steps into one matrix product, and computes
-``gh = h @ weight_hh.T + bias_hh`` each step, so a cell only writes the pointwise math:
+A cell never computes its input projection inside the time loop: the engine
+(`rnnkit.recurrence`) asks the cell for its ``engine_inputs`` (by default
+``gx = x @ weight_ih.T + bias_ih`` for all time steps in one matrix product), computes
+``gh = h @ weight_hh.T + bias_hh`` each step, and leaves the cell only the pointwise math:
 
-- ``step(gx, gh, state) -> (new_state, cache)``
-- ``step_backward(grad_state, cache) -> (grad_gx, grad_gh, grad_state_direct)``
+- ``step(gx, gh, state, params) -> (new_state, cache)``
+- ``step_backward(grad_state, cache, params) -> (grad_gx, grad_gh, grad_state_direct,
+  grad_params)``
 
-where ``state`` is a tuple whose first entry is the hidden state ``h`` (B, H), ``grad_state`` is
-the gradient of the loss w.r.t. ``new_state``, and ``grad_state_direct`` is the gradient w.r.t. the
-previous state *except* the path through ``gh`` (the engine adds ``grad_gh @ weight_hh``).
-An entry of ``grad_state_direct`` may be None, meaning zero.
+where ``state`` is a tuple whose first entry is the hidden state ``h`` (B, H), ``params`` the
+tensors of the cell's ``extra_parameters`` that the step uses (empty for the classic cells),
+``grad_state`` the gradient of the loss w.r.t. ``new_state``, and ``grad_state_direct`` the gradient
+w.r.t. the previous state *except* the path through ``gh`` (the engine adds
+``grad_gh @ weight_hh``); an entry may be None, meaning zero. ``grad_params`` holds one step's
+gradient for each of ``params``; the engine sums them over time.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class Cell(nn.Module):
 
     num_gates: int = 1
     num_states: int = 1
+    extra_parameters: tuple[str, ...] = ()  # beyond weight_ih, weight_hh, bias_ih, bias_hh
 
     def __init__(
         self,
@@ -65,21 +70,40 @@ class Cell(nn.Module):
         self.weight_hh = nn.Parameter(torch.empty(gh, hidden_size))
         self.bias_ih = nn.Parameter(torch.empty(gh)) if bias else None
         self.bias_hh = nn.Parameter(torch.empty(gh)) if bias else None
+        for name, shape in self.extra_parameter_shapes().items():
+            self.register_parameter(name, nn.Parameter(torch.empty(shape)))
         self.reset_parameters()
 
+    def extra_parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of the ``extra_parameters`` (subclasses that have any override this)."""
+        return {}
+
+    def parameter_names(self) -> list[str]:
+        """Names of this cell's parameters, in torch's order, then the extra ones."""
+        names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if self.bias else [])
+        return names + list(self.extra_parameters)
+
+    def named_weights(self) -> dict[str, Tensor | None]:
+        """This cell's own parameters by name (None for absent biases)."""
+        return {
+            n: getattr(self, n, None) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        } | {n: getattr(self, n) for n in self.extra_parameters}
+
     def reset_parameters(self) -> None:
-        self.init_parameters(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        self.init_parameters(self.named_weights())
 
     @torch.no_grad()
-    def init_parameters(
-        self, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | None, bias_hh: Tensor | None
-    ) -> None:
-        """Initialise the given tensors in place (layers call this with their own parameters)."""
+    def init_parameters(self, weights: dict[str, Tensor | None]) -> None:
+        """Initialise the given tensors in place (layers call this with their own parameters).
+
+        Every tensor gets torch's U(-1/sqrt(H), 1/sqrt(H)); then ``recurrent_init`` applies.
+        """
         bound = 1.0 / math.sqrt(self.hidden_size)
-        for p in (weight_ih, weight_hh, bias_ih, bias_hh):
+        for p in weights.values():
             if p is not None:
                 p.uniform_(-bound, bound)
-        blocks = weight_hh.view(self.num_gates, self.hidden_size, self.hidden_size)
+        bias_ih, bias_hh = weights["bias_ih"], weights["bias_hh"]
+        blocks = weights["weight_hh"].view(self.num_gates, self.hidden_size, self.hidden_size)
         if self.recurrent_init == "orthogonal":
             for block in blocks:
                 nn.init.orthogonal_(block)
@@ -90,12 +114,26 @@ class Cell(nn.Module):
                 if p is not None:
                     p.zero_()
 
-    def step(self, gx: Tensor, gh: Tensor, state: State) -> tuple[State, tuple]:
+    def engine_inputs(
+        self, x: Tensor, weights: dict[str, Tensor | None]
+    ) -> tuple[Tensor, Tensor, Tensor | None, tuple[Tensor, ...]]:
+        """What the engine needs to run this cell over x (T, B, I), given the parameters by name.
+
+        Returns gx (T, B, G*H) for all steps (here one matrix product; autograd differentiates
+        it), weight_hh (G*H, H), bias_hh (G*H,) or None, and the ``params`` of ``step``.
+        """
+        gx = nn.functional.linear(x, weights["weight_ih"], weights["bias_ih"])
+        return gx, weights["weight_hh"], weights["bias_hh"], ()
+
+    def step(self, gx: Tensor, gh: Tensor, state: State, params: tuple = ()) -> tuple[State, tuple]:
         """One time step from the projections gx, gh (B, G*H) and the state; see module doc."""
         raise NotImplementedError
 
-    def step_backward(self, grad_state: State, cache: tuple) -> tuple[Tensor, Tensor, tuple]:
-        """Gradients of one step: (grad_gx, grad_gh) (B, G*H) and the direct state gradient."""
+    def step_backward(
+        self, grad_state: State, cache: tuple, params: tuple = ()
+    ) -> tuple[Tensor, Tensor, tuple, tuple]:
+        """Gradients of one step: grad_gx, grad_gh (B, G*H), the direct state gradient, and the
+        gradients of ``params``."""
         raise NotImplementedError
 
     def initial_state(self, batch: int, dtype: torch.dtype, device: torch.device) -> State:
@@ -118,9 +156,9 @@ class Cell(nn.Module):
             state = (hx,) if isinstance(hx, Tensor) else tuple(hx)
             if unbatched:
                 state = tuple(s.unsqueeze(0) for s in state)
-        gx = nn.functional.linear(input, self.weight_ih, self.bias_ih)
-        gh = nn.functional.linear(state[0], self.weight_hh, self.bias_hh)
-        new_state, _ = self.step(gx, gh, state)
+        gx, weight_hh, bias_hh, params = self.engine_inputs(input[None], self.named_weights())
+        gh = nn.functional.linear(state[0], weight_hh, bias_hh)
+        new_state, _ = self.step(gx[0], gh, state, params)
         if unbatched:
             new_state = tuple(s.squeeze(0) for s in new_state)
         return new_state[0] if self.num_states == 1 else new_state

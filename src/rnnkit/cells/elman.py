@@ -40,7 +40,7 @@ class ElmanCell(Cell):
         self.nonlinearity = nonlinearity
         super().__init__(input_size, hidden_size, bias, recurrent_init)
 
-    def step(self, gx: Tensor, gh: Tensor, state: State) -> tuple[State, tuple]:
+    def step(self, gx: Tensor, gh: Tensor, state: State, params: tuple = ()) -> tuple[State, tuple]:
         pre = gx + gh
         if self.nonlinearity == "tanh":
             h = torch.tanh(pre)
@@ -50,7 +50,9 @@ class ElmanCell(Cell):
             h = torch.sigmoid(pre)
         return (h,), (h,)
 
-    def step_backward(self, grad_state: State, cache: tuple) -> tuple[Tensor, Tensor, tuple]:
+    def step_backward(
+        self, grad_state: State, cache: tuple, params: tuple = ()
+    ) -> tuple[Tensor, Tensor, tuple, tuple]:
         (grad_h,) = grad_state
         (h,) = cache
         if self.nonlinearity == "tanh":
@@ -59,7 +61,7 @@ class ElmanCell(Cell):
             grad_pre = grad_h * (h > 0)
         else:
             grad_pre = grad_h * h * (1 - h)
-        return grad_pre, grad_pre, (None,)
+        return grad_pre, grad_pre, (None,), ()
 
     def extra_repr(self) -> str:
         s = super().extra_repr()

@@ -22,7 +22,7 @@ class GRUCell(Cell):
     num_gates = 3
     num_states = 1
 
-    def step(self, gx: Tensor, gh: Tensor, state: State) -> tuple[State, tuple]:
+    def step(self, gx: Tensor, gh: Tensor, state: State, params: tuple = ()) -> tuple[State, tuple]:
         (h,) = state
         x_r, x_z, x_n = gx.chunk(3, dim=1)
         h_r, h_z, h_n = gh.chunk(3, dim=1)
@@ -32,7 +32,9 @@ class GRUCell(Cell):
         h_new = torch.lerp(n, h, z)  # (1 - z) * n + z * h
         return (h_new,), (r, z, n, h_n, h)
 
-    def step_backward(self, grad_state: State, cache: tuple) -> tuple[Tensor, Tensor, tuple]:
+    def step_backward(
+        self, grad_state: State, cache: tuple, params: tuple = ()
+    ) -> tuple[Tensor, Tensor, tuple, tuple]:
         (grad_h,) = grad_state
         r, z, n, h_n, h = cache
         grad_n_pre = grad_h * (1 - z) * (1 - n * n)
@@ -40,4 +42,4 @@ class GRUCell(Cell):
         grad_z_pre = grad_h * (h - n) * z * (1 - z)
         grad_gx = torch.cat((grad_r_pre, grad_z_pre, grad_n_pre), dim=1)
         grad_gh = torch.cat((grad_r_pre, grad_z_pre, grad_n_pre * r), dim=1)
-        return grad_gx, grad_gh, (grad_h * z,)
+        return grad_gx, grad_gh, (grad_h * z,), ()

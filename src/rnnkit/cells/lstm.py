@@ -39,14 +39,14 @@ class LSTMCell(Cell):
         super().__init__(input_size, hidden_size, bias, recurrent_init)
 
     @torch.no_grad()
-    def init_parameters(self, weight_ih, weight_hh, bias_ih, bias_hh) -> None:
-        super().init_parameters(weight_ih, weight_hh, bias_ih, bias_hh)
-        if self.forget_bias is not None and bias_ih is not None:
+    def init_parameters(self, weights: dict[str, Tensor | None]) -> None:
+        super().init_parameters(weights)
+        if self.forget_bias is not None and weights["bias_ih"] is not None:
             hs = slice(self.hidden_size, 2 * self.hidden_size)
-            bias_ih[hs] = self.forget_bias
-            bias_hh[hs] = 0.0
+            weights["bias_ih"][hs] = self.forget_bias
+            weights["bias_hh"][hs] = 0.0
 
-    def step(self, gx: Tensor, gh: Tensor, state: State) -> tuple[State, tuple]:
+    def step(self, gx: Tensor, gh: Tensor, state: State, params: tuple = ()) -> tuple[State, tuple]:
         h, c = state
         gates = gx + gh  # (B, 4H)
         i, f, g, o = gates.chunk(4, dim=1)
@@ -56,7 +56,9 @@ class LSTMCell(Cell):
         h_new = o * tanh_c
         return (h_new, c_new), (i, f, g, o, c, tanh_c)
 
-    def step_backward(self, grad_state: State, cache: tuple) -> tuple[Tensor, Tensor, tuple]:
+    def step_backward(
+        self, grad_state: State, cache: tuple, params: tuple = ()
+    ) -> tuple[Tensor, Tensor, tuple, tuple]:
         grad_h, grad_c = grad_state
         i, f, g, o, c, tanh_c = cache
         grad_o = grad_h * tanh_c
@@ -70,7 +72,7 @@ class LSTMCell(Cell):
             ),
             dim=1,
         )
-        return grad_gates, grad_gates, (None, grad_c * f)
+        return grad_gates, grad_gates, (None, grad_c * f), ()
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
