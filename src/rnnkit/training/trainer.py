@@ -375,10 +375,10 @@ class Trainer:
                     self._log_train(window.flush(c.elapsed), progress, board)
                 if c.step % cfg.eval_every == 0:
                     self._evaluate(progress, board, full=False)
-                    c.elapsed = time.perf_counter() - start
-                    window.t0 = time.perf_counter()  # tokens/s counts training only
                 if self._checkpoint_due():
                     self.save_checkpoint()
+                if window.steps == 0:  # tokens/s counts training only
+                    c.elapsed, window.t0 = time.perf_counter() - start, time.perf_counter()
         finally:
             restore_sigint()
         c.elapsed = time.perf_counter() - start
@@ -473,9 +473,8 @@ class Trainer:
         if board is not None:
             for key, value in result.items():
                 board.add_scalar(f"valid/{key}", value, c.step)
-        progress.message(
-            f"step {c.step} validation " + " ".join(f"{k} {v:.4f}" for k, v in result.items())
-        )
+        shown = " ".join(f"{k} {v:.4f}" for k, v in result.items())
+        progress.message(f"step {c.step} {'final ' if full else ''}validation {shown}")
         if full:  # the final evaluation may use more data: not comparable with the best
             pass
         elif c.best_loss is None or result["loss"] < c.best_loss - cfg.min_delta:

@@ -1,0 +1,364 @@
+"""Character-level (or word-level) language modelling on a text file.
+
+Data: the first ``1 - valid_fraction`` of the file trains, the rest validates (by characters).
+Model: `SequenceModel` with an embedding (token ids in, next-token logits out).
+Training batches (``batching``):
+
+- ``"random"`` (default): B windows of L tokens at random offsets, each from a zero state;
+- ``"stream"``: truncated BPTT, B parallel streams read in consecutive chunks of L tokens, the
+  state carried from chunk to chunk (`rnnkit.training.tbptt`).
+
+Metric: cross-entropy of the next token in nats (and bits) per token, on the validation text cut
+into consecutive windows of L tokens, each read from a zero state (``loss``: every validation
+token scored once, as in training with random windows). The final evaluation also reports
+``loss_carried``: the same text read as B long streams with the state carried across windows.
+During training the validation loss is measured on the first ``eval_tokens`` validation tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rnnkit.data.text import Vocab, read_text, split_train_valid
+from rnnkit.errors import RnnkitError
+from rnnkit.models.sequence import SequenceModel
+from rnnkit.training import checkpoint as ckpt
+from rnnkit.training.options import merge_settings, parse_duration
+from rnnkit.training.tbptt import StreamBatches, stream_loss_sum
+from rnnkit.training.trainer import FitResult, StepOutput, TrainConfig, Trainer
+
+NAME = "charlm"
+VOCAB = "vocab.json"
+
+
+@dataclass
+class CharLMConfig:
+    """Everything that rebuilds the data pipeline and the model (stored in config.json)."""
+
+    text: str = ""
+    encoding: str = "utf-8"
+    unit: str = "char"
+    valid_fraction: float = 0.1
+    min_count: int = 1
+    max_vocab: int | None = None
+    cell: str = "lstm"
+    embed: int = 128
+    hidden: int = 512
+    layers: int = 2
+    dropout: float = 0.2
+    impl: str = "auto"
+    seq_len: int = 128
+    batch: int = 64
+    batching: str = "random"
+    eval_tokens: int = 32768
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> CharLMConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise RnnkitError(f"unknown charlm setting(s) {', '.join(unknown)}")
+        return cls(**values)
+
+    def check(self) -> None:
+        if self.batching not in ("random", "stream"):
+            raise RnnkitError(f"batching must be 'random' or 'stream', got {self.batching!r}")
+        for name in ("embed", "hidden", "layers", "seq_len", "batch", "eval_tokens"):
+            if getattr(self, name) < 1:
+                raise RnnkitError(f"{name} must be a positive integer, got {getattr(self, name)}")
+
+
+#: training defaults of `rnnkit train charlm` (a 15-minute budget on a 2-core CPU)
+DEFAULT_TRAIN = TrainConfig(
+    lr=2e-3, warmup_steps=50, clip=1.0, max_time=15 * 60, eval_every=100, log_every=10
+)
+
+
+class CharLM:
+    """The task object the trainer drives (see `rnnkit.training.trainer`)."""
+
+    name = NAME
+
+    def __init__(self, config: CharLMConfig, vocab: Vocab | None = None) -> None:
+        config.check()
+        self.cfg = config
+        text = read_text(config.text, config.encoding)
+        train_text, valid_text = split_train_valid(text, config.valid_fraction)
+        self.vocab = vocab or Vocab.build(train_text + valid_text, config.unit, config.min_count,
+                                          config.max_vocab)  # fmt: skip
+        self.train_ids = self.vocab.encode(train_text, f"the training part of {config.text}")
+        self.valid_ids = self.vocab.encode(valid_text, f"the validation part of {config.text}")
+        self._check_sizes()
+        self.stream = None
+        self.steps_per_epoch: int | None = None
+        if config.batching == "stream":
+            self.stream = StreamBatches(self.train_ids, config.batch, config.seq_len)
+            self.steps_per_epoch = self.stream.steps_per_epoch
+        else:
+            tokens_per_step = config.batch * config.seq_len
+            self.steps_per_epoch = max(1, self.train_ids.numel() // tokens_per_step)
+
+    def _check_sizes(self) -> None:
+        need = self.cfg.seq_len + 2
+        for label, ids in (("training", self.train_ids), ("validation", self.valid_ids)):
+            if ids.numel() < need:
+                raise RnnkitError(
+                    f"{self.cfg.text}: the {label} part has {ids.numel()} tokens, fewer than "
+                    f"--seq-len + 2 = {need}; give a longer text or a smaller --seq-len"
+                )
+
+    def config(self) -> dict[str, Any]:
+        return asdict(self.cfg)
+
+    def save_assets(self, run_dir: Path) -> None:
+        ckpt.atomic_write_json(run_dir / VOCAB, self.vocab.to_json())
+
+    def build_model(self) -> SequenceModel:
+        return build_model(self.cfg, len(self.vocab))
+
+    def train_batch(self, step: int, rng: torch.Generator) -> Any:
+        """Random windows: (inputs, targets) (L, B); stream: a `StreamChunk` of (B, L)."""
+        if self.stream is not None:
+            return self.stream.chunk(step)
+        L, B = self.cfg.seq_len, self.cfg.batch
+        starts = torch.randint(0, self.train_ids.numel() - L, (B,), generator=rng)
+        index = starts.unsqueeze(0) + torch.arange(L).unsqueeze(1)  # (L, B)
+        return self.train_ids[index], self.train_ids[index + 1]
+
+    def loss(self, model: nn.Module, batch: Any, state: Any) -> StepOutput:
+        if self.stream is None:
+            inputs, targets = batch
+            state = None
+        else:
+            inputs, targets = batch.inputs.t(), batch.targets.t()  # (L, B)
+            state = None if batch.first else state
+        logits, state = model(inputs, state)  # (L, B, V)
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return StepOutput(loss, state if self.stream is not None else None, targets.numel())
+
+    def evaluate(self, model: nn.Module, full: bool) -> dict[str, float]:
+        ids = self.valid_ids if full else self.valid_ids[: self.cfg.eval_tokens + 1]
+        return evaluate_ids(model, ids, self.cfg, carried=full)
+
+
+def build_model(cfg: CharLMConfig, vocab_size: int) -> SequenceModel:
+    """The language model of ``cfg``: embedding, recurrent layers, a head over the vocabulary."""
+    return SequenceModel(cfg.cell, vocab_size, cfg.hidden, vocab_size, num_layers=cfg.layers,
+                         dropout=cfg.dropout, impl=cfg.impl, embedding_size=cfg.embed)  # fmt: skip
+
+
+def window_loss_sum(model: nn.Module, ids: Tensor, seq_len: int, batch: int) -> tuple[float, int]:
+    """Sum of next-token losses (nats) and their count over ``ids`` (N,), cut into consecutive
+    windows of ``seq_len`` each read from a zero state; every token after the first is scored."""
+    n_windows = math.ceil((ids.numel() - 1) / seq_len)
+    total = 0.0
+    for first in range(0, n_windows, batch):
+        spans = [(w * seq_len, min((w + 1) * seq_len, ids.numel() - 1))
+                 for w in range(first, min(first + batch, n_windows))]  # fmt: skip
+        for length in sorted({b - a for a, b in spans}):  # the last window may be shorter
+            group = [a for a, b in spans if b - a == length]
+            index = torch.tensor(group).unsqueeze(0) + torch.arange(length).unsqueeze(1)  # (L, B)
+            logits, _ = model(ids[index])
+            loss = nn.functional.cross_entropy(
+                logits.flatten(0, 1), ids[index + 1].flatten(), reduction="sum"
+            )
+            total += float(loss)
+    return total, ids.numel() - 1
+
+
+def evaluate_ids(
+    model: nn.Module, ids: Tensor, cfg: CharLMConfig, carried: bool
+) -> dict[str, float]:
+    """Validation metrics of ``ids`` (N,): ``loss`` (nats/token, windows from a zero state),
+    ``bits``, ``perplexity``; with ``carried`` also ``loss_carried`` and ``bits_carried``."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        total, count = window_loss_sum(model, ids, cfg.seq_len, cfg.batch)
+        out = _named(total / count, "")
+        if carried:
+            time_major = _BatchFirst(model)
+            total, count = stream_loss_sum(time_major, ids, cfg.batch, cfg.seq_len)
+            out.update(_named(total / count, "_carried"))
+    model.train(was_training)
+    return out
+
+
+def _named(loss: float, suffix: str) -> dict[str, float]:
+    named = {f"loss{suffix}": loss, f"bits{suffix}": loss / math.log(2)}
+    if not suffix:
+        named["perplexity"] = math.exp(min(loss, 50.0))
+    return named
+
+
+class _BatchFirst(nn.Module):
+    """Adapts the time-major model to `stream_loss_sum`'s (B, L) ids and (B, L, V) logits."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+        logits, state = self.model(ids.t(), state)
+        return logits.transpose(0, 1), state
+
+
+# --- rebuilding a trained run (rnnkit sample / eval) --------------------------------------------
+
+
+def load_run(
+    run_dir: str | Path, checkpoint: str = "last"
+) -> tuple[SequenceModel, Vocab, CharLMConfig]:
+    """The model (eval mode), vocabulary and task config of a charlm run.
+
+    ``checkpoint``: "last" (model.safetensors) or "best" (best.safetensors, the best periodic
+    validation loss).
+    """
+    run_dir = Path(run_dir)
+    config = ckpt.read_config(run_dir)
+    if config.get("task") != NAME:
+        raise RnnkitError(f"{run_dir} is a {config.get('task')!r} run, not a charlm run")
+    ckpt.recover(run_dir)
+    cfg = CharLMConfig.from_dict(config["task_config"])
+    vocab = Vocab.load(run_dir / VOCAB)
+    model = build_model(cfg, len(vocab))
+    names = {"last": ckpt.MODEL, "best": ckpt.BEST}
+    if checkpoint not in names:
+        raise RnnkitError(f"checkpoint must be 'last' or 'best', got {checkpoint!r}")
+    ckpt.load_model_weights(model, run_dir / names[checkpoint])
+    return model.eval(), vocab, cfg
+
+
+# --- what the command line calls --------------------------------------------------------------
+
+#: flag/TOML names that set the training loop, mapped to `TrainConfig` fields
+TRAIN_KEYS = {
+    "lr": "lr",
+    "weight_decay": "weight_decay",
+    "warmup": "warmup_steps",
+    "min_lr_ratio": "min_lr_ratio",
+    "clip": "clip",
+    "max_time": "max_time",
+    "max_steps": "max_steps",
+    "max_epochs": "max_epochs",
+    "eval_every": "eval_every",
+    "log_every": "log_every",
+    "patience": "patience",
+    "seed": "seed",
+    "progress": "progress",
+    "tensorboard": "tensorboard",
+}
+TASK_KEYS = {f.name for f in fields(CharLMConfig)}
+
+
+def train(
+    flags: dict[str, Any],
+    config_file: str | None = None,
+    out: str | None = None,
+    resume: str | None = None,
+) -> FitResult:
+    """Train (or resume) a language model from command-line ``flags`` (None: not given), a TOML
+    ``config_file`` and the defaults; returns how training ended."""
+    values = merge_settings(config_file, flags, TASK_KEYS | set(TRAIN_KEYS))
+    if "max_time" in values:
+        values["max_time"] = parse_duration(values["max_time"])
+    task_values = {k: v for k, v in values.items() if k in TASK_KEYS}
+    train_values = {TRAIN_KEYS[k]: v for k, v in values.items() if k in TRAIN_KEYS}
+    if resume is not None:
+        return _resume(Path(resume), task_values, train_values)
+    if not task_values.get("text"):
+        raise RnnkitError("no text to train on: give --text FILE (or text = ... in --config)")
+    task_values["text"] = str(Path(task_values["text"]).expanduser().resolve())
+    task = CharLM(CharLMConfig.from_dict(task_values))
+    config = TrainConfig.from_dict({**asdict(DEFAULT_TRAIN), **train_values})
+    run_dir = Path(out) if out else Path("runs") / time.strftime("charlm-%Y%m%d-%H%M%S")
+    return Trainer(task, config, run_dir).fit()
+
+
+def _resume(run_dir: Path, task_values: dict[str, Any], train_values: dict[str, Any]) -> FitResult:
+    saved = ckpt.read_config(run_dir)
+    if saved.get("task") != NAME:
+        raise RnnkitError(f"{run_dir} is a {saved.get('task')!r} run, not a charlm run")
+    cfg = CharLMConfig.from_dict(saved["task_config"])
+    for key, value in task_values.items():
+        if key == "text" and Path(value).expanduser().resolve() == Path(cfg.text):
+            continue
+        if getattr(cfg, key) != value:
+            raise RnnkitError(
+                f"cannot change --{key.replace('_', '-')} when resuming (the run has "
+                f"{getattr(cfg, key)!r}); start a new run instead"
+            )
+    task = CharLM(cfg, Vocab.load(run_dir / VOCAB))
+    config = TrainConfig.from_dict({**saved["train"], **train_values})
+    return Trainer(task, config, run_dir, resume=True).fit()
+
+
+def sample(
+    run_dir: str,
+    prompt: str | None = None,
+    length: int = 500,
+    temperature: float = 0.8,
+    top_k: int | None = 40,
+    top_p: float | None = None,
+    seed: int = 1,
+    checkpoint: str = "last",
+) -> Iterator[str]:
+    """Yield the prompt, then the text of each generated token as soon as it is drawn.
+
+    The default prompt is a line break (if the vocabulary has one), which is not echoed.
+    """
+    model, vocab, _ = load_run(run_dir, checkpoint)
+    echo = prompt is not None
+    if prompt is None:
+        prompt = "\n" if "\n" in vocab.index else vocab.tokens[0]
+    if length < 0:
+        raise RnnkitError(f"--length must be >= 0, got {length}")
+    ids = vocab.encode(prompt, "the prompt")
+    if ids.numel() == 0:
+        raise RnnkitError("the prompt has no tokens; give some text, or no --prompt")
+    if echo:
+        yield prompt
+    generator = torch.Generator().manual_seed(seed)
+    previous = int(ids[-1])
+    for token, _ in model.stream(ids, length, temperature, top_k, top_p, generator):
+        token = int(token)
+        yield vocab.decode([previous, token])[len(vocab.decode([previous])) :]
+        previous = token
+
+
+def evaluate_file(
+    run_dir: str, text: str, encoding: str = "utf-8", split: str = "all", checkpoint: str = "last"
+) -> dict[str, float]:
+    """Metrics of a trained run on a text file (``split``: "all" of it, or its "valid" part as
+    cut in training); see `evaluate_ids`. Adds ``tokens``."""
+    model, vocab, cfg = load_run(run_dir, checkpoint)
+    content = read_text(text, encoding)
+    if split not in ("all", "valid"):
+        raise RnnkitError(f"split must be 'all' or 'valid', got {split!r}")
+    if split == "valid":
+        content = split_train_valid(content, cfg.valid_fraction)[1]
+    ids = vocab.encode(content, str(text))
+    if ids.numel() < 2:
+        raise RnnkitError(f"{text} has fewer than 2 tokens; nothing to predict")
+    return {**evaluate_ids(model, ids, cfg, carried=True), "tokens": float(ids.numel() - 1)}
+
+
+def eval_report(run_dir: str, metrics: dict[str, float]) -> str:
+    """Two lines for `rnnkit eval`: loss per token in nats and bits, windowed and carried."""
+    unit = ckpt.read_config(run_dir)["task_config"].get("unit", "char")
+    per = "char" if unit == "char" else "word"
+    return (
+        f"{int(metrics['tokens'])} {per}s: loss {metrics['loss']:.4f} nats/{per} "
+        f"({metrics['bits']:.4f} bits/{per}), perplexity {metrics['perplexity']:.3f}, "
+        f"windows of {ckpt.read_config(run_dir)['task_config']['seq_len']} from a zero state\n"
+        f"state carried through the text: {metrics['loss_carried']:.4f} nats/{per} "
+        f"({metrics['bits_carried']:.4f} bits/{per})"
+    )

@@ -1,0 +1,76 @@
+"""Settings from the command line and from TOML files, shared by every ``rnnkit train`` task.
+
+A task's settings come from three layers, later ones winning: the task's defaults, a TOML file
+(``--config FILE.toml``: flat ``key = value`` lines named like the flags, dashes or underscores),
+then the flags actually given on the command line.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from rnnkit.errors import RnnkitError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)")
+
+
+def parse_duration(value: str | float | int) -> float:
+    """Seconds of a duration: a number of seconds, or like "15m", "90s", "1h30m", "1.5h"."""
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower()
+        try:
+            seconds = float(text)
+        except ValueError:
+            parts = _DURATION.findall(text)
+            if not parts or _DURATION.sub("", text).strip():
+                raise RnnkitError(
+                    f"cannot read the duration {value!r}; write e.g. 900, 90s, 15m or 1h30m"
+                ) from None
+            scale = {"h": 3600.0, "m": 60.0, "s": 1.0}
+            seconds = sum(float(n) * scale[unit] for n, unit in parts)
+    if seconds <= 0:
+        raise RnnkitError(f"a duration must be positive, got {value!r}")
+    return seconds
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The settings of a TOML file, keys with dashes turned into underscores."""
+    path = Path(path)
+    if not path.is_file():
+        raise RnnkitError(f"config file {path} does not exist; check the path")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise RnnkitError(f"config file {path} is not UTF-8 (byte offset {err.start})") from None
+    except tomllib.TOMLDecodeError as err:
+        raise RnnkitError(f"config file {path} is not valid TOML: {err}") from None
+    return {key.replace("-", "_"): value for key, value in data.items()}
+
+
+def merge_settings(
+    config_file: str | None, flags: dict[str, Any], known: set[str]
+) -> dict[str, Any]:
+    """The TOML file's settings overridden by the flags that were given (not None).
+
+    Raises:
+        RnnkitError: a key of the file is not in ``known`` (names the key and the file).
+    """
+    values = read_toml(config_file) if config_file else {}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise RnnkitError(
+            f"{config_file}: unknown setting(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    values.update({k: v for k, v in flags.items() if v is not None})
+    return values
