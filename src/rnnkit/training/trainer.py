@@ -27,6 +27,9 @@ model, and the trainer knows nothing of either:
     validation metrics; must include ``"loss"`` (lower is better: early stopping and the best
     checkpoint follow it). Called in eval mode under ``torch.no_grad()``; ``full=False`` during
     training (a task may use a fixed subset to save time), ``full=True`` once at the end.
+``grad_metrics(model) -> dict[str, float]`` (optional)
+    floats measured on the gradients after backpropagation and before clipping (e.g. the norm
+    of the recurrent weights' gradient); logged with the step like ``StepOutput.metrics``.
 
 The trainer does the rest: AdamW, linear warm-up then cosine decay of the learning rate, clipping
 by global norm (the pre-clip norm is logged as ``grad_norm``), budgets (steps, epochs, seconds;
@@ -411,6 +414,8 @@ class Trainer:
         out = self.task.loss(self.model, batch, self.carried)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        measure = getattr(self.task, "grad_metrics", None)
+        grad_metrics = measure(self.model) if measure is not None else {}
         params = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = cfg.clip if cfg.clip else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
@@ -424,7 +429,8 @@ class Trainer:
         self.carried = detach_state(out.state)
         clipped = bool(cfg.clip) and grad_norm > cfg.clip
         return {"step": step + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                "clipped": clipped, "tokens": out.tokens, **out.metrics}  # fmt: skip
+                "clipped": clipped, "tokens": out.tokens, **out.metrics,
+                **grad_metrics}  # fmt: skip
 
     def _diverged(self, step: int, loss: float, grad_norm: float) -> None:
         if self.config.on_nonfinite == "raise":
