@@ -1,6 +1,9 @@
-"""Output heads: sampling from a categorical output (B batch, V classes)."""
+"""Output heads: sampling from a categorical output (B batch, V classes), and a Gaussian head
+(mean and scale per output) with its negative log-likelihood and prediction intervals."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -45,3 +48,33 @@ def sample_logits(
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+class GaussianHead(torch.nn.Module):
+    """A linear map to the mean and scale of an independent Gaussian per output.
+
+    forward: (..., H) -> (mean (..., O), scale (..., O)), scale = softplus(.) + ``min_scale``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, min_scale: float = 1e-3) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(in_features, 2 * out_features)
+        self.min_scale = min_scale
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        mean, raw = self.proj(features).chunk(2, dim=-1)
+        return mean, torch.nn.functional.softplus(raw) + self.min_scale
+
+    @staticmethod
+    def loss(mean: Tensor, scale: Tensor, target: Tensor) -> Tensor:
+        """Mean negative log-likelihood (nats per value) of ``target`` under N(mean, scale^2)."""
+        z = (target - mean) / scale
+        return (0.5 * z.square() + scale.log() + 0.5 * math.log(2 * math.pi)).mean()
+
+    @staticmethod
+    def interval(mean: Tensor, scale: Tensor, level: float) -> tuple[Tensor, Tensor]:
+        """The central interval holding ``level`` of the probability (e.g. 0.9): (lower, upper)."""
+        if not 0.0 < level < 1.0:
+            raise RnnkitError(f"the interval level must be in (0, 1), got {level}")
+        z = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.5 + level / 2)).item()
+        return mean - z * scale, mean + z * scale
