@@ -6,8 +6,8 @@ A vocabulary turns text into a 1-D tensor of token ids and back. It is stored in
 - ``char``: every character of the training text is a token; a character outside the vocabulary
   is an error (it names the character and where it is).
 - ``word``: words, punctuation marks and line breaks are tokens; the ``max_size`` most frequent
-  tokens seen at least ``min_count`` times are kept, every other token maps to ``<unk>``
-  (the unknown-token policy).
+  tokens seen at least ``min_count`` times are kept (and the line break, always), every other
+  token maps to ``<unk>`` (the unknown-token policy).
 """
 
 from __future__ import annotations
@@ -85,9 +85,8 @@ class Vocab:
         if unit == "char":
             return cls("char", sorted(set(text)))
         counts = Counter(tokenize_words(text))
-        kept = [
-            t for t, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n >= min_count
-        ]
+        order = sorted(counts.items(), key=lambda kv: (kv[0] != "\n", -kv[1], kv[0]))
+        kept = [t for t, n in order if n >= min_count or t == "\n"]  # line breaks always kept
         return cls("word", [UNK, *kept[: None if max_size is None else max_size - 1]], unk=UNK)
 
     def split(self, text: str) -> list[str]:

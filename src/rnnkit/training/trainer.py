@@ -33,7 +33,8 @@ model, and the trainer knows nothing of either:
 
 The trainer does the rest: AdamW, linear warm-up then cosine decay of the learning rate, clipping
 by global norm (the pre-clip norm is logged as ``grad_norm``), budgets (steps, epochs, seconds;
-the first reached stops training, and the schedule follows whichever is tightest), evaluation
+the first reached stops training; the schedule follows the step budget if there is one, else the
+time budget, so a step-budgeted run is reproducible whatever the machine's speed), evaluation
 every ``eval_every`` steps, early stopping, seeding, checkpoints, ``metrics.jsonl``, the loss
 curve, a progress bar, Ctrl-C (finish the step, save, stop) and exact resume.
 
@@ -447,19 +448,18 @@ class Trainer:
 
     def learning_rate(self, step: int, elapsed: float) -> float:
         """Linear warm-up over ``warmup_steps``, then cosine decay to ``min_lr_ratio * lr``
-        over the budget (steps, or seconds with only a time budget; the tightest wins)."""
+        over the step budget (max_steps / max_epochs), or over ``max_time`` seconds when there
+        is no step budget."""
         cfg = self.config
         if step < cfg.warmup_steps:
             return cfg.lr * (step + 1) / cfg.warmup_steps
         if cfg.schedule == "constant":
             return cfg.lr
-        fractions = []
         if self.total_steps is not None:
             span = max(1, self.total_steps - cfg.warmup_steps - 1)  # last step at the floor
-            fractions.append((step - cfg.warmup_steps) / span)
-        if cfg.max_time is not None:
-            fractions.append(elapsed / cfg.max_time)
-        t = min(1.0, max(fractions))
+            t = min(1.0, (step - cfg.warmup_steps) / span)
+        else:
+            t = min(1.0, elapsed / cfg.max_time)
         return cfg.lr * (
             cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
         )
@@ -508,10 +508,10 @@ class Trainer:
         plot_loss_curve(self.metrics.read(), self.run_dir / "loss.png", title=self.task.name)
 
     def _install_sigint(self, progress: Progress) -> Callable[[], None]:
-        """First Ctrl-C: finish the step, save, stop. Second: abort at once."""
+        """First Ctrl-C (or SIGTERM): finish the step, save, stop. A second Ctrl-C aborts."""
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
-        previous = signal.getsignal(signal.SIGINT)
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
         def handler(signum, frame):
             if self._stop_reason == "interrupted":
@@ -521,8 +521,14 @@ class Trainer:
             )
             self.request_stop("interrupted")
 
-        signal.signal(signal.SIGINT, handler)
-        return lambda: signal.signal(signal.SIGINT, previous)
+        for sig in previous:
+            signal.signal(sig, handler)
+
+        def restore() -> None:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+        return restore
 
 
 class _Window:
