@@ -66,6 +66,7 @@ def train() -> None:
 @click.option("--max-steps", type=int, help="Step budget.")
 @click.option("--max-epochs", type=float, help="Epoch budget.")
 @click.option("--eval-every", type=int, help="Steps between evaluations.  [default: 100]")
+@click.option("--log-every", type=int, help="Steps between log lines.  [default: 10]")
 @click.option("--patience", type=int, help="Stop after this many evaluations without progress.")
 @click.option("--seed", type=int, help="Random seed.  [default: 0]")
 @click.option("--progress", type=click.Choice(["auto", "bar", "log", "none"]))
