@@ -224,3 +224,30 @@ def test_log_lines_when_not_a_terminal(tmp_path, capsys):
     Trainer(SumTask(), quiet(progress="auto", log_every=5, max_steps=10), tmp_path / "r").fit()
     out = capsys.readouterr().out
     assert "step 5 loss" in out and "tok/s" in out and "validation loss" in out
+
+
+def test_progress_bar_on_a_terminal(capsys):
+    from rnnkit.training.metrics import Progress
+
+    bar = Progress("bar", total_steps=10, max_time=None, start_step=0, start_elapsed=0.0)
+    bar.update(4, 1.0, {"loss": 2.5, "tok/s": 1000})
+    bar.message("step 4 validation loss 2.4")
+    bar.close()
+    captured = capsys.readouterr()
+    assert "4/10" in captured.err and "loss 2.5" in captured.err and "tok/s 1000" in captured.err
+    assert "validation" in captured.out  # messages are printed above the bar
+    timed = Progress("bar", total_steps=None, max_time=60.0, start_step=0, start_elapsed=30.0)
+    timed.update(7, 45.0, {"loss": 1.0})
+    timed.close()
+    assert "45/60" in capsys.readouterr().err  # a time budget: the bar counts seconds
+
+
+def test_tensorboard_is_optional(tmp_path):
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(RnnkitError, match="pip install tensorboard"):
+            Trainer(SumTask(), quiet(tensorboard=True, max_steps=2), tmp_path / "r").fit()
+    else:
+        Trainer(SumTask(), quiet(tensorboard=True, max_steps=2), tmp_path / "r").fit()
+        assert list((tmp_path / "r" / "tensorboard").iterdir())

@@ -13,6 +13,8 @@ from rnnkit.errors import RnnkitError
 
 TASKS: dict[str, str] = {
     "charlm": "rnnkit.tasks.charlm",
+    "adding": "rnnkit.tasks.memory",
+    "copy": "rnnkit.tasks.memory",
 }
 
 

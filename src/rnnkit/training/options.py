@@ -74,3 +74,22 @@ def merge_settings(
         )
     values.update({k: v for k, v in flags.items() if v is not None})
     return values
+
+
+#: flag/TOML names that set the training loop, mapped to `TrainConfig` fields (every task)
+TRAIN_KEYS = {
+    "lr": "lr",
+    "weight_decay": "weight_decay",
+    "warmup": "warmup_steps",
+    "min_lr_ratio": "min_lr_ratio",
+    "clip": "clip",
+    "max_time": "max_time",
+    "max_steps": "max_steps",
+    "max_epochs": "max_epochs",
+    "eval_every": "eval_every",
+    "log_every": "log_every",
+    "patience": "patience",
+    "seed": "seed",
+    "progress": "progress",
+    "tensorboard": "tensorboard",
+}

@@ -1,0 +1,1 @@
+"""Diagnostics: gradient flow through time, and what gradients do over training."""

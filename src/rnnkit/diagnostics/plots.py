@@ -1,0 +1,121 @@
+"""Figures of the diagnostics, drawn with matplotlib's Agg canvas (no display needed) as PNG.
+
+Every function takes plain data (tensors, metric records) and a path, and writes one PNG.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from rnnkit.diagnostics.gradient_flow import fit_decay
+from rnnkit.training.checkpoint import atomic_write_bytes
+
+
+def _figure(panels: int, height: float = 4.2):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.6 * panels + 0.8, height), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(1, panels, squeeze=False)[0]
+
+
+def _save(fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def plot_gradient_flow(
+    panels: Mapping[str, Mapping[str, Tensor]], path: str | Path, title: str = ""
+) -> Path:
+    """log ||dL/dh_t|| against t: one subplot per panel (e.g. "at initialisation", "trained"),
+    one line per model, labelled with its fitted factor per step back in time.
+
+    panels: {panel title: {model label: norms (T,)}}.
+    """
+    fig, axes = _figure(len(panels))
+    for ax, (name, curves) in zip(axes, panels.items()):
+        for label, norms in curves.items():
+            norms = norms.double()
+            shown = norms.clamp_min(1e-30)  # log scale: exact zeros drawn at the floor
+            ax.semilogy(
+                range(len(norms)), shown, lw=1.4, label=f"{label} (x{fit_decay(norms):.3f}/step)"
+            )
+        ax.set_title(name)
+        ax.set_xlabel("time step t (the loss is read after the last step)")
+        ax.set_ylabel("||dL/dh_t||")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_validation_curves(
+    runs: Mapping[str, Sequence[dict[str, Any]]],
+    path: str | Path,
+    baseline: float | None = None,
+    target: float | None = None,
+    ylabel: str = "validation loss",
+    title: str = "",
+) -> Path:
+    """Validation loss against step for several runs (records of their metrics.jsonl), log y,
+    with the memoryless ``baseline`` (dashed) and the ``target`` that counts as solved (dotted)."""
+    fig, (ax,) = _figure(1)
+    for label, records in runs.items():
+        points = [
+            (r["step"], r["loss"])
+            for r in records
+            if r.get("split") == "valid" and not r.get("final")
+        ]
+        if points:
+            ax.plot(*zip(*points), "o-", ms=2.5, lw=1.2, label=label)
+    if baseline is not None:
+        ax.axhline(baseline, ls="--", color="grey", lw=1, label=f"baseline {baseline:.3g}")
+    if target is not None:
+        ax.axhline(target, ls=":", color="black", lw=1, label=f"solved < {target:g}")
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_weight_gradients(
+    runs: Mapping[str, Sequence[dict[str, Any]]],
+    path: str | Path,
+    key: str = "grad_norm_hh",
+    title: str = "",
+) -> Path:
+    """Left: the gradient norm of the recurrent weights (``key`` of the train records, before
+    clipping) against step; right: the training loss. One line per run, log y on both."""
+    fig, (left, right) = _figure(2)
+    for label, records in runs.items():
+        train = [r for r in records if r.get("split") == "train"]
+        norms = [(r["step"], r[key]) for r in train if key in r and math.isfinite(r[key])]
+        if norms:
+            left.plot(*zip(*norms), lw=1.1, label=label)
+        right.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1.1, label=label)
+    left.set_ylabel("||dL/dW_hh|| before clipping")
+    right.set_ylabel("training loss")
+    for ax in (left, right):
+        ax.set_yscale("log")
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
