@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import rnnkit
+from rnnkit.cells import LayerNormGRUCell, LayerNormLSTMCell, PeepholeLSTMCell
 from rnnkit.recurrence import lengths_to_mask, run_cell
 
 B, I, H = 3, 4, 5
@@ -18,6 +19,9 @@ CELLS = {
     "elman_sigmoid": (lambda: rnnkit.ElmanCell(I, H, nonlinearity="sigmoid"), None),
     "lstm": (lambda: rnnkit.LSTMCell(I, H), torch.nn.LSTMCell(I, H)),
     "gru": (lambda: rnnkit.GRUCell(I, H), torch.nn.GRUCell(I, H)),
+    "layer_norm_lstm": (lambda: LayerNormLSTMCell(I, H), None),
+    "layer_norm_gru": (lambda: LayerNormGRUCell(I, H), None),
+    "peephole_lstm": (lambda: PeepholeLSTMCell(I, H), None),
 }
 
 
@@ -43,20 +47,25 @@ def test_step_backward_passes_gradcheck(name, masked):
     """The engine's hand-written BPTT through each cell, with and without a length mask."""
     torch.manual_seed(0)
     cell = CELLS[name][0]().double()
+    with torch.no_grad():
+        for p in cell.parameters():
+            p.normal_(0, 0.5)  # gains and peepholes away from their 1 / 0 initial values
     T = 5
-    gx = torch.randn(T, B, cell.num_gates * H, dtype=torch.float64, requires_grad=True)
-    w_hh = (0.5 * torch.randn(cell.num_gates * H, H, dtype=torch.float64)).requires_grad_()
-    b_hh = torch.randn(cell.num_gates * H, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    names = list(cell.named_weights())
+    weights = [w.detach().clone().requires_grad_() for w in cell.named_weights().values()]
     state0 = tuple(
         torch.randn(B, H, dtype=torch.float64, requires_grad=True) for _ in range(cell.num_states)
     )
     mask = lengths_to_mask(torch.tensor([5, 2, 3]), T) if masked else None
 
-    def run(gx, w_hh, b_hh, *state0):
-        output, final = run_cell(cell, gx, w_hh, b_hh, state0, mask)
+    def run(x, *inputs):
+        weights, state0 = dict(zip(names, inputs)), inputs[len(names) :]
+        gx, w_hh, b_hh, params = cell.engine_inputs(x, weights)
+        output, final = run_cell(cell, gx, w_hh, b_hh, state0, mask, params)
         return (output, *final)
 
-    assert torch.autograd.gradcheck(run, (gx, w_hh, b_hh, *state0))
+    assert torch.autograd.gradcheck(run, (x, *weights, *state0))
 
 
 @pytest.mark.parametrize("cls", [rnnkit.RNN, rnnkit.LSTM, rnnkit.GRU])

@@ -17,6 +17,14 @@ Two implementations compute the same thing (``impl=``):
             torch runs on it.
     "torch" torch's fused kernel (oneDNN for LSTM on the CPU); only for torch's own cells.
     "auto"  (default) "torch" where it exists for the configuration, else "bptt".
+
+Beyond torch, on the engine: ``layer_norm`` (LSTM, GRU), ``peephole`` (LSTM), ``recurrent_init``,
+``forget_bias`` (LSTM), and three regularisers active in training mode only:
+    recurrent_dropout  one dropout mask per sequence on h before the recurrent product
+                       (Gal & Ghahramani 2016)
+    weight_dropout     DropConnect on weight_hh, one mask per forward call (Merity et al. 2018)
+    zoneout            per step, each state unit keeps its previous value with this probability
+                       (a pair (p_h, p_c) for LSTM; Krueger et al. 2017); its expectation in eval
 """
 
 from __future__ import annotations
@@ -25,9 +33,17 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from rnnkit.cells import Cell, ElmanCell, GRUCell, LSTMCell
+from rnnkit.cells import (
+    Cell,
+    ElmanCell,
+    GRUCell,
+    LayerNormGRUCell,
+    LayerNormLSTMCell,
+    LSTMCell,
+    PeepholeLSTMCell,
+)
 from rnnkit.errors import RnnkitError
-from rnnkit.recurrence import lengths_to_mask, reverse_within_lengths, run_cell
+from rnnkit.recurrence import Zoneout, lengths_to_mask, reverse_within_lengths, run_cell
 
 IMPLS = ("auto", "bptt", "torch")
 
@@ -46,13 +62,25 @@ class _RecurrentLayer(nn.Module):
         bidirectional: bool = False,
         *,
         impl: str = "auto",
+        recurrent_dropout: float = 0.0,
+        weight_dropout: float = 0.0,
+        zoneout: float | tuple[float, float] = 0.0,
         **cell_options,
     ) -> None:
         super().__init__()
-        _check_sizes(input_size, hidden_size, num_layers, dropout, impl)
+        _check_sizes(input_size, hidden_size, num_layers, impl)
+        rates = {
+            "dropout": dropout,
+            "recurrent_dropout": recurrent_dropout,
+            "weight_dropout": weight_dropout,
+        }
+        rates.update({f"zoneout[{k}]": z for k, z in enumerate(_as_tuple(zoneout))})
+        _check_rates(rates)
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional, self.impl = bidirectional, impl
+        self.recurrent_dropout, self.weight_dropout = recurrent_dropout, weight_dropout
+        self.zoneout = zoneout
         self.cell_options = cell_options
         self._cells: list[Cell] = []  # math only; the parameters live on the layer, torch-named
         for layer in range(num_layers):
@@ -86,7 +114,15 @@ class _RecurrentLayer(nn.Module):
 
     def uses_torch_kernel(self) -> bool:
         """True when forward runs torch's fused kernel rather than the BPTT engine."""
-        return self.impl == "torch" or (self.impl == "auto" and self._torch_kernel() is not None)
+        if self.impl == "auto":
+            return not self._beyond_torch() and self._torch_kernel() is not None
+        return self.impl == "torch"
+
+    def _beyond_torch(self) -> bool:
+        """True when an option asks for what torch's kernels do not compute."""
+        plain = type(self._cells[0]) in (ElmanCell, LSTMCell, GRUCell)
+        regularised = self.recurrent_dropout or self.weight_dropout or any(_as_tuple(self.zoneout))
+        return not plain or bool(regularised)
 
     def _torch_kernel(self):
         """torch's fused function for this configuration, or None."""
@@ -114,9 +150,16 @@ class _RecurrentLayer(nn.Module):
                 index = layer * self.num_directions + direction
                 cell = self._cells[index]
                 x_dir = reverse_within_lengths(x, lengths) if direction else x
-                gx, w_hh, b_hh, params = cell.engine_inputs(x_dir, self._weights(layer, suffix))
+                weights = self._weights(layer, suffix)
+                if self.weight_dropout and self.training:  # DropConnect, one mask per call
+                    weights["weight_hh"] = nn.functional.dropout(
+                        weights["weight_hh"], self.weight_dropout
+                    )
+                gx, w_hh, b_hh, params = cell.engine_inputs(x_dir, weights)
                 h0 = tuple(s[index] for s in state0)
-                out, final = run_cell(cell, gx, w_hh, b_hh, h0, mask, params)
+                out, final = run_cell(
+                    cell, gx, w_hh, b_hh, h0, mask, params, *self._recurrent_noise(cell, h0)
+                )
                 outputs.append(reverse_within_lengths(out, lengths) if direction else out)
                 for store, s in zip(finals, final):
                     store.append(s)
@@ -125,8 +168,20 @@ class _RecurrentLayer(nn.Module):
                 x = nn.functional.dropout(x, self.dropout, training=True)
         return x, tuple(torch.stack(f) for f in finals)
 
+    def _recurrent_noise(self, cell: Cell, h0: tuple[Tensor, ...]):
+        """The variational recurrent-dropout mask (one per sequence) and the zoneout rates."""
+        mask = None
+        if self.recurrent_dropout and self.training:
+            keep = 1.0 - self.recurrent_dropout
+            mask = torch.bernoulli(torch.full_like(h0[0], keep)).div_(keep)
+        rates = _as_tuple(self.zoneout)
+        if not any(rates):
+            return mask, None
+        rates = rates * cell.num_states if len(rates) == 1 else rates[: cell.num_states]
+        return mask, Zoneout(rates, self.training)
+
     def _forward_torch(self, x: Tensor, state0: tuple[Tensor, ...], lengths: Tensor | None):
-        kernel = self._torch_kernel()
+        kernel = None if self._beyond_torch() else self._torch_kernel()
         if kernel is None:
             raise RnnkitError(
                 f"impl='torch': torch has no fused kernel for {self._config_name()}; "
@@ -224,6 +279,9 @@ class _RecurrentLayer(nn.Module):
             "dropout": 0.0,
             "bidirectional": False,
             "impl": "auto",
+            "recurrent_dropout": 0.0,
+            "weight_dropout": 0.0,
+            "zoneout": 0.0,
         }
         for key, default in defaults.items():
             if getattr(self, key) != default:
@@ -233,7 +291,17 @@ class _RecurrentLayer(nn.Module):
         return s
 
 
-def _check_sizes(input_size, hidden_size, num_layers, dropout, impl) -> None:
+def _as_tuple(value: float | tuple[float, ...]) -> tuple[float, ...]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+
+def _check_rates(rates: dict[str, float]) -> None:
+    for label, value in rates.items():
+        if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+            raise RnnkitError(f"{label} must be in [0, 1), got {value!r}")
+
+
+def _check_sizes(input_size, hidden_size, num_layers, impl) -> None:
     for label, value in (
         ("input_size", input_size),
         ("hidden_size", hidden_size),
@@ -241,8 +309,6 @@ def _check_sizes(input_size, hidden_size, num_layers, dropout, impl) -> None:
     ):
         if not isinstance(value, int) or value < 1:
             raise RnnkitError(f"{label} must be a positive integer, got {value!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise RnnkitError(f"dropout must be in [0, 1), got {dropout!r}")
     if impl not in IMPLS:
         raise RnnkitError(f"impl must be one of {', '.join(IMPLS)}, got {impl!r}")
 
@@ -295,21 +361,29 @@ class RNN(_RecurrentLayer):
 
 class LSTM(_RecurrentLayer):
     """LSTM layer, as ``torch.nn.LSTM`` (without ``proj_size``) plus ``lengths``,
-    ``recurrent_init``, ``forget_bias`` and ``impl``. hx and the final state are (h, c) tuples.
+    ``recurrent_init``, ``forget_bias``, ``layer_norm`` (`LayerNormLSTMCell`), ``peephole``
+    (`PeepholeLSTMCell`), the regularisers and ``impl``. hx and the final state are (h, c).
     """
 
-    def _make_cell(self, input_size, hidden_size, bias, **options) -> Cell:
-        return LSTMCell(input_size, hidden_size, bias, **options)
+    def _make_cell(
+        self, input_size, hidden_size, bias, layer_norm=False, peephole=False, **options
+    ) -> Cell:
+        if layer_norm and peephole:
+            raise RnnkitError("LSTM: choose layer_norm=True or peephole=True, not both")
+        cls = LayerNormLSTMCell if layer_norm else PeepholeLSTMCell if peephole else LSTMCell
+        return cls(input_size, hidden_size, bias, **options)
 
     def _torch_kernel(self):
         return torch.lstm
 
 
 class GRU(_RecurrentLayer):
-    """GRU layer, as ``torch.nn.GRU`` plus ``lengths``, ``recurrent_init`` and ``impl``."""
+    """GRU layer, as ``torch.nn.GRU`` plus ``lengths``, ``recurrent_init``, ``layer_norm``
+    (`LayerNormGRUCell`), the regularisers and ``impl``."""
 
-    def _make_cell(self, input_size, hidden_size, bias, **options) -> Cell:
-        return GRUCell(input_size, hidden_size, bias, **options)
+    def _make_cell(self, input_size, hidden_size, bias, layer_norm=False, **options) -> Cell:
+        cls = LayerNormGRUCell if layer_norm else GRUCell
+        return cls(input_size, hidden_size, bias, **options)
 
     def _torch_kernel(self):
         return torch.gru

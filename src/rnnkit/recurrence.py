@@ -23,6 +23,8 @@ The reverse direction reverses each sequence within its own length (`reverse_wit
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -34,14 +36,19 @@ class _BPTT(torch.autograd.Function):
     the initial state; ``inputs`` is ``(*params, *state0)`` (autograd needs them flat)."""
 
     @staticmethod
-    def forward(ctx, cell, mask, recurrent_mask, num_params, gx, weight_hh, bias_hh, *inputs):
+    def forward(ctx, cell, options, gx, weight_hh, bias_hh, *inputs):
+        mask, recurrent_mask, zoneout, num_params = options
         params, state = inputs[:num_params], inputs[num_params:]
         w_t = weight_hh.t()
-        h_in, caches, outputs = [], [], []
+        h_in, caches, outputs, keeps = [], [], [], []
         for t in range(gx.shape[0]):
             h = state[0] if recurrent_mask is None else state[0] * recurrent_mask
             gh = h @ w_t if bias_hh is None else torch.addmm(bias_hh, h, w_t)
             new_state, cache = cell.step(gx[t], gh, state, params)
+            if zoneout is not None:
+                keep = zoneout.sample(state)  # per unit: 1 keeps the old value
+                new_state = tuple(torch.lerp(n, s, k) for n, s, k in zip(new_state, state, keep))
+                keeps.append(keep)
             if mask is not None:
                 new_state = tuple(torch.where(mask[t], n, s) for n, s in zip(new_state, state))
             h_in.append(h)
@@ -51,9 +58,10 @@ class _BPTT(torch.autograd.Function):
         output = torch.stack(outputs)
         if mask is not None:
             output = output * mask
-        ctx.cell, ctx.caches, ctx.has_bias = cell, caches, bias_hh is not None
+        ctx.cell, ctx.caches, ctx.keeps, ctx.has_bias = cell, caches, keeps, bias_hh is not None
         ctx.shapes = [s.shape for s in state]
         ctx.save_for_backward(mask, recurrent_mask, weight_hh, torch.stack(h_in), *params)
+        ctx.num_params = num_params
         # Clones: returning tensors that the caches also hold would make a reference cycle.
         return (output, *(s.clone() for s in state))
 
@@ -75,6 +83,9 @@ class _BPTT(torch.autograd.Function):
             if mask is not None:
                 kept = [g * ~mask[t] for g in grad_state]  # past the end the state passed through
                 grad_state = [g * mask[t] for g in grad_state]
+            if ctx.keeps:  # zoneout: h_t = k * h_{t-1} + (1 - k) * candidate
+                zoned = [g * k for g, k in zip(grad_state, ctx.keeps[t])]
+                grad_state = [g - z for g, z in zip(grad_state, zoned)]
             dgx, dgh, direct, dparams = ctx.cell.step_backward(
                 tuple(grad_state), ctx.caches[t], tuple(params)
             )
@@ -85,23 +96,15 @@ class _BPTT(torch.autograd.Function):
             if recurrent_mask is not None:
                 through_gh = through_gh * recurrent_mask
             grad_state = [through_gh if direct[0] is None else direct[0] + through_gh, *direct[1:]]
+            if ctx.keeps:
+                grad_state = [z if g is None else g + z for g, z in zip(grad_state, zoned)]
             if mask is not None:
                 grad_state = [k if g is None else g + k for g, k in zip(grad_state, kept)]
         flat_gh = grad_gh.view(T * B, -1)
         grad_weight_hh = flat_gh.t() @ h_in.view(T * B, -1)
         grad_bias_hh = flat_gh.sum(0) if ctx.has_bias else None
         grad_state = _fill_zeros(grad_state, ctx.shapes, h_in)
-        return (
-            None,
-            None,
-            None,
-            None,
-            grad_gx,
-            grad_weight_hh,
-            grad_bias_hh,
-            *grad_params,
-            *grad_state,
-        )
+        return (None, None, grad_gx, grad_weight_hh, grad_bias_hh, *grad_params, *grad_state)
 
 
 def _fill_zeros(grads: list, shapes: list[torch.Size], like: Tensor) -> list[Tensor]:
@@ -118,6 +121,7 @@ def run_cell(
     mask: Tensor | None = None,
     params: tuple[Tensor, ...] = (),
     recurrent_mask: Tensor | None = None,
+    zoneout: Zoneout | None = None,
 ) -> tuple[Tensor, State]:
     """Run ``cell`` forward over time with the explicit BPTT backward.
 
@@ -130,14 +134,29 @@ def run_cell(
         params: the cell's extra parameters used by its ``step`` (see `Cell.engine_inputs`).
         recurrent_mask: (B, H) multiplier of h before the recurrent product at every step
             (variational recurrent dropout, Gal & Ghahramani 2016), or None.
+        zoneout: per-step random preservation of state units (`Zoneout`), or None.
 
     Returns:
         output (T, B, H): h_t at each step (zero past a sequence's end), and the final state.
     """
-    output, *final = _BPTT.apply(
-        cell, mask, recurrent_mask, len(params), gx, weight_hh, bias_hh, *params, *state0
-    )
+    options = (mask, recurrent_mask, zoneout, len(params))
+    output, *final = _BPTT.apply(cell, options, gx, weight_hh, bias_hh, *params, *state0)
     return output, tuple(final)
+
+
+@dataclass(frozen=True)
+class Zoneout:
+    """Zoneout (Krueger et al. 2017): each unit of each state keeps its previous value with
+    probability ``rates[k]`` (k: 0 for h, 1 for c), per step; at evaluation the expectation
+    ``h_t = p h_{t-1} + (1 - p) candidate`` is used instead of a random choice."""
+
+    rates: tuple[float, ...]
+    training: bool
+
+    def sample(self, state: State) -> tuple[Tensor | float, ...]:
+        if not self.training:
+            return self.rates
+        return tuple(torch.rand_like(s).lt_(p).to(s.dtype) for s, p in zip(state, self.rates))
 
 
 def lengths_to_mask(lengths: Tensor, steps: int) -> Tensor:

@@ -3,6 +3,16 @@
 from rnnkit.cells.base import Cell
 from rnnkit.cells.elman import ElmanCell
 from rnnkit.cells.gru import GRUCell
+from rnnkit.cells.layernorm import LayerNormGRUCell, LayerNormLSTMCell
 from rnnkit.cells.lstm import LSTMCell
+from rnnkit.cells.peephole import PeepholeLSTMCell
 
-__all__ = ["Cell", "ElmanCell", "GRUCell", "LSTMCell"]
+__all__ = [
+    "Cell",
+    "ElmanCell",
+    "GRUCell",
+    "LSTMCell",
+    "LayerNormGRUCell",
+    "LayerNormLSTMCell",
+    "PeepholeLSTMCell",
+]
