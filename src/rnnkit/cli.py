@@ -321,5 +321,72 @@ def diagnose_weight_grads(runs: tuple[str, ...], out: str | None) -> None:
     click.echo(weight_gradient_report(runs, out))
 
 
+# --- forecast, detect (issue 6) ----------------------------------------------------------------
+
+
+def _csv_options(function):
+    """The options `forecast` and `detect` share: the CSV, its columns, gaps, the model."""
+    options = [
+        click.option("--csv", "csv_path", required=True, help="CSV file with a time column."),
+        click.option("--time-col", required=True, help="Name of the time column."),
+        click.option("--target", "targets", multiple=True, help="Target column (repeatable)."),
+        click.option("--fill", type=click.Choice(["refuse", "interpolate", "ffill"]),
+                     default="refuse", show_default=True, help="Policy for gaps and NaN."),
+        click.option("--input-chunk-length", type=int, help="Steps the network reads."),
+        click.option("--cell", type=click.Choice(["lstm", "gru", "rnn"]), default="lstm",
+                     show_default=True),
+        click.option("--hidden-size", type=int, default=32, show_default=True),
+        click.option("--num-layers", type=int, default=1, show_default=True),
+        click.option("--max-steps", type=int, help="Training steps.  [default: 1500]"),
+        click.option("--lr", type=float, help="Peak learning rate.  [default: 0.003]"),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--out", required=True, help="Output directory to create."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _train_settings(max_steps: int | None, lr: float | None, seed: int) -> dict:
+    picked = {"max_steps": max_steps, "lr": lr, "seed": seed}
+    return {k: v for k, v in picked.items() if v is not None}
+
+
+@main.command()
+@_csv_options
+@click.option("--horizon", type=int, required=True, help="Steps to forecast.")
+@click.option("--covariate", "covariates", multiple=True, help="Past covariate column.")
+@click.option("--mode", type=click.Choice(["direct", "autoregressive"]), default="direct",
+              show_default=True)  # fmt: skip
+@click.option("--likelihood", type=click.Choice(["gaussian", "none"]), default="gaussian",
+              show_default=True, help="none: a point forecast, no intervals.")  # fmt: skip
+@click.option("--level", type=float, default=0.9, show_default=True, help="Interval level.")
+@click.option("--log", is_flag=True, help="Model the log of the targets (positive series).")
+@click.option("--calendar", multiple=True, type=click.Choice(["month", "dayofweek", "hour"]),
+              help="Calendar covariate (repeatable).")  # fmt: skip
+@click.option("--returns", is_flag=True, help="Forecast the log returns of a price.")
+@click.option("--backtest-start", help="First rolling origin (a date): adds the backtest table.")
+@click.option("--backtest-every", type=int, default=1, show_default=True)
+@click.option("--season", type=int, help="Seasonal period.  [default: from the frequency]")
+def forecast(csv_path, time_col, targets, horizon, out, max_steps, lr, seed, likelihood,
+             input_chunk_length, **flags) -> None:  # fmt: skip
+    """Train a forecaster on a CSV, print the forecast with intervals, write a PNG.
+
+    \b
+    Examples:
+      rnnkit forecast --csv ../shared/data/timeseries/airline-passengers.csv --time-col Month \\
+          --target Passengers --horizon 6 --log --mode autoregressive --calendar month \\
+          --backtest-start 1959-01 --out runs/airline
+    """
+    from rnnkit.tasks import forecast as task
+
+    if input_chunk_length is not None:
+        flags["input_chunk_length"] = input_chunk_length
+    report = task.run(csv_path, time_col, list(targets), horizon, out,
+                      likelihood=None if likelihood == "none" else likelihood,
+                      train=_train_settings(max_steps, lr, seed), **flags)  # fmt: skip
+    click.echo(task.format_report(report))
+
+
 if __name__ == "__main__":
     main()

@@ -60,7 +60,7 @@ def test_norms_equal_autograd_from_a_restarted_layer(cell, layers):
     # At the last step only the head is downstream: dL/dh_{T-1} = 2 (y_hat - y) / B * w_head.
     with torch.no_grad():
         residual = model(x).squeeze(-1) - y
-    expected = (2 * residual / 3)[:, None] * model.head.weight  # (B, H)
+    expected = (2 * residual / 3)[:, None] * model.head.weight.detach()  # (B, H)
     assert norms[-1].item() == pytest.approx(float(expected.norm()), rel=1e-9)
 
 

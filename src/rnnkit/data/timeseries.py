@@ -354,3 +354,33 @@ def check_window(length: int, input_chunk_length: int, output_chunk_length: int)
             f"{input_chunk_length} + output_chunk_length {output_chunk_length} = {need}); "
             "give a longer series or shorter chunks"
         )
+
+
+def log_returns(series: TimeSeries) -> TimeSeries:
+    """Prices (T, C) -> log returns log(p_t / p_{t-1}) (T - 1, C), labelled by the later time.
+
+    Raises:
+        RnnkitError: a price is not positive.
+    """
+    if (series.values <= 0).any():
+        raise RnnkitError("log returns need positive prices; check the target column")
+    returns = np.diff(np.log(series.values), axis=0)
+    cov = None if series.covariates is None else series.covariates[1:]
+    columns = [f"{c} log return" for c in series.columns]
+    return replace(series, index=series.index[1:], values=returns, columns=columns, covariates=cov)
+
+
+def season_of(freq: str) -> int:
+    """The usual seasonal period of a frequency: 12 monthly, 4 quarterly, 52 weekly, 7 daily,
+    5 business-daily; below a day, the steps in a day (24 hourly, 288 for 5 minutes, at most
+    1440); else 1."""
+    offset = pd.tseries.frequencies.to_offset(freq)
+    code = offset.rule_code.split("-")[0]
+    periods = {"MS": 12, "ME": 12, "QS": 4, "QE": 4, "W": 52, "D": 7, "B": 5}
+    if offset.n == 1 and code in periods:
+        return periods[code]
+    if isinstance(offset, pd.offsets.Tick):
+        steps = pd.Timedelta(days=1) / pd.Timedelta(offset)
+        if 1 < steps <= 1440 and steps == int(steps):
+            return int(steps)
+    return 1

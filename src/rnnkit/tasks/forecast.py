@@ -31,11 +31,16 @@ from rnnkit.data.timeseries import (
     TimeSeries,
     calendar_features,
     check_window,
+    log_returns,
     make_windows,
+    read_csv,
+    season_of,
 )
 from rnnkit.errors import RnnkitError
 from rnnkit.models.forecaster import ForecastNet
 from rnnkit.models.heads import GaussianHead
+from rnnkit.tasks.backtest import backtest
+from rnnkit.tasks.timeseries_plots import plot_backtest, plot_forecast
 from rnnkit.training import checkpoint as ckpt
 from rnnkit.training.trainer import FitResult, StepOutput, TrainConfig, Trainer
 
@@ -318,6 +323,7 @@ class Forecaster:
         forecast and (Gaussian likelihood) the bounds ``<col>_lower``/``<col>_upper`` of the
         central ``level`` prediction interval.
         """
+        self._fitted()
         series = self.history if series is None else series
         out = self.forecast_at(series, [len(series)], n, level)
         columns = {}
@@ -401,3 +407,77 @@ class Forecaster:
 def _after(series: TimeSeries, end: int, n: int) -> pd.DatetimeIndex:
     """The ``n`` timestamps from row ``end`` on (past the end: continued by the frequency)."""
     return pd.date_range(series.index[end - 1], periods=n + 1, freq=series.freq)[1:]
+
+
+# --- the command line's entry: `rnnkit forecast` --------------------------------------------
+
+
+@dataclass
+class ForecastReport:
+    """What `run` produced: the series read, the forecast, the backtest (if asked), the files."""
+
+    series: TimeSeries
+    forecast: pd.DataFrame
+    backtest: Any
+    files: list[Path]
+
+
+def run(
+    csv: str,
+    time_col: str,
+    targets: list[str],
+    horizon: int,
+    out: str | Path,
+    covariates: list[str] = (),
+    fill: str = "refuse",
+    returns: bool = False,
+    backtest_start: str | None = None,
+    backtest_every: int = 1,
+    season: int | None = None,
+    level: float = 0.9,
+    train: dict[str, Any] | None = None,
+    **settings,
+) -> ForecastReport:
+    """Read ``csv``, train on all of it into the run ``out``, forecast ``horizon`` steps
+    (``forecast.csv``, ``forecast.png``); with ``backtest_start`` also backtest beside the
+    baselines (``backtest.csv``, ``backtest.png``). ``returns``: forecast log returns."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RnnkitError(f"{out} exists and is not empty; choose another output directory (--out)")
+    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
+    series = read_csv(csv, time_col, targets or None, list(covariates), fill)
+    if returns:
+        series = log_returns(series)
+    settings.setdefault("output_chunk_length", horizon)
+    model = Forecaster(train, **settings).fit(series, out)
+    forecast = model.predict(horizon, level=level)
+    files = [out / "forecast.csv", out / "forecast.png"]
+    forecast.to_csv(files[0], index_label="time")
+    plot_forecast(series, forecast, files[1], max(120, 10 * horizon), Path(csv).stem)
+    result = None
+    if backtest_start is not None:
+        m = season_of(series.freq) if season is None else season
+        result = backtest(series, Forecaster(train, **settings), backtest_start, horizon,
+                          backtest_every, m, returns, level)  # fmt: skip
+        files += [out / "backtest.csv", out / "backtest.png"]
+        result.table.to_csv(files[2], index_label="model")
+        plot_backtest(series, result, files[3], f"{Path(csv).stem}: rolling-origin backtest")
+    return ForecastReport(series, forecast, result, files)
+
+
+def format_report(report: ForecastReport) -> str:
+    """The text `rnnkit forecast` prints: the data read, the forecast, the backtest table."""
+    r = report.series.report
+    lines = [
+        f"data: {r['rows']} rows, {r['start']} .. {r['end']}, frequency {r['freq']}, "
+        f"{r['gaps']} gap(s), missing {r['missing'] or 'none'} (fill: {r['fill']})",
+        "",
+        "forecast:",
+        report.forecast.to_string(float_format=lambda v: f"{v:.4g}"),
+    ]
+    if report.backtest is not None:
+        b = report.backtest
+        lines += ["", f"backtest: {len(b.origins)} origins, horizon {b.actual.shape[1]}:",
+                  b.table.to_string(float_format=lambda v: f"{v:.4g}", na_rep="")]  # fmt: skip
+    lines += ["", "wrote " + ", ".join(str(f) for f in report.files)]
+    return "\n".join(lines)
