@@ -337,7 +337,7 @@ def _csv_options(function):
                      show_default=True),
         click.option("--hidden-size", type=int, default=32, show_default=True),
         click.option("--num-layers", type=int, default=1, show_default=True),
-        click.option("--max-steps", type=int, help="Training steps.  [default: 1500]"),
+        click.option("--max-steps", type=int, help="[default: forecast 1500, detect 600]"),
         click.option("--lr", type=float, help="Peak learning rate.  [default: 0.003]"),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--out", required=True, help="Output directory to create."),
@@ -386,6 +386,41 @@ def forecast(csv_path, time_col, targets, horizon, out, max_steps, lr, seed, lik
                       likelihood=None if likelihood == "none" else likelihood,
                       train=_train_settings(max_steps, lr, seed), **flags)  # fmt: skip
     click.echo(task.format_report(report))
+
+
+@main.command()
+@_csv_options
+@click.option("--rows-as-steps", is_flag=True,
+              help="Take the rows in file order as the steps (irregular times).")  # fmt: skip
+@click.option("--windows", help="NAB combined_windows.json: shade and score the labelled windows.")
+@click.option("--series-key", help="The series' key in --windows.  [default: FOLDER/FILE.csv]")
+@click.option("--train-fraction", type=float, default=0.15, show_default=True)
+@click.option("--accumulate", type=int, default=3, show_default=True,
+              help="Rows over which the squared errors are averaged.")  # fmt: skip
+@click.option("--threshold", type=click.Choice(["dynamic", "quantile"]), default="dynamic",
+              show_default=True)  # fmt: skip
+@click.option("--quantile", type=float, default=0.999, show_default=True)
+@click.option("--refractory", type=int, default=100, show_default=True,
+              help="Rows after a detection in which no other is raised.")  # fmt: skip
+def detect(csv_path, time_col, targets, out, max_steps, lr, seed, input_chunk_length,
+           rows_as_steps, windows, series_key, train_fraction, accumulate, threshold, quantile,
+           refractory, **settings) -> None:  # fmt: skip
+    """Detect anomalies: a forecaster learns the early part, large errors are flagged.
+
+    \b
+    Examples:
+      rnnkit detect --csv ../shared/data/anomaly/nab/realKnownCause/nyc_taxi.csv \\
+          --time-col timestamp --target value --rows-as-steps \\
+          --windows ../shared/data/anomaly/nab/combined_windows.json --out runs/nyc
+    """
+    from rnnkit.tasks import anomaly
+
+    cfg = anomaly.DetectConfig(train_fraction, input_chunk_length or 32, accumulate, threshold,
+                               quantile, refractory)  # fmt: skip
+    report = anomaly.run(csv_path, time_col, list(targets), out, regular=not rows_as_steps,
+                         windows=windows, series_key=series_key, cfg=cfg,
+                         train=_train_settings(max_steps, lr, seed), **settings)  # fmt: skip
+    click.echo(anomaly.format_report(report))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ TASKS: dict[str, str] = {
     "charlm": "rnnkit.tasks.charlm",
     "adding": "rnnkit.tasks.memory",
     "copy": "rnnkit.tasks.memory",
+    "forecast": "rnnkit.tasks.forecast",
+    "anomaly": "rnnkit.tasks.anomaly",
 }
 
 
