@@ -1,9 +1,18 @@
 """rnnkit: recurrent neural networks with explicit BPTT and torch-compatible layers."""
 
-from rnnkit.cells import Cell, ElmanCell, GRUCell, LSTMCell
+from rnnkit.cells import (
+    Cell,
+    ElmanCell,
+    GRUCell,
+    LayerNormGRUCell,
+    LayerNormLSTMCell,
+    LSTMCell,
+    PeepholeLSTMCell,
+)
 from rnnkit.errors import RnnkitError
 from rnnkit.layers import GRU, LSTM, RNN
 from rnnkit.recurrence import run_cell
+from rnnkit.scan import MinGRU, MinLSTM
 
 __all__ = [
     "GRU",
@@ -13,6 +22,11 @@ __all__ = [
     "ElmanCell",
     "GRUCell",
     "LSTMCell",
+    "LayerNormGRUCell",
+    "LayerNormLSTMCell",
+    "MinGRU",
+    "MinLSTM",
+    "PeepholeLSTMCell",
     "RnnkitError",
     "run_cell",
 ]
