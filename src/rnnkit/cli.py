@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import sys
+import warnings
 
 import click
 
@@ -10,14 +12,21 @@ from rnnkit.errors import RnnkitError
 
 
 class _Group(click.Group):
-    """A click group that turns an `RnnkitError` into one line on stderr and exit status 2."""
+    """A click group that turns an `RnnkitError` into one line on stderr and exit status 2,
+    and shows warnings (e.g. notes dropped from a MIDI file) as one line each."""
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_warning
+                return super().invoke(ctx)
         except RnnkitError as err:
             click.echo(f"error: {err}", err=True)
             sys.exit(2)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    click.echo(f"warning: {message}", err=True)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -142,29 +151,50 @@ def sample(run: str, prompt, length, temperature, top_k, top_p, seed, checkpoint
 
 @main.command("eval")
 @click.argument("run")
-@click.option("--text", required=True, help="Text file to score.")
-@click.option("--encoding", default="utf-8", show_default=True)
+@click.option("--text", help="charlm: the text file to score (required).")
+@click.option("--encoding", help="charlm: encoding of the text file.  [default: utf-8]")
+@click.option("--data", help="music: a JSON file or MIDI folder to score.  [default: the run's]")
 @click.option(
     "--split",
-    type=click.Choice(["all", "valid"]),
-    default="all",
-    show_default=True,
-    help="Score all of the file, or only its validation part as cut in training.",
+    type=click.Choice(["all", "train", "valid", "test"]),
+    help="charlm: all of the file, or its validation part as cut in training [default: all]; "
+    "music: the split to score [default: test].",
 )
 @click.option(
-    "--checkpoint", type=click.Choice(["last", "best"]), default="last", show_default=True
+    "--checkpoint",
+    type=click.Choice(["last", "best"]),
+    help="[default: charlm last, music best (the best validation loss)]",
 )
-def eval_(run: str, text: str, encoding: str, split: str, checkpoint: str) -> None:
-    """Score a text file with a trained RUN: loss in nats and bits per token.
+def eval_(run: str, **options) -> None:
+    """Score data with a trained RUN, by its task: charlm, loss in nats and bits per token;
+    music, negative log-likelihood per frame.
 
     \b
     Examples:
       rnnkit eval runs/shakespeare --text ../shared/data/text/tinyshakespeare.txt --split valid
+      rnnkit eval runs/chorales                  # music: NLL per frame on the test split
     """
     module = _task_of(run, "evaluate_file")
-    click.echo(
-        module.eval_report(run, module.evaluate_file(run, text, encoding, split, checkpoint))
-    )
+    click.echo(module.eval_report(run, _call_task(module.evaluate_file, run, options)))
+
+
+def _call_task(function, run: str, options: dict):
+    """``function(run, **options)`` with the options given (not None). An option the run's task
+    does not take, or one it needs and was not given, is a one-line error."""
+    import inspect
+
+    from rnnkit.training.checkpoint import read_config
+
+    task = read_config(run).get("task")
+    params = list(inspect.signature(function).parameters.values())[1:]
+    given = {k: v for k, v in options.items() if v is not None}
+    for name in given:
+        if name not in {p.name for p in params}:
+            raise RnnkitError(f"--{name.replace('_', '-')} does not apply to a {task!r} run")
+    for p in params:
+        if p.default is inspect.Parameter.empty and p.name not in given:
+            raise RnnkitError(f"a {task!r} run needs --{p.name.replace('_', '-')}")
+    return function(run, **given)
 
 
 # --- adding, copy, demo, diagnose (issue 3) -----------------------------------------------------
@@ -386,6 +416,96 @@ def forecast(csv_path, time_col, targets, horizon, out, max_steps, lr, seed, lik
                       likelihood=None if likelihood == "none" else likelihood,
                       train=_train_settings(max_steps, lr, seed), **flags)  # fmt: skip
     click.echo(task.format_report(report))
+
+
+# --- music (issue 7) ----------------------------------------------------------------------------
+
+
+def _loop_options(max_time: str, eval_every: int):
+    """The training-loop flags of a `rnnkit train` task (`TRAIN_KEYS`), with its defaults."""
+    options = [
+        click.option("--lr", type=float, help="Peak learning rate (AdamW).  [default: 0.002]"),
+        click.option("--weight-decay", type=float, help="AdamW weight decay.  [default: 0.01]"),
+        click.option("--clip", type=float, help="Clip the gradient norm; 0: off.  [default: 1.0]"),
+        click.option("--warmup", type=int, help="Warm-up steps.  [default: 50]"),
+        click.option("--max-time", help=f"Time budget: 900, 90s, 15m, 1h.  [default: {max_time}]"),
+        click.option("--max-steps", type=int, help="Step budget."),
+        click.option("--max-epochs", type=float, help="Epoch budget."),
+        click.option(
+            "--eval-every", type=int, help=f"Steps between evaluations.  [default: {eval_every}]"
+        ),
+        click.option("--log-every", type=int, help="Steps between log lines.  [default: 10]"),
+        click.option(
+            "--patience", type=int, help="Stop after this many evaluations without progress."
+        ),
+        click.option("--seed", type=int, help="Random seed.  [default: 0]"),
+        click.option("--progress", type=click.Choice(["auto", "bar", "log", "none"])),
+    ]
+    return lambda function: functools.reduce(lambda f, opt: opt(f), reversed(options), function)
+
+
+@train.command("music")
+@click.option("--data", help="JSB chorales JSON (train/valid/test) or a folder of MIDI files.")
+@click.option("--config", "config_file", help="TOML file of settings named like the flags.")
+@click.option("--out", help="Run directory to create.  [default: runs/music-DATE-TIME]")
+@click.option("--resume", help="Continue the run in this directory from its last checkpoint.")
+@click.option(
+    "--head",
+    type=click.Choice(["bernoulli", "nade"]),
+    help="bernoulli: independent keys; nade: the keys of a frame jointly.  [default: bernoulli]",
+)
+@click.option("--cell", type=click.Choice(["lstm", "gru", "rnn"]), help="[default: lstm]")
+@click.option("--hidden", type=int, help="Hidden units per layer.  [default: 256]")
+@click.option("--layers", type=int, help="Recurrent layers.  [default: 1]")
+@click.option("--dropout", type=float, help="Dropout on the recurrent outputs.  [default: 0.3]")
+@click.option("--input-dropout", type=float, help="Dropout on the input frames.  [default: 0.1]")
+@click.option("--nade-hidden", type=int, help="Hidden units of the NADE head.  [default: 128]")
+@click.option("--transpose", type=int, help="Random transposition, +-semitones.  [default: 0]")
+@click.option("--steps-per-quarter", type=int, help="MIDI folders: frames per quarter note.")
+@click.option("--batch", type=int, help="Pieces per step.  [default: 16]")
+@click.option("--impl", type=click.Choice(["auto", "bptt", "torch"]), help="[default: auto]")
+@_loop_options(max_time="15m", eval_every=30)
+def train_music(config_file: str | None, out: str | None, resume: str | None, **flags) -> None:
+    """Train a next-frame model of polyphonic music (88-key piano rolls).
+
+    The validation loss is the negative log-likelihood per frame (nats, summed over the keys).
+
+    \b
+    Examples:
+      rnnkit train music --data ../shared/data/music/jsb-chorales-quarter.json --out runs/jsb
+      rnnkit train music --data ../shared/data/music/jsb-chorales-quarter.json --head nade
+      rnnkit train music --data my_midi_folder/ --steps-per-quarter 2 --max-time 10m
+    """
+    from rnnkit.tasks import music
+
+    _report_fit(music.train(flags, config_file, out, resume))
+
+
+@main.command()
+@click.argument("run")
+@click.option("--out", required=True, help="MIDI file to write; the piano roll goes beside it.")
+@click.option("--frames", default=64, show_default=True, help="Frames to compose.")
+@click.option("--tempo", default=80.0, show_default=True, help="Quarter notes per minute.")
+@click.option("--prime", help="MIDI file to continue (kept at the start of the output).")
+@click.option("--temperature", default=1.0, show_default=True, help="0: each key's likelier value.")
+@click.option("--seed", default=1, show_default=True, help="Seed: same seed, same piece.")
+@click.option(
+    "--checkpoint", type=click.Choice(["last", "best"]), default="best", show_default=True
+)
+def compose(run: str, out: str, frames, tempo, prime, temperature, seed, checkpoint) -> None:
+    """Compose music with a trained music RUN: a playable MIDI file and a piano-roll PNG.
+
+    \b
+    Examples:
+      rnnkit compose runs/jsb --frames 64 --tempo 80 --out piece.mid
+      rnnkit compose runs/jsb --prime opening.mid --frames 32 --seed 7 --out more.mid
+    """
+    module = _task_of(run, "compose")
+    made = module.compose(run, out, frames, tempo, prime, seed, temperature, checkpoint)
+    click.echo(
+        f"wrote {made['midi']} ({made['prime_frames']} primer + {made['frames']} composed "
+        f"frames, {made['notes']} notes at {tempo:g} quarter notes per minute) and {made['png']}"
+    )
 
 
 @main.command()

@@ -141,3 +141,19 @@ def test_calendar_features():
     np.testing.assert_allclose(f[1], [np.sin(2 * np.pi / 12), np.cos(2 * np.pi / 12)])
     with pytest.raises(RnnkitError, match="unknown calendar"):
         calendar_features(index, ["week"])
+
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"shared data sets not found at {DATA}")
+def test_reads_the_shared_series():
+    airline = read_csv(DATA / "timeseries" / "airline-passengers.csv", "Month", ["Passengers"])
+    assert len(airline) == 144 and airline.freq == "MS" and airline.values[0, 0] == 112
+    nab = DATA / "anomaly" / "nab" / "realKnownCause"
+    with pytest.raises(RnnkitError, match="621 gap"):
+        read_csv(nab / "ambient_temperature_system_failure.csv", "timestamp")
+    with pytest.raises(RnnkitError, match="12 duplicated"):
+        read_csv(nab / "machine_temperature_system_failure.csv", "timestamp")
+    as_rows = read_csv(nab / "machine_temperature_system_failure.csv", "timestamp", regular=False)
+    assert len(as_rows) == 22695

@@ -13,6 +13,7 @@ from rnnkit.errors import RnnkitError
 
 TASKS: dict[str, str] = {
     "charlm": "rnnkit.tasks.charlm",
+    "music": "rnnkit.tasks.music",
     "adding": "rnnkit.tasks.memory",
     "copy": "rnnkit.tasks.memory",
     "forecast": "rnnkit.tasks.forecast",

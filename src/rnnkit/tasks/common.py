@@ -1,0 +1,83 @@
+"""What every task's ``train`` entry point does, once: settings in, a new or resumed run out.
+
+A task keeps its settings in a dataclass (stored as ``task_config`` in config.json) and gives
+`train_task` a function that builds its task object from one. The settings come from the task's
+defaults, a TOML file and the command-line flags (`rnnkit.training.options.merge_settings`); the
+training-loop ones (`TRAIN_KEYS`) go to `TrainConfig`, the rest to the task's dataclass.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rnnkit.errors import RnnkitError
+from rnnkit.training import checkpoint as ckpt
+from rnnkit.training.options import TRAIN_KEYS, merge_settings, parse_duration
+from rnnkit.training.trainer import FitResult, Task, TrainConfig, Trainer
+
+Settings = TypeVar("Settings")
+
+
+def settings_from_dict(cls: type[Settings], values: dict[str, Any], task: str) -> Settings:
+    """The dataclass ``cls`` from ``values``, refusing unknown keys (a typo in a config file)."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise RnnkitError(
+            f"unknown {task} setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    return cls(**values)
+
+
+def train_task(
+    name: str,
+    settings_cls: type[Settings],
+    make_task: Callable[[Settings], Task],
+    default_train: TrainConfig,
+    flags: dict[str, Any],
+    config_file: str | None = None,
+    out: str | None = None,
+    resume: str | None = None,
+    paths: tuple[str, ...] = (),
+) -> FitResult:
+    """Train a new run of task ``name`` (in ``out``, default ``runs/NAME-DATE-TIME``), or resume
+    the run ``resume`` (its task settings may not change; its budgets may).
+
+    Args:
+        settings_cls: the task's settings dataclass.
+        make_task: builds the task object from the settings.
+        default_train: the task's training-loop defaults.
+        flags: command-line values (None: not given), named like the dataclass fields and
+            `TRAIN_KEYS`.
+        paths: settings that name files; stored as absolute paths.
+    """
+    task_keys = {f.name for f in fields(settings_cls)}
+    values = merge_settings(config_file, flags, task_keys | set(TRAIN_KEYS))
+    if "max_time" in values:
+        values["max_time"] = parse_duration(values["max_time"])
+    task_values = {k: v for k, v in values.items() if k in task_keys}
+    train_values = {TRAIN_KEYS[k]: v for k, v in values.items() if k in TRAIN_KEYS}
+    for key in paths:
+        if task_values.get(key):
+            task_values[key] = str(Path(task_values[key]).expanduser().resolve())
+    if resume is None:
+        task = make_task(settings_from_dict(settings_cls, task_values, name))
+        config = TrainConfig.from_dict({**asdict(default_train), **train_values})
+        run_dir = Path(out) if out else Path("runs") / time.strftime(f"{name}-%Y%m%d-%H%M%S")
+        return Trainer(task, config, run_dir).fit()
+    saved = ckpt.read_config(resume)
+    if saved.get("task") != name:
+        raise RnnkitError(f"{resume} is a {saved.get('task')!r} run, not a {name} run")
+    settings = settings_from_dict(settings_cls, saved["task_config"], name)
+    for key, value in task_values.items():
+        if getattr(settings, key) != value:
+            raise RnnkitError(
+                f"cannot change --{key.replace('_', '-')} when resuming (the run has "
+                f"{getattr(settings, key)!r}); start a new run instead"
+            )
+    config = TrainConfig.from_dict({**saved["train"], **train_values})
+    return Trainer(make_task(settings), config, resume, resume=True).fit()

@@ -1,0 +1,258 @@
+"""Polyphonic music: next-frame modelling of piano rolls, and composing playable MIDI.
+
+Data: the JSB chorales JSON (official train/valid/test split) or a folder of MIDI files (split
+80/10/10), as piano rolls of 88 keys (`rnnkit.data.music`).
+Model: `FrameModel`, a recurrent layer over the frames with an independent-Bernoulli head or a
+NADE head that models the keys of a frame jointly (``head``).
+Training batches: ``batch`` pieces of similar lengths from a random place in the length order,
+each optionally transposed by a random shift in [-``transpose``, ``transpose``] semitones; the loss
+is the negative log-likelihood per frame of every frame, the first one included (from the start
+step, so the model can also begin a piece on its own).
+Metric: negative log-likelihood per frame in nats, the Bernoulli NLL summed over the 88 keys,
+averaged over the frames of the split, each frame given the frames before it and the first frame
+of each piece not scored (as in Boulanger-Lewandowski et al. 2012 and Bai et al. 2018, whose
+code predicts frames 2..T from frames 1..T-1). ``nll_all_frames`` also scores the first frame.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rnnkit.data.music import (
+    KEYS,
+    MusicData,
+    midi_bytes,
+    pad_rolls,
+    read_midi,
+    read_music,
+    roll_png,
+    transpose_roll,
+)
+from rnnkit.errors import RnnkitError
+from rnnkit.models.frames import HEADS, FrameModel
+from rnnkit.models.heads import bernoulli_nll
+from rnnkit.tasks.common import settings_from_dict, train_task
+from rnnkit.training import checkpoint as ckpt
+from rnnkit.training.trainer import FitResult, StepOutput, TrainConfig
+
+NAME = "music"
+JSB = "../shared/data/music/jsb-chorales-quarter.json"
+
+
+@dataclass
+class MusicConfig:
+    """Everything that rebuilds the data pipeline and the model (stored in config.json)."""
+
+    data: str = ""
+    steps_per_quarter: int = 1
+    cell: str = "lstm"
+    hidden: int = 256
+    layers: int = 1
+    dropout: float = 0.3
+    input_dropout: float = 0.1
+    head: str = "bernoulli"
+    nade_hidden: int = 128
+    impl: str = "auto"
+    batch: int = 16
+    transpose: int = 0
+
+    def check(self) -> None:
+        if not self.data:
+            raise RnnkitError(
+                f"no music to train on: give --data FILE.json or a folder of MIDI files (e.g. {JSB})"
+            )
+        if self.head not in HEADS:
+            raise RnnkitError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        for name in ("steps_per_quarter", "hidden", "layers", "nade_hidden", "batch"):
+            if getattr(self, name) < 1:
+                raise RnnkitError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if not 0 <= self.transpose <= 12:
+            raise RnnkitError(f"transpose must be 0..12 semitones, got {self.transpose}")
+
+
+#: training defaults of `rnnkit train music` (JSB chorales: 229 training pieces)
+DEFAULT_TRAIN = TrainConfig(
+    lr=2e-3, warmup_steps=50, clip=1.0, max_time=15 * 60, eval_every=30, log_every=10, patience=20
+)
+
+
+class MusicTask:
+    """The task object the trainer drives (see `rnnkit.training.trainer`)."""
+
+    name = NAME
+
+    def __init__(self, config: MusicConfig, data: MusicData | None = None) -> None:
+        config.check()
+        self.cfg = config
+        self.data = data or read_music(config.data, config.steps_per_quarter)
+        self.steps_per_epoch = math.ceil(len(self.data.train) / config.batch)
+        self.by_length = sorted(self.data.train, key=len)
+
+    def config(self) -> dict[str, Any]:
+        return asdict(self.cfg)
+
+    def save_assets(self, run_dir: Path) -> None:
+        pass  # the config names the data; nothing else to keep
+
+    def build_model(self) -> FrameModel:
+        return build_model(self.cfg)
+
+    def train_batch(self, step: int, rng: torch.Generator) -> tuple[Tensor, Tensor]:
+        """``batch`` training pieces of similar lengths (consecutive in length order, from a
+        random place, wrapping around), each randomly transposed: frames (T, B, 88), lengths.
+        Similar lengths keep the padding, and so the time per step, small."""
+        pieces, B, t = self.by_length, min(self.cfg.batch, len(self.by_length)), self.cfg.transpose
+        start = int(torch.randint(0, len(pieces), (1,), generator=rng))
+        shifts = torch.randint(-t, t + 1, (B,), generator=rng).tolist()
+        chosen = [pieces[(start + i) % len(pieces)] for i in range(B)]
+        return pad_rolls([transpose_roll(roll, shift) for roll, shift in zip(chosen, shifts)])
+
+    def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor], state: Any) -> StepOutput:
+        frames, lengths = batch
+        total, count = nll_sum(model(frames, lengths), frames, lengths, skip_first=False)
+        return StepOutput(total / count, None, count)
+
+    def evaluate(self, model: nn.Module, full: bool) -> dict[str, float]:
+        return evaluate_rolls(model, self.data.valid)
+
+
+def build_model(cfg: MusicConfig) -> FrameModel:
+    """The next-frame model of ``cfg`` over the 88 piano keys."""
+    return FrameModel(cfg.cell, KEYS, cfg.hidden, cfg.layers, cfg.dropout, cfg.input_dropout,
+                      cfg.head, cfg.nade_hidden, cfg.impl)  # fmt: skip
+
+
+def nll_sum(
+    logits: Tensor, frames: Tensor, lengths: Tensor, skip_first: bool = True
+) -> tuple[Tensor, int]:
+    """Summed negative log-likelihood (nats) of the frames within ``lengths``, and their count.
+
+    logits, frames (T, B, K); lengths (B,). Each frame's NLL is the Bernoulli NLL summed over
+    the K keys; ``skip_first`` leaves each piece's first frame unscored (the benchmark's
+    convention). NLL per frame = sum / count.
+    """
+    steps = torch.arange(frames.shape[0]).unsqueeze(1)  # (T, 1)
+    scored = (steps < lengths.unsqueeze(0)) & (steps >= int(skip_first))  # (T, B)
+    return bernoulli_nll(logits, frames)[scored].sum(), int(scored.sum())
+
+
+def evaluate_rolls(model: nn.Module, rolls: list[Tensor], batch: int = 32) -> dict[str, float]:
+    """NLL per frame of ``rolls`` (each (T, 88)): ``loss`` (first frames not scored, the
+    benchmark figure), ``nll_all_frames`` (all scored) and ``frames`` (frames scored in loss)."""
+    was_training = model.training
+    model.eval()
+    sums = {True: 0.0, False: 0.0}
+    counts = {True: 0, False: 0}
+    rolls = sorted(rolls, key=len)  # little padding
+    with torch.no_grad():
+        for i in range(0, len(rolls), batch):
+            frames, lengths = pad_rolls(rolls[i : i + batch])
+            logits = model(frames, lengths)
+            for skip in (True, False):
+                total, count = nll_sum(logits, frames, lengths, skip)
+                sums[skip], counts[skip] = sums[skip] + float(total), counts[skip] + count
+    model.train(was_training)
+    if counts[True] == 0:
+        raise RnnkitError("every piece has a single frame; nothing to score")
+    return {"loss": sums[True] / counts[True], "nll_all_frames": sums[False] / counts[False],
+            "frames": float(counts[True])}  # fmt: skip
+
+
+# --- rebuilding a trained run (rnnkit eval / compose) ------------------------------------------
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[FrameModel, MusicConfig]:
+    """The model (eval mode) and task config of a music run; ``checkpoint`` "best" (the best
+    validation NLL, falling back to the last if there was no evaluation) or "last"."""
+    run_dir = Path(run_dir)
+    config = ckpt.read_config(run_dir)
+    if config.get("task") != NAME:
+        raise RnnkitError(f"{run_dir} is a {config.get('task')!r} run, not a music run")
+    ckpt.recover(run_dir)
+    cfg = settings_from_dict(MusicConfig, config["task_config"], NAME)
+    if checkpoint not in ("best", "last"):
+        raise RnnkitError(f"checkpoint must be 'last' or 'best', got {checkpoint!r}")
+    path = run_dir / (ckpt.BEST if checkpoint == "best" else ckpt.MODEL)
+    if checkpoint == "best" and not path.is_file():
+        path = run_dir / ckpt.MODEL
+    model = build_model(cfg)
+    ckpt.load_model_weights(model, path)
+    return model.eval(), cfg
+
+
+# --- what the command line calls --------------------------------------------------------------
+
+
+def train(
+    flags: dict[str, Any],
+    config_file: str | None = None,
+    out: str | None = None,
+    resume: str | None = None,
+) -> FitResult:
+    """Train (or resume) a music model from command-line ``flags`` (None: not given), a TOML
+    ``config_file`` and the defaults (`MusicConfig`, `DEFAULT_TRAIN`)."""
+    return train_task(NAME, MusicConfig, MusicTask, DEFAULT_TRAIN, flags, config_file, out,
+                      resume, paths=("data",))  # fmt: skip
+
+
+def evaluate_file(
+    run_dir: str, data: str | None = None, split: str = "test", checkpoint: str = "best"
+) -> dict[str, float]:
+    """NLL per frame of a trained run on ``split`` of its own data, or of ``data`` (a JSB-style
+    JSON or a folder of MIDI files) if given; see `evaluate_rolls`. Adds ``pieces``."""
+    model, cfg = load_run(run_dir, checkpoint)
+    music = read_music(data or cfg.data, cfg.steps_per_quarter)
+    rolls = music.split(split)
+    return {**evaluate_rolls(model, rolls), "pieces": float(len(rolls))}
+
+
+def eval_report(run_dir: str, metrics: dict[str, float]) -> str:
+    """One line for `rnnkit eval`: the NLL per frame and what it was measured on."""
+    return (
+        f"{int(metrics['pieces'])} pieces, {int(metrics['frames'])} frames scored: "
+        f"NLL {metrics['loss']:.4f} nats per frame (first frame of each piece not scored; "
+        f"{metrics['nll_all_frames']:.4f} with it)"
+    )
+
+
+def compose(
+    run_dir: str,
+    out: str,
+    frames: int = 64,
+    tempo: float = 80.0,
+    prime: str | None = None,
+    seed: int = 1,
+    temperature: float = 1.0,
+    checkpoint: str = "best",
+) -> dict[str, Any]:
+    """Compose ``frames`` new frames with a trained run, after the frames of the MIDI file
+    ``prime`` if given, and write them (primer included) as a MIDI file ``out`` at ``tempo``
+    quarter notes per minute, and as a piano-roll PNG beside it (``out`` with ``.png``).
+
+    Returns the paths written and counts: ``prime_frames``, ``frames``, ``notes`` (onsets).
+    """
+    out_path = Path(out)
+    if out_path.suffix.lower() not in (".mid", ".midi"):
+        raise RnnkitError(f"--out must name a .mid file, got {out}")
+    if not out_path.parent.is_dir():
+        raise RnnkitError(f"folder {out_path.parent} does not exist; create it first")
+    if frames < 1 or not tempo > 0:
+        raise RnnkitError(f"--frames must be >= 1 and --tempo > 0, got {frames} and {tempo}")
+    model, cfg = load_run(run_dir, checkpoint)
+    primer = None if prime is None else read_midi(prime, cfg.steps_per_quarter).unsqueeze(1)
+    generator = torch.Generator().manual_seed(seed)
+    roll = model.generate(frames, primer, temperature=temperature, generator=generator)[:, 0]
+    n0 = 0 if primer is None else primer.shape[0]
+    ckpt.atomic_write_bytes(out_path, midi_bytes(roll, tempo, cfg.steps_per_quarter))
+    png = out_path.with_suffix(".png")
+    title = f"{Path(run_dir).name}: {frames} frames composed" + (f" after {prime}" if prime else "")
+    ckpt.atomic_write_bytes(png, roll_png(roll, title, prime=n0))
+    onsets = torch.cat([roll[:1], (roll[1:] - roll[:-1]).clamp(min=0)]).sum()
+    return {"midi": str(out_path), "png": str(png), "prime_frames": n0, "frames": frames,
+            "notes": int(onsets)}  # fmt: skip
