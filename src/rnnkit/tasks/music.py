@@ -65,7 +65,8 @@ class MusicConfig:
     def check(self) -> None:
         if not self.data:
             raise RnnkitError(
-                f"no music to train on: give --data FILE.json or a folder of MIDI files (e.g. {JSB})"
+                "no music to train on: give --data FILE.json or a folder of MIDI files "
+                f"(e.g. {JSB})"
             )
         if self.head not in HEADS:
             raise RnnkitError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
