@@ -141,6 +141,37 @@ class _RecurrentLayer(nn.Module):
             output = output.transpose(0, 1)
         return output, (final[0] if len(final) == 1 else final)
 
+    def step(self, input: Tensor, hx=None):
+        """One time step for streaming and generation, without the time-loop machinery.
+
+        input (B, I) or (I,); hx as in `forward`. Returns (output (B, H), state) with the state
+        shaped as in `forward`; equal to ``forward`` on a one-step sequence. Unidirectional only;
+        in training mode only dropout between layers applies (zoneout at its expectation).
+        """
+        if self.bidirectional:
+            raise RnnkitError(f"{type(self).__name__}.step needs bidirectional=False")
+        batch_first = self.batch_first and input.dim() == 2
+        x, state0, _, unbatched = self._prepare(input.unsqueeze(1 if batch_first else 0), hx, None)
+        x = x[0]  # (B, I)
+        finals: list[list[Tensor]] = [[] for _ in state0]
+        for layer, cell in enumerate(self._cells):
+            gx, w_hh, b_hh, params = cell.engine_inputs(x[None], self._weights(layer, ""))
+            state = tuple(s[layer] for s in state0)
+            gh = nn.functional.linear(state[0], w_hh, b_hh)
+            new, _ = cell.step(gx[0], gh, state, params)
+            rates = self._recurrent_noise(cell, state)[1]
+            if rates is not None:
+                new = tuple(torch.lerp(n, s, p) for n, s, p in zip(new, state, rates.rates))
+            for store, s in zip(finals, new):
+                store.append(s)
+            x = new[0]
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                x = nn.functional.dropout(x, self.dropout, training=True)
+        final = tuple(torch.stack(f) for f in finals)  # (L, B, H)
+        if unbatched:
+            x, final = x.squeeze(0), tuple(f.squeeze(1) for f in final)
+        return x, (final[0] if len(final) == 1 else final)
+
     def _forward_bptt(self, x: Tensor, state0: tuple[Tensor, ...], lengths: Tensor | None):
         mask = None if lengths is None else lengths_to_mask(lengths.to(x.device), x.shape[0])
         finals: list[list[Tensor]] = [[] for _ in state0]
