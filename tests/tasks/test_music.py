@@ -102,9 +102,15 @@ def test_compose_continues_a_primer(run, tmp_path):
         music.compose(str(run), str(tmp_path / "no/such/dir/x.mid"))
 
 
-def test_resume_refuses_a_changed_model(run):
+def test_resume_continues_and_refuses_a_changed_model(jsb, tmp_path):
+    out = str(tmp_path / "run")
+    music.train({"data": str(jsb), **TINY, **QUIET, "max_steps": 4}, out=out)
     with pytest.raises(RnnkitError, match="cannot change --hidden when resuming"):
-        music.train({"hidden": 99}, resume=str(run))
+        music.train({"hidden": 99}, resume=out)
+    resumed = music.train({"data": str(jsb), "max_steps": 6, "progress": "none"}, resume=out)
+    assert resumed.step == 6
+    with pytest.raises(RnnkitError, match="no music to train on: give --data"):
+        music.train({"max_steps": 1}, out=str(tmp_path / "other"))
 
 
 def write_song(path: Path, pitches: list[int]) -> None:
