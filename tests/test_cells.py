@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import rnnkit
+import rnnkit.fused
 from rnnkit.cells import LayerNormGRUCell, LayerNormLSTMCell, PeepholeLSTMCell
 from rnnkit.recurrence import lengths_to_mask, run_cell
 
@@ -41,10 +42,24 @@ def test_cell_matches_torch_cell(name, batched):
         torch.testing.assert_close(mine, expected, atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("name", list(CELLS))
+ENGINES = [(name, False) for name in CELLS] + [
+    (name, True)
+    for name in CELLS
+    if name.startswith(("elman", "gru"))  # cells with C++ loops
+]
+
+
+@pytest.mark.parametrize("name,fused", ENGINES)
 @pytest.mark.parametrize("masked", [False, True])
-def test_step_backward_passes_gradcheck(name, masked):
-    """The engine's hand-written BPTT through each cell, with and without a length mask."""
+def test_step_backward_passes_gradcheck(name, masked, fused):
+    """The engine's hand-written BPTT through each cell, with and without a length mask; GRU
+    and Elman cells both through their Python step_backward and the C++ loops."""
+    assert rnnkit.fused.supports(CELLS[name][0]()) or not fused
+    with rnnkit.fused.fused_enabled(fused):
+        check_step_backward(name, masked)
+
+
+def check_step_backward(name: str, masked: bool) -> None:
     torch.manual_seed(0)
     cell = CELLS[name][0]().double()
     with torch.no_grad():

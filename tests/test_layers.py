@@ -9,6 +9,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
+from rnnkit.fused import fused_enabled
 
 T, B, I, H = 6, 4, 3, 5
 RAGGED = torch.tensor([4, 6, 1, 3])  # unsorted, one full-length, one of length 1
@@ -18,6 +19,7 @@ CELLS = {
     "lstm": (rnnkit.LSTM, torch.nn.LSTM, {}),
     "gru": (rnnkit.GRU, torch.nn.GRU, {}),
 }
+IMPLS = ["bptt", "bptt-python", "torch"]
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
 GRID = list(
     itertools.product(
@@ -35,7 +37,7 @@ GRID = list(
 def make_pair(cell: str, dtype: torch.dtype, impl: str, **kwargs):
     """An rnnkit layer and the torch.nn layer holding the same weights."""
     ours_cls, torch_cls, options = CELLS[cell]
-    ours = ours_cls(I, H, impl=impl, **options, **kwargs).to(dtype)
+    ours = ours_cls(I, H, impl=impl.removesuffix("-python"), **options, **kwargs).to(dtype)
     theirs = torch_cls(I, H, **options, **kwargs).to(dtype)
     theirs.load_state_dict(ours.state_dict())
     return ours, theirs
@@ -56,6 +58,12 @@ def as_tuple(state):
 
 
 def compare(cell, num_layers, bidirectional, batch_first, bias, with_hx, ragged, impl, dtype):
+    """impl: "torch", "bptt" (C++ loops where they exist) or "bptt-python" (the Python engine)."""
+    with fused_enabled(not impl.endswith("-python")):
+        _compare(cell, num_layers, bidirectional, batch_first, bias, with_hx, ragged, impl, dtype)
+
+
+def _compare(cell, num_layers, bidirectional, batch_first, bias, with_hx, ragged, impl, dtype):
     torch.manual_seed(hash((cell, num_layers, bidirectional, batch_first, bias)) % 2**31)
     kwargs = dict(num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first)
     ours, theirs = make_pair(cell, dtype, impl, bias=bias, **kwargs)
@@ -88,7 +96,7 @@ def compare(cell, num_layers, bidirectional, batch_first, bias, with_hx, ragged,
         torch.testing.assert_close(mine, ref, atol=atol, rtol=0)
 
 
-@pytest.mark.parametrize("impl", ["bptt", "torch"])
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize(
     "cell,num_layers,bidirectional,batch_first,bias,with_hx,ragged",
     GRID,
@@ -102,7 +110,7 @@ def test_matches_torch_float64(
     )
 
 
-@pytest.mark.parametrize("impl", ["bptt", "torch"])
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize(
     "cell,num_layers,bidirectional,batch_first,bias,with_hx,ragged",
     GRID,

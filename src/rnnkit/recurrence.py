@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from rnnkit import fused
 from rnnkit.cells.base import Cell, State
 
 
@@ -138,7 +139,11 @@ def run_cell(
 
     Returns:
         output (T, B, H): h_t at each step (zero past a sequence's end), and the final state.
+
+    GRU and Elman cells without per-step noise run the same loops in C++ (`rnnkit.fused`).
     """
+    if recurrent_mask is None and zoneout is None and not params and fused.supports(cell):
+        return fused.run_fused(cell, gx, weight_hh, bias_hh, state0[0], mask)
     options = (mask, recurrent_mask, zoneout, len(params))
     output, *final = _BPTT.apply(cell, options, gx, weight_hh, bias_hh, *params, *state0)
     return output, tuple(final)

@@ -1,0 +1,125 @@
+"""The engine's time loops for GRU and Elman cells in C++ (``csrc/fused.cpp``), used when present.
+
+Why C++: at the sizes RNNs are trained at on a CPU, a Python step costs as much as its matrix
+product (about ten pointwise kernels, each a few microseconds of dispatch), and torch runs only
+LSTM through oneDNN. The extension runs the same algorithm as `rnnkit.recurrence` (hoisted input
+product, one GEMM per step, BPTT with the weight gradients gathered after the loop) with each
+step's pointwise math fused into one pass. It is compiled with `torch.utils.cpp_extension` on
+first use (about a minute, cached under ~/.cache/torch_extensions) and covers exactly the
+classic cells without per-step noise; every other configuration runs the Python engine.
+
+If the build fails, rnnkit warns once and runs the Python engine; ``RNNKIT_FUSED=0`` turns the
+extension off, and `fused_enabled(False)` does so in-process (the tests run both paths).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from rnnkit.cells import ElmanCell, GRUCell
+from rnnkit.cells.base import Cell
+
+_SOURCE = Path(__file__).parent / "csrc" / "fused.cpp"
+_NONLINEARITY = {"tanh": 0, "relu": 1, "sigmoid": 2}
+_state = {"enabled": os.environ.get("RNNKIT_FUSED", "1") != "0", "module": None, "failed": False}
+
+
+def extension():
+    """The compiled extension, building it on first use; None if it cannot be built."""
+    if _state["module"] is None and not _state["failed"]:
+        try:
+            from torch.utils.cpp_extension import load
+
+            _state["module"] = load(
+                name="rnnkit_fused", sources=[str(_SOURCE)], extra_cflags=["-O3"], verbose=False
+            )
+        except Exception as err:  # a missing compiler must not stop training: warn, fall back
+            _state["failed"] = True
+            warnings.warn(
+                f"rnnkit: the C++ time loops could not be built ({err}); running the Python "
+                "engine, which is slower for GRU and Elman cells",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return _state["module"]
+
+
+@contextlib.contextmanager
+def fused_enabled(enabled: bool) -> Iterator[None]:
+    """Within the block, use (True) or do not use (False) the C++ loops."""
+    before = _state["enabled"]
+    _state["enabled"] = enabled
+    try:
+        yield
+    finally:
+        _state["enabled"] = before
+
+
+def supports(cell: Cell) -> bool:
+    """True if this cell's time loop runs in C++ (its exact class, not a subclass)."""
+    return (
+        _state["enabled"] and type(cell) in (GRUCell, ElmanCell) and extension() is not None
+    )
+
+
+def run_fused(
+    cell: Cell, gx: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, h0: Tensor, mask
+) -> tuple[Tensor, tuple[Tensor]]:
+    """As `rnnkit.recurrence.run_cell` for a GRU or Elman cell: (output (T, B, H), (h_n,))."""
+    code = 3 if isinstance(cell, GRUCell) else _NONLINEARITY[cell.nonlinearity]
+    output, h_n = _FusedLoop.apply(code, gx, weight_hh, bias_hh, h0, mask)
+    return output, (h_n,)
+
+
+class _FusedLoop(torch.autograd.Function):
+    """code 3: GRU; 0, 1, 2: Elman with tanh, relu, sigmoid."""
+
+    @staticmethod
+    def forward(ctx, code, gx, weight_hh, bias_hh, h0, mask):
+        ext = extension()
+        flat_mask = mask.squeeze(-1).contiguous() if mask is not None else _EMPTY_MASK
+        bias = bias_hh if bias_hh is not None else gx.new_empty(0)
+        if code == 3:
+            states, cache = ext.gru_forward(gx, weight_hh, bias, h0, flat_mask)
+        else:
+            states, cache = ext.elman_forward(gx, weight_hh, bias, h0, flat_mask, code), None
+        output = states[1:] * mask if mask is not None else states[1:].clone()
+        ctx.code, ctx.has_bias = code, bias_hh is not None
+        ctx.save_for_backward(weight_hh, states, cache, flat_mask)
+        return output, states[-1].clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output, grad_h_n):
+        weight_hh, states, cache, flat_mask = ctx.saved_tensors
+        ext = extension()
+        T, B, H = states.shape[0] - 1, states.shape[1], states.shape[2]
+        if grad_output is None:
+            grad_output = states.new_empty(0)
+        elif flat_mask.numel():
+            grad_output = grad_output * flat_mask.unsqueeze(-1)
+        if grad_h_n is None:
+            grad_h_n = states.new_zeros(B, H)
+        if ctx.code == 3:
+            grad_gx, grad_gh, grad_h0 = ext.gru_backward(
+                grad_output, grad_h_n, weight_hh, states, cache, flat_mask
+            )
+        else:
+            grad_gx, grad_h0 = ext.elman_backward(
+                grad_output, grad_h_n, weight_hh, states, flat_mask, ctx.code
+            )
+            grad_gh = grad_gx
+        flat_gh = grad_gh.view(T * B, -1)
+        grad_weight_hh = flat_gh.t() @ states[:-1].reshape(T * B, H)
+        grad_bias_hh = flat_gh.sum(0) if ctx.has_bias else None
+        return None, grad_gx, grad_weight_hh, grad_bias_hh, grad_h0, None
+
+
+_EMPTY_MASK = torch.empty(0, dtype=torch.bool)
