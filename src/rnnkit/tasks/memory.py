@@ -200,22 +200,30 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, problem: str) -> dict[str, 
 
     x, y as from `MemoryTask.generate`, with the batch on dimension 1 (N sequences).
     """
+    sums = _adding_sums if problem == "adding" else _copy_sums
     total, hits, n = 0.0, 0.0, x.shape[1]
     for i in range(0, n, EVAL_CHUNK):
-        xb, yb = x[:, i : i + EVAL_CHUNK], y[i : i + EVAL_CHUNK] if problem == "adding" else None
-        if problem == "adding":
-            answer = model(xb).squeeze(-1)
-            total += float(((answer - yb) ** 2).sum())
-            hits += float(((answer - yb).abs() < 0.04).sum())
-        else:
-            yb = y[:, i : i + EVAL_CHUNK]
-            logits, _ = model(one_hot(xb))
-            ce = nn.functional.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="sum")
-            total += float(ce) / yb.shape[0]
-            recall = slice(yb.shape[0] - SYMBOLS, None)
-            hits += float((logits[recall].argmax(-1) == yb[recall]).float().mean(0).sum())
+        chunk = slice(i, i + EVAL_CHUNK)
+        loss_sum, hit_sum = sums(model, x[:, chunk], y[chunk] if y.dim() == 1 else y[:, chunk])
+        total, hits = total + loss_sum, hits + hit_sum
     base = ADDING_BASELINE_MSE if problem == "adding" else copy_baseline(x.shape[0] - 2 * SYMBOLS)
     return {"loss": total / n, "accuracy": hits / n, "baseline": base}
+
+
+def _adding_sums(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
+    """Sum over the batch of the squared errors, and of the answers within 0.04."""
+    error = model(x).squeeze(-1) - y  # (B,)
+    return float((error**2).sum()), float((error.abs() < 0.04).sum())
+
+
+def _copy_sums(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
+    """Sum over the batch of the mean cross-entropy per step, and of the fraction of the 10
+    recalled symbols that are right."""
+    logits, _ = model(one_hot(x))  # (T + 20, B, 9)
+    ce = nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum")
+    recall = slice(y.shape[0] - SYMBOLS, None)
+    right = (logits[recall].argmax(-1) == y[recall]).float().mean(0)  # (B,)
+    return float(ce) / y.shape[0], float(right.sum())
 
 
 # --- rebuilding a run, and what the command line calls ---------------------------------------
