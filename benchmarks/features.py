@@ -1,0 +1,58 @@
+"""Feature cells and regularisers on the engine against plain torch.nn.LSTM; prints JSON.
+
+    python benchmarks/features.py [--shape 32,100,128,256 --repeats 3]
+
+Forward+backward time of one layer in training mode, float32, all in one process, and the ratio
+to torch.nn.LSTM of the same width (the goal: within 1.5x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+import rnnkit
+from benchmarks.layers import median_time
+
+FEATURES = {
+    "torch.nn.LSTM": lambda i, h: torch.nn.LSTM(i, h),
+    "layer_norm LSTM": lambda i, h: rnnkit.LSTM(i, h, layer_norm=True),
+    "layer_norm GRU": lambda i, h: rnnkit.GRU(i, h, layer_norm=True),
+    "peephole LSTM": lambda i, h: rnnkit.LSTM(i, h, peephole=True),
+    "recurrent_dropout 0.25 LSTM": lambda i, h: rnnkit.LSTM(i, h, recurrent_dropout=0.25),
+    "zoneout 0.1 LSTM": lambda i, h: rnnkit.LSTM(i, h, zoneout=0.1),
+    "weight_dropout 0.5 LSTM (DropConnect)": lambda i, h: rnnkit.LSTM(i, h, weight_dropout=0.5),
+    "plain LSTM, rnnkit engine": lambda i, h: rnnkit.LSTM(i, h, impl="bptt"),
+    "plain GRU, rnnkit engine": lambda i, h: rnnkit.GRU(i, h, impl="bptt"),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="32,100,128,256", help="B,T,I,H")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    B, T, I, H = (int(v) for v in args.shape.split(","))
+    x = torch.randn(T, B, I, requires_grad=True)
+    times = {
+        name: median_time(make(I, H).train(), x, True, args.repeats)
+        for name, make in FEATURES.items()
+    }
+    base = times["torch.nn.LSTM"]
+    document = {
+        "benchmark": "features",
+        "B": B,
+        "T": T,
+        "I": I,
+        "H": H,
+        "threads": torch.get_num_threads(),
+        "forward_backward_ms": {k: round(1e3 * v, 1) for k, v in times.items()},
+        "ratio_to_torch_lstm": {k: round(v / base, 2) for k, v in times.items()},
+    }
+    print(json.dumps(document, indent=1))
+
+
+if __name__ == "__main__":
+    main()
