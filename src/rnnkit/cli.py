@@ -220,7 +220,9 @@ def _memory_options(default_t: int):
         click.option("--forget-bias", type=float, help="LSTM forget-gate bias at init."),
         click.option("--impl", type=click.Choice(["auto", "bptt", "torch"])),
         click.option("--test-size", type=int, help="Test sequences.  [default: 10000]"),
-        click.option("--lr", type=float, help="Peak learning rate (AdamW).  [default: 0.002]"),
+        click.option(
+            "--lr", type=float, help="Peak learning rate (AdamW).  [default: 0.01; irnn: 0.0002]"
+        ),
         click.option("--clip", type=float, help="Clip the gradient norm; 0: off.  [default: 1.0]"),
         click.option("--warmup", type=int, help="Warm-up steps.  [default: 50]"),
         click.option("--max-steps", type=int, help="Step budget.  [default: 3000]"),

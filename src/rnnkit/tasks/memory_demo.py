@@ -1,7 +1,8 @@
 """`rnnkit demo`: the long-term memory lab on the adding problem.
 
-Trains four recurrent networks of the same width on the adding problem, one after another, each
-through the generic trainer into its own run directory, then:
+Trains four recurrent networks of the same width on the adding problem (T=200), one after
+another, each through the generic trainer into its own run directory, for at most 3000 steps; a
+network stops early once it has solved the problem (`SOLVED_WINDOW`). Then:
 
 - prints a table: final test MSE against the 0.167 baseline, solved (test MSE < 0.01) or not,
   steps and time;
@@ -29,7 +30,7 @@ from rnnkit.data.synthetic import ADDING_BASELINE_MSE
 from rnnkit.diagnostics.gradient_flow import decay_summary, run_gradient_norms
 from rnnkit.diagnostics.plots import plot_gradient_flow, plot_validation_curves
 from rnnkit.errors import RnnkitError
-from rnnkit.tasks.memory import SOLVED_MSE, MemoryConfig, MemoryTask
+from rnnkit.tasks.memory import DEFAULT_LR, SOLVED_MSE, MemoryConfig, MemoryTask
 from rnnkit.training.metrics import read_metrics
 from rnnkit.training.trainer import TrainConfig, Trainer
 
@@ -58,17 +59,17 @@ class DemoPlan:
 
 
 CONTENDERS = (
-    Contender("Elman (tanh)", "rnn", 2e-3),
-    Contender("IRNN (relu, identity)", "irnn", 2e-4),
-    Contender("LSTM", "lstm", 2e-3),
-    Contender("GRU", "gru", 2e-3),
+    Contender("Elman (tanh)", "rnn", DEFAULT_LR["rnn"]),
+    Contender("IRNN (relu, identity)", "irnn", DEFAULT_LR["irnn"]),
+    Contender("LSTM", "lstm", DEFAULT_LR["lstm"]),
+    Contender("GRU", "gru", DEFAULT_LR["gru"]),
 )
 FULL = DemoPlan(
-    T=100,
+    T=200,
     hidden=64,
     batch=50,
-    steps=1500,
-    eval_every=100,
+    steps=3000,
+    eval_every=200,
     valid_size=1000,
     test_size=10000,
     contenders=CONTENDERS,
@@ -83,6 +84,9 @@ QUICK = DemoPlan(
     test_size=500,
     contenders=CONTENDERS,
 )
+#: a network stops early once its mean training MSE over this many steps is below
+#: `SOLVED_MSE` / 10 (training batches are fresh sequences, so this estimates the test MSE)
+SOLVED_WINDOW = 100
 
 
 @dataclass
@@ -209,7 +213,7 @@ def _train_one(
     )
     echo(f"training {contender.label} ...")
     start, cpu = time.perf_counter(), time.process_time()
-    trainer = Trainer(task, config, out / contender.cell)
+    trainer = Trainer(task, config, out / contender.cell, callbacks=[_StopWhenSolved()])
     result = trainer.fit()
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     mse = result.final["loss"]
@@ -226,6 +230,20 @@ def _train_one(
         cpu,
         str(out / contender.cell),
     )
+
+
+class _StopWhenSolved:
+    """Trainer callback: stop once the last `SOLVED_WINDOW` training losses average below
+    `SOLVED_MSE` / 10, so a network that has solved the problem frees the CPU for the next."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def __call__(self, trainer: Trainer, record: dict) -> None:
+        self.losses = [*self.losses[-(SOLVED_WINDOW - 1) :], record["loss"]]
+        solved = sum(self.losses) / len(self.losses) < SOLVED_MSE / 10
+        if len(self.losses) == SOLVED_WINDOW and solved:
+            trainer.request_stop("solved")
 
 
 def format_table(rows: list[Row], plan: DemoPlan) -> str:
