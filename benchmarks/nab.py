@@ -31,32 +31,20 @@ from rnnkit.tasks.timeseries_plots import plot_anomalies
 CATEGORIES = ("realKnownCause", "artificialWithAnomaly")
 
 
-def series_scores(path: Path, out: Path, reuse: bool, cfg: anomaly.DetectConfig) -> pd.DataFrame:
+def series_scores(
+    path: Path, out: Path, reuse: bool, cfg: anomaly.DetectConfig, seed: int
+) -> pd.DataFrame:
     """The per-row z of one series (trained now, or read back from ``out``)."""
     cache = out / f"{path.parent.name}__{path.stem}.csv"
     if reuse and cache.is_file():
         return pd.read_csv(cache)
     series = read_csv(path, "timestamp", ["value"], regular=False)
     start = time.perf_counter()
-    detection = anomaly.detect(series, cfg)
+    detection = anomaly.detect(series, cfg, train={"seed": seed})
     frame = detection.frame(series).reset_index(names="time")
     frame["seconds"] = time.perf_counter() - start
     frame.to_csv(cache, index=False)
     return frame
-
-
-def threshold_rows(
-    frame: pd.DataFrame, cfg: anomaly.DetectConfig
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Score, label-free flags and threshold of one series from its z."""
-    score = anomaly.accumulate(frame["z"].to_numpy(), cfg.accumulate)
-    start = int(cfg.train_fraction * len(frame))
-    after = score[start:]
-    if cfg.threshold == "dynamic":
-        threshold = anomaly.dynamic_threshold(after)
-    else:
-        threshold = float(np.quantile(after, cfg.quantile))
-    return score, anomaly.flags_from(score, threshold, cfg.refractory, start), threshold
 
 
 def main() -> None:
@@ -64,6 +52,7 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/anomaly/nab")
     parser.add_argument("--out", default="runs/nab")
     parser.add_argument("--reuse", action="store_true")
+    parser.add_argument("--seed", type=int, default=0, help="Training seed of every forecaster.")
     parser.add_argument("--img", help="Folder for the PNGs of every series.")
     args = parser.parse_args()
     data, out = Path(args.data), Path(args.out)
@@ -76,9 +65,10 @@ def main() -> None:
     rng = np.random.default_rng(0)
     for path in sorted(p for c in CATEGORIES for p in (data / c).glob("*.csv")):
         key = f"{path.parent.name}/{path.name}"
-        frame = series_scores(path, out, args.reuse, cfg)
+        frame = series_scores(path, out, args.reuse, cfg, args.seed)
         w = nab.row_weights(pd.DatetimeIndex(frame["time"]), nab.read_windows(windows_file, key))
-        score, flag, threshold = threshold_rows(frame, cfg)
+        start = int(cfg.train_fraction * len(frame))
+        score, flag, threshold = anomaly.threshold_scores(frame["z"].to_numpy(), start, cfg)
         result = nab.score_flags(w, flag)
         rows.append({"series": key, "rows": len(frame), "score": round(result.normalized, 1),
                      "tp": result.tp, "fn": result.fn, "fp": result.fp,
@@ -100,6 +90,7 @@ def summary(rows, weights, scores, randoms, flags, cfg) -> dict:
 
     swept_th, swept = nab.best_threshold(weights, scores, to_flags)
     random_th, random = nab.best_threshold(weights, randoms, to_flags)
+    _, random_plain = nab.best_threshold(weights, randoms)
     return {
         "config": asdict(cfg),
         "series": rows,
@@ -109,6 +100,9 @@ def summary(rows, weights, scores, randoms, flags, cfg) -> dict:
                 swept.normalized, 1
             ),
             "random, best corpus threshold": round(random.normalized, 1),
+            "random, best corpus threshold, no refractory period": round(
+                random_plain.normalized, 1
+            ),
             "null detector": 0.0,
         },
         "counts": {"tp": ours.tp, "fn": ours.fn, "fp": ours.fp},

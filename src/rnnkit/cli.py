@@ -516,17 +516,15 @@ def compose(run: str, out: str, frames, tempo, prime, temperature, seed, checkpo
               help="Take the rows in file order as the steps (irregular times).")  # fmt: skip
 @click.option("--windows", help="NAB combined_windows.json: shade and score the labelled windows.")
 @click.option("--series-key", help="The series' key in --windows.  [default: FOLDER/FILE.csv]")
-@click.option("--train-fraction", type=float, default=0.15, show_default=True)
-@click.option("--accumulate", type=int, default=3, show_default=True,
-              help="Rows over which the squared errors are averaged.")  # fmt: skip
-@click.option("--threshold", type=click.Choice(["dynamic", "quantile"]), default="dynamic",
-              show_default=True)  # fmt: skip
-@click.option("--quantile", type=float, default=0.999, show_default=True)
-@click.option("--refractory", type=int, default=100, show_default=True,
-              help="Rows after a detection in which no other is raised.")  # fmt: skip
-def detect(csv_path, time_col, targets, out, max_steps, lr, seed, input_chunk_length,
-           rows_as_steps, windows, series_key, train_fraction, accumulate, threshold, quantile,
-           refractory, **settings) -> None:  # fmt: skip
+@click.option("--train-fraction", type=float, help="Early part that trains.  [default: 0.15]")
+@click.option("--accumulate", type=int, help="Rows averaged into a score.  [default: 20]")
+@click.option("--threshold", type=click.Choice(["calibrated", "dynamic", "quantile"]),
+              help="Label-free rule.  [default: calibrated]")  # fmt: skip
+@click.option("--p-value", type=float, help="calibrated: tail probability.  [default: 1e-6]")
+@click.option("--quantile", type=float, help="quantile: of the scores.  [default: 0.999]")
+@click.option("--refractory", type=int, help="Quiet rows after a detection.  [default: 300]")
+def detect(csv_path, time_col, targets, out, max_steps, lr, seed, rows_as_steps, windows,
+           series_key, fill, **flags) -> None:  # fmt: skip
     """Detect anomalies: a forecaster learns the early part, large errors are flagged.
 
     \b
@@ -537,11 +535,11 @@ def detect(csv_path, time_col, targets, out, max_steps, lr, seed, input_chunk_le
     """
     from rnnkit.tasks import anomaly
 
-    cfg = anomaly.DetectConfig(train_fraction, input_chunk_length or 32, accumulate, threshold,
-                               quantile, refractory)  # fmt: skip
-    report = anomaly.run(csv_path, time_col, list(targets), out, regular=not rows_as_steps,
-                         windows=windows, series_key=series_key, cfg=cfg,
-                         train=_train_settings(max_steps, lr, seed), **settings)  # fmt: skip
+    model = {k: flags.pop(k) for k in ("cell", "hidden_size", "num_layers")}
+    cfg = anomaly.DetectConfig(**{k: v for k, v in flags.items() if v is not None})
+    report = anomaly.run(csv_path, time_col, list(targets), out, fill, not rows_as_steps,
+                         windows, series_key, cfg, _train_settings(max_steps, lr, seed),
+                         **model)  # fmt: skip
     click.echo(anomaly.format_report(report))
 
 

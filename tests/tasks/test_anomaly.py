@@ -10,7 +10,13 @@ import pytest
 from click.testing import CliRunner
 
 from rnnkit.cli import main
-from rnnkit.tasks.anomaly import accumulate, dynamic_threshold, flags_from
+from rnnkit.tasks.anomaly import (
+    DetectConfig,
+    accumulate,
+    dynamic_threshold,
+    flags_from,
+    threshold_scores,
+)
 
 
 def test_accumulate_is_the_rms_over_the_last_rows():
@@ -32,6 +38,18 @@ def test_dynamic_threshold_separates_outliers_from_noise():
     eps = dynamic_threshold(scores)
     assert np.abs(rng.normal(size=2000)).max() < eps < 12.0
     assert set(np.flatnonzero(scores >= eps)) == {500, 1500}
+
+
+def test_calibrated_threshold_is_a_chi_square_tail_after_rescaling():
+    rng = np.random.default_rng(1)
+    z = 3.0 * np.abs(rng.normal(size=20000))  # miscalibrated by a factor 3: rescaled away
+    cfg = DetectConfig(accumulate=20, refractory=0)
+    score, flags, threshold = threshold_scores(z, 1000, cfg)
+    assert threshold == pytest.approx(np.sqrt(65.4207 / 20), rel=1e-5)  # chi2.isf(1e-6, 20)
+    assert flags.sum() == 0
+    z[15000:15010] = 15.0
+    _, flags, _ = threshold_scores(z, 1000, cfg)
+    assert 15000 <= np.flatnonzero(flags).min() <= 15010
 
 
 def test_cli_detect_finds_a_spike_and_scores_it(tmp_path):

@@ -4,17 +4,26 @@ point is scored by how badly it was predicted, and flagged above a threshold cho
 Shape legend: T rows, C targets.
 
 1. Train a one-step Gaussian `Forecaster` (direct, output_chunk_length 1) on the first
-   ``train_fraction`` of the rows (NAB's probationary period is the first 15%).
+   ``train_fraction`` of the rows (NAB's probationary period is the first 15%). With
+   ``calendar=True`` and steps shorter than a day, it also reads the hour of the day (and the
+   day of the week when the training part spans two weeks), so that a daily rhythm is predicted
+   rather than flagged.
 2. Standardised error of each row t >= L_in: z_t = (y_t - mean_t) / scale_t, from the
    network's predicted mean and scale (C > 1: the root mean square over targets).
 3. Score: the root mean square of z over the last ``accumulate`` rows (a short accumulation,
    so that a run of moderate errors counts as much as one large error).
 4. Threshold, without labels (``threshold``):
+   "calibrated" (default) z is first rescaled so that its median magnitude after the training
+              part is that of a standard normal (0.6745: the network's scale is fitted in
+              sample and too small out of it); then, were z standard normal, the mean of k
+              squares is chi^2_k / k, and a row is flagged when its score is a ``p_value`` tail
+              event of that law: threshold sqrt(chi2.isf(p, k) / k);
    "dynamic"  the nonparametric dynamic threshold of Hundman et al. (2018): eps = mu + k sigma of
               the scores after the training part, k in 2..10 chosen to maximise the relative
               drop of mean and deviation when the points above eps are removed, penalised by
               the number of points and runs above it;
    "quantile" the ``quantile`` of the scores after the training part.
+   All three read the scores of the whole series (offline), never the labels.
 5. Flags: a row is flagged when its score reaches the threshold and no flag was raised in the
    ``refractory`` rows before it (one alarm per event).
 """
@@ -27,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from rnnkit.data.timeseries import TimeSeries, read_csv
 from rnnkit.errors import RnnkitError
@@ -35,6 +45,7 @@ from rnnkit.tasks.forecast import Forecaster
 from rnnkit.tasks.timeseries_plots import plot_anomalies
 
 NAME = "anomaly"
+THRESHOLDS = ("calibrated", "dynamic", "quantile")
 ONE_SIGMA = 0.6826894921370859  # P(|Z| < 1): the interval whose half-width is one scale
 
 
@@ -44,16 +55,20 @@ class DetectConfig:
 
     train_fraction: float = 0.15
     input_chunk_length: int = 32
-    accumulate: int = 3
-    threshold: str = "dynamic"
+    accumulate: int = 20
+    threshold: str = "calibrated"
+    p_value: float = 1e-6
     quantile: float = 0.999
-    refractory: int = 100
+    refractory: int = 300
+    calendar: bool = True
 
     def check(self, rows: int) -> None:
         if not 0.0 < self.train_fraction < 1.0:
             raise RnnkitError(f"train_fraction must be in (0, 1), got {self.train_fraction}")
-        if self.threshold not in ("dynamic", "quantile"):
-            raise RnnkitError(f"threshold must be dynamic or quantile, got {self.threshold!r}")
+        if self.threshold not in THRESHOLDS:
+            raise RnnkitError(
+                f"threshold must be one of {', '.join(THRESHOLDS)}, got {self.threshold!r}"
+            )
         if self.accumulate < 1 or self.refractory < 0:
             raise RnnkitError("accumulate must be >= 1 and refractory >= 0")
         need = 2 * (self.input_chunk_length + 1)
@@ -81,6 +96,16 @@ class Detection:
         out = series.to_frame()
         out["z"], out["score"], out["flag"] = self.z, self.score, self.flags.astype(int)
         return out
+
+
+def calendar_for(index: pd.DatetimeIndex) -> list[str]:
+    """Calendar covariates the training part can teach: the hour for steps shorter than a day,
+    and the day of the week when it spans at least two weeks."""
+    step = pd.Series(index[1:] - index[:-1]).median()
+    found = ["hour"] if step < pd.Timedelta(days=1) else []
+    if index.max() - index.min() >= pd.Timedelta(days=14):
+        found.append("dayofweek")
+    return found
 
 
 def standardized_errors(model: Forecaster, series: TimeSeries) -> np.ndarray:
@@ -150,18 +175,31 @@ def detect(
     cfg.check(len(series))
     train_end = int(cfg.train_fraction * len(series))
     train = {**DEFAULT_TRAIN, **(train or {})}
+    if cfg.calendar:
+        settings.setdefault("calendar", calendar_for(series.index[:train_end]))
     model = Forecaster(train, input_chunk_length=cfg.input_chunk_length, output_chunk_length=1,
                        likelihood="gaussian", **settings)  # fmt: skip
     model.fit(series[:train_end], run_dir)
     z = standardized_errors(model, series)
+    return Detection(z, *threshold_scores(z, train_end, cfg), train_end)
+
+
+def threshold_scores(
+    z: np.ndarray, train_end: int, cfg: DetectConfig
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Scores, flags and threshold of standardised errors z (T,); see the module docstring."""
+    if cfg.threshold == "calibrated":
+        typical = np.median(np.abs(z[train_end:]))
+        z = z * (0.6745 / typical) if typical > 0 else z
     score = accumulate(z, cfg.accumulate)
     after = score[train_end:]
-    if cfg.threshold == "dynamic":
+    if cfg.threshold == "calibrated":
+        threshold = float(np.sqrt(stats.chi2.isf(cfg.p_value, cfg.accumulate) / cfg.accumulate))
+    elif cfg.threshold == "dynamic":
         threshold = dynamic_threshold(after)
     else:
         threshold = float(np.quantile(after, cfg.quantile))
-    flags = flags_from(score, threshold, cfg.refractory, start=train_end)
-    return Detection(z, score, flags, threshold, train_end)
+    return score, flags_from(score, threshold, cfg.refractory, start=train_end), threshold
 
 
 @dataclass
