@@ -394,6 +394,8 @@ def _train_settings(max_steps: int | None, lr: float | None, seed: int) -> dict:
               show_default=True, help="none: a point forecast, no intervals.")  # fmt: skip
 @click.option("--level", type=float, default=0.9, show_default=True, help="Interval level.")
 @click.option("--log", is_flag=True, help="Model the log of the targets (positive series).")
+@click.option("--detrend/--no-detrend", default=True, show_default=True,
+              help="Subtract each input window's mean level.")  # fmt: skip
 @click.option("--calendar", multiple=True, type=click.Choice(["month", "dayofweek", "hour"]),
               help="Calendar covariate (repeatable).")  # fmt: skip
 @click.option("--returns", is_flag=True, help="Forecast the log returns of a price.")

@@ -41,18 +41,20 @@ def plot_forecast(
 
 def plot_backtest(series: TimeSeries, result, path: Path, title: str = "") -> None:
     """Actual values over the backtest and each model's forecasts from non-overlapping origins
-    (every n-th origin), for the first target."""
+    (every n-th origin; n = 1: every origin), for the first target."""
     n = result.actual.shape[1]
     start = max(0, result.origins[0] - 2 * n)
     fig, ax = plt.subplots(figsize=(9, 3.6))
     ax.plot(series.index[start:], series.values[start:, 0], color="black", lw=1.2, label="actual")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, (name, f) in enumerate(result.forecasts.items()):
+        style = {"color": colors[k % len(colors)], "lw": 1.1, "alpha": 0.85}
+        if n == 1:  # one step ahead: the forecasts of all origins as one line
+            ax.plot(series.index[result.origins], f[:, 0, 0], label=name, **style)
+            continue
         for j in range(0, len(result.origins), n):
             p = result.origins[j]
-            label = name if j == 0 else None
-            ax.plot(series.index[p : p + n], f[j, :, 0], color=colors[k % len(colors)], lw=1.3,
-                    label=label, alpha=0.9)  # fmt: skip
+            ax.plot(series.index[p : p + n], f[j, :, 0], label=None if j else name, **style)
     ax.axvline(series.index[result.origins[0]], color="grey", ls=":", lw=1)
     ax.set_ylabel(series.columns[0])
     ax.set_title(title)
