@@ -4,10 +4,11 @@ Shape legend: T time steps, C targets, K covariates (user columns, then calendar
 F = C + K, L_in ``input_chunk_length``, L_out ``output_chunk_length``, n steps forecast,
 B origins (forecasts made at once).
 
-Data: the series given to `Forecaster.fit` trains (its last ``val_fraction``, if any, validates:
-windows whose targets lie there); targets and covariates are standardised with statistics of
-the training rows only (optionally after a log), stored as ``scaler.json``. The run also keeps
-the last L_in rows as ``history.json`` so that a loaded run can ``predict(n)`` by itself.
+Data: the series given to `Forecaster.fit` trains; its last ``val_fraction``, if any,
+validates (the windows that end there; in direct mode all their targets lie there). Targets and
+covariates are standardised with statistics of the training rows only (optionally after a log),
+stored as ``scaler.json``. The run also keeps the last L_in rows as ``history.json`` so that a
+loaded run can ``predict(n)`` by itself.
 Model: `rnnkit.models.forecaster.ForecastNet` (direct or autoregressive, point or Gaussian).
 Loss: Gaussian negative log-likelihood (nats per value, scaled units) or mean squared error.
 """
@@ -192,18 +193,18 @@ class ForecastTask:
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor], state: Any) -> StepOutput:
         x, y = batch
-        return StepOutput(window_loss(model, x, y, self.cfg.input_chunk_length), tokens=y.numel())
+        mean, scale = model(x, self.cfg.input_chunk_length)
+        return StepOutput(output_loss(mean, scale, y), tokens=y.numel())
 
     def evaluate(self, model: nn.Module, full: bool) -> dict[str, float]:
         x, y = self.valid
-        mean, _ = model(x, self.cfg.input_chunk_length)
+        mean, scale = model(x, self.cfg.input_chunk_length)
         mae = float((mean - y).abs().mean())
-        return {"loss": float(window_loss(model, x, y, self.cfg.input_chunk_length)), "mae": mae}
+        return {"loss": float(output_loss(mean, scale, y)), "mae": mae}
 
 
-def window_loss(model: nn.Module, x: Tensor, y: Tensor, context: int) -> Tensor:
-    """Gaussian NLL (nats per value) or mean squared error of the model on windows (x, y)."""
-    mean, scale = model(x, context)
+def output_loss(mean: Tensor, scale: Tensor | None, y: Tensor) -> Tensor:
+    """Gaussian NLL (nats per value), or mean squared error without a scale: (B, L, C) each."""
     if scale is None:
         return nn.functional.mse_loss(mean, y)
     return GaussianHead.loss(mean, scale, y)
@@ -218,6 +219,7 @@ def history_to_dict(series: TimeSeries, cfg: ForecastConfig) -> dict[str, Any]:
 
 
 def history_from_dict(data: dict[str, Any], cfg: ForecastConfig) -> TimeSeries:
+    """Inverse of `history_to_dict`: the stored rows as a `TimeSeries`."""
     cov = data.get("covariates")
     return TimeSeries(pd.DatetimeIndex(data["index"]), np.asarray(data["values"], np.float64),
                       list(cfg.targets), cfg.freq, None if cov is None else np.asarray(cov),
