@@ -108,6 +108,9 @@ def test_train_copy_command_defaults_to_T_100(tmp_path):
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "copy" / "config.json").read_text())
     assert config["task"] == "copy" and config["task_config"]["T"] == 100
+    result = cli.invoke(main, ["diagnose", "gradients", out, "--at", "init"])
+    assert result.exit_code == 0, result.output
+    assert "copy: x" in result.output and (tmp_path / "copy" / "gradient_flow.png").is_file()
 
 
 @pytest.mark.parametrize(

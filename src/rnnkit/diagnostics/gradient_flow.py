@@ -168,7 +168,7 @@ def run_gradient_norms(run_dir: str | Path, checkpoint: str = "last", seed: int 
             the same batch for every run of the same task settings.
 
     Returns:
-        (T,) float64 norms; see `hidden_gradient_norms`.
+        (T,) norms, computed in float64 (model and batch); see `hidden_gradient_norms`.
     """
     from rnnkit.tasks import task_module
     from rnnkit.training import checkpoint as ckpt
@@ -191,5 +191,15 @@ def run_gradient_norms(run_dir: str | Path, checkpoint: str = "last", seed: int 
         if not (run_dir / name).is_file():
             raise RnnkitError(f"{run_dir} has no {name} yet; train it first or use --at init")
         ckpt.load_model_weights(model, run_dir / name)
-    batch = task.train_batch(0, torch.Generator().manual_seed(seed))
+    batch = _float64(task.train_batch(0, torch.Generator().manual_seed(seed)))
+    model = model.double()  # float32 underflows: 0.6 per step is 1e-44 after 200 steps
     return hidden_gradient_norms(model, lambda m: task.loss(m, batch, None).loss)
+
+
+def _float64(batch):
+    """The batch with its floating-point tensors (in tuples and lists too) in float64."""
+    if isinstance(batch, Tensor):
+        return batch.double() if batch.is_floating_point() else batch
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_float64(b) for b in batch)
+    return batch

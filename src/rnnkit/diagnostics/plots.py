@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from rnnkit.diagnostics.gradient_flow import fit_decay
@@ -48,7 +49,7 @@ def plot_gradient_flow(
     for ax, (name, curves) in zip(axes, panels.items()):
         for label, norms in curves.items():
             norms = norms.double()
-            shown = norms.clamp_min(1e-30)  # log scale: exact zeros drawn at the floor
+            shown = norms.where(norms > 0, torch.nan)  # log scale: zeros (underflow) left out
             ax.semilogy(
                 range(len(norms)), shown, lw=1.4, label=f"{label} (x{fit_decay(norms):.3f}/step)"
             )
@@ -118,4 +119,48 @@ def plot_weight_gradients(
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_confusion(confusion: Tensor, classes: Sequence[str], path: str | Path, title: str = ""):
+    """A confusion matrix (C, C), rows the true class, columns the predicted, with counts."""
+    fig, (ax,) = _figure(1, height=5.0)
+    fig.set_size_inches(max(4.5, 0.55 * len(classes) + 2.5), max(4.0, 0.5 * len(classes) + 2))
+    ax.imshow(confusion.numpy(), cmap="Blues")
+    ticks = range(len(classes))
+    ax.set_xticks(ticks, classes, rotation=90 if max(map(len, classes)) > 3 else 0)
+    ax.set_yticks(ticks, classes)
+    high = float(confusion.max())
+    for (i, j), n in zip(confusion.nonzero().tolist(), confusion[confusion > 0].tolist()):
+        ax.text(j, i, str(n), ha="center", va="center", fontsize=8,
+                color="white" if n > high / 2 else "black")  # fmt: skip
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_ctc_alignment(
+    features: Tensor, log_probs: Tensor, labels: Sequence[str], path: str | Path, title: str = ""
+):
+    """Features (T, F) above the CTC posteriors (T, K) (class 0 the blank, dotted), on the same
+    time axis; each non-blank class's peak is labelled with ``labels[k]``."""
+    fig, (ax,) = _figure(1, height=5.6)
+    ax.remove()
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    top.imshow(features.T.numpy(), origin="lower", aspect="auto", cmap="magma")
+    top.set_ylabel("feature")
+    top.set_title(title, fontsize=10)
+    probs = log_probs.exp()
+    bottom.plot(probs[:, 0].numpy(), ":", color="grey", label="blank")
+    for k in range(1, probs.shape[1]):
+        bottom.plot(probs[:, k].numpy(), lw=1.2)
+    best = probs.argmax(1)
+    for t in range(len(best)):
+        if best[t] != 0 and (t == 0 or best[t] != best[t - 1]):
+            bottom.annotate(labels[int(best[t])], (t, float(probs[t, best[t]])), fontsize=9,
+                            ha="center", va="bottom")  # fmt: skip
+    bottom.set_ylim(0, 1.12)
+    bottom.set_xlabel("frame")
+    bottom.set_ylabel("posterior")
     return _save(fig, path)

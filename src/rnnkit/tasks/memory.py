@@ -173,13 +173,18 @@ def batch_loss(model: nn.Module, x: Tensor, y: Tensor, problem: str) -> Tensor:
     """Adding: MSE of the (B,) answers. Copy: mean cross-entropy (nats) over (T + 20, B) steps."""
     if problem == "adding":
         return nn.functional.mse_loss(model(x).squeeze(-1), y)
-    logits, _ = model(one_hot(x))  # (T + 20, B, 9)
+    logits, _ = model(one_hot(x, _dtype(model)))  # (T + 20, B, 9)
     return nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
 
 
-def one_hot(tokens: Tensor) -> Tensor:
-    """Copy-memory tokens (T, B) int64 -> (T, B, 10) float one-hot features."""
-    return nn.functional.one_hot(tokens, CATEGORIES + 2).float()
+def one_hot(tokens: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Copy-memory tokens (T, B) int64 -> (T, B, 10) one-hot features."""
+    return nn.functional.one_hot(tokens, CATEGORIES + 2).to(dtype)
+
+
+def _dtype(model: nn.Module) -> torch.dtype:
+    """The model's floating-point type (float32 if it has no parameters)."""
+    return next((p.dtype for p in model.parameters()), torch.float32)
 
 
 def baseline(cfg: MemoryConfig) -> float:
@@ -212,7 +217,7 @@ def _adding_sums(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
 def _copy_sums(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
     """Sum over the batch of the mean cross-entropy per step, and of the fraction of the 10
     recalled symbols that are right."""
-    logits, _ = model(one_hot(x))  # (T + 20, B, 9)
+    logits, _ = model(one_hot(x, _dtype(model)))  # (T + 20, B, 9)
     ce = nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum")
     recall = slice(y.shape[0] - SYMBOLS, None)
     right = (logits[recall].argmax(-1) == y[recall]).float().mean(0)  # (B,)
