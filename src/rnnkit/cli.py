@@ -463,6 +463,9 @@ def _loop_options(max_time: str, eval_every: int):
 @click.option("--layers", type=int, help="Recurrent layers.  [default: 1]")
 @click.option("--dropout", type=float, help="Dropout on the recurrent outputs.  [default: 0.3]")
 @click.option("--input-dropout", type=float, help="Dropout on the input frames.  [default: 0.1]")
+@click.option(
+    "--weight-dropout", type=float, help="DropConnect on the recurrent weights.  [default: 0]"
+)
 @click.option("--nade-hidden", type=int, help="Hidden units of the NADE head.  [default: 128]")
 @click.option("--transpose", type=int, help="Random transposition, +-semitones.  [default: 0]")
 @click.option("--steps-per-quarter", type=int, help="MIDI folders: frames per quarter note.")
@@ -543,6 +546,137 @@ def detect(csv_path, time_col, targets, out, max_steps, lr, seed, rows_as_steps,
                          windows, series_key, cfg, _train_settings(max_steps, lr, seed),
                          **model)  # fmt: skip
     click.echo(anomaly.format_report(report))
+
+
+# --- sentiment, speech-digits, speech-ctc, predict, transcribe (issue 4) -----------------------
+
+
+def _classifier_options(function):
+    """The model flags `train sentiment` and `train speech-digits` share."""
+    options = [
+        click.option("--config", "config_file", help="TOML file of settings named like the flags."),
+        click.option("--out", help="Run directory (or, with --cv/--loso, folder of runs)."),
+        click.option("--resume", help="Continue the run in this directory."),
+        click.option("--cell", type=click.Choice(["lstm", "gru", "rnn"]), help="[default: lstm]"),
+        click.option("--hidden", type=int, help="Hidden units per direction."),
+        click.option("--layers", type=int, help="Recurrent layers."),
+        click.option("--bidirectional/--unidirectional", default=None, help="[default: bi]"),
+        click.option("--pooling", type=click.Choice(["last", "mean", "max", "attention"])),
+        click.option("--dropout", type=float, help="Dropout (inputs, between layers, head)."),
+        click.option("--batch", type=int, help="Examples per step."),
+        click.option("--valid-fraction", type=float, help="Training part held out to validate."),
+        click.option("--impl", type=click.Choice(["auto", "bptt", "torch"])),
+    ]  # fmt: skip
+    return functools.reduce(lambda f, opt: opt(f), reversed(options), function)
+
+
+@train.command("sentiment")
+@click.option("--data", help="MR folder (rt-polarity.pos/.neg), a CSV/TSV, or a folder per class.")
+@click.option("--text-col", help="CSV/TSV: the text column.  [default: text]")
+@click.option("--label-col", help="CSV/TSV: the label column.  [default: label]")
+@click.option("--encoding", help="Encoding of the files.  [default: utf-8]")
+@click.option("--min-count", type=int, help="Keep words seen this often; others <unk>. [2]")
+@click.option("--embed", type=int, help="Word embedding size.  [default: 128]")
+@click.option("--folds", type=int, help="Stratified folds.  [default: 10]")
+@click.option("--fold", type=int, help="The fold that tests (one run).  [default: 0]")
+@click.option("--cv", is_flag=True, help="Cross-validate: every fold tests once; mean and std.")
+@_classifier_options
+@_loop_options(max_time="none", eval_every=60)
+def train_sentiment(config_file, out, resume, cv, **flags) -> None:
+    """Train a sentence classifier (sentiment) on labelled texts; test on a held-out fold.
+
+    \b
+    Examples:
+      rnnkit train sentiment --data ../shared/data/sentiment --out runs/mr
+      rnnkit train sentiment --data ../shared/data/sentiment --cv --out runs/mr-cv
+      rnnkit train sentiment --data reviews.csv --text-col review --label-col stars
+    """
+    from rnnkit.tasks import classify, sentiment
+
+    result = sentiment.train(flags, config_file, out, resume, cv=cv)
+    click.echo(classify.format_summary(result) if cv else classify.format_test(result))
+
+
+@train.command("speech-digits")
+@click.option("--data", help="FSDD recordings folder ({digit}_{speaker}_{index}.wav).")
+@click.option("--split", help="standard (index 0-4 tests) or speaker:NAME.  [default: standard]")
+@click.option("--loso", is_flag=True, help="Leave one speaker out, each in turn; mean and std.")
+@click.option("--features", type=click.Choice(["mfcc", "logmel"]), help="[default: mfcc]")
+@click.option("--n-mels", type=int, help="Mel bands.  [default: 40]")
+@click.option("--n-mfcc", type=int, help="MFCC coefficients.  [default: 20]")
+@click.option("--specaugment/--no-specaugment", default=None, help="[default: on]")
+@_classifier_options
+@_loop_options(max_time="none", eval_every=60)
+def train_speech_digits(config_file, out, resume, loso, **flags) -> None:
+    """Train a spoken-digit recogniser (one digit per recording); test on held-out recordings.
+
+    \b
+    Examples:
+      rnnkit train speech-digits --data ../shared/data/speech/fsdd/recordings --out runs/fsdd
+      rnnkit train speech-digits --data ../shared/data/speech/fsdd/recordings --loso
+    """
+    from rnnkit.tasks import classify, speech
+
+    result = speech.train(flags, config_file, out, resume, loso=loso)
+    click.echo(classify.format_summary(result) if loso else classify.format_test(result))
+
+
+@train.command("speech-ctc")
+@click.option("--data", help="FSDD recordings folder ({digit}_{speaker}_{index}.wav).")
+@click.option("--config", "config_file", help="TOML file of settings named like the flags.")
+@click.option("--out", help="Run directory.  [default: runs/speech-ctc-DATE-TIME]")
+@click.option("--resume", help="Continue the run in this directory.")
+@click.option("--hidden", type=int, help="LSTM units per direction.  [default: 64]")
+@click.option("--layers", type=int, help="Bidirectional LSTM layers.  [default: 2]")
+@click.option("--stack", type=int, help="Feature frames per step.  [default: 3]")
+@click.option("--batch", type=int, help="Utterances per step.  [default: 16]")
+@click.option("--min-digits", type=int, help="[default: 2]")
+@click.option("--max-digits", type=int, help="[default: 6]")
+@click.option("--test-size", type=int, help="Test utterances.  [default: 500]")
+@click.option("--valid-size", type=int, help="Validation utterances.  [default: 100]")
+@click.option("--specaugment/--no-specaugment", default=None, help="[default: on]")
+@_loop_options(max_time="none", eval_every=150)
+def train_speech_ctc(config_file, out, resume, **flags) -> None:
+    """Train a recogniser of spoken digit strings (bidirectional LSTM + CTC).
+
+    \b
+    Examples:
+      rnnkit train speech-ctc --data ../shared/data/speech/fsdd/recordings --out runs/ctc
+    """
+    from rnnkit.tasks import speech_ctc
+
+    click.echo(speech_ctc.format_report(speech_ctc.train(flags, config_file, out, resume)))
+
+
+@main.command()
+@click.argument("run")
+@click.argument("input")
+@click.option("--explain", is_flag=True, help="Show the attention weight of each step/word.")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best",
+              show_default=True)  # fmt: skip
+def predict(run: str, input: str, explain: bool, checkpoint: str) -> None:
+    """Classify INPUT with a trained RUN: a text (sentiment) or a WAV file (speech-digits).
+
+    \b
+    Examples:
+      rnnkit predict runs/mr "an oddly moving film" --explain
+      rnnkit predict runs/fsdd ../shared/data/speech/fsdd/recordings/7_lucas_3.wav
+    """
+    click.echo(_task_of(run, "predict").predict(run, input, explain, checkpoint))
+
+
+@main.command()
+@click.argument("run")
+@click.argument("wav")
+@click.option("--beam", type=int, help="Prefix-beam width; 0: greedy.  [default: the run's, 8]")
+def transcribe(run: str, wav: str, beam: int | None) -> None:
+    """The digits spoken in WAV, by a trained speech-ctc RUN.
+
+    \b
+    Examples:
+      rnnkit transcribe runs/ctc recording.wav
+    """
+    click.echo(_task_of(run, "transcribe").transcribe(run, wav, beam))
 
 
 if __name__ == "__main__":

@@ -84,7 +84,12 @@ class Vocab:
         """The vocabulary of ``text`` (chars sorted; words by frequency, then ``<unk>``)."""
         if unit == "char":
             return cls("char", sorted(set(text)))
-        counts = Counter(tokenize_words(text))
+        return cls.from_counts(Counter(tokenize_words(text)), min_count, max_size)
+
+    @classmethod
+    def from_counts(cls, counts: Counter, min_count: int = 1, max_size: int | None = None):
+        """A word vocabulary: ``<unk>``, then the tokens counted at least ``min_count`` times
+        (and the line break, always), most frequent first, ``max_size`` in all."""
         order = sorted(counts.items(), key=lambda kv: (kv[0] != "\n", -kv[1], kv[0]))
         kept = [t for t, n in order if n >= min_count or t == "\n"]  # line breaks always kept
         return cls("word", [UNK, *kept[: None if max_size is None else max_size - 1]], unk=UNK)

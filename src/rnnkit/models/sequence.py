@@ -37,7 +37,8 @@ class SequenceModel(nn.Module):
         dropout: between recurrent layers and before the head (training only).
         impl: the recurrent layer's implementation ("auto": torch's fused kernel where it exists).
         embedding_size: E; if set, inputs are token ids looked up in an embedding.
-        **options: passed to the recurrent layer (e.g. ``forget_bias=1.0``).
+        **options: passed to the recurrent layer (e.g. ``forget_bias=1.0``, or
+            ``bidirectional=True``: the head then reads both directions, 2H features).
     """
 
     def __init__(
@@ -59,7 +60,8 @@ class SequenceModel(nn.Module):
         features = input_size if embedding_size is None else embedding_size
         self.rnn = make_rnn(cell, features, hidden_size, num_layers, dropout, impl, **options)
         self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(hidden_size, output_size)
+        directions = 2 if options.get("bidirectional") else 1  # outputs (T, B, directions * H)
+        self.head = nn.Linear(directions * hidden_size, output_size)
 
     def forward(
         self, x: Tensor, state: Any = None, lengths: Tensor | None = None

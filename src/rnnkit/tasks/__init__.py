@@ -18,6 +18,9 @@ TASKS: dict[str, str] = {
     "copy": "rnnkit.tasks.memory",
     "forecast": "rnnkit.tasks.forecast",
     "anomaly": "rnnkit.tasks.anomaly",
+    "sentiment": "rnnkit.tasks.sentiment",
+    "speech-digits": "rnnkit.tasks.speech",
+    "speech-ctc": "rnnkit.tasks.speech_ctc",
 }
 
 

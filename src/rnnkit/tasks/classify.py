@@ -1,0 +1,285 @@
+"""What the sequence-classification tasks share (sentiment, speech-digits): the model settings,
+the task object the trainer drives, test evaluation with a confusion matrix, and partitioned
+evaluation (k-fold cross-validation, leave-one-speaker-out) reporting mean and std.
+
+A task module gives `ClassifyTask` its examples, already encoded: ``train``, ``valid`` and
+``test`` lists of (T,) token ids or (T, F) features with their labels, the class names, and
+optionally an augmentation applied to each training example. Validation (a held-out part of the
+training data) drives the best checkpoint and early stopping; the test part is scored once at the
+end, with the best checkpoint (`test_report`).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
+
+from rnnkit.errors import RnnkitError
+from rnnkit.models.backbone import CELLS
+from rnnkit.models.classifier import POOLINGS, SequenceClassifier
+from rnnkit.tasks.common import train_task
+from rnnkit.training import checkpoint as ckpt
+from rnnkit.training.trainer import StepOutput, TrainConfig
+
+EVAL_BATCH = 256
+Augment = Callable[[Tensor, torch.Generator], Tensor]
+
+
+@dataclass
+class ClassifierSettings:
+    """The model and batching settings every classification task has (flags of the same names)."""
+
+    cell: str = "lstm"
+    hidden: int = 128
+    layers: int = 1
+    bidirectional: bool = True
+    pooling: str = "max"
+    dropout: float = 0.3
+    impl: str = "auto"
+    batch: int = 32
+    valid_fraction: float = 0.1
+
+    def check_model(self) -> None:
+        if self.cell not in CELLS:
+            raise RnnkitError(f"cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
+        if self.pooling not in POOLINGS:
+            raise RnnkitError(f"pooling must be one of {', '.join(POOLINGS)}, got "
+                              f"{self.pooling!r}")  # fmt: skip
+        for name in ("hidden", "layers", "batch"):
+            if getattr(self, name) < 1:
+                raise RnnkitError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0 or not 0.0 < self.valid_fraction < 0.5:
+            raise RnnkitError("dropout must be in [0, 1) and valid_fraction in (0, 0.5)")
+
+
+@dataclass
+class Split:
+    """Encoded examples and their labels (N,)."""
+
+    items: list[Tensor]
+    labels: Tensor
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def subset(self, index: list[int]) -> Split:
+        return Split([self.items[i] for i in index], self.labels[index])
+
+
+def pad(items: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Examples (T_i,) or (T_i, F) -> padded (T, B) or (T, B, F) (zeros) and lengths (B,)."""
+    lengths = torch.tensor([len(x) for x in items])
+    return pad_sequence(items), lengths
+
+
+def stratified_folds(labels: list[int], folds: int, seed: int) -> list[int]:
+    """The fold (0..folds-1) of each example: each class shuffled by ``seed`` and dealt round."""
+    fold = [0] * len(labels)
+    generator = torch.Generator().manual_seed(seed)
+    for c in sorted(set(labels)):
+        members = [i for i, y in enumerate(labels) if y == c]
+        for k, j in enumerate(torch.randperm(len(members), generator=generator).tolist()):
+            fold[members[j]] = k % folds
+    return fold
+
+
+def hold_out(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """(rest, held out): a stratified ``fraction`` of ``split`` held out (at least one)."""
+    folds = max(2, round(1 / fraction))
+    fold = stratified_folds(split.labels.tolist(), folds, seed)
+    keep = [i for i, f in enumerate(fold) if f != 0]
+    held = [i for i, f in enumerate(fold) if f == 0]
+    return split.subset(keep), split.subset(held)
+
+
+class ClassifyTask:
+    """A sequence-classification task for the trainer (see `rnnkit.training.trainer`)."""
+
+    def __init__(
+        self, name: str, settings: Any, model_input: dict[str, int], classes: list[str],
+        data: dict[str, Split], augment: Augment | None = None,
+        assets: Callable[[Path], None] | None = None,
+    ) -> None:  # fmt: skip
+        self.name, self.settings, self.classes = name, settings, classes
+        self.model_input, self.data, self.augment, self.assets = model_input, data, augment, assets
+        for split in ("train", "valid"):
+            if len(data[split]) == 0:
+                raise RnnkitError(f"the {split} set is empty; give more examples")
+        self.steps_per_epoch = math.ceil(len(data["train"]) / settings.batch)
+
+    def config(self) -> dict[str, Any]:
+        return {**asdict(self.settings), "classes": self.classes}
+
+    def save_assets(self, run_dir: Path) -> None:
+        if self.assets is not None:
+            self.assets(run_dir)
+
+    def build_model(self) -> SequenceClassifier:
+        return build_classifier(self.settings, len(self.classes), **self.model_input)
+
+    def train_batch(self, step: int, rng: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """``batch`` random training examples (augmented): x, lengths, labels (B,)."""
+        train = self.data["train"]
+        index = torch.randint(0, len(train), (self.settings.batch,), generator=rng).tolist()
+        items = [train.items[i] for i in index]
+        if self.augment is not None:
+            items = [self.augment(x, rng) for x in items]
+        return (*pad(items), train.labels[index])
+
+    def loss(self, model: nn.Module, batch: Any, state: Any) -> StepOutput:
+        x, lengths, labels = batch
+        loss = nn.functional.cross_entropy(model(x, lengths), labels)
+        return StepOutput(loss, tokens=int(lengths.sum()))
+
+    def evaluate(self, model: nn.Module, full: bool) -> dict[str, float]:
+        """Validation loss (nats) and accuracy."""
+        loss, accuracy, _ = evaluate_split(model, self.data["valid"], len(self.classes))
+        return {"loss": loss, "accuracy": accuracy}
+
+
+def build_classifier(
+    settings: Any, num_classes: int, vocab_size: int | None = None,
+    features: int | None = None, embed: int | None = None,
+) -> SequenceClassifier:  # fmt: skip
+    """The `SequenceClassifier` of ``settings`` on token ids (``vocab_size``, ``embed``) or on
+    ``features`` per step."""
+    s = settings
+    return SequenceClassifier(
+        s.cell, vocab_size or features, s.hidden, num_classes, s.layers, s.dropout, s.impl,
+        embedding_size=embed if vocab_size else None, bidirectional=s.bidirectional,
+        pooling=s.pooling,
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def evaluate_split(model: nn.Module, split: Split, num_classes: int) -> tuple[float, float, Tensor]:
+    """Mean cross-entropy (nats), accuracy and the confusion matrix (C, C), rows the true
+    class, columns the predicted, over ``split`` (batches of similar lengths)."""
+    order = sorted(range(len(split)), key=lambda i: len(split.items[i]))
+    total, confusion = 0.0, torch.zeros(num_classes, num_classes, dtype=torch.long)
+    for i in range(0, len(order), EVAL_BATCH):
+        chunk = split.subset(order[i : i + EVAL_BATCH])
+        logits = model(*pad(chunk.items))
+        total += float(nn.functional.cross_entropy(logits, chunk.labels, reduction="sum"))
+        pairs = chunk.labels * num_classes + logits.argmax(-1)
+        confusion += torch.bincount(pairs, minlength=num_classes**2).view(num_classes, -1)
+    accuracy = float(confusion.diag().sum()) / max(1, len(split))
+    return total / max(1, len(split)), accuracy, confusion
+
+
+def load_weights(model: nn.Module, run_dir: Path, checkpoint: str) -> nn.Module:
+    """Load ``checkpoint`` ("best", falling back to the last if never evaluated, or "last")."""
+    if checkpoint not in ("best", "last"):
+        raise RnnkitError(f"checkpoint must be 'last' or 'best', got {checkpoint!r}")
+    ckpt.recover(run_dir)
+    path = run_dir / (ckpt.BEST if checkpoint == "best" else ckpt.MODEL)
+    if not path.is_file():
+        path = run_dir / ckpt.MODEL
+    ckpt.load_model_weights(model, path)
+    return model.eval()
+
+
+def test_report(task: ClassifyTask, run_dir: Path, checkpoint: str = "best") -> dict[str, Any]:
+    """Score ``checkpoint`` of a trained run on the task's test split; writes ``test.json`` and
+    ``confusion.png`` into the run and returns the report."""
+    from rnnkit.diagnostics.plots import plot_confusion
+
+    model = load_weights(task.build_model(), run_dir, checkpoint)
+    loss, accuracy, confusion = evaluate_split(model, task.data["test"], len(task.classes))
+    report = {"test_loss": loss, "test_accuracy": accuracy, "test_size": len(task.data["test"]),
+              "checkpoint": checkpoint, "classes": task.classes,
+              "confusion": confusion.tolist()}  # fmt: skip
+    ckpt.atomic_write_json(run_dir / "test.json", report)
+    title = f"{run_dir.name}: test accuracy {100 * accuracy:.1f}%"
+    plot_confusion(confusion, task.classes, run_dir / "confusion.png", title)
+    return report
+
+
+def train_and_test(
+    name: str, settings_cls: type, make_task: Callable[[Any], ClassifyTask],
+    default_train: TrainConfig, flags: dict[str, Any], config_file: str | None,
+    out: str | None, resume: str | None, paths: tuple[str, ...] = (),
+) -> dict[str, Any]:  # fmt: skip
+    """Train one run through `train_task`, then score its best checkpoint on the test split.
+    Returns the fit's summary and the test report."""
+    made: list[ClassifyTask] = []
+    cpu = time.process_time()
+
+    def make(settings: Any) -> ClassifyTask:
+        made.append(make_task(settings))
+        return made[-1]
+
+    result = train_task(name, settings_cls, make, default_train, flags, config_file, out,
+                        resume, paths)  # fmt: skip
+    report = test_report(made[-1], result.run_dir)
+    return {"run_dir": str(result.run_dir), "steps": result.step, "elapsed": result.elapsed,
+            "cpu_seconds": time.process_time() - cpu,
+            "stop_reason": result.stop_reason, "valid": result.final, **report}  # fmt: skip
+
+
+def partitioned(
+    partitions: dict[str, Any], key: str, out: Path, run: Callable[[dict[str, Any], str], dict],
+) -> dict[str, Any]:  # fmt: skip
+    """Train and test once per partition: ``partitions`` maps a run name to the value of setting
+    ``key``; run NAME goes to ``out/NAME``. Writes ``out/summary.json`` with each test accuracy,
+    their mean and (sample) standard deviation, and returns it."""
+    if (out / "summary.json").exists():
+        raise RnnkitError(f"{out} already holds a summary; choose another --out")
+    results = {}
+    for name, value in partitions.items():
+        results[name] = run({key: value}, str(out / name))
+        shown = {k: results[name][k] for k in ("test_accuracy", "cpu_seconds")}
+        print(f"{name}: test accuracy {100 * shown['test_accuracy']:.2f}% "
+              f"({shown['cpu_seconds']:.0f} CPU s)", flush=True)  # fmt: skip
+    kept = ("test_accuracy", "test_size", "elapsed", "cpu_seconds", "steps", "run_dir")
+    accuracies = [r["test_accuracy"] for r in results.values()]
+    summary = {"partitions": {n: {k: r[k] for k in kept} for n, r in results.items()},
+               "mean_accuracy": statistics.mean(accuracies),
+               "std_accuracy": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+               "cpu_seconds": sum(r["cpu_seconds"] for r in results.values())}  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt.atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def format_probs(probs: Tensor, classes: list[str]) -> str:
+    """One line: the likeliest class and its probability, then every class's (C,) probability."""
+    best = int(probs.argmax())
+    shown = ", ".join(f"{c} {float(p):.3f}" for c, p in zip(classes, probs))
+    return f"{classes[best]} {float(probs[best]):.3f}  ({shown})"
+
+
+def check_explain(pooling: str) -> None:
+    """``--explain`` shows attention weights: refuse a run that pools otherwise."""
+    if pooling != "attention":
+        raise RnnkitError(f"--explain shows attention weights; this run pools by {pooling!r} "
+                          "(train with --pooling attention)")  # fmt: skip
+
+
+def stamp(prefix: str) -> str:
+    """A run name ``PREFIX-DATE-TIME``."""
+    return time.strftime(f"{prefix}-%Y%m%d-%H%M%S")
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The lines `rnnkit train ... --cv/--loso` prints: mean and std of the test accuracy."""
+    n = len(summary["partitions"])
+    return (f"{n} partitions: test accuracy {100 * summary['mean_accuracy']:.2f}% mean, "
+            f"{100 * summary['std_accuracy']:.2f}% std; {summary['cpu_seconds'] / 60:.1f} "
+            "CPU-minutes")  # fmt: skip
+
+
+def format_test(result: dict[str, Any]) -> str:
+    """The line a single run prints after training: its test accuracy."""
+    return (f"test ({result['checkpoint']} checkpoint, {result['test_size']} examples): accuracy "
+            f"{100 * result['test_accuracy']:.2f}%, loss {result['test_loss']:.4f}; "
+            f"confusion matrix in {result['run_dir']}/confusion.png")  # fmt: skip

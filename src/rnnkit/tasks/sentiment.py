@@ -1,0 +1,166 @@
+"""Sentiment (and any text classification): labelled sentences -> classes.
+
+Data: `rnnkit.data.labelled` (the MR files, a CSV/TSV with a text and a label column, or a folder
+per class). The examples are dealt into ``folds`` stratified folds (seed ``split_seed``); fold
+``fold`` is the test set, and ``valid_fraction`` of the rest validates (best checkpoint, early
+stopping). With ``--cv`` every fold is the test set once (k-fold cross-validation).
+Tokens: words and punctuation (`rnnkit.data.text.tokenize_words`), lower-cased by default; the
+vocabulary keeps the training part's words seen ``min_count`` times or more, the rest map to
+``<unk>``; it is saved with the run as ``vocab.json``.
+Model: `SequenceClassifier` on word embeddings (no pretrained vectors), trained from scratch.
+Metric: accuracy (and the cross-entropy loss) on the test fold.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rnnkit.data.labelled import read_labelled
+from rnnkit.data.text import Vocab, tokenize_words
+from rnnkit.errors import RnnkitError
+from rnnkit.tasks import classify
+from rnnkit.tasks.classify import ClassifierSettings, ClassifyTask, Split
+from rnnkit.tasks.common import settings_from_dict
+from rnnkit.training import checkpoint as ckpt
+from rnnkit.training.trainer import TrainConfig
+
+NAME = "sentiment"
+MR = "../shared/data/sentiment"
+VOCAB = "vocab.json"
+
+
+@dataclass
+class SentimentConfig(ClassifierSettings):
+    """Everything that rebuilds the data split and the model (stored in config.json)."""
+
+    data: str = ""
+    text_col: str = "text"
+    label_col: str = "label"
+    encoding: str = "utf-8"
+    lowercase: bool = True
+    min_count: int = 2
+    max_vocab: int = 30000
+    embed: int = 128
+    folds: int = 10
+    fold: int = 0
+    split_seed: int = 0
+    hidden: int = 100
+    batch: int = 50
+    pooling: str = "attention"
+    dropout: float = 0.5
+
+    def check(self) -> None:
+        self.check_model()
+        if not self.data:
+            raise RnnkitError(f"no texts to train on: give --data (a CSV/TSV file or a folder, "
+                              f"e.g. {MR})")  # fmt: skip
+        if self.folds < 2 or not 0 <= self.fold < self.folds:
+            raise RnnkitError(f"need folds >= 2 and 0 <= fold < folds, got fold {self.fold} of "
+                              f"{self.folds}")  # fmt: skip
+        if self.min_count < 1 or self.max_vocab < 2 or self.embed < 1:
+            raise RnnkitError("min_count and embed must be >= 1, max_vocab >= 2")
+
+
+#: training defaults of `rnnkit train sentiment` (MR: 9,596 training sentences per fold)
+DEFAULT_TRAIN = TrainConfig(lr=2e-3, weight_decay=0.01, warmup_steps=50, clip=1.0,
+                            max_epochs=5, eval_every=60, log_every=20, patience=5)  # fmt: skip
+
+
+def words(text: str, lowercase: bool) -> list[str]:
+    """The tokens of one text."""
+    return tokenize_words(text.lower() if lowercase else text)
+
+
+def encode(vocab: Vocab, text: str, lowercase: bool) -> torch.Tensor:
+    """(T,) token ids of ``text``; an empty text (no words) is a `RnnkitError`."""
+    if not text.strip():
+        raise RnnkitError("the text is empty; give a sentence to classify")
+    return vocab.encode(text.lower() if lowercase else text)
+
+
+def make_task(cfg: SentimentConfig) -> ClassifyTask:
+    """Read and split the data, build the vocabulary on the training part, encode."""
+    cfg.check()
+    data = read_labelled(cfg.data, cfg.text_col, cfg.label_col, cfg.encoding)
+    folds = classify.stratified_folds(data.labels, cfg.folds, cfg.split_seed)
+    texts = {"test": [], "rest": []}
+    for text, label, f in zip(data.texts, data.labels, folds):
+        texts["test" if f == cfg.fold else "rest"].append((text, label))
+    rest = Split(list(range(len(texts["rest"]))), torch.tensor([y for _, y in texts["rest"]]))
+    train, valid = classify.hold_out(rest, cfg.valid_fraction, cfg.split_seed + 1)
+    counts = Counter(w for i in train.items for w in words(texts["rest"][i][0], cfg.lowercase))
+    vocab = Vocab.from_counts(counts, cfg.min_count, cfg.max_vocab)
+
+    def encoded(pairs: list[tuple[str, int]], index: list[int] | None = None) -> Split:
+        chosen = [pairs[i] for i in index] if index is not None else pairs
+        items = [encode(vocab, t, cfg.lowercase) for t, _ in chosen]
+        return Split(items, torch.tensor([y for _, y in chosen], dtype=torch.long))
+
+    splits = {
+        "train": encoded(texts["rest"], train.items),
+        "valid": encoded(texts["rest"], valid.items),
+        "test": encoded(texts["test"]),
+    }
+
+    def save_vocab(run_dir: Path) -> None:
+        ckpt.atomic_write_json(run_dir / VOCAB, vocab.to_json())
+
+    model_input = {"vocab_size": len(vocab), "embed": cfg.embed}
+    return ClassifyTask(NAME, cfg, model_input, data.classes, splits, assets=save_vocab)
+
+
+def train(
+    flags: dict[str, Any], config_file: str | None = None, out: str | None = None,
+    resume: str | None = None, cv: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """Train and test one fold (a run), or with ``cv`` every fold into ``out`` (default
+    runs/sentiment-cv-DATE-TIME) and summarise; returns the test report or the summary."""
+
+    def run(extra: dict[str, Any], run_out: str | None) -> dict[str, Any]:
+        return classify.train_and_test(NAME, SentimentConfig, make_task, DEFAULT_TRAIN,
+                                       {**flags, **extra}, config_file, run_out, resume,
+                                       paths=("data",))  # fmt: skip
+
+    if not cv:
+        return run({}, out)
+    if resume is not None or flags.get("fold") is not None:
+        raise RnnkitError("--cv trains every fold anew: drop --resume and --fold")
+    folds = flags.get("folds") or SentimentConfig.folds
+    base = Path(out) if out else Path("runs") / classify.stamp("sentiment-cv")
+    return classify.partitioned({f"fold-{k:02d}": k for k in range(folds)}, "fold", base, run)
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best"):
+    """The model (eval mode), vocabulary and settings of a sentiment run."""
+    run_dir = Path(run_dir)
+    config = ckpt.read_config(run_dir)
+    if config.get("task") != NAME:
+        raise RnnkitError(f"{run_dir} is a {config.get('task')!r} run, not a sentiment run")
+    saved = dict(config["task_config"])
+    classes = saved.pop("classes")
+    cfg = settings_from_dict(SentimentConfig, saved, NAME)
+    vocab = Vocab.load(run_dir / VOCAB)
+    model = classify.build_classifier(cfg, len(classes), vocab_size=len(vocab), embed=cfg.embed)
+    return classify.load_weights(model, run_dir, checkpoint), vocab, cfg, classes
+
+
+def predict(run_dir: str, text: str, explain: bool = False, checkpoint: str = "best") -> str:
+    """The predicted label and its probability (and every class's), and with ``explain`` the
+    attention weight of each word, as the lines `rnnkit predict` prints."""
+    model, vocab, cfg, classes = load_run(run_dir, checkpoint)
+    if explain:
+        classify.check_explain(cfg.pooling)
+    ids = encode(vocab, text, cfg.lowercase)
+    probs, alpha = model.predict(ids.unsqueeze(1))
+    lines = [classify.format_probs(probs[0], classes)]
+    if explain:
+        tokens = words(text, cfg.lowercase)
+        for token, i, a in zip(tokens, ids.tolist(), alpha[:, 0].tolist()):
+            unknown = "  (unknown word)" if vocab.tokens[i] == vocab.unk else ""
+            lines.append(f"{a:.3f} {'#' * round(40 * a):<40} {token}{unknown}")
+    return "\n".join(lines)

@@ -1,0 +1,249 @@
+"""Speech to text with CTC: a recording of a string of digits in, the digits out.
+
+Data: utterances of ``min_digits``..``max_digits`` digits built on the fly by joining real FSDD
+recordings of one speaker with short silences (`rnnkit.data.audio.join_digits`). Recordings 0-4 of
+each digit and speaker make the test utterances, 5-7 the validation ones, 8-49 the training ones
+(the standard split, with validation carved from the training part). The validation and test
+sets are fixed (seeds of their own: ``valid_size`` and ``test_size`` utterances).
+Features: log-mel frames (librosa, 10 ms hop, normalised per utterance), ``stack`` consecutive
+frames concatenated (fewer, wider steps), SpecAugment on training utterances (``specaugment``).
+Model: a bidirectional LSTM (`SequenceModel`) with a CTC head: 11 classes, blank and 0-9.
+Metric: digit error rate (edit distance / reference length) by greedy and prefix-beam decoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rnnkit.data import audio
+from rnnkit.errors import RnnkitError
+from rnnkit.models import ctc
+from rnnkit.models.sequence import SequenceModel
+from rnnkit.tasks.classify import load_weights, pad, stamp
+from rnnkit.tasks.common import settings_from_dict, train_task
+from rnnkit.training import checkpoint as ckpt
+from rnnkit.training.trainer import StepOutput, TrainConfig
+
+NAME = "speech-ctc"
+LABELS = ["_"] + [str(d) for d in range(10)]  # class 0 is the blank
+VALID_SEED, TEST_SEED = 1_000_003, 2_000_003
+
+
+@dataclass
+class CTCConfig:
+    """Everything that rebuilds the data, the features and the model (config.json)."""
+
+    data: str = ""
+    sample_rate: int = 8000
+    n_mels: int = 40
+    stack: int = 3
+    specaugment: bool = True
+    min_digits: int = 2
+    max_digits: int = 6
+    hidden: int = 64
+    layers: int = 2
+    dropout: float = 0.2
+    impl: str = "auto"
+    batch: int = 16
+    valid_size: int = 100
+    test_size: int = 500
+    beam: int = 8
+
+    def check(self) -> None:
+        if not self.data:
+            raise RnnkitError(f"no recordings: give --data (e.g. {audio.FSDD})")
+        if not 1 <= self.min_digits <= self.max_digits:
+            raise RnnkitError(f"need 1 <= min_digits <= max_digits, got {self.min_digits}, "
+                              f"{self.max_digits}")  # fmt: skip
+        for name in ("stack", "hidden", "layers", "batch", "valid_size", "test_size", "beam"):
+            if getattr(self, name) < 1:
+                raise RnnkitError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        self.feature_config().check()
+
+    def feature_config(self) -> audio.FeatureConfig:
+        return audio.FeatureConfig(self.sample_rate, "logmel", self.n_mels)
+
+
+#: training defaults of `rnnkit train speech-ctc`
+DEFAULT_TRAIN = TrainConfig(lr=2e-3, weight_decay=0.01, warmup_steps=100, clip=1.0,
+                            max_steps=1500, eval_every=150, log_every=25)  # fmt: skip
+
+
+def build_model(cfg: CTCConfig) -> SequenceModel:
+    """A bidirectional recurrent network with a linear CTC head over the stacked frames."""
+    size = cfg.feature_config().size * cfg.stack
+    return SequenceModel("lstm", size, cfg.hidden, len(LABELS), cfg.layers, cfg.dropout,
+                         cfg.impl, bidirectional=True)  # fmt: skip
+
+
+def frames(wave: Any, cfg: CTCConfig) -> Tensor:
+    """Features of a wave, ``stack`` frames concatenated: (ceil(T / stack), stack * F)."""
+    x = audio.features(wave, cfg.feature_config())
+    extra = (-len(x)) % cfg.stack
+    x = torch.cat([x, x.new_zeros(extra, x.shape[1])])
+    return x.reshape(-1, cfg.stack * x.shape[1])
+
+
+class CTCTask:
+    """Digit strings from joined recordings, for the trainer (`rnnkit.training.trainer`)."""
+
+    name = NAME
+    steps_per_epoch = None  # utterances are drawn freely
+
+    def __init__(self, cfg: CTCConfig) -> None:
+        cfg.check()
+        self.cfg = cfg
+        recordings = audio.fsdd_recordings(cfg.data)
+        self.pools = {"train": {}, "valid": {}, "test": {}}
+        for r in recordings:
+            part = "test" if r.index < 5 else "valid" if r.index < 8 else "train"
+            wave = audio.read_wav(r.path, cfg.sample_rate)
+            self.pools[part].setdefault(r.speaker, []).append((r.digit, wave))
+        self.fixed = {part: self.utterances(part, size, torch.Generator().manual_seed(seed))
+                      for part, size, seed in (("valid", cfg.valid_size, VALID_SEED),
+                                               ("test", cfg.test_size, TEST_SEED))}  # fmt: skip
+
+    def config(self) -> dict[str, Any]:
+        return asdict(self.cfg)
+
+    def save_assets(self, run_dir: Path) -> None:
+        pass  # the data are rebuilt from the recordings and the seeds
+
+    def build_model(self) -> SequenceModel:
+        return build_model(self.cfg)
+
+    def utterances(self, part: str, n: int, generator: torch.Generator):
+        """``n`` utterances of ``part``: (features list, digit lists), one speaker each."""
+        speakers = sorted(self.pools[part])
+        xs, ys = [], []
+        for _ in range(n):
+            pool = self.pools[part][speakers[_draw(len(speakers), generator)]]
+            count = self.cfg.min_digits + _draw(self.cfg.max_digits - self.cfg.min_digits + 1,
+                                                generator)  # fmt: skip
+            chosen = [pool[_draw(len(pool), generator)] for _ in range(count)]
+            wave = audio.join_digits([w for _, w in chosen], self.cfg.sample_rate, generator)
+            xs.append(frames(wave, self.cfg))
+            ys.append([d for d, _ in chosen])
+        return xs, ys
+
+    def train_batch(self, step: int, rng: torch.Generator):
+        xs, ys = self.utterances("train", self.cfg.batch, rng)
+        if self.cfg.specaugment:
+            xs = [audio.spec_augment(x, rng, 2, 8, 2, 6) for x in xs]
+        return xs, ys
+
+    def loss(self, model: nn.Module, batch: Any, state: Any) -> StepOutput:
+        xs, ys = batch
+        x, lengths = pad(xs)
+        log_probs = model(x, lengths=lengths)[0].log_softmax(-1)  # (T, B, K)
+        loss = ctc.ctc_loss(log_probs, lengths, [[d + 1 for d in y] for y in ys])
+        return StepOutput(loss, tokens=int(lengths.sum()))
+
+    def evaluate(self, model: nn.Module, full: bool) -> dict[str, float]:
+        """Validation CTC loss and greedy digit error rate."""
+        return score(model, *self.fixed["valid"], beam=0)
+
+
+def posteriors(model: nn.Module, xs: list[Tensor]) -> list[Tensor]:
+    """Per-utterance log-probabilities (T_i, K), in eval mode."""
+    x, lengths = pad(xs)
+    log_probs = model(x, lengths=lengths)[0].log_softmax(-1)
+    return [log_probs[: int(n), b] for b, n in enumerate(lengths)]
+
+
+@torch.no_grad()
+def score(model: nn.Module, xs: list[Tensor], ys: list[list[int]], beam: int) -> dict[str, float]:
+    """CTC loss and digit error rate (greedy; with ``beam`` > 0 also prefix beam search)."""
+    totals = {"loss": 0.0, "greedy": 0, "beam": 0}
+    for i in range(0, len(xs), 64):
+        chunk_x, chunk_y = xs[i : i + 64], ys[i : i + 64]
+        x, lengths = pad(chunk_x)
+        log_probs = model(x, lengths=lengths)[0].log_softmax(-1)
+        targets = [[d + 1 for d in y] for y in chunk_y]
+        totals["loss"] += float(ctc.ctc_loss(log_probs, lengths, targets)) * len(chunk_x)
+        for b, target in enumerate(targets):
+            lp = log_probs[: int(lengths[b]), b]
+            totals["greedy"] += ctc.edit_distance(ctc.greedy_decode(lp), target)
+            if beam:
+                totals["beam"] += ctc.edit_distance(ctc.prefix_beam_search(lp, beam), target)
+    digits = sum(len(y) for y in ys)
+    out = {"loss": totals["loss"] / len(xs), "der_greedy": totals["greedy"] / digits}
+    return {**out, "der_beam": totals["beam"] / digits} if beam else out
+
+
+def _draw(n: int, generator: torch.Generator) -> int:
+    return int(torch.randint(0, n, (), generator=generator))
+
+
+# --- what the command line calls ----------------------------------------------------------------
+
+
+def train(
+    flags: dict[str, Any], config_file: str | None = None, out: str | None = None,
+    resume: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Train (or resume) a CTC recogniser, then score its best checkpoint on the test
+    utterances (greedy and beam digit error rates, ``test.json``) and draw one alignment
+    (``alignment.png``)."""
+    made: list[CTCTask] = []
+
+    def make(cfg: CTCConfig) -> CTCTask:
+        made.append(CTCTask(cfg))
+        return made[-1]
+
+    out = out or (None if resume else str(Path("runs") / stamp(NAME)))
+    result = train_task(NAME, CTCConfig, make, DEFAULT_TRAIN, flags, config_file, out, resume,
+                        paths=("data",))  # fmt: skip
+    task = made[-1]
+    model = load_weights(task.build_model(), result.run_dir, "best")
+    report = score(model, *task.fixed["test"], beam=task.cfg.beam)
+    report = {f"test_{k}": v for k, v in report.items()}
+    report.update(test_size=len(task.fixed["test"][0]), steps=result.step, elapsed=result.elapsed)
+    ckpt.atomic_write_json(result.run_dir / "test.json", report)
+    draw_alignment(model, task, result.run_dir / "alignment.png")
+    return {**report, "run_dir": str(result.run_dir)}
+
+
+def draw_alignment(model: nn.Module, task: CTCTask, path: Path) -> None:
+    """The first test utterance's features and the model's CTC posteriors."""
+    from rnnkit.diagnostics.plots import plot_ctc_alignment
+
+    x, y = task.fixed["test"][0][0], task.fixed["test"][1][0]
+    with torch.no_grad():
+        log_probs = posteriors(model, [x])[0]
+    said = "".join(LABELS[k] for k in ctc.greedy_decode(log_probs))
+    title = f"reference {''.join(map(str, y))}, greedy {said}"
+    half = x[:, : task.cfg.n_mels]  # the first of each stack of frames
+    plot_ctc_alignment(half, log_probs, LABELS, path, title)
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[SequenceModel, CTCConfig]:
+    """The model (eval mode) and settings of a speech-ctc run."""
+    run_dir = Path(run_dir)
+    config = ckpt.read_config(run_dir)
+    if config.get("task") != NAME:
+        raise RnnkitError(f"{run_dir} is a {config.get('task')!r} run, not a {NAME} run")
+    cfg = settings_from_dict(CTCConfig, config["task_config"], NAME)
+    return load_weights(build_model(cfg), run_dir, checkpoint), cfg
+
+
+def transcribe(run_dir: str, wav: str, beam: int | None = None, checkpoint: str = "best") -> str:
+    """The digits said in ``wav`` (prefix beam search of width ``beam``, 0: greedy)."""
+    model, cfg = load_run(run_dir, checkpoint)
+    width = cfg.beam if beam is None else beam
+    with torch.no_grad():
+        log_probs = posteriors(model, [frames(audio.read_wav(wav, cfg.sample_rate), cfg)])[0]
+    labels = ctc.prefix_beam_search(log_probs, width) if width else ctc.greedy_decode(log_probs)
+    return "".join(LABELS[k] for k in labels)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The line `rnnkit train speech-ctc` prints after training."""
+    return (f"test ({report['test_size']} utterances): digit error rate "
+            f"{100 * report['test_der_greedy']:.2f}% greedy, {100 * report['test_der_beam']:.2f}% "
+            f"prefix beam; alignment in {report['run_dir']}/alignment.png")  # fmt: skip
