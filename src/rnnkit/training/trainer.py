@@ -259,6 +259,7 @@ class Trainer:
         self.counters = _Progress()
         self.carried: Any = None
         self._stop_reason: str | None = None
+        self._step_seconds = 0.0  # duration of the last training step
         self._setup()
 
     # --- setup ----------------------------------------------------------------------------
@@ -367,9 +368,11 @@ class Trainer:
         restore_sigint = self._install_sigint(progress)
         try:
             while self._stop_reason is None and not self._budget_spent(time.perf_counter() - start):
+                step_start = time.perf_counter()
                 record = self._train_step()
                 if record is None:  # diverged, step not applied
                     break
+                self._step_seconds = time.perf_counter() - step_start
                 c.step += 1
                 c.elapsed = time.perf_counter() - start
                 window.add(record)
@@ -398,9 +401,11 @@ class Trainer:
         return FitResult(c.step, c.elapsed, reason, c.best_loss, final, self.run_dir)
 
     def _budget_spent(self, elapsed: float) -> bool:
+        """Steps done, or the next step (judged by the last one) would end past max_time."""
         if self.total_steps is not None and self.counters.step >= self.total_steps:
             return True
-        return self.config.max_time is not None and elapsed >= self.config.max_time
+        max_time = self.config.max_time
+        return max_time is not None and elapsed + self._step_seconds >= max_time
 
     def _checkpoint_due(self) -> bool:
         every = self.config.checkpoint_every or self.config.eval_every
