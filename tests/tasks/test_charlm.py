@@ -10,6 +10,7 @@ import pytest
 from rnnkit.errors import RnnkitError
 from rnnkit.tasks import charlm
 from rnnkit.training.options import parse_duration
+from rnnkit.training.trainer import Trainer
 
 TEXT = (
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
@@ -41,20 +42,18 @@ def test_a_tiny_model_overfits_a_short_text(tmp_path, text_file):
     assert result.final["bits"] == pytest.approx(result.final["loss"] / 0.6931471805599453)
 
 
-def test_stream_batching_resumes_exactly(tmp_path, text_file):
+def test_stream_batching_resumes_exactly(tmp_path, text_file, monkeypatch):
     flags = {"max_steps": 12, "batching": "stream", "eval_every": 4, "log_every": 1}
     straight = train(text_file, tmp_path / "a", **flags)
-    original = charlm.Trainer.fit
+    original = Trainer.fit
 
     def pause_at_5(self):
         self.callbacks.append(lambda t, r: r["step"] == 5 and t.request_stop())
         return original(self)
 
-    charlm.Trainer.fit = pause_at_5
-    try:
-        assert train(text_file, tmp_path / "b", **flags).step == 5
-    finally:
-        charlm.Trainer.fit = original
+    monkeypatch.setattr(Trainer, "fit", pause_at_5)
+    assert train(text_file, tmp_path / "b", **flags).step == 5
+    monkeypatch.undo()
     resumed = charlm.train({"progress": "none"}, resume=str(tmp_path / "b"))
     assert resumed.step == 12 and resumed.final == straight.final
     losses = [

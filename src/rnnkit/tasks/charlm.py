@@ -18,9 +18,8 @@ During training the validation loss is measured on the first ``eval_tokens`` val
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +29,10 @@ from torch import Tensor, nn
 from rnnkit.data.text import Vocab, read_text, split_train_valid
 from rnnkit.errors import RnnkitError
 from rnnkit.models.sequence import SequenceModel
+from rnnkit.tasks.common import settings_from_dict, train_task
 from rnnkit.training import checkpoint as ckpt
-from rnnkit.training.options import merge_settings, parse_duration
 from rnnkit.training.tbptt import StreamBatches, stream_loss_sum
-from rnnkit.training.trainer import FitResult, StepOutput, TrainConfig, Trainer
+from rnnkit.training.trainer import FitResult, StepOutput, TrainConfig
 
 NAME = "charlm"
 VOCAB = "vocab.json"
@@ -60,14 +59,6 @@ class CharLMConfig:
     batching: str = "random"
     eval_tokens: int = 32768
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> CharLMConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise RnnkitError(f"unknown charlm setting(s) {', '.join(unknown)}")
-        return cls(**values)
-
     def check(self) -> None:
         if self.batching not in ("random", "stream"):
             raise RnnkitError(f"batching must be 'random' or 'stream', got {self.batching!r}")
@@ -88,6 +79,8 @@ class CharLM:
     name = NAME
 
     def __init__(self, config: CharLMConfig, vocab: Vocab | None = None) -> None:
+        if not config.text:
+            raise RnnkitError("no text to train on: give --text FILE (or text = ... in --config)")
         config.check()
         self.cfg = config
         text = read_text(config.text, config.encoding)
@@ -227,7 +220,7 @@ def load_run(
     if config.get("task") != NAME:
         raise RnnkitError(f"{run_dir} is a {config.get('task')!r} run, not a charlm run")
     ckpt.recover(run_dir)
-    cfg = CharLMConfig.from_dict(config["task_config"])
+    cfg = settings_from_dict(CharLMConfig, config["task_config"], NAME)
     vocab = Vocab.load(run_dir / VOCAB)
     model = build_model(cfg, len(vocab))
     names = {"last": ckpt.MODEL, "best": ckpt.BEST}
@@ -239,25 +232,6 @@ def load_run(
 
 # --- what the command line calls --------------------------------------------------------------
 
-#: flag/TOML names that set the training loop, mapped to `TrainConfig` fields
-TRAIN_KEYS = {
-    "lr": "lr",
-    "weight_decay": "weight_decay",
-    "warmup": "warmup_steps",
-    "min_lr_ratio": "min_lr_ratio",
-    "clip": "clip",
-    "max_time": "max_time",
-    "max_steps": "max_steps",
-    "max_epochs": "max_epochs",
-    "eval_every": "eval_every",
-    "log_every": "log_every",
-    "patience": "patience",
-    "seed": "seed",
-    "progress": "progress",
-    "tensorboard": "tensorboard",
-}
-TASK_KEYS = {f.name for f in fields(CharLMConfig)}
-
 
 def train(
     flags: dict[str, Any],
@@ -266,39 +240,14 @@ def train(
     resume: str | None = None,
 ) -> FitResult:
     """Train (or resume) a language model from command-line ``flags`` (None: not given), a TOML
-    ``config_file`` and the defaults; returns how training ended."""
-    values = merge_settings(config_file, flags, TASK_KEYS | set(TRAIN_KEYS))
-    if "max_time" in values:
-        values["max_time"] = parse_duration(values["max_time"])
-    task_values = {k: v for k, v in values.items() if k in TASK_KEYS}
-    train_values = {TRAIN_KEYS[k]: v for k, v in values.items() if k in TRAIN_KEYS}
-    if resume is not None:
-        return _resume(Path(resume), task_values, train_values)
-    if not task_values.get("text"):
-        raise RnnkitError("no text to train on: give --text FILE (or text = ... in --config)")
-    task_values["text"] = str(Path(task_values["text"]).expanduser().resolve())
-    task = CharLM(CharLMConfig.from_dict(task_values))
-    config = TrainConfig.from_dict({**asdict(DEFAULT_TRAIN), **train_values})
-    run_dir = Path(out) if out else Path("runs") / time.strftime("charlm-%Y%m%d-%H%M%S")
-    return Trainer(task, config, run_dir).fit()
+    ``config_file`` and the defaults; returns how training ended. A resumed run keeps its own
+    vocabulary."""
 
+    def make_task(cfg: CharLMConfig) -> CharLM:
+        return CharLM(cfg, Vocab.load(Path(resume) / VOCAB) if resume is not None else None)
 
-def _resume(run_dir: Path, task_values: dict[str, Any], train_values: dict[str, Any]) -> FitResult:
-    saved = ckpt.read_config(run_dir)
-    if saved.get("task") != NAME:
-        raise RnnkitError(f"{run_dir} is a {saved.get('task')!r} run, not a charlm run")
-    cfg = CharLMConfig.from_dict(saved["task_config"])
-    for key, value in task_values.items():
-        if key == "text" and Path(value).expanduser().resolve() == Path(cfg.text):
-            continue
-        if getattr(cfg, key) != value:
-            raise RnnkitError(
-                f"cannot change --{key.replace('_', '-')} when resuming (the run has "
-                f"{getattr(cfg, key)!r}); start a new run instead"
-            )
-    task = CharLM(cfg, Vocab.load(run_dir / VOCAB))
-    config = TrainConfig.from_dict({**saved["train"], **train_values})
-    return Trainer(task, config, run_dir, resume=True).fit()
+    return train_task(NAME, CharLMConfig, make_task, DEFAULT_TRAIN, flags, config_file, out,
+                      resume, paths=("text",))  # fmt: skip
 
 
 def sample(
