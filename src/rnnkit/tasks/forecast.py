@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import tempfile
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from rnnkit.errors import RnnkitError
 from rnnkit.models.forecaster import ForecastNet
 from rnnkit.models.heads import GaussianHead
 from rnnkit.tasks.backtest import backtest
+from rnnkit.tasks.common import settings_from_dict
 from rnnkit.tasks.timeseries_plots import plot_backtest, plot_forecast
 from rnnkit.training import checkpoint as ckpt
 from rnnkit.training.trainer import FitResult, StepOutput, TrainConfig, Trainer
@@ -76,11 +77,8 @@ class ForecastConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ForecastConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise RnnkitError(f"unknown forecast setting(s) {', '.join(unknown)}")
-        return cls(**values)
+        """Refuses unknown keys (a typo), naming the known ones."""
+        return settings_from_dict(cls, values, NAME)
 
     @property
     def input_size(self) -> int:
