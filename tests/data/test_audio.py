@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +13,7 @@ from rnnkit.errors import RnnkitError
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int = 8000, channels: int = 1) -> Path:
-    """16-bit PCM WAV; ``samples`` (N,) or (N, channels) floats in [-1, 1]."""
-    with wave.open(str(path), "wb") as f:
-        f.setnchannels(channels)
-        f.setsampwidth(2)
-        f.setframerate(rate)
-        f.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
-    return path
+    return audio.write_wav(path, samples, rate)
 
 
 def tone(freq: float, seconds: float = 0.3, rate: int = 8000) -> np.ndarray:

@@ -67,6 +67,17 @@ def read_wav(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
     return samples.astype(np.float32)
 
 
+def write_wav(path: str | os.PathLike, samples: np.ndarray, sample_rate: int) -> Path:
+    """Write samples (N,) mono or (N, channels), floats in [-1, 1], as a 16-bit PCM WAV."""
+    samples = np.asarray(samples, dtype=np.float32)
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(1 if samples.ndim == 1 else samples.shape[1])
+        f.setsampwidth(2)
+        f.setframerate(sample_rate)
+        f.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    return Path(path)
+
+
 def _pcm_to_float(data: bytes, width: int) -> np.ndarray:
     """PCM bytes of ``width`` bytes per sample -> float32 in [-1, 1]."""
     if width == 3:  # 24-bit: pad each sample to 4 bytes, little-endian
