@@ -76,3 +76,5 @@ def test_rolling_origins():
     assert rolling_origins(series, "2001-06", 3, every=2) == [17, 19, 21]
     with pytest.raises(RnnkitError, match="no rolling origin"):
         rolling_origins(series, "2003-01", 3)
+    with pytest.raises(RnnkitError, match="step between origins"):
+        rolling_origins(series, "2001-06", 3, every=0)

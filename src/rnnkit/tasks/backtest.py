@@ -160,6 +160,8 @@ class Backtest:
 
 def rolling_origins(series: TimeSeries, start: str, n: int, every: int = 1) -> list[int]:
     """Positions of the first forecast step, from ``start`` every ``every`` steps (see module)."""
+    if every < 1:
+        raise RnnkitError(f"the step between origins must be >= 1, got {every}")
     first = series.position(start)
     origins = list(range(first, len(series) - n + 1, every))
     if first < 2 or not origins:
@@ -168,8 +170,6 @@ def rolling_origins(series: TimeSeries, start: str, n: int, every: int = 1) -> l
             f"{series.index[0]:%Y-%m-%d} .. {series.index[-1]:%Y-%m-%d}; choose a start inside it "
             "that leaves room for the horizon"
         )
-    if every < 1:
-        raise RnnkitError(f"the step between origins must be >= 1, got {every}")
     return origins
 
 

@@ -40,7 +40,7 @@ from rnnkit.data.timeseries import (
 from rnnkit.errors import RnnkitError
 from rnnkit.models.forecaster import ForecastNet
 from rnnkit.models.heads import GaussianHead
-from rnnkit.tasks.backtest import backtest
+from rnnkit.tasks.backtest import backtest, rolling_origins
 from rnnkit.tasks.common import settings_from_dict
 from rnnkit.tasks.timeseries_plots import plot_backtest, plot_forecast
 from rnnkit.training import checkpoint as ckpt
@@ -449,6 +449,8 @@ def run(
     if returns:
         series = log_returns(series)
     settings.setdefault("output_chunk_length", horizon)
+    if backtest_start is not None:  # a bad start fails now, not after training
+        rolling_origins(series, backtest_start, horizon, backtest_every)
     model = Forecaster(train, **settings).fit(series, out)
     forecast = model.predict(horizon, level=level)
     files = [out / "forecast.csv", out / "forecast.png"]
