@@ -214,7 +214,7 @@ def _memory_options(default_t: int):
         click.option(
             "--T", "T", type=int, help=f"Sequence length (delay).  [default: {default_t}]"
         ),
-        click.option("--hidden", type=int, help="Hidden units.  [default: 128]"),
+        click.option("--hidden", type=int, help="Hidden units.  [default: 64]"),
         click.option("--layers", type=int, help="Recurrent layers.  [default: 1]"),
         click.option("--batch", type=int, help="Sequences per step.  [default: 50]"),
         click.option("--forget-bias", type=float, help="LSTM forget-gate bias at init."),
@@ -283,8 +283,8 @@ def train_copy(config_file: str | None, out: str | None, resume: str | None, **f
     "--out", help="Directory for the four runs and the figures.  [default: runs/demo-DATE]"
 )
 @click.option("--quick", is_flag=True, help="A tiny version that runs in well under a minute.")
-@click.option("--T", "T", type=int, help="Sequence length.  [default: 100; --quick: 20]")
-@click.option("--steps", type=int, help="Steps per network.  [default: 1500; --quick: 40]")
+@click.option("--T", "T", type=int, help="Sequence length.  [default: 150; --quick: 20]")
+@click.option("--steps", type=int, help="Most steps per network.  [default: 3000; --quick: 40]")
 @click.option("--threads", default=1, show_default=True, help="Torch CPU threads.")
 def demo(out: str | None, quick: bool, T: int | None, steps: int | None, threads: int) -> None:
     """The long-term memory lab: Elman, IRNN, LSTM and GRU on the adding problem.

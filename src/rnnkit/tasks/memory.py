@@ -51,7 +51,7 @@ class MemoryConfig:
     problem: str = "adding"
     T: int = 200
     cell: str = "lstm"
-    hidden: int = 128
+    hidden: int = 64
     layers: int = 1
     batch: int = 50
     forget_bias: float | None = None

@@ -1,6 +1,6 @@
 """`rnnkit demo`: the long-term memory lab on the adding problem.
 
-Trains four recurrent networks of the same width on the adding problem (T=200), one after
+Trains four recurrent networks of the same width on the adding problem (T=150), one after
 another, each through the generic trainer into its own run directory, for at most 3000 steps; a
 network stops early once it has solved the problem (`SOLVED_WINDOW`). Then:
 
@@ -65,7 +65,7 @@ CONTENDERS = (
     Contender("GRU", "gru", DEFAULT_LR["gru"]),
 )
 FULL = DemoPlan(
-    T=200,
+    T=150,
     hidden=64,
     batch=50,
     steps=3000,
