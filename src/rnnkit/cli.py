@@ -425,26 +425,41 @@ def forecast(csv_path, time_col, targets, horizon, out, max_steps, lr, seed, lik
 # --- music (issue 7) ----------------------------------------------------------------------------
 
 
-def _loop_options(max_time: str, eval_every: int):
-    """The training-loop flags of a `rnnkit train` task (`TRAIN_KEYS`), with its defaults."""
+def _loop_options(**defaults):
+    """The training-loop flags of a `rnnkit train` task (`TRAIN_KEYS`); ``defaults`` maps a flag
+    (underscored) to the default its help shows, where the task's differs from the trainer's."""
+    shown = {"lr": 0.002, "weight_decay": 0.01, "clip": 1.0, "warmup": 100, "max_time": "none",
+             "max_steps": "none", "max_epochs": "none", "eval_every": 500, "log_every": 50,
+             "patience": "none", "seed": 0, **defaults}  # fmt: skip
+    helps = {
+        "lr": "Peak learning rate (AdamW).",
+        "weight_decay": "AdamW weight decay.",
+        "clip": "Clip the gradient norm; 0: off.",
+        "warmup": "Warm-up steps.",
+        "max_time": "Time budget: 900, 90s, 15m, 1h.",
+        "max_steps": "Step budget.",
+        "max_epochs": "Epoch budget.",
+        "eval_every": "Steps between evaluations.",
+        "log_every": "Steps between log lines.",
+        "patience": "Stop after this many evaluations without progress.",
+        "seed": "Random seed.",
+    }
+    types = {
+        "lr": float,
+        "weight_decay": float,
+        "clip": float,
+        "max_time": str,
+        "max_epochs": float,
+    }
     options = [
-        click.option("--lr", type=float, help="Peak learning rate (AdamW).  [default: 0.002]"),
-        click.option("--weight-decay", type=float, help="AdamW weight decay.  [default: 0.01]"),
-        click.option("--clip", type=float, help="Clip the gradient norm; 0: off.  [default: 1.0]"),
-        click.option("--warmup", type=int, help="Warm-up steps.  [default: 50]"),
-        click.option("--max-time", help=f"Time budget: 900, 90s, 15m, 1h.  [default: {max_time}]"),
-        click.option("--max-steps", type=int, help="Step budget."),
-        click.option("--max-epochs", type=float, help="Epoch budget."),
         click.option(
-            "--eval-every", type=int, help=f"Steps between evaluations.  [default: {eval_every}]"
-        ),
-        click.option("--log-every", type=int, help="Steps between log lines.  [default: 10]"),
-        click.option(
-            "--patience", type=int, help="Stop after this many evaluations without progress."
-        ),
-        click.option("--seed", type=int, help="Random seed.  [default: 0]"),
-        click.option("--progress", type=click.Choice(["auto", "bar", "log", "none"])),
+            f"--{name.replace('_', '-')}",
+            type=types.get(name, int),
+            help=f"{text}  [default: {shown[name]}]",
+        )  # fmt: skip
+        for name, text in helps.items()
     ]
+    options.append(click.option("--progress", type=click.Choice(["auto", "bar", "log", "none"])))
     return lambda function: functools.reduce(lambda f, opt: opt(f), reversed(options), function)
 
 
@@ -464,14 +479,14 @@ def _loop_options(max_time: str, eval_every: int):
 @click.option("--dropout", type=float, help="Dropout on the recurrent outputs.  [default: 0.3]")
 @click.option("--input-dropout", type=float, help="Dropout on the input frames.  [default: 0.1]")
 @click.option(
-    "--weight-dropout", type=float, help="DropConnect on the recurrent weights.  [default: 0]"
+    "--weight-dropout", type=float, help="DropConnect on the recurrent weights.  [default: 0.3]"
 )
 @click.option("--nade-hidden", type=int, help="Hidden units of the NADE head.  [default: 128]")
 @click.option("--transpose", type=int, help="Random transposition, +-semitones.  [default: 0]")
 @click.option("--steps-per-quarter", type=int, help="MIDI folders: frames per quarter note.")
-@click.option("--batch", type=int, help="Pieces per step.  [default: 16]")
+@click.option("--batch", type=int, help="Pieces per step.  [default: 8]")
 @click.option("--impl", type=click.Choice(["auto", "bptt", "torch"]), help="[default: auto]")
-@_loop_options(max_time="15m", eval_every=30)
+@_loop_options(warmup=50, max_steps=6000, eval_every=200, patience=10)
 def train_music(config_file: str | None, out: str | None, resume: str | None, **flags) -> None:
     """Train a next-frame model of polyphonic music (88-key piano rolls).
 

@@ -113,3 +113,17 @@ def test_lengths_only_select_where_the_head_runs():
         net(torch.zeros(4, 6))
     with pytest.raises(RnnkitError, match="unknown head"):
         FrameModel("lstm", 6, 8, head="rbm")
+
+
+@pytest.mark.parametrize("head", ["bernoulli", "nade"])
+def test_no_logit_sees_its_own_key_or_the_future(head):
+    net = model(head).eval()
+    frames = (torch.rand(6, 1, 6) < 0.5).double()
+    logits = net(frames)
+    changed = frames.clone()
+    changed[3, 0, 2] = 1 - changed[3, 0, 2]  # flip key 2 of frame 3
+    diff = (net(changed) - logits).abs()[:, 0]  # (T, K)
+    assert diff[:3].max() == 0 and diff[3, :3].max() == 0  # earlier frames; keys 0..2 of frame 3
+    if head == "nade":
+        assert diff[3, 3:].min() > 0  # the keys above it in the same frame do see it
+    assert diff[4:].min() > 0  # every later frame sees it

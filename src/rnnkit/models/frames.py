@@ -43,6 +43,7 @@ class FrameModel(nn.Module):
         head: "bernoulli" (independent keys) or "nade" (the keys of a frame jointly).
         nade_hidden: hidden units of the NADE head.
         impl: the recurrent layer's implementation ("auto": torch's fused kernel where it exists).
+        **options: passed to the recurrent layer (e.g. ``weight_dropout=0.3``, DropConnect).
     """
 
     def __init__(
@@ -56,12 +57,13 @@ class FrameModel(nn.Module):
         head: str = "bernoulli",
         nade_hidden: int = 128,
         impl: str = "auto",
+        **options,
     ) -> None:
         super().__init__()
         if head not in HEADS:
             raise RnnkitError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
         self.keys = keys
-        self.rnn = make_rnn(cell, keys + 1, hidden_size, num_layers, dropout, impl)
+        self.rnn = make_rnn(cell, keys + 1, hidden_size, num_layers, dropout, impl, **options)
         self.in_drop, self.drop = nn.Dropout(input_dropout), nn.Dropout(dropout)
         self.head: BinaryHead = (
             BernoulliHead(hidden_size, keys)

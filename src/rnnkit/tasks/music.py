@@ -56,10 +56,11 @@ class MusicConfig:
     layers: int = 1
     dropout: float = 0.3
     input_dropout: float = 0.1
+    weight_dropout: float = 0.3
     head: str = "bernoulli"
     nade_hidden: int = 128
     impl: str = "auto"
-    batch: int = 16
+    batch: int = 8
     transpose: int = 0
 
     def check(self) -> None:
@@ -77,9 +78,10 @@ class MusicConfig:
             raise RnnkitError(f"transpose must be 0..12 semitones, got {self.transpose}")
 
 
-#: training defaults of `rnnkit train music` (JSB chorales: 229 training pieces)
+#: training defaults of `rnnkit train music` (JSB chorales: 229 training pieces, ~29 steps an
+#: epoch at batch 8; the best validation model is kept, see `load_run`)
 DEFAULT_TRAIN = TrainConfig(
-    lr=2e-3, warmup_steps=50, clip=1.0, max_time=15 * 60, eval_every=30, log_every=10, patience=20
+    lr=2e-3, warmup_steps=50, clip=1.0, max_steps=6000, eval_every=200, log_every=50, patience=10
 )
 
 
@@ -125,8 +127,9 @@ class MusicTask:
 
 def build_model(cfg: MusicConfig) -> FrameModel:
     """The next-frame model of ``cfg`` over the 88 piano keys."""
+    options = {"weight_dropout": cfg.weight_dropout} if cfg.weight_dropout else {}
     return FrameModel(cfg.cell, KEYS, cfg.hidden, cfg.layers, cfg.dropout, cfg.input_dropout,
-                      cfg.head, cfg.nade_hidden, cfg.impl)  # fmt: skip
+                      cfg.head, cfg.nade_hidden, cfg.impl, **options)  # fmt: skip
 
 
 def nll_sum(
