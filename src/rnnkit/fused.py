@@ -64,9 +64,7 @@ def fused_enabled(enabled: bool) -> Iterator[None]:
 
 def supports(cell: Cell) -> bool:
     """True if this cell's time loop runs in C++ (its exact class, not a subclass)."""
-    return (
-        _state["enabled"] and type(cell) in (GRUCell, ElmanCell) and extension() is not None
-    )
+    return _state["enabled"] and type(cell) in (GRUCell, ElmanCell) and extension() is not None
 
 
 def run_fused(
