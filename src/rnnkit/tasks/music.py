@@ -56,7 +56,7 @@ class MusicConfig:
     layers: int = 1
     dropout: float = 0.3
     input_dropout: float = 0.1
-    weight_dropout: float = 0.3
+    weight_dropout: float = 0.5
     head: str = "bernoulli"
     nade_hidden: int = 128
     impl: str = "auto"
