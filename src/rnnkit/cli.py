@@ -29,6 +29,14 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     click.echo(f"warning: {message}", err=True)
 
 
+_ON_NONFINITE = click.option(
+    "--on-nonfinite",
+    type=click.Choice(["raise", "stop", "skip"]),
+    help="A NaN/inf loss or gradient: error, stop keeping the last checkpoint, or skip the "
+    "step with a warning.  [default: raise]",
+)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="rnnkit")
 def main() -> None:
@@ -40,9 +48,31 @@ def main() -> None:
     """
 
 
-@main.group(cls=_Group)
-def train() -> None:
-    """Train a model for one task; each task is a subcommand."""
+@main.group(cls=_Group, invoke_without_command=True)
+@click.option("--resume", "resume_run", metavar="RUN", help="Continue RUN, whatever its task.")
+@click.pass_context
+def train(ctx: click.Context, resume_run: str | None) -> None:
+    """Train a model for one task; each task is a subcommand.
+
+    \b
+    Examples:
+      rnnkit train charlm --text notes.txt --out runs/notes
+      rnnkit train --resume runs/notes      # after a kill, a full disk, Ctrl-C...
+    """
+    if ctx.invoked_subcommand is not None:
+        if resume_run is not None:
+            raise RnnkitError("give --resume after the task (rnnkit train TASK --resume RUN)")
+        return
+    if resume_run is None:
+        click.echo(ctx.get_help())
+        return
+    from rnnkit.training.checkpoint import read_config
+
+    task = read_config(resume_run).get("task")
+    command = train.commands.get(task) if isinstance(task, str) else None
+    if command is None:
+        raise RnnkitError(f"{resume_run} is a {task!r} run, which `rnnkit train` cannot resume")
+    ctx.invoke(command, resume=resume_run)
 
 
 # --- charlm, sample, eval (issue 10) -----------------------------------------------------------
@@ -77,6 +107,8 @@ def train() -> None:
 @click.option("--eval-every", type=int, help="Steps between evaluations.  [default: 100]")
 @click.option("--log-every", type=int, help="Steps between log lines.  [default: 10]")
 @click.option("--patience", type=int, help="Stop after this many evaluations without progress.")
+@click.option("--checkpoint-every", type=int, help="Steps between checkpoints.  [default: eval]")
+@_ON_NONFINITE
 @click.option("--seed", type=int, help="Random seed.  [default: 0]")
 @click.option("--progress", type=click.Choice(["auto", "bar", "log", "none"]))
 @click.option("--tensorboard/--no-tensorboard", default=None, help="Also log to TensorBoard.")
@@ -430,7 +462,8 @@ def _loop_options(**defaults):
     (underscored) to the default its help shows, where the task's differs from the trainer's."""
     shown = {"lr": 0.002, "weight_decay": 0.01, "clip": 1.0, "warmup": 100, "max_time": "none",
              "max_steps": "none", "max_epochs": "none", "eval_every": 500, "log_every": 50,
-             "patience": "none", "seed": 0, **defaults}  # fmt: skip
+             "patience": "none", "checkpoint_every": "every evaluation", "seed": 0,
+             **defaults}  # fmt: skip
     helps = {
         "lr": "Peak learning rate (AdamW).",
         "weight_decay": "AdamW weight decay.",
@@ -442,6 +475,7 @@ def _loop_options(**defaults):
         "eval_every": "Steps between evaluations.",
         "log_every": "Steps between log lines.",
         "patience": "Stop after this many evaluations without progress.",
+        "checkpoint_every": "Steps between checkpoints.",
         "seed": "Random seed.",
     }
     types = {
@@ -460,6 +494,7 @@ def _loop_options(**defaults):
         for name, text in helps.items()
     ]
     options.append(click.option("--progress", type=click.Choice(["auto", "bar", "log", "none"])))
+    options.append(_ON_NONFINITE)
     return lambda function: functools.reduce(lambda f, opt: opt(f), reversed(options), function)
 
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,42 +23,111 @@ def trained(tmp_path, steps=4):
     return tmp_path / "run"
 
 
-def test_a_kill_mid_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
-    run = trained(tmp_path)
+def flip_byte(path, offset=-100):
+    with open(path, "r+b") as f:
+        f.seek(offset, 2)
+        byte = f.read(1)
+        f.seek(offset, 2)
+        f.write(bytes([byte[0] ^ 0x01]))
+
+
+def checkpointed(tmp_path, name="run", steps=8):
+    """A run with checkpoints at steps 4 and 8."""
+    cfg = quiet(max_steps=steps, eval_every=4, checkpoint_every=4)
+    Trainer(SumTask(), cfg, tmp_path / name).fit()
+    return tmp_path / name
+
+
+def test_a_flipped_byte_is_detected_and_the_previous_checkpoint_takes_over(tmp_path):
+    run = checkpointed(tmp_path)
+    flip_byte(run / ckpt.MODEL)  # the top-level file is the latest checkpoint's
+    with pytest.raises(RnnkitError, match="model.safetensors does not match its sha256"):
+        ckpt.read_tensors(run / ckpt.MODEL)
+    with pytest.warns(UserWarning, match="step-00000008 is damaged: model.safetensors"):
+        resumed = Trainer(SumTask(), None, run, resume=True)
+    assert resumed.counters.step == 4
+    assert (run / ckpt.CHECKPOINTS / "step-00000008.damaged-0").is_dir()  # kept to inspect
+    assert ckpt.read_tensors(run / ckpt.MODEL)[1]["step"] == 4  # top level back at step 4
+    resumed.fit()  # trains steps 5-8 again: the same weights as a run never damaged
+    clean = weights(checkpointed(tmp_path, "clean"))
+    assert all(torch.equal(clean[k], v) for k, v in weights(run).items())
+
+
+def test_a_truncated_file_is_detected_by_readers_too(tmp_path):
+    run = checkpointed(tmp_path)
+    latest = run / ckpt.CHECKPOINTS / "step-00000008" / ckpt.OPTIMIZER
+    data = latest.read_bytes()
+    latest.unlink()  # a new inode: the top-level link keeps the intact bytes
+    latest.write_bytes(data[: len(data) // 2])
+    assert "truncated" in ckpt.verify_checkpoint(latest.parent)
+    with pytest.warns(UserWarning, match="optimizer.safetensors has .* bytes, .* were written"):
+        assert ckpt.recover(run).name == "step-00000004"  # what `rnnkit sample` etc. call
+    assert ckpt.read_tensors(run / ckpt.MODEL)[1]["step"] == 4
+
+
+def test_a_full_disk_fails_the_save_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    run = checkpointed(tmp_path)
     before = weights(run)
-    trainer = Trainer(SumTask(), quiet(max_steps=8, eval_every=2), run, resume=True)
-    trainer.counters.step = 999
-    with torch.no_grad():
-        for p in trainer.model.parameters():
-            p.add_(1.0)
+    trainer = Trainer(SumTask(), quiet(max_steps=12, checkpoint_every=4), run, resume=True)
     real, written = ckpt._write_synced, []
 
-    def dies_on_third_file(path, data):
+    def fills_up(path, data):
         if len(written) == 2:
-            raise KeyboardInterrupt("killed")  # the process dies while writing
+            raise OSError(errno.ENOSPC, "No space left on device")
         written.append(path)
         real(path, data)
 
-    monkeypatch.setattr(ckpt, "_write_synced", dies_on_third_file)
-    with pytest.raises(KeyboardInterrupt):
-        trainer.save_checkpoint()
-    monkeypatch.setattr(ckpt, "_write_synced", real)
-    assert list(run.glob("*.tmp"))  # debris of the torn save...
-    again = Trainer(SumTask(), quiet(max_steps=8, eval_every=2), run, resume=True)
-    assert again.counters.step == 4 and not list(run.glob("*.tmp"))  # ...ignored and removed
+    monkeypatch.setattr(ckpt, "_write_synced", fills_up)
+    with pytest.raises(RnnkitError, match="step-00000012 \\(No space left on device\\); free"):
+        trainer.fit()
+    monkeypatch.undo()
+    assert sorted(p.name for p in (run / ckpt.CHECKPOINTS).iterdir()) == [
+        "step-00000004",
+        "step-00000008",
+    ]  # no debris, nothing lost
     after = weights(run)
     assert all(torch.equal(before[k], after[k]) for k in before)
+    assert Trainer(SumTask(), None, run, resume=True).counters.step == 8
 
 
-def test_a_kill_after_the_commit_marker_finishes_the_new_checkpoint(tmp_path, monkeypatch):
-    run = trained(tmp_path)
-    trainer = Trainer(SumTask(), quiet(max_steps=8, eval_every=2), run, resume=True)
-    trainer.counters.step = 6
-    monkeypatch.setattr(ckpt, "_finish_commit", lambda run_dir: None)  # dies before renaming
-    trainer.save_checkpoint()
-    monkeypatch.undo()
-    assert (run / ckpt.COMMIT).exists()
-    assert Trainer(SumTask(), None, run, resume=True).counters.step == 6
+def as_other_user(action) -> str:
+    """Run ``action`` in a child process that cannot write where root could (uid nobody when
+    the tests run as root); the message of the RnnkitError it raised, or "" if none."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        message = b""
+        try:
+            if os.getuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            action()
+        except RnnkitError as err:
+            message = str(err).encode()
+        finally:
+            os.write(write, message)
+            os._exit(0)
+    os.close(write)
+    message = os.read(read, 4096).decode()
+    os.waitpid(pid, 0)
+    return message
+
+
+def test_a_read_only_run_directory_is_a_clear_error(tmp_path):
+    base = Path(tempfile.mkdtemp())  # world-traversable, unlike pytest's tmp_path
+    try:
+        base.chmod(0o755)
+        run = checkpointed(base)
+        before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+        run.chmod(0o555)
+        message = as_other_user(lambda: Trainer(SumTask(), None, run, resume=True).fit())
+        assert message.startswith(f"cannot write in {run} (Permission denied)")
+        message = as_other_user(lambda: Trainer(SumTask(), quiet(), run / "new").fit())
+        assert message.startswith(f"cannot write in {run} (Permission denied)")
+        assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    finally:
+        run.chmod(0o755)
+        shutil.rmtree(base)
 
 
 def test_files_are_safetensors_and_json_and_loading_never_unpickles(tmp_path, monkeypatch):

@@ -88,7 +88,7 @@ def test_fit_writes_a_complete_run(tmp_path):
     valid = [r for r in valid if r["split"] == "valid"]
     assert [r["step"] for r in valid] == [10, 20, 20] and valid[-1]["final"] is True
     assert result.final["extra"] == 1.0
-    assert not list(run.glob("*.tmp")) and not (run / ckpt.COMMIT).exists()
+    assert not list(run.glob("*.tmp")) and len(list((run / ckpt.CHECKPOINTS).iterdir())) == 2
 
 
 def test_training_reduces_the_loss(tmp_path):

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rnnkit.training.checkpoint import atomic_write_bytes
+from rnnkit.training.checkpoint import atomic_write_bytes, write_error
 
 
 class MetricsLog:
@@ -28,8 +28,12 @@ class MetricsLog:
         self.path = path
 
     def write(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+        """Append ``record`` as one line (RnnkitError if the disk is full or read-only)."""
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record, sort_keys=True) + "\n")
+        except OSError as err:
+            raise write_error(self.path, err) from None
 
     def read(self) -> list[dict[str, Any]]:
         return read_metrics(self.path)

@@ -65,6 +65,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -117,10 +118,14 @@ class TrainConfig:
 
     ``clip`` None or 0 disables clipping (the norm is still logged). ``eval_every`` and
     ``log_every`` are in steps; ``checkpoint_every`` None means "at every evaluation".
+    ``keep_checkpoints``: complete checkpoints kept in ``checkpoints/`` (at least 2, so that a
+    damaged newest one falls back to the one before).
     ``patience``: stop after that many evaluations without an improvement of ``min_delta``.
     ``progress``: "auto" (bar on a terminal, log lines otherwise), "bar", "log" or "none".
-    ``on_nonfinite``: a NaN/inf loss or gradient norm either raises RnnkitError ("raise") or
-    stops training with ``stop_reason="diverged"`` without applying that step ("stop").
+    ``on_nonfinite``: what a NaN/inf loss or gradient norm does; the step is never applied:
+    "raise" raises RnnkitError; "stop" ends training with ``stop_reason="diverged"`` and keeps
+    the last checkpoint as it is (no new save); "skip" warns, logs ``"skipped": true`` and goes
+    on with the next batch (RnnkitError after `MAX_SKIPS` skipped steps in a row).
     """
 
     lr: float = 2e-3
@@ -136,6 +141,7 @@ class TrainConfig:
     eval_every: int = 500
     log_every: int = 50
     checkpoint_every: int | None = None
+    keep_checkpoints: int = 2
     patience: int | None = None
     min_delta: float = 0.0
     seed: int = 0
@@ -151,6 +157,7 @@ class TrainConfig:
         "eval_every",
         "log_every",
         "checkpoint_every",
+        "keep_checkpoints",
         "patience",
         "min_delta",
         "progress",
@@ -181,11 +188,16 @@ class TrainConfig:
             raise RnnkitError("this task samples batches freely: use max_steps or max_time")
         if self.schedule not in ("cosine", "constant"):
             raise RnnkitError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
-        if self.on_nonfinite not in ("raise", "stop"):
-            raise RnnkitError(f"on_nonfinite must be 'raise' or 'stop', got {self.on_nonfinite!r}")
+        if self.on_nonfinite not in ("raise", "stop", "skip"):
+            raise RnnkitError(
+                f"on_nonfinite must be 'raise', 'stop' or 'skip', got {self.on_nonfinite!r}"
+            )
+        if self.keep_checkpoints < 2:
+            raise RnnkitError(f"keep_checkpoints must be at least 2, got {self.keep_checkpoints}")
         if self.progress not in ("auto", "bar", "log", "none"):
             raise RnnkitError(f"progress must be auto, bar, log or none, got {self.progress!r}")
-        for name in ("lr", "max_steps", "max_epochs", "max_time", "eval_every", "log_every"):
+        positive = ("lr", "max_steps", "max_epochs", "max_time", "eval_every", "log_every")
+        for name in (*positive, "checkpoint_every"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise RnnkitError(f"{name} must be positive, got {value}")
@@ -202,9 +214,9 @@ class TrainConfig:
 class FitResult:
     """How training ended.
 
-    ``stop_reason``: "budget", "early_stopping", "interrupted" (Ctrl-C), "diverged" (see
-    ``on_nonfinite``) or "paused" (`Trainer.request_stop`). ``final`` is the full evaluation
-    (empty when the user stopped training).
+    ``stop_reason``: "budget", "early_stopping", "interrupted" (Ctrl-C or SIGTERM), "diverged"
+    (see ``on_nonfinite``) or "paused" (`Trainer.request_stop`). ``final`` is the full
+    evaluation (empty when training was stopped by the user or by divergence).
     """
 
     step: int
@@ -216,6 +228,9 @@ class FitResult:
 
 
 Callback = Callable[["Trainer", dict[str, Any]], None]
+
+#: non-finite steps skipped in a row before ``on_nonfinite="skip"`` gives up
+MAX_SKIPS = 20
 
 
 @dataclass
@@ -254,12 +269,16 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.config = self._resolve_config(config)
         self.config.check(task.steps_per_epoch)
+        ckpt.check_writable(self.run_dir)
         self.total_steps = self.config.total_steps(task.steps_per_epoch)
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
         self.counters = _Progress()
         self.carried: Any = None
         self._stop_reason: str | None = None
         self._step_seconds = 0.0  # duration of the last training step
+        self._best_bytes: bytes | None = None  # best.safetensors, saved with the next checkpoint
+        self._saved_step: int | None = None  # step of the last checkpoint saved or loaded
+        self._skipped = 0  # non-finite steps skipped in a row (on_nonfinite="skip")
         self._setup()
 
     # --- setup ----------------------------------------------------------------------------
@@ -303,6 +322,7 @@ class Trainer:
         )
         if self.resume:
             self._load_checkpoint()
+            ckpt.update_train_config(self.run_dir, asdict(self.config))
         else:
             self._create_run()
 
@@ -315,7 +335,13 @@ class Trainer:
     # --- checkpoints ----------------------------------------------------------------------
 
     def save_checkpoint(self) -> None:
-        """Commit model, optimizer, counters, RNG states and carried state atomically."""
+        """Commit model, best model, optimizer, counters, RNG states and carried state as one
+        checkpoint (see `rnnkit.training.checkpoint`).
+
+        Raises:
+            RnnkitError: it cannot be written (full disk, read-only directory); the previous
+                checkpoint is intact.
+        """
         carried, spec = ckpt.flatten_state(self.carried)
         tensors = {
             "rng.torch": torch.get_rng_state(),
@@ -330,16 +356,27 @@ class Trainer:
             ckpt.TRAINER_TENSORS: ckpt.tensors_to_bytes(tensors, {"step": self.counters.step}),
             ckpt.TRAINER_STATE: ckpt.json_bytes(state),
         }
-        ckpt.commit_files(self.run_dir, files)
+        if self._best_bytes is not None:
+            files[ckpt.BEST] = self._best_bytes
+        ckpt.save_checkpoint(self.run_dir, self.counters.step, files, self.config.keep_checkpoints)
+        self._saved_step = self.counters.step
 
     def _load_checkpoint(self) -> None:
-        ckpt.recover(self.run_dir)
-        if not (self.run_dir / ckpt.TRAINER_STATE).is_file():
-            raise RnnkitError(f"{self.run_dir} has no checkpoint to resume from; train it anew")
-        state = ckpt.read_json(self.run_dir / ckpt.TRAINER_STATE)
-        ckpt.load_model_weights(self.model, self.run_dir / ckpt.MODEL)
-        ckpt.load_optimizer(self.optimizer, self.run_dir / ckpt.OPTIMIZER)
-        tensors, _ = ckpt.read_tensors(self.run_dir / ckpt.TRAINER_TENSORS)
+        """Restore the newest valid checkpoint (the top-level files of a run saved before
+        ``checkpoints/`` existed)."""
+        source = ckpt.recover(self.run_dir, clean=True) or self.run_dir
+        if not (source / ckpt.TRAINER_STATE).is_file():  # killed before its first checkpoint
+            warnings.warn(f"{self.run_dir} has no checkpoint yet: from step 0", stacklevel=2)
+            self.task.save_assets(self.run_dir)
+            self._saved_step = 0
+            self.metrics.truncate_after(0)
+            return
+        state = ckpt.read_json(source / ckpt.TRAINER_STATE)
+        ckpt.load_model_weights(self.model, source / ckpt.MODEL)
+        ckpt.load_optimizer(self.optimizer, source / ckpt.OPTIMIZER)
+        if (source / ckpt.BEST).is_file():
+            self._best_bytes = (source / ckpt.BEST).read_bytes()
+        tensors, _ = ckpt.read_tensors(source / ckpt.TRAINER_TENSORS)
         torch.set_rng_state(tensors["rng.torch"])
         self.data_rng.set_state(tensors["rng.data"])
         self.carried = ckpt.unflatten_state(tensors, state["carried_spec"])
@@ -349,8 +386,8 @@ class Trainer:
             best_loss=state["best_loss"],
             bad_evals=state["bad_evals"],
         )
+        self._saved_step = self.counters.step
         self.metrics.truncate_after(self.counters.step)
-        ckpt.update_train_config(self.run_dir, asdict(self.config))
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -378,7 +415,7 @@ class Trainer:
                 window.add(record)
                 for callback in self.callbacks:
                     callback(self, record)
-                if c.step % cfg.log_every == 0:
+                if c.step % cfg.log_every == 0 and window.steps:
                     self._log_train(window.flush(c.elapsed), progress, board)
                 if c.step % cfg.eval_every == 0:
                     self._evaluate(progress, board, full=False)
@@ -392,8 +429,10 @@ class Trainer:
         if window.steps:
             self._log_train(window.flush(c.elapsed), progress, board)
         reason = self._stop_reason or "budget"
-        final = {} if reason in ("interrupted", "paused") else self._evaluate(progress, board, True)
-        self.save_checkpoint()
+        stopped = reason in ("interrupted", "paused", "diverged")
+        final = {} if stopped else self._evaluate(progress, board, True)
+        if reason != "diverged" and self._saved_step != c.step:
+            self.save_checkpoint()
         self._plot()
         progress.close()
         if board is not None:
@@ -413,7 +452,8 @@ class Trainer:
 
     def _train_step(self) -> dict[str, Any] | None:
         """One optimizer step; returns the step's record (loss, lr, grad_norm, ...), or None if
-        the loss or gradient was not finite and ``on_nonfinite="stop"`` (nothing applied)."""
+        the loss or gradient was not finite and ``on_nonfinite="stop"`` (nothing applied; see
+        `_nonfinite` for the other policies)."""
         cfg, step = self.config, self.counters.step
         batch = self.task.train_batch(step, self.data_rng)
         self.model.train()
@@ -427,29 +467,41 @@ class Trainer:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         loss = float(out.loss.detach())
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            return self._diverged(step, loss, grad_norm)
+            return self._nonfinite(step, loss, grad_norm)
         lr = self.learning_rate(step, self.counters.elapsed)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
+        self._skipped = 0
         self.carried = detach_state(out.state)
         clipped = bool(cfg.clip) and grad_norm > cfg.clip
         return {"step": step + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                 "clipped": clipped, "tokens": out.tokens, **out.metrics,
                 **grad_metrics}  # fmt: skip
 
-    def _diverged(self, step: int, loss: float, grad_norm: float) -> None:
-        if self.config.on_nonfinite == "raise":
-            raise RnnkitError(
-                f"training diverged at step {step} (loss {loss}, gradient norm {grad_norm}); "
-                f"lower the learning rate (now {self.config.lr}) or clip gradients (--clip 1.0); "
-                "the last checkpoint is intact"
-            )
+    def _nonfinite(self, step: int, loss: float, grad_norm: float) -> dict[str, Any] | None:
+        """A NaN/inf loss or gradient at ``step`` (nothing applied): raise, stop (None) or skip
+        (the record of the skipped step), as ``on_nonfinite`` says."""
         self.optimizer.zero_grad(set_to_none=True)
-        record = {"step": step, "split": "train", "loss": loss, "grad_norm": grad_norm}
-        self.metrics.write({**record, "diverged": True, "elapsed": round(self.counters.elapsed, 3)})
-        self.request_stop("diverged")
-        return None
+        policy, what = self.config.on_nonfinite, f"loss {loss}, gradient norm {grad_norm}"
+        advice = (f"lower the learning rate (now {self.config.lr}), clip gradients (--clip 1.0) "
+                  "or look for NaN/inf in the data; the last checkpoint is intact")  # fmt: skip
+        if policy == "raise":
+            raise RnnkitError(f"training diverged at step {step} ({what}); {advice}")
+        record = {"split": "train", "loss": loss, "grad_norm": grad_norm,
+                  "elapsed": round(self.counters.elapsed, 3)}  # fmt: skip
+        if policy == "stop":
+            self.metrics.write({"step": step, **record, "diverged": True})
+            self.request_stop("diverged")
+            return None
+        self._skipped += 1
+        if self._skipped > MAX_SKIPS:
+            raise RnnkitError(f"{MAX_SKIPS} steps in a row were not finite ({what}); {advice}")
+        warnings.warn(f"step {step} skipped: not finite ({what}); weights unchanged", stacklevel=2)
+        self.carried = None  # a state from a non-finite step is not carried on
+        record = {"step": step + 1, **record, "skipped": True}
+        self.metrics.write(record)
+        return record
 
     def learning_rate(self, step: int, elapsed: float) -> float:
         """Linear warm-up over ``warmup_steps``, then cosine decay to ``min_lr_ratio * lr``
@@ -490,8 +542,8 @@ class Trainer:
             pass
         elif c.best_loss is None or result["loss"] < c.best_loss - cfg.min_delta:
             c.best_loss, c.bad_evals = result["loss"], 0
-            data = ckpt.tensors_to_bytes(self.model.state_dict(), {"step": c.step, **result})
-            ckpt.atomic_write_bytes(self.run_dir / ckpt.BEST, data)
+            meta = {"step": c.step, **result}
+            self._best_bytes = ckpt.tensors_to_bytes(self.model.state_dict(), meta)
         else:
             c.bad_evals += 1
             if cfg.patience is not None and c.bad_evals >= cfg.patience:
@@ -543,6 +595,8 @@ class _Window:
         self.steps, self.records, self.t0 = 0, [], time.perf_counter()
 
     def add(self, record: dict[str, Any]) -> None:
+        if record.get("skipped"):  # logged on its own, not averaged into the loss
+            return
         self.steps += 1
         self.records.append(record)
 
