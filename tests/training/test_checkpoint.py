@@ -179,3 +179,15 @@ def test_interrupt_saves_and_resume_continues(tmp_path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
     second = Trainer(SumTask(), None, run, resume=True).fit()
     assert second.step == 10 and second.stop_reason == "budget"
+
+
+def test_a_manifest_cannot_point_outside_its_checkpoint(tmp_path):
+    run = checkpointed(tmp_path)
+    latest = run / ckpt.CHECKPOINTS / "step-00000008"
+    manifest = json.loads((latest / ckpt.MANIFEST).read_text())
+    manifest["files"]["../../config.json"] = manifest["files"].pop(ckpt.MODEL)
+    (latest / ckpt.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(RnnkitError, match="names files a checkpoint does not have; refused"):
+        ckpt.read_manifest(latest / ckpt.MANIFEST)
+    with pytest.warns(UserWarning, match="step-00000008 is damaged"):
+        assert Trainer(SumTask(), None, run, resume=True).counters.step == 4
