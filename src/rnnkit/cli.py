@@ -21,7 +21,7 @@ class _Group(click.Group):
                 warnings.showwarning = _show_warning
                 return super().invoke(ctx)
         except RnnkitError as err:
-            click.echo(f"error: {err}", err=True)
+            click.echo(f"error: {' '.join(str(err).splitlines())}", err=True)  # one line
             sys.exit(2)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import warnings
 import wave
 from dataclasses import asdict, dataclass
@@ -32,6 +33,7 @@ from rnnkit.errors import RnnkitError
 FSDD = "../shared/data/speech/fsdd/recordings"
 _FSDD_NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")
 _PCM = {1: np.uint8, 2: np.int16, 4: np.int32}
+MIN_RATE, MAX_RATE = 1000, 384_000  # sample rates (Hz) a WAV file may declare
 
 
 def read_wav(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
@@ -45,10 +47,13 @@ def read_wav(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
             channels, width, rate = f.getnchannels(), f.getsampwidth(), f.getframerate()
             declared = f.getnframes()
             data = f.readframes(declared)
-    except (wave.Error, EOFError) as err:
+    except (wave.Error, EOFError, RuntimeError, ValueError, OverflowError, struct.error) as err:
         raise RnnkitError(f"{path} is not a readable PCM WAV file ({err or 'empty'}); give a "
                           "mono 16-bit PCM .wav (e.g. convert with: sox in.x -c 1 out.wav)"
                           ) from None  # fmt: skip
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise RnnkitError(f"{path} declares {rate} samples per second; a recording is read at "
+                          f"{MIN_RATE} to {MAX_RATE} Hz (is the file damaged?)")  # fmt: skip
     if channels != 1:
         raise RnnkitError(f"{path} has {channels} channels; give a mono recording (e.g. mix it "
                           "down with: sox in.wav -c 1 out.wav)")  # fmt: skip

@@ -75,20 +75,27 @@ def read_labelled(
 def _table(path: Path, text_col: str, label_col: str, encoding: str) -> list[tuple[str, str]]:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     reader = csv.DictReader(io.StringIO(read_text(path, encoding)), delimiter=delimiter)
-    missing = [c for c in (text_col, label_col) if c not in (reader.fieldnames or [])]
+    try:
+        fieldnames = reader.fieldnames or []
+    except csv.Error as err:
+        raise RnnkitError(f"{path}: the header is not valid CSV/TSV ({err})") from None
+    missing = [c for c in (text_col, label_col) if c not in fieldnames]
     if missing:
         raise RnnkitError(
             f"{path} has no column(s) {', '.join(map(repr, missing))}; its columns are "
-            f"{', '.join(map(repr, reader.fieldnames or []))}: name them with --text-col and "
+            f"{', '.join(map(repr, fieldnames))}: name them with --text-col and "
             "--label-col"
         )
     pairs = []
-    for line, row in enumerate(reader, start=2):
-        text, label = (row[text_col] or "").strip(), (row[label_col] or "").strip()
-        if not text or not label:
-            raise RnnkitError(f"{path}, line {line}: empty {'text' if not text else 'label'}; "
-                              "fill it in or delete the row")  # fmt: skip
-        pairs.append((text, label))
+    try:
+        for line, row in enumerate(reader, start=2):
+            text, label = (row[text_col] or "").strip(), (row[label_col] or "").strip()
+            if not text or not label:
+                raise RnnkitError(f"{path}, line {line}: empty {'text' if not text else 'label'};"
+                                  " fill it in or delete the row")  # fmt: skip
+            pairs.append((text, label))
+    except csv.Error as err:
+        raise RnnkitError(f"{path}, line {reader.line_num}: not valid CSV/TSV ({err})") from None
     return pairs
 
 

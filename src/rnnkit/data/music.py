@@ -127,7 +127,8 @@ def _check_piece(piece: object, where: str) -> list[list[int]]:
     frames = []
     for t, frame in enumerate(piece):
         ok = isinstance(frame, list) and all(
-            isinstance(p, (int, float)) and not isinstance(p, bool) and float(p).is_integer()
+            (isinstance(p, int) and not isinstance(p, bool))
+            or (isinstance(p, float) and p.is_integer())
             for p in frame
         )
         if not ok:
@@ -275,7 +276,7 @@ def midi_bytes(
     velocity: int = 80,
     program: int = 0,
 ) -> bytes:
-    """``roll`` (T, 88) as a one-track standard MIDI file at ``tempo`` quarter notes per minute.
+    """``roll`` (T, 88) as a standard MIDI file (format 0) at ``tempo`` quarter notes per minute.
 
     Each run of ones in a column is one note; ``program`` is the General MIDI instrument
     (0: acoustic grand piano).
@@ -300,7 +301,7 @@ def midi_bytes(
         now = tick
     track.append(mido.MetaMessage("end_of_track", time=0))
     buf = io.BytesIO()
-    mido.MidiFile(ticks_per_beat=ticks, tracks=[track]).save(file=buf)
+    mido.MidiFile(type=0, ticks_per_beat=ticks, tracks=[track]).save(file=buf)
     return buf.getvalue()
 
 

@@ -104,6 +104,8 @@ def read_csv(
         frame = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise RnnkitError(f"cannot read {path} as CSV: {str(err).strip()}") from None
+    if frame.empty:
+        raise RnnkitError(f"{path} has a header but no data rows; give a CSV with data")
     return from_frame(frame, time_col, targets, covariates, fill, str(path), regular)
 
 

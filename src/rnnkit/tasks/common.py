@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from rnnkit.errors import RnnkitError
 from rnnkit.training import checkpoint as ckpt
-from rnnkit.training.options import TRAIN_KEYS, merge_settings, parse_duration
+from rnnkit.training.options import TRAIN_KEYS, check_types, merge_settings, parse_duration
 from rnnkit.training.trainer import FitResult, Task, TrainConfig, Trainer
 
 Settings = TypeVar("Settings")
@@ -30,6 +30,7 @@ def settings_from_dict(cls: type[Settings], values: dict[str, Any], task: str) -
         raise RnnkitError(
             f"unknown {task} setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
         )
+    check_types(cls, values, task)
     return cls(**values)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 import sys
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +98,45 @@ TRAIN_KEYS = {
     "progress": "progress",
     "tensorboard": "tensorboard",
 }
+
+
+def check_types(cls: type, values: dict[str, Any], what: str) -> None:
+    """Refuse values of ``values`` whose type does not fit the field of dataclass ``cls`` they
+    set (a TOML file or a run's config.json may hold anything), naming the setting and ``what``.
+
+    Raises:
+        RnnkitError: e.g. ``lr = "fast"`` or ``max_steps = 2.5``.
+    """
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        if name in hints and not _fits(value, hints[name]):
+            shown = getattr(hints[name], "__name__", None) or str(hints[name])
+            raise RnnkitError(
+                f"{what} setting {name} = {value!r} is not of type {shown.replace('typing.', '')}"
+            )
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` (JSON/TOML data) fits the type ``hint`` (a float accepts an int)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(map(_fits, value, args))
+        return all(_fits(v, args[0]) for v in value) if args else True
+    if origin is dict:
+        return isinstance(value, dict)
+    return isinstance(value, hint) if isinstance(hint, type) else True

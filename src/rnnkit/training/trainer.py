@@ -78,6 +78,7 @@ import rnnkit
 from rnnkit.errors import RnnkitError
 from rnnkit.training import checkpoint as ckpt
 from rnnkit.training.metrics import MetricsLog, Progress, plot_loss_curve
+from rnnkit.training.options import check_types
 from rnnkit.training.tbptt import detach_state
 
 
@@ -175,6 +176,7 @@ class TrainConfig:
                 f"unknown training setting(s) {', '.join(unknown)}; "
                 f"known: {', '.join(sorted(known))}"
             )
+        check_types(cls, values, "training")
         values = dict(values)
         if "betas" in values:
             values["betas"] = tuple(values["betas"])
@@ -197,10 +199,20 @@ class TrainConfig:
         if self.progress not in ("auto", "bar", "log", "none"):
             raise RnnkitError(f"progress must be auto, bar, log or none, got {self.progress!r}")
         positive = ("lr", "max_steps", "max_epochs", "max_time", "eval_every", "log_every")
-        for name in (*positive, "checkpoint_every"):
+        for name in (*positive, "checkpoint_every", "patience"):
             value = getattr(self, name)
-            if value is not None and value <= 0:
+            if value is not None and not value > 0:  # `not >` also refuses NaN
                 raise RnnkitError(f"{name} must be positive, got {value}")
+        for name in ("clip", "warmup_steps", "weight_decay", "min_delta"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise RnnkitError(f"{name} must be 0 or more, got {value}")
+        for name, value in (
+            ("min_lr_ratio", self.min_lr_ratio),
+            *zip(("beta1", "beta2"), self.betas),
+        ):
+            if not 0 <= value <= 1:
+                raise RnnkitError(f"{name} must be within [0, 1], got {value}")
 
     def total_steps(self, steps_per_epoch: int | None) -> int | None:
         """The step budget implied by max_steps and max_epochs (the smaller), or None."""
