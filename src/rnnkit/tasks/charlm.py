@@ -31,6 +31,7 @@ from rnnkit.errors import RnnkitError
 from rnnkit.models.sequence import SequenceModel
 from rnnkit.tasks.common import settings_from_dict, train_task
 from rnnkit.training import checkpoint as ckpt
+from rnnkit.training.distributed import World, shard_batch
 from rnnkit.training.tbptt import StreamBatches, stream_loss_sum
 from rnnkit.training.trainer import FitResult, StepOutput, TrainConfig
 
@@ -116,6 +117,11 @@ class CharLM:
 
     def build_model(self) -> SequenceModel:
         return build_model(self.cfg, len(self.vocab))
+
+    def shard_batch(self, batch: Any, world: World) -> Any:
+        """Distributed training: this process's columns of the (L, B) windows (see
+        `rnnkit.training.distributed`)."""
+        return shard_batch(batch, world, dim=1)
 
     def train_batch(self, step: int, rng: torch.Generator) -> Any:
         """Random windows: (inputs, targets) (L, B); stream: a `StreamChunk` of (B, L)."""

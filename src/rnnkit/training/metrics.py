@@ -24,11 +24,13 @@ from rnnkit.training.checkpoint import atomic_write_bytes, write_error
 class MetricsLog:
     """Append-only ``metrics.jsonl``; each record is flushed as it is written."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.path, self.enabled = path, enabled  # disabled: a process that does not write
 
     def write(self, record: dict[str, Any]) -> None:
         """Append ``record`` as one line (RnnkitError if the disk is full or read-only)."""
+        if not self.enabled:
+            return
         try:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record, sort_keys=True) + "\n")
@@ -40,6 +42,8 @@ class MetricsLog:
 
     def truncate_after(self, step: int) -> None:
         """Drop records past ``step`` (logged after the checkpoint a run resumes from)."""
+        if not self.enabled:
+            return
         kept = [r for r in self.read() if r["step"] <= step]
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept)
         atomic_write_bytes(self.path, text.encode())

@@ -77,6 +77,7 @@ from torch import Tensor, nn
 import rnnkit
 from rnnkit.errors import RnnkitError
 from rnnkit.training import checkpoint as ckpt
+from rnnkit.training import distributed
 from rnnkit.training.metrics import MetricsLog, Progress, plot_loss_curve
 from rnnkit.training.options import check_types
 from rnnkit.training.tbptt import detach_state
@@ -279,11 +280,15 @@ class Trainer:
     ) -> None:
         self.task, self.run_dir, self.resume = task, Path(run_dir), resume
         self.callbacks = list(callbacks)
+        self.world = distributed.join()
+        if not self.world.writer:  # rank 0 creates or recovers the run first
+            self.world.barrier()
         self.config = self._resolve_config(config)
         self.config.check(task.steps_per_epoch)
-        ckpt.check_writable(self.run_dir)
+        if self.world.writer:
+            ckpt.check_writable(self.run_dir)
         self.total_steps = self.config.total_steps(task.steps_per_epoch)
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.world.writer)
         self.counters = _Progress()
         self.carried: Any = None
         self._stop_reason: str | None = None
@@ -292,11 +297,16 @@ class Trainer:
         self._saved_step: int | None = None  # step of the last checkpoint saved or loaded
         self._skipped = 0  # non-finite steps skipped in a row (on_nonfinite="skip")
         self._setup()
+        if self.world.writer:
+            self.world.barrier()
+        distributed.broadcast_parameters(self.model, self.world)
 
     # --- setup ----------------------------------------------------------------------------
 
     def _resolve_config(self, config: TrainConfig | None) -> TrainConfig:
         if not self.resume:
+            if not self.world.writer:  # rank 0 has checked and created the run
+                return config or TrainConfig()
             if ckpt.is_run(self.run_dir):
                 raise RnnkitError(
                     f"{self.run_dir} already holds a run; resume it (--resume) or choose another "
@@ -334,8 +344,9 @@ class Trainer:
         )
         if self.resume:
             self._load_checkpoint()
-            ckpt.update_train_config(self.run_dir, asdict(self.config))
-        else:
+            if self.world.writer:
+                ckpt.update_train_config(self.run_dir, asdict(self.config))
+        elif self.world.writer:
             self._create_run()
 
     def _create_run(self) -> None:
@@ -370,16 +381,22 @@ class Trainer:
         }
         if self._best_bytes is not None:
             files[ckpt.BEST] = self._best_bytes
-        ckpt.save_checkpoint(self.run_dir, self.counters.step, files, self.config.keep_checkpoints)
+        if self.world.writer:
+            keep = self.config.keep_checkpoints
+            ckpt.save_checkpoint(self.run_dir, self.counters.step, files, keep)
         self._saved_step = self.counters.step
 
     def _load_checkpoint(self) -> None:
         """Restore the newest valid checkpoint (the top-level files of a run saved before
         ``checkpoints/`` existed)."""
-        source = ckpt.recover(self.run_dir, clean=True) or self.run_dir
+        if self.world.writer:
+            source = ckpt.recover(self.run_dir, clean=True) or self.run_dir
+        else:  # rank 0 has recovered the run: only read it
+            source = ckpt.latest_checkpoint(self.run_dir) or self.run_dir
         if not (source / ckpt.TRAINER_STATE).is_file():  # killed before its first checkpoint
             warnings.warn(f"{self.run_dir} has no checkpoint yet: from step 0", stacklevel=2)
-            self.task.save_assets(self.run_dir)
+            if self.world.writer:
+                self.task.save_assets(self.run_dir)
             self._saved_step = 0
             self.metrics.truncate_after(0)
             return
@@ -410,13 +427,14 @@ class Trainer:
     def fit(self) -> FitResult:
         """Train until a budget, early stopping, Ctrl-C or `request_stop`; see `FitResult`."""
         cfg, c = self.config, self.counters
-        progress = Progress(cfg.progress, self.total_steps, cfg.max_time, c.step, c.elapsed)
-        board = _tensorboard(self.run_dir) if cfg.tensorboard else None
+        shown = cfg.progress if self.world.writer else "none"
+        progress = Progress(shown, self.total_steps, cfg.max_time, c.step, c.elapsed)
+        board = _tensorboard(self.run_dir) if cfg.tensorboard and self.world.writer else None
         window = _Window()
         start = time.perf_counter() - c.elapsed
         restore_sigint = self._install_sigint(progress)
         try:
-            while self._stop_reason is None and not self._budget_spent(time.perf_counter() - start):
+            while not self._should_stop(time.perf_counter() - start):
                 step_start = time.perf_counter()
                 record = self._train_step()
                 if record is None:  # diverged, step not applied
@@ -458,6 +476,14 @@ class Trainer:
         max_time = self.config.max_time
         return max_time is not None and elapsed + self._step_seconds >= max_time
 
+    def _should_stop(self, elapsed: float) -> bool:
+        """A stop requested or a budget spent, in this process or (distributed) in any."""
+        code = 2 if self._stop_reason is not None else int(self._budget_spent(elapsed))
+        code = self.world.any(code)
+        if code == 2 and self._stop_reason is None:  # another process was interrupted
+            self._stop_reason = "interrupted"
+        return code > 0
+
     def _checkpoint_due(self) -> bool:
         every = self.config.checkpoint_every or self.config.eval_every
         return self.counters.step % every == 0 and self._stop_reason is None
@@ -467,17 +493,21 @@ class Trainer:
         the loss or gradient was not finite and ``on_nonfinite="stop"`` (nothing applied; see
         `_nonfinite` for the other policies)."""
         cfg, step = self.config, self.counters.step
-        batch = self.task.train_batch(step, self.data_rng)
+        batch = self._shard(self.task.train_batch(step, self.data_rng))
         self.model.train()
         out = self.task.loss(self.model, batch, self.carried)
+        if out.state is not None and self.world.size > 1:
+            raise RnnkitError("a carried state (truncated BPTT over a stream) cannot be trained "
+                              "distributed yet; train in one process")  # fmt: skip
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        mean_loss = distributed.average(self.model.parameters(), out.loss, self.world)
         measure = getattr(self.task, "grad_metrics", None)
         grad_metrics = measure(self.model) if measure is not None else {}
         params = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = cfg.clip if cfg.clip else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-        loss = float(out.loss.detach())
+        loss = float(mean_loss)
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             return self._nonfinite(step, loss, grad_norm)
         lr = self.learning_rate(step, self.counters.elapsed)
@@ -490,6 +520,13 @@ class Trainer:
         return {"step": step + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                 "clipped": clipped, "tokens": out.tokens, **out.metrics,
                 **grad_metrics}  # fmt: skip
+
+    def _shard(self, batch: Any) -> Any:
+        """This process's part of the global batch (the whole batch in one process)."""
+        if self.world.size == 1:
+            return batch
+        shard = getattr(self.task, "shard_batch", None)
+        return shard(batch, self.world) if shard else distributed.shard_batch(batch, self.world)
 
     def _nonfinite(self, step: int, loss: float, grad_norm: float) -> dict[str, Any] | None:
         """A NaN/inf loss or gradient at ``step`` (nothing applied): raise, stop (None) or skip
@@ -555,7 +592,8 @@ class Trainer:
         elif c.best_loss is None or result["loss"] < c.best_loss - cfg.min_delta:
             c.best_loss, c.bad_evals = result["loss"], 0
             meta = {"step": c.step, **result}
-            self._best_bytes = ckpt.tensors_to_bytes(self.model.state_dict(), meta)
+            if self.world.writer:
+                self._best_bytes = ckpt.tensors_to_bytes(self.model.state_dict(), meta)
         else:
             c.bad_evals += 1
             if cfg.patience is not None and c.bad_evals >= cfg.patience:
@@ -574,6 +612,8 @@ class Trainer:
         progress.update(record["step"], record["elapsed"], shown)
 
     def _plot(self) -> None:
+        if not self.world.writer:
+            return
         plot_loss_curve(self.metrics.read(), self.run_dir / "loss.png", title=self.task.name)
 
     def _install_sigint(self, progress: Progress) -> Callable[[], None]:
