@@ -86,6 +86,10 @@ def test_midi_written_and_read_back_gives_the_same_roll(tmp_path):
     assert len(c4) == 2
     path.write_bytes(music.midi_bytes(roll, steps_per_quarter=4))
     assert torch.equal(music.read_midi(path, steps_per_quarter=4), roll)
+    silent_end = roll_of([60], [], [])  # written for all 3 frames; read back up to its last note
+    path.write_bytes(music.midi_bytes(silent_end, tempo=60))
+    assert mido.MidiFile(path).length == pytest.approx(3.0)
+    assert torch.equal(music.read_midi(path), silent_end[:1])
 
 
 def test_reading_midi_quantises_and_skips_drums(tmp_path):

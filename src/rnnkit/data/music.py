@@ -279,7 +279,7 @@ def midi_bytes(
     """``roll`` (T, 88) as a standard MIDI file (format 0) at ``tempo`` quarter notes per minute.
 
     Each run of ones in a column is one note; ``program`` is the General MIDI instrument
-    (0: acoustic grand piano).
+    (0: acoustic grand piano). The file lasts all T frames, trailing silence included.
     """
     import mido
 
@@ -299,7 +299,7 @@ def midi_bytes(
         kind, vel = ("note_on", velocity) if on else ("note_off", 0)
         track.append(mido.Message(kind, note=pitch, velocity=vel, time=tick - now))
         now = tick
-    track.append(mido.MetaMessage("end_of_track", time=0))
+    track.append(mido.MetaMessage("end_of_track", time=max(0, roll.shape[0] * step - now)))
     buf = io.BytesIO()
     mido.MidiFile(type=0, ticks_per_beat=ticks, tracks=[track]).save(file=buf)
     return buf.getvalue()
