@@ -47,16 +47,18 @@ def test_two_ranks_end_equal_and_equal_to_one_process(tmp_path):
     assert largest_difference(rank0, alone) < 1e-6
 
 
-def test_torchrun_rnnkit_train_matches_one_process(tmp_path):
+def test_torchrun_rnnkit_train_and_resume_match_one_process(tmp_path):
     text = tmp_path / "hamlet.txt"
     text.write_text("To be, or not to be, that is the question: whether tis nobler.\n" * 30)
     args = ["train", "charlm", "--text", text, "--hidden", "16", "--layers", "1", "--embed", "8",
-            "--seq-len", "16", "--batch", "8", "--dropout", "0", "--max-steps", "12",
-            "--eval-every", "6", "--progress", "none"]  # fmt: skip
-    done = torchrun("-m", "rnnkit", *args, "--out", tmp_path / "ddp")
-    assert "budget: 12 steps" in done.stdout
-    result = CliRunner().invoke(main, [*map(str, args), "--out", str(tmp_path / "one")])
-    assert result.exit_code == 0, result.output
+            "--seq-len", "16", "--batch", "8", "--dropout", "0", "--warmup", "2",
+            "--eval-every", "6", "--progress", "none", "--max-steps"]  # fmt: skip
+    more = ["train", "charlm", "--max-steps", "12", "--resume"]  # a larger budget
+    torchrun("-m", "rnnkit", *args, "6", "--out", tmp_path / "ddp")
+    assert "budget: 12 steps" in torchrun("-m", "rnnkit", *more, tmp_path / "ddp").stdout
+    for command in ([*args, "6", "--out"], more):  # the same in one process
+        result = CliRunner().invoke(main, [*map(str, command), str(tmp_path / "one")])
+        assert result.exit_code == 0, result.output
     ddp, _ = ckpt.read_tensors(tmp_path / "ddp" / ckpt.MODEL)
     one, _ = ckpt.read_tensors(tmp_path / "one" / ckpt.MODEL)
     assert largest_difference(ddp, one) < 1e-6
