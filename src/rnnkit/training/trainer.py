@@ -36,7 +36,10 @@ by global norm (the pre-clip norm is logged as ``grad_norm``), budgets (steps, e
 the first reached stops training; the schedule follows the step budget if there is one, else the
 time budget, so a step-budgeted run is reproducible whatever the machine's speed), evaluation
 every ``eval_every`` steps, early stopping, seeding, checkpoints, ``metrics.jsonl``, the loss
-curve, a progress bar, Ctrl-C (finish the step, save, stop) and exact resume.
+curve, a progress bar, Ctrl-C (finish the step, save, stop) and exact resume. Checkpoints
+survive kills and detect damaged files (`rnnkit.training.checkpoint`); a NaN never reaches the
+weights (``on_nonfinite``); under ``torchrun`` training is data-parallel
+(`rnnkit.training.distributed`). What is guaranteed, and tested, is in docs/reliability.md.
 
 Example::
 
