@@ -72,16 +72,20 @@ def plot_validation_curves(
     title: str = "",
 ) -> Path:
     """Validation loss against step for several runs (records of their metrics.jsonl), log y,
-    with the memoryless ``baseline`` (dashed) and the ``target`` that counts as solved (dotted)."""
+    with the memoryless ``baseline`` (dashed) and the ``target`` that counts as solved (dotted).
+    A run's final evaluation (its ``"final"`` record: the test set for the memory tasks) is a
+    star at the step where training stopped."""
     fig, (ax,) = _figure(1)
     for label, records in runs.items():
-        points = [
-            (r["step"], r["loss"])
-            for r in records
-            if r.get("split") == "valid" and not r.get("final")
-        ]
+        valid = [r for r in records if r.get("split") == "valid"]
+        points = [(r["step"], r["loss"]) for r in valid if not r.get("final")]
+        color = None
         if points:
-            ax.plot(*zip(*points), "o-", ms=2.5, lw=1.2, label=label)
+            (line,) = ax.plot(*zip(*points), "o-", ms=2.5, lw=1.2, label=label)
+            color = line.get_color()
+        for r in valid:
+            if r.get("final"):
+                ax.plot([r["step"]], [r["loss"]], "*", ms=10, color=color)
     if baseline is not None:
         ax.axhline(baseline, ls="--", color="grey", lw=1, label=f"baseline {baseline:.3g}")
     if target is not None:

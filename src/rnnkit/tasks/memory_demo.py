@@ -154,7 +154,7 @@ def _run(
         out / "loss_curves.png",
         ADDING_BASELINE_MSE,
         SOLVED_MSE,
-        ylabel="validation MSE",
+        ylabel="validation MSE (star: test MSE at the end)",
         title=f"adding problem, T={plan.T}",
     )
     panels = {"at initialisation": {}, "after training": {}}
