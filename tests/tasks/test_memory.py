@@ -126,6 +126,13 @@ def test_user_mistakes_exit_2_with_a_message(tmp_path, args, message):
     assert result.exit_code == 2 and message in result.output
 
 
+def test_toml_settings_are_checked(tmp_path):
+    (tmp_path / "a.toml").write_text('T = "long"\ncell = "gru"\n')
+    args = ["train", "adding", "--config", str(tmp_path / "a.toml"), "--out", str(tmp_path / "r")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "T = 'long' is not of type int" in result.output
+
+
 def test_demo_quick_writes_the_table_and_both_figures(tmp_path):
     out = tmp_path / "demo"
     result = CliRunner().invoke(main, ["demo", "--quick", "--out", str(out)])

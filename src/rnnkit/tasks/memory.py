@@ -32,6 +32,7 @@ from rnnkit.errors import RnnkitError
 from rnnkit.models.backbone import CELLS
 from rnnkit.models.classifier import ManyToOne
 from rnnkit.models.sequence import SequenceModel
+from rnnkit.tasks.common import settings_from_dict
 from rnnkit.training import checkpoint as ckpt
 from rnnkit.training.options import TRAIN_KEYS, merge_settings, parse_duration
 from rnnkit.training.trainer import FitResult, StepOutput, TrainConfig, Trainer
@@ -61,11 +62,8 @@ class MemoryConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> MemoryConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise RnnkitError(f"unknown memory-task setting(s) {', '.join(unknown)}")
-        return cls(**values)
+        """Refuses unknown keys and values of the wrong type (TOML files, config.json)."""
+        return settings_from_dict(cls, values, str(values.get("problem", "memory-task")))
 
     def check(self) -> None:
         if self.problem not in PROBLEMS:
