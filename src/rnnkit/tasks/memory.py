@@ -97,8 +97,8 @@ DEFAULT_TRAIN = TrainConfig(
     log_every=10,
 )
 #: default peak learning rate by cell. With 1e-2 (and clipping) LSTM and GRU leave the adding
-#: problem's plateau at T=200 within about 2000 steps (1e-3 to 3e-3 left LSTM on it for 3000);
-#: IRNN needs a small one (Le et al. 2015), or its relu units blow up.
+#: problem's plateau at T=200 within about 2000 steps (at 3e-3 LSTM was still on it after 3000);
+#: IRNN gets a small one, as Le et al. (2015) advise; even so its gradient explodes now and then.
 DEFAULT_LR = {"rnn": 1e-2, "irnn": 2e-4, "lstm": 1e-2, "gru": 1e-2}
 
 
