@@ -363,7 +363,7 @@ def diagnose_gradients(runs: tuple[str, ...], at: str, seed: int, out: str | Non
     Examples:
       rnnkit diagnose gradients runs/demo-*/rnn runs/demo-*/lstm --out flow.png
     """
-    from rnnkit.diagnostics.report import gradient_flow_report
+    from rnnkit.tasks.diagnose import gradient_flow_report
 
     click.echo(gradient_flow_report(runs, at, seed, out))
 
@@ -380,7 +380,7 @@ def diagnose_weight_grads(runs: tuple[str, ...], out: str | None) -> None:
     Examples:
       rnnkit diagnose weight-grads runs/rnn-clip runs/rnn-noclip --out clipping.png
     """
-    from rnnkit.diagnostics.report import weight_gradient_report
+    from rnnkit.tasks.diagnose import weight_gradient_report
 
     click.echo(weight_gradient_report(runs, out))
 

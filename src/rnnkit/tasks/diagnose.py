@@ -1,15 +1,23 @@
-"""What `rnnkit diagnose` prints and draws for a list of run directories."""
+"""Diagnostics of run directories: a run's model on a batch of its own task, and what
+`rnnkit diagnose` prints and draws for a list of runs. This is where runs meet the diagnostics
+(`rnnkit.diagnostics` itself knows nothing of tasks or files)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-from rnnkit.diagnostics.gradient_flow import decay_summary, run_gradient_norms
+import torch
+from torch import Tensor
+
+from rnnkit.diagnostics.gradient_flow import decay_summary, hidden_gradient_norms
 from rnnkit.diagnostics.plots import plot_gradient_flow, plot_weight_gradients
 from rnnkit.errors import RnnkitError
+from rnnkit.tasks import task_module
+from rnnkit.training import checkpoint as ckpt
 from rnnkit.training.metrics import read_metrics
 
+CHECKPOINTS = ("init", "last", "best")
 PANELS = {
     "init": "at initialisation",
     "last": "trained (last checkpoint)",
@@ -72,3 +80,48 @@ def _labels(runs: Sequence[str]) -> list[str]:
     if len(set(names)) < len(names):
         names = [f"{Path(r).parent.name}/{Path(r).name}" for r in runs]
     return names
+
+
+def run_gradient_norms(run_dir: str | Path, checkpoint: str = "last", seed: int = 0) -> Tensor:
+    """`hidden_gradient_norms` of a run directory's model on one batch of its task.
+
+    Args:
+        run_dir: a run whose task module offers ``load_task(run_dir)`` (adding, copy, ...).
+        checkpoint: "last" (model.safetensors), "best" (best.safetensors), or "init": the model
+            as the trainer built it before the first step (same seed, same weights).
+        seed: seeds the batch, drawn as the task draws training batches; the same seed gives
+            the same batch for every run of the same task settings.
+
+    Returns:
+        (T,) norms, computed in float64 (model and batch); see `hidden_gradient_norms`.
+    """
+    run_dir = Path(run_dir)
+    config = ckpt.read_config(run_dir)
+    module = task_module(config.get("task"))
+    if not hasattr(module, "load_task"):
+        raise RnnkitError(
+            f"{run_dir} is a {config['task']!r} run, which gradient flow does not handle"
+        )
+    if checkpoint not in CHECKPOINTS:
+        raise RnnkitError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
+    task = module.load_task(run_dir)
+    torch.manual_seed(config["train"]["seed"])  # as the trainer does before build_model
+    model = task.build_model()
+    if checkpoint != "init":
+        ckpt.recover(run_dir)
+        name = ckpt.MODEL if checkpoint == "last" else ckpt.BEST
+        if not (run_dir / name).is_file():
+            raise RnnkitError(f"{run_dir} has no {name} yet; train it first or use --at init")
+        ckpt.load_model_weights(model, run_dir / name)
+    batch = _float64(task.train_batch(0, torch.Generator().manual_seed(seed)))
+    model = model.double()  # float32 underflows: 0.6 per step is 1e-44 after 200 steps
+    return hidden_gradient_norms(model, lambda m: task.loss(m, batch, None).loss)
+
+
+def _float64(batch):
+    """The batch with its floating-point tensors (in tuples and lists too) in float64."""
+    if isinstance(batch, Tensor):
+        return batch.double() if batch.is_floating_point() else batch
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_float64(b) for b in batch)
+    return batch
