@@ -159,9 +159,9 @@ class _RecurrentLayer(nn.Module):
             state = tuple(s[layer] for s in state0)
             gh = nn.functional.linear(state[0], w_hh, b_hh)
             new, _ = cell.step(gx[0], gh, state, params)
-            rates = self._recurrent_noise(cell, state)[1]
-            if rates is not None:
-                new = tuple(torch.lerp(n, s, p) for n, s, p in zip(new, state, rates.rates))
+            rates = self._zoneout_rates(cell)
+            if rates is not None:  # zoneout at its expectation
+                new = tuple(torch.lerp(n, s, p) for n, s, p in zip(new, state, rates))
             for store, s in zip(finals, new):
                 store.append(s)
             x = new[0]
@@ -205,11 +205,15 @@ class _RecurrentLayer(nn.Module):
         if self.recurrent_dropout and self.training:
             keep = 1.0 - self.recurrent_dropout
             mask = torch.bernoulli(torch.full_like(h0[0], keep)).div_(keep)
+        rates = self._zoneout_rates(cell)
+        return mask, None if rates is None else Zoneout(rates, self.training)
+
+    def _zoneout_rates(self, cell: Cell) -> tuple[float, ...] | None:
+        """One zoneout rate per state of the cell, or None when zoneout is off."""
         rates = _as_tuple(self.zoneout)
         if not any(rates):
-            return mask, None
-        rates = rates * cell.num_states if len(rates) == 1 else rates[: cell.num_states]
-        return mask, Zoneout(rates, self.training)
+            return None
+        return rates * cell.num_states if len(rates) == 1 else rates[: cell.num_states]
 
     def _forward_torch(self, x: Tensor, state0: tuple[Tensor, ...], lengths: Tensor | None):
         kernel = None if self._beyond_torch() else self._torch_kernel()
