@@ -729,5 +729,72 @@ def transcribe(run: str, wav: str, beam: int | None) -> None:
     click.echo(_task_of(run, "transcribe").transcribe(run, wav, beam))
 
 
+# --- translate, caption (issue 5) -------------------------------------------------------------
+
+
+@train.command("translate")
+@click.option("--src", help="Source sentences, one per line (plain or .gz).")
+@click.option("--tgt", help="Their translations, line by line.")
+@click.option("--valid-src", help="Validation sources.  [default: the last 5% of the pairs]")
+@click.option("--valid-tgt", help="Validation targets.")
+@click.option("--test-src", help="Test sources: translated with beam search after training.")
+@click.option("--test-tgt", help="Test references (BLEU, chrF).")
+@click.option("--config", "config_file", help="TOML file of settings named like the flags.")
+@click.option("--out", help="Run directory.  [default: runs/translate-DATE-TIME]")
+@click.option("--resume", help="Continue the run in this directory.")
+@click.option("--src-vocab", type=int, help="Source subword pieces.  [default: 8000]")
+@click.option("--tgt-vocab", type=int, help="Target subword pieces.  [default: 8000]")
+@click.option("--cell", type=click.Choice(["gru", "lstm"]), help="[default: gru]")
+@click.option(
+    "--attention",
+    type=click.Choice(["additive", "dot", "general"]),
+    help="Bahdanau (additive) or Luong (dot, general).  [default: additive]",
+)
+@click.option("--embed", type=int, help="Embedding size.  [default: 256]")
+@click.option("--hidden", type=int, help="Encoder units per direction.  [default: 256]")
+@click.option("--decoder-hidden", type=int, help="Decoder units.  [default: 512]")
+@click.option("--dropout", type=float, help="[default: 0.3]")
+@click.option("--teacher-forcing", type=float, help="Teacher-forcing ratio.  [default: 1.0]")
+@click.option("--max-len", type=int, help="Subword pieces kept per sentence.  [default: 80]")
+@click.option("--batch", type=int, help="Sentence pairs per step.  [default: 64]")
+@click.option("--beam", type=int, help="Beam size of the final evaluation.  [default: 5]")
+@_loop_options(max_time="60m", warmup=200, eval_every=500)
+def train_translate(config_file, out, resume, **flags) -> None:  # fmt: skip
+    """Train an attention encoder-decoder to translate (subword vocabularies, BLEU).
+
+    \b
+    Examples:
+      D=../shared/data/translation/multi30k
+      rnnkit train translate --src $D/train.en.gz --tgt $D/train.de.gz \\
+        --valid-src $D/val.en.gz --valid-tgt $D/val.de.gz \\
+        --test-src $D/test_2016_flickr.en.gz --test-tgt $D/test_2016_flickr.de.gz --out runs/en-de
+    """
+    from rnnkit.tasks import translate
+
+    click.echo(translate.format_report(translate.train(flags, config_file, out, resume)))
+
+
+@main.command("translate")
+@click.argument("run")
+@click.argument("text", required=False)
+@click.option("--file", help="Translate each line of this file instead.")
+@click.option("--ref", help="With --file: reference translations; prints BLEU and chrF.")
+@click.option("--beam", type=int, help="Beam size; 1: greedy.  [default: the run's, 5]")
+@click.option("--plot", help="Write the attention of the (first) sentence to this PNG.")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best",
+              show_default=True)  # fmt: skip
+def translate_(run, text, file, ref, beam, plot, checkpoint) -> None:
+    """Translate TEXT (or --file) with a trained translate RUN.
+
+    \b
+    Examples:
+      rnnkit translate runs/en-de "A man rides a bike." --plot attention.png
+      rnnkit translate runs/en-de --file test.en --ref test.de
+    """
+    from rnnkit.tasks import translate
+
+    click.echo(translate.translate(run, text, file, ref, beam, plot, checkpoint))
+
+
 if __name__ == "__main__":
     main()

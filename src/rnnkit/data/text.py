@@ -12,6 +12,7 @@ A vocabulary turns text into a 1-D tensor of token ids and back. It is stored in
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -30,7 +31,7 @@ _WORD = re.compile(r"\w+|[^\w\s]|\n")
 
 
 def read_text(path: str | os.PathLike, encoding: str = "utf-8") -> str:
-    """The whole text of ``path``.
+    """The whole text of ``path`` (decompressed first if the name ends in ``.gz``).
 
     Raises:
         RnnkitError: the file is missing, a directory, empty, binary (a NUL byte), or not valid
@@ -42,6 +43,13 @@ def read_text(path: str | os.PathLike, encoding: str = "utf-8") -> str:
     if path.is_dir():
         raise RnnkitError(f"{path} is a directory; give a text file")
     data = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as err:
+            raise RnnkitError(
+                f"{path} is not a readable gzip file ({err}); check the file"
+            ) from None
     if not data:
         raise RnnkitError(f"text file {path} is empty; give a file with some text in it")
     nul = data.find(b"\x00")

@@ -168,3 +168,23 @@ def plot_ctc_alignment(
     bottom.set_xlabel("frame")
     bottom.set_ylabel("posterior")
     return _save(fig, path)
+
+
+def plot_attention(
+    weights: Tensor,
+    source: Sequence[str],
+    target: Sequence[str],
+    path: str | Path,
+    title: str = "",
+):
+    """An attention heat map (T, S): row t is where output token ``target[t]`` looked among the
+    ``source`` tokens (or image regions)."""
+    fig, (ax,) = _figure(1)
+    fig.set_size_inches(max(4.5, 0.32 * len(source) + 2.5), max(3.5, 0.3 * len(target) + 2))
+    ax.imshow(weights.detach().float().numpy(), cmap="Greys", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(len(source)), source, rotation=90, fontsize=8)
+    ax.set_yticks(range(len(target)), target, fontsize=8)
+    ax.set_xlabel("source")
+    ax.set_ylabel("output")
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)

@@ -21,6 +21,7 @@ TASKS: dict[str, str] = {
     "sentiment": "rnnkit.tasks.sentiment",
     "speech-digits": "rnnkit.tasks.speech",
     "speech-ctc": "rnnkit.tasks.speech_ctc",
+    "translate": "rnnkit.tasks.translate",
 }
 
 
