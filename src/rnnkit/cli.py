@@ -796,5 +796,74 @@ def translate_(run, text, file, ref, beam, plot, checkpoint) -> None:
     click.echo(translate.translate(run, text, file, ref, beam, plot, checkpoint))
 
 
+@train.command("caption")
+@click.option("--data", help="Fashion-MNIST folder (IDX files, gzip'd or not).  "
+              "[default: /usr/share/datasets/fashion-mnist, from apt-get install "
+              "dataset-fashion-mnist]")  # fmt: skip
+@click.option("--config", "config_file", help="TOML file of settings named like the flags.")
+@click.option("--out", help="Run directory.  [default: runs/caption-DATE-TIME]")
+@click.option("--resume", help="Continue the run in this directory.")
+@click.option("--slots", type=int, help="28-pixel cells of a scene (its width).  [default: 4]")
+@click.option("--min-items", type=int, help="Fewest items in a scene.  [default: 1]")
+@click.option("--max-items", type=int, help="Most items in a scene.  [default: 4]")
+@click.option("--valid-images", type=int,
+              help="Training pictures kept for validation scenes.  [default: 5000]")  # fmt: skip
+@click.option("--valid-scenes", type=int, help="Validation scenes.  [default: 1000]")
+@click.option("--eval-scenes", type=int,
+              help="Validation scenes captioned at each evaluation.  [default: 500]")  # fmt: skip
+@click.option("--test-scenes", type=int,
+              help="Test scenes (Fashion-MNIST test pictures) scored after training.  "
+              "[default: 1000]")  # fmt: skip
+@click.option("--channels", type=int, help="Feature maps of the last conv stage.  [default: 64]")
+@click.option("--stages", type=int, help="Conv + ReLU + pool stages.  [default: 3]")
+@click.option("--cell", type=click.Choice(["gru", "lstm"]), help="[default: gru]")
+@click.option(
+    "--attention",
+    type=click.Choice(["additive", "dot", "general"]),
+    help="Bahdanau (additive) or Luong (dot, general).  [default: additive]",
+)
+@click.option("--embed", type=int, help="Word embedding size.  [default: 64]")
+@click.option("--decoder-hidden", type=int, help="Decoder units.  [default: 256]")
+@click.option("--dropout", type=float, help="[default: 0.1]")
+@click.option("--batch", type=int, help="Scenes per step.  [default: 64]")
+@click.option("--beam", type=int, help="Beam size of the final evaluation.  [default: 3]")
+@_loop_options(max_steps=3000, eval_every=250)
+def train_caption(config_file, out, resume, **flags) -> None:  # fmt: skip
+    """Train a CNN encoder + attention decoder to caption Fashion-MNIST scenes (BLEU, exact).
+
+    \b
+    Examples:
+      rnnkit train caption --out runs/caption
+      rnnkit caption runs/caption --example scene.png --plot attention.png
+      rnnkit caption runs/caption scene.png
+    """
+    from rnnkit.tasks import caption
+
+    click.echo(caption.format_report(caption.train(flags, config_file, out, resume)))
+
+
+@main.command("caption")
+@click.argument("run")
+@click.argument("image", required=False)
+@click.option("--example", metavar="PNG",
+              help="Instead of IMAGE: write a test scene to this PNG and caption it.")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True, help="The --example scene.")
+@click.option("--beam", type=int, help="Beam size; 1: greedy.  [default: the run's, 3]")
+@click.option("--plot", help="Write where each word looked to this PNG.")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best",
+              show_default=True)  # fmt: skip
+def caption_(run, image, example, seed, beam, plot, checkpoint) -> None:
+    """Caption IMAGE (a grayscale scene of the run's size) with a trained caption RUN.
+
+    \b
+    Examples:
+      rnnkit caption runs/caption --example scene.png   # a test scene, and its caption
+      rnnkit caption runs/caption scene.png --plot attention.png
+    """
+    from rnnkit.tasks import caption
+
+    click.echo(caption.caption(run, image, example, beam, plot, seed, checkpoint))
+
+
 if __name__ == "__main__":
     main()

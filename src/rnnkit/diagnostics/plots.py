@@ -188,3 +188,77 @@ def plot_attention(
     ax.set_ylabel("output")
     ax.set_title(title, fontsize=9)
     return _save(fig, path)
+
+
+def plot_captioned_images(
+    images: Sequence[Any],
+    captions: Sequence[str],
+    path: str | Path,
+    title: str = "",
+    references: Sequence[str] | None = None,
+):
+    """Grayscale pictures (H, W) one under the other, each with its caption above it; with
+    ``references``, the true caption too, and the caption green if it is exactly right, else
+    red."""
+    import numpy as np
+
+    count = len(images)
+    height, width = np.asarray(images[0]).shape
+    fig, (ax,) = _figure(1)
+    ax.remove()
+    fig.set_size_inches(max(4.0, 2.2 * width / height), 1.5 + 1.45 * count)
+    axes = fig.subplots(count, 1, squeeze=False)[:, 0]
+    for i, ax in enumerate(axes):
+        ax.imshow(np.asarray(images[i]), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        text, color = captions[i], "black"
+        if references is not None:
+            color = "darkgreen" if captions[i] == references[i] else "firebrick"
+            text = f"{captions[i]}\n(true: {references[i]})" if color != "darkgreen" else text
+        ax.set_title(text, fontsize=8, color=color)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_image_attention(
+    image: Any,
+    weights: Tensor,
+    words: Sequence[str],
+    path: str | Path,
+    title: str = "",
+    region: int | None = None,
+):
+    """Where each output word looked: the picture (H, W) once per word, one under the other (a
+    wide scene reads best that way), with that word's attention (T, h, w) over the image
+    regions laid on it in red. Region (i, j) covers ``region`` pixels from (i, j) * region
+    (default H // h); the weights are scaled to each word's own maximum."""
+    import numpy as np
+
+    image = np.asarray(image)
+    steps, h, w = weights.shape
+    region = region or image.shape[0] // h
+    fig, (ax,) = _figure(1)
+    ax.remove()
+    ratio = image.shape[1] / image.shape[0]
+    fig.set_size_inches(max(4.0, 1.6 * ratio + 1.2), 1.0 + 1.0 * max(1, steps))
+    axes = fig.subplots(max(1, steps), 1, squeeze=False)[:, 0]
+    for t, ax in enumerate(axes):
+        ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if t >= steps:
+            continue
+        heat = weights[t].detach().float().numpy()
+        heat = heat / max(float(heat.max()), 1e-12)
+        overlay = np.zeros((h, w, 4))
+        overlay[..., 0], overlay[..., 3] = 1.0, 0.75 * heat
+        ax.imshow(overlay, extent=(-0.5, w * region - 0.5, h * region - 0.5, -0.5),
+                  interpolation="nearest")  # fmt: skip
+        ax.set_xlim(-0.5, image.shape[1] - 0.5)
+        ax.set_ylim(image.shape[0] - 0.5, -0.5)
+        ax.set_ylabel(words[t], rotation=0, ha="right", va="center", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)

@@ -22,6 +22,7 @@ TASKS: dict[str, str] = {
     "speech-digits": "rnnkit.tasks.speech",
     "speech-ctc": "rnnkit.tasks.speech_ctc",
     "translate": "rnnkit.tasks.translate",
+    "caption": "rnnkit.tasks.caption",
 }
 
 
