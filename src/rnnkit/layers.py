@@ -155,10 +155,8 @@ class _RecurrentLayer(nn.Module):
         x = x[0]  # (B, I)
         finals: list[list[Tensor]] = [[] for _ in state0]
         for layer, cell in enumerate(self._cells):
-            gx, w_hh, b_hh, params = cell.engine_inputs(x[None], self._weights(layer, ""))
             state = tuple(s[layer] for s in state0)
-            gh = nn.functional.linear(state[0], w_hh, b_hh)
-            new, _ = cell.step(gx[0], gh, state, params)
+            new = self._step_layer(layer, cell, x, state)
             rates = self._zoneout_rates(cell)
             if rates is not None:  # zoneout at its expectation
                 new = tuple(torch.lerp(n, s, p) for n, s, p in zip(new, state, rates))
@@ -171,6 +169,24 @@ class _RecurrentLayer(nn.Module):
         if unbatched:
             x, final = x.squeeze(0), tuple(f.squeeze(1) for f in final)
         return x, (final[0] if len(final) == 1 else final)
+
+    def _step_layer(self, layer: int, cell: Cell, x: Tensor, state: tuple[Tensor, ...]):
+        """One layer's step: x (B, I), state tuple of (B, H) -> the new state tuple. Plain cells
+        take torch's fused cell function (both products and the pointwise math in one call: the
+        cheapest step there is); every other cell its own `Cell.step`."""
+        w = self._weights(layer, "")
+        fused = self._torch_cell() if type(cell) in (ElmanCell, LSTMCell, GRUCell) else None
+        if fused is not None:
+            new = fused(x, state if len(state) > 1 else state[0], w["weight_ih"],
+                        w["weight_hh"], w["bias_ih"], w["bias_hh"])  # fmt: skip
+            return new if isinstance(new, tuple) else (new,)
+        gx, w_hh, b_hh, params = cell.engine_inputs(x[None], w)
+        gh = nn.functional.linear(state[0], w_hh, b_hh)
+        return cell.step(gx[0], gh, state, params)[0]
+
+    def _torch_cell(self):
+        """torch's one-step function for this layer's plain cell, or None."""
+        return None
 
     def _forward_bptt(self, x: Tensor, state0: tuple[Tensor, ...], lengths: Tensor | None):
         mask = None if lengths is None else lengths_to_mask(lengths.to(x.device), x.shape[0])
@@ -390,6 +406,9 @@ class RNN(_RecurrentLayer):
     def _torch_kernel(self):
         return {"tanh": torch.rnn_tanh, "relu": torch.rnn_relu}.get(self.nonlinearity)
 
+    def _torch_cell(self):
+        return {"tanh": torch.rnn_tanh_cell, "relu": torch.rnn_relu_cell}.get(self.nonlinearity)
+
     def _config_name(self) -> str:
         return f"RNN(nonlinearity={self.nonlinearity!r})"
 
@@ -411,6 +430,9 @@ class LSTM(_RecurrentLayer):
     def _torch_kernel(self):
         return torch.lstm
 
+    def _torch_cell(self):
+        return torch.lstm_cell
+
 
 class GRU(_RecurrentLayer):
     """GRU layer, as ``torch.nn.GRU`` plus ``lengths``, ``recurrent_init``, ``layer_norm``
@@ -422,3 +444,6 @@ class GRU(_RecurrentLayer):
 
     def _torch_kernel(self):
         return torch.gru
+
+    def _torch_cell(self):
+        return torch.gru_cell
