@@ -191,6 +191,27 @@ def test_early_stopping_after_patience(tmp_path):
     assert result.stop_reason == "early_stopping" and result.step == 8
 
 
+def test_monitor_max_picks_the_best_accuracy_and_stops_on_it(tmp_path):
+    class Accuracy(SumTask):
+        scores = [0.5, 0.7, 0.6, 0.65, 0.69, 0.7, 0.9]
+        calls = 0
+
+        def evaluate(self, model, full):  # the loss falls throughout; accuracy peaks at 0.7
+            self.calls += 1
+            accuracy = self.scores[min(self.calls, len(self.scores)) - 1]
+            return {"loss": 1.0 / self.calls, "accuracy": accuracy}
+
+    cfg = quiet(max_steps=1000, eval_every=2, patience=4, monitor="accuracy",
+                monitor_mode="max")  # fmt: skip
+    result = Trainer(Accuracy(), cfg, tmp_path / "r").fit()
+    assert result.stop_reason == "early_stopping" and result.step == 12
+    assert result.best_loss == 0.7
+    with pytest.raises(RnnkitError, match="cannot monitor 'bleu': the evaluation reports"):
+        Trainer(Accuracy(), quiet(monitor="bleu"), tmp_path / "s").fit()
+    with pytest.raises(RnnkitError, match="monitor_mode must be 'min' or 'max'"):
+        quiet(monitor_mode="up").check(None)
+
+
 def test_divergence_raises_or_stops(tmp_path):
     class Nan(SumTask):
         def loss(self, model, batch, state):

@@ -67,8 +67,9 @@ class SentimentConfig(ClassifierSettings):
 
 
 #: training defaults of `rnnkit train sentiment` (MR: 9,596 training sentences per fold)
-DEFAULT_TRAIN = TrainConfig(lr=2e-3, weight_decay=0.01, warmup_steps=50, clip=1.0,
-                            max_epochs=5, eval_every=60, log_every=20, patience=5)  # fmt: skip
+DEFAULT_TRAIN = TrainConfig(lr=4e-3, weight_decay=0.01, warmup_steps=50, clip=1.0,
+                            max_epochs=8, eval_every=60, log_every=20, patience=8,
+                            monitor="accuracy", monitor_mode="max")  # fmt: skip
 
 
 def words(text: str, lowercase: bool) -> list[str]:

@@ -125,6 +125,9 @@ class TrainConfig:
     ``log_every`` are in steps; ``checkpoint_every`` None means "at every evaluation".
     ``keep_checkpoints``: complete checkpoints kept in ``checkpoints/`` (at least 2, so that a
     damaged newest one falls back to the one before).
+    ``monitor``: the validation metric that picks the best checkpoint and drives early
+    stopping, a key of the task's ``evaluate`` result; ``monitor_mode`` "min" (e.g. a loss) or
+    "max" (e.g. accuracy). ``FitResult.best_loss`` holds its best value.
     ``patience``: stop after that many evaluations without an improvement of ``min_delta``.
     ``progress``: "auto" (bar on a terminal, log lines otherwise), "bar", "log" or "none".
     ``on_nonfinite``: what a NaN/inf loss or gradient norm does; the step is never applied:
@@ -149,6 +152,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     patience: int | None = None
     min_delta: float = 0.0
+    monitor: str = "loss"
+    monitor_mode: str = "min"
     seed: int = 0
     progress: str = "auto"
     tensorboard: bool = False
@@ -198,6 +203,8 @@ class TrainConfig:
             raise RnnkitError(
                 f"on_nonfinite must be 'raise', 'stop' or 'skip', got {self.on_nonfinite!r}"
             )
+        if self.monitor_mode not in ("min", "max"):
+            raise RnnkitError(f"monitor_mode must be 'min' or 'max', got {self.monitor_mode!r}")
         if self.keep_checkpoints < 2:
             raise RnnkitError(f"keep_checkpoints must be at least 2, got {self.keep_checkpoints}")
         if self.progress not in ("auto", "bar", "log", "none"):
@@ -592,8 +599,8 @@ class Trainer:
         progress.message(f"step {c.step} {'final ' if full else ''}validation {shown}")
         if full:  # the final evaluation may use more data: not comparable with the best
             pass
-        elif c.best_loss is None or result["loss"] < c.best_loss - cfg.min_delta:
-            c.best_loss, c.bad_evals = result["loss"], 0
+        elif self._improves(result):
+            c.best_loss, c.bad_evals = result[cfg.monitor], 0
             meta = {"step": c.step, **result}
             if self.world.writer:
                 self._best_bytes = ckpt.tensors_to_bytes(self.model.state_dict(), meta)
@@ -604,6 +611,19 @@ class Trainer:
                 self.request_stop("early_stopping")
         self._plot()
         return result
+
+    def _improves(self, result: dict[str, float]) -> bool:
+        """Whether ``result`` beats the best evaluation so far by ``min_delta`` (``monitor``)."""
+        cfg, best = self.config, self.counters.best_loss
+        if cfg.monitor not in result:
+            raise RnnkitError(f"cannot monitor {cfg.monitor!r}: the evaluation reports "
+                              f"{', '.join(sorted(result))}")  # fmt: skip
+        value = result[cfg.monitor]
+        if best is None:
+            return True
+        if cfg.monitor_mode == "min":
+            return value < best - cfg.min_delta
+        return value > best + cfg.min_delta
 
     def _log_train(self, record: dict[str, Any], progress: Progress, board) -> None:
         self.metrics.write(record)
