@@ -626,7 +626,7 @@ def _classifier_options(function):
 @click.option("--label-col", help="CSV/TSV: the label column.  [default: label]")
 @click.option("--encoding", help="Encoding of the files.  [default: utf-8]")
 @click.option("--min-count", type=int, help="Keep words seen this often; others <unk>. [2]")
-@click.option("--embed", type=int, help="Word embedding size.  [default: 128]")
+@click.option("--embed", type=int, help="Word embedding size.  [default: 300]")
 @click.option("--folds", type=int, help="Stratified folds.  [default: 10]")
 @click.option("--fold", type=int, help="The fold that tests (one run).  [default: 0]")
 @click.option("--cv", is_flag=True, help="Cross-validate: every fold tests once; mean and std.")

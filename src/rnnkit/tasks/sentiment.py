@@ -45,7 +45,7 @@ class SentimentConfig(ClassifierSettings):
     lowercase: bool = True
     min_count: int = 2
     max_vocab: int = 30000
-    embed: int = 128
+    embed: int = 300
     folds: int = 10
     fold: int = 0
     split_seed: int = 0
