@@ -1,9 +1,12 @@
-"""Parallel-scan minGRU/minLSTM against rnnkit's GRU (engine) and torch.nn.GRU; prints JSON.
+"""minGRU/minLSTM against rnnkit's GRU (engine) and torch.nn.GRU; prints JSON.
 
-    python benchmarks/scan.py [--steps 4096 --batch 16 --hidden 256 --repeats 2]
+    python benchmarks/scan.py [--steps 4096 --batch 16 --hidden 256 --repeats 2 --log-scan]
 
 Forward+backward time of one layer of width H on (T, B, H) float32 input, in one process, with
-the ratio of rnnkit's own GRU (impl="bptt") to each.
+the ratio of rnnkit's own GRU (impl="bptt") to each. The "floor" rows time the input projection
+alone (nn.Linear(H, 2H) for minGRU, (H, 3H) for minLSTM), which bounds what a min-RNN can cost:
+its gates and scan (fused in C++) come on top. ``--log-scan`` adds the layers in
+``mode="log_scan"`` (Heinsen's log-space scan; slow on the CPU).
 """
 
 from __future__ import annotations
@@ -28,12 +31,20 @@ def forward_backward_ms(layer: torch.nn.Module, x: torch.Tensor, repeats: int) -
     return 1e3 * statistics.median(times)
 
 
+class _Projection(torch.nn.Linear):
+    """A layer's input projection alone, called like the layers: (output,)."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        return (super().forward(x),)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4096)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--log-scan", action="store_true", help="also time mode='log_scan'")
     args = parser.parse_args()
     H = args.hidden
     x = torch.randn(args.steps, args.batch, H, requires_grad=True)
@@ -42,7 +53,12 @@ def main() -> None:
         "torch.nn.GRU": torch.nn.GRU(H, H),
         "rnnkit.MinGRU": rnnkit.MinGRU(H, H),
         "rnnkit.MinLSTM": rnnkit.MinLSTM(H, H),
+        "floor: nn.Linear(H, 2H)": _Projection(H, 2 * H),
+        "floor: nn.Linear(H, 3H)": _Projection(H, 3 * H),
     }
+    if args.log_scan:
+        layers["rnnkit.MinGRU(mode=log_scan)"] = rnnkit.MinGRU(H, H, mode="log_scan")
+        layers["rnnkit.MinLSTM(mode=log_scan)"] = rnnkit.MinLSTM(H, H, mode="log_scan")
     times = {name: forward_backward_ms(layer, x, args.repeats) for name, layer in layers.items()}
     gru = times["rnnkit.GRU(impl=bptt)"]
     document = {

@@ -32,6 +32,7 @@ from rnnkit.cells.base import Cell
 
 _SOURCE = Path(__file__).parent / "csrc" / "fused.cpp"
 _NONLINEARITY = {"tanh": 0, "relu": 1, "sigmoid": 2}
+_SCAN_SOURCE = Path(__file__).parent / "csrc" / "scan.cpp"
 _state = {"enabled": os.environ.get("RNNKIT_FUSED", "1") != "0", "module": None, "failed": False}
 
 
@@ -53,7 +54,7 @@ def extension():
     return _state["module"]
 
 
-def _build(load):
+def _build(load, source: Path = _SOURCE, stem: str = "rnnkit_fused"):
     """Compile for this machine's CPU (so GCC vectorises the pointwise passes with its widest
     SIMD); if the compiler rejects ``-march=native``, compile for the generic target instead.
 
@@ -62,18 +63,18 @@ def _build(load):
     CPU's feature flags, so a cache directory shared between machines never loads a binary built
     for another CPU's instruction set.
     """
-    source = [str(_SOURCE)]
+    sources = [str(source)]
     try:
         return load(
-            name=f"rnnkit_fused_{_cpu_tag()}",
-            sources=source,
+            name=f"{stem}_{_cpu_tag()}",
+            sources=sources,
             extra_cflags=["-O3", "-march=native", "-fno-trapping-math"],
             verbose=False,
         )
     except Exception:
         return load(
-            name="rnnkit_fused_generic",
-            sources=source,
+            name=f"{stem}_generic",
+            sources=sources,
             extra_cflags=["-O3", "-fno-trapping-math"],
             verbose=False,
         )
@@ -86,6 +87,29 @@ def _cpu_tag() -> str:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
         text += "".join(sorted({ln for ln in lines if ln.startswith(("flags", "model name"))}))
     return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def scan_extension():
+    """The linear-scan kernels of minGRU / minLSTM (``csrc/scan.cpp``), a separate small
+    extension built on first use like `extension`; None if disabled (``RNNKIT_FUSED=0``,
+    `fused_enabled(False)`) or if it cannot be built (then `rnnkit.scan` warns once and runs its
+    Python loop)."""
+    if not _state["enabled"]:
+        return None
+    if _scan_state["module"] is None and not _scan_state["failed"]:
+        try:
+            from torch.utils.cpp_extension import load
+
+            _scan_state["module"] = _build(load, _SCAN_SOURCE, "rnnkit_scan")
+        except Exception as err:
+            _scan_state["failed"] = True
+            warnings.warn(
+                f"rnnkit: the C++ linear scan could not be built ({err}); minGRU and minLSTM "
+                "run it as a Python loop, which is slower",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return _scan_state["module"]
 
 
 @contextlib.contextmanager
@@ -158,3 +182,4 @@ class _FusedLoop(torch.autograd.Function):
 
 
 _EMPTY_MASK = torch.empty(0, dtype=torch.bool)
+_scan_state = {"module": None, "failed": False}
