@@ -3,7 +3,8 @@
     python benchmarks/features.py [--shape 32,100,128,256 --repeats 3]
 
 Forward+backward time of one layer in training mode, float32, all in one process, and the ratio
-to torch.nn.LSTM of the same width (the goal: within 1.5x).
+to torch.nn.LSTM of the same width (the goal: within 1.5x). The proj_size rows (P = H/2, e.g. 128
+at H=256) are also measured against torch.nn.LSTM(proj_size=P), which oneDNN does not run.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ FEATURES = {
     "zoneout 0.1 LSTM": lambda i, h: rnnkit.LSTM(i, h, zoneout=0.1),
     "weight_dropout 0.5 LSTM (DropConnect)": lambda i, h: rnnkit.LSTM(i, h, weight_dropout=0.5),
     "plain LSTM, rnnkit engine": lambda i, h: rnnkit.LSTM(i, h, impl="bptt"),
+    "torch.nn.LSTM proj_size H/2": lambda i, h: torch.nn.LSTM(i, h, proj_size=h // 2),
+    "proj_size H/2 LSTM, torch kernel": lambda i, h: rnnkit.LSTM(i, h, proj_size=h // 2),
+    "proj_size H/2 LSTM, rnnkit engine": lambda i, h: rnnkit.LSTM(
+        i, h, proj_size=h // 2, impl="bptt"
+    ),
     "plain GRU, rnnkit engine": lambda i, h: rnnkit.GRU(i, h, impl="bptt"),
 }
 
@@ -50,6 +56,11 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "forward_backward_ms": {k: round(1e3 * v, 1) for k, v in times.items()},
         "ratio_to_torch_lstm": {k: round(v / base, 2) for k, v in times.items()},
+        "proj_ratio_to_torch_lstm_proj": {
+            k: round(v / times["torch.nn.LSTM proj_size H/2"], 2)
+            for k, v in times.items()
+            if "proj_size" in k
+        },
     }
     print(json.dumps(document, indent=1))
 

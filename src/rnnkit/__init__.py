@@ -8,6 +8,7 @@ from rnnkit.cells import (
     LayerNormLSTMCell,
     LSTMCell,
     PeepholeLSTMCell,
+    ProjectedLSTMCell,
 )
 from rnnkit.errors import RnnkitError
 from rnnkit.layers import GRU, LSTM, RNN
@@ -27,6 +28,7 @@ __all__ = [
     "MinGRU",
     "MinLSTM",
     "PeepholeLSTMCell",
+    "ProjectedLSTMCell",
     "RnnkitError",
     "run_cell",
 ]

@@ -9,6 +9,9 @@ D = 2 if bidirectional else 1, L ``num_layers``.
     output  (T, B, D * H) (or batch_first / unbatched as the input)
     h_n     (L * D, B, H): the state at each sequence's own last step (reverse: at its start)
 
+LSTM with ``proj_size=P`` (LSTMP): h, and so the output and the next layer's input, have P
+features instead of H (h_0, h_n (L * D, B, P), output (T, B, D * P)); c keeps H.
+
 Parameter names, shapes and gate order equal torch's (``weight_ih_l0``, ``bias_hh_l1_reverse``,
 ...), so a ``state_dict`` loads into the matching ``torch.nn`` module and back.
 
@@ -41,7 +44,9 @@ from rnnkit.cells import (
     LayerNormLSTMCell,
     LSTMCell,
     PeepholeLSTMCell,
+    ProjectedLSTMCell,
 )
+from rnnkit.cells.projected import check_proj_size
 from rnnkit.errors import RnnkitError
 from rnnkit.recurrence import Zoneout, lengths_to_mask, reverse_within_lengths, run_cell
 
@@ -68,6 +73,8 @@ class _RecurrentLayer(nn.Module):
         **cell_options,
     ) -> None:
         super().__init__()
+        if "proj_size" in cell_options:
+            raise RnnkitError("proj_size argument is only supported for LSTM, not RNN or GRU")
         _check_sizes(input_size, hidden_size, num_layers, impl)
         rates = {
             "dropout": dropout,
@@ -85,7 +92,8 @@ class _RecurrentLayer(nn.Module):
         self._cells: list[Cell] = []  # math only; the parameters live on the layer, torch-named
         for layer in range(num_layers):
             for suffix in self._suffixes():
-                size_in = input_size if layer == 0 else hidden_size * self.num_directions
+                # the layer below outputs its cells' h: H features, or P with a projection
+                size_in = input_size if layer == 0 else self._output_size() * self.num_directions
                 cell = self._make_cell(size_in, hidden_size, bias, **cell_options)
                 self._cells.append(cell)
                 for name in cell.parameter_names():
@@ -100,6 +108,10 @@ class _RecurrentLayer(nn.Module):
 
     def _make_cell(self, input_size: int, hidden_size: int, bias: bool, **options) -> Cell:
         raise NotImplementedError
+
+    def _output_size(self) -> int:
+        """Features of h per direction (the cells' first state)."""
+        return self._cells[0].state_sizes()[0]
 
     def _weights(self, layer: int, suffix: str) -> dict[str, Tensor | None]:
         """The parameters of one layer and direction by their cell's names (None: no bias)."""
@@ -120,7 +132,7 @@ class _RecurrentLayer(nn.Module):
 
     def _beyond_torch(self) -> bool:
         """True when an option asks for what torch's kernels do not compute."""
-        plain = type(self._cells[0]) in (ElmanCell, LSTMCell, GRUCell)
+        plain = type(self._cells[0]) in (ElmanCell, LSTMCell, GRUCell, ProjectedLSTMCell)
         regularised = self.recurrent_dropout or self.weight_dropout or any(_as_tuple(self.zoneout))
         return not plain or bool(regularised)
 
@@ -144,7 +156,7 @@ class _RecurrentLayer(nn.Module):
     def step(self, input: Tensor, hx=None):
         """One time step for streaming and generation, without the time-loop machinery.
 
-        input (B, I) or (I,); hx as in `forward`. Returns (output (B, H), state) with the state
+        input (B, I) or (I,); hx as in `forward`. Returns (output (B, H or P), state) with the state
         shaped as in `forward`; equal to ``forward`` on a one-step sequence. Unidirectional only;
         in training mode only dropout between layers applies (zoneout at its expectation).
         """
@@ -165,15 +177,15 @@ class _RecurrentLayer(nn.Module):
             x = new[0]
             if self.dropout and self.training and layer < self.num_layers - 1:
                 x = nn.functional.dropout(x, self.dropout, training=True)
-        final = tuple(torch.stack(f) for f in finals)  # (L, B, H)
+        final = tuple(torch.stack(f) for f in finals)  # (L, B, size of each state)
         if unbatched:
             x, final = x.squeeze(0), tuple(f.squeeze(1) for f in final)
         return x, (final[0] if len(final) == 1 else final)
 
     def _step_layer(self, layer: int, cell: Cell, x: Tensor, state: tuple[Tensor, ...]):
-        """One layer's step: x (B, I), state tuple of (B, H) -> the new state tuple. Plain cells
-        take torch's fused cell function (both products and the pointwise math in one call: the
-        cheapest step there is); every other cell its own `Cell.step`."""
+        """One layer's step: x (B, I), the state tuple -> the new state tuple. Plain cells take
+        torch's fused cell function (both products and the pointwise math in one call: the
+        cheapest step there is); every other cell (`ProjectedLSTMCell` too) its own `Cell.step`."""
         w = self._weights(layer, "")
         fused = self._torch_cell() if type(cell) in (ElmanCell, LSTMCell, GRUCell) else None
         if fused is not None:
@@ -298,23 +310,24 @@ class _RecurrentLayer(nn.Module):
 
     def _prepare_state(self, hx, batch: int, unbatched: bool, x: Tensor) -> tuple[Tensor, ...]:
         name = type(self).__name__
-        num_states = self._cells[0].num_states
-        shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
+        sizes = self._cells[0].state_sizes()
+        shapes = [(self.num_layers * self.num_directions, batch, size) for size in sizes]
         if hx is None:
-            return tuple(x.new_zeros(shape) for _ in range(num_states))
+            return tuple(x.new_zeros(shape) for shape in shapes)
         states = (hx,) if isinstance(hx, Tensor) else tuple(hx)
-        if len(states) != num_states:
+        if len(states) != len(sizes):
             raise RnnkitError(
-                f"{name}: hx must be {'a tuple (h_0, c_0)' if num_states == 2 else 'one tensor'}, "
+                f"{name}: hx must be {'a tuple (h_0, c_0)' if len(sizes) == 2 else 'one tensor'}, "
                 f"got {len(states)} tensor(s)"
             )
-        expected = shape[::2] if unbatched else shape
         out = []
-        for label, s in zip(("h_0", "c_0"), states):
+        for label, s, shape, size in zip(("h_0", "c_0"), states, shapes, sizes):
+            expected = shape[::2] if unbatched else shape
             if tuple(s.shape) != expected:
+                width = "proj_size" if size != self.hidden_size else "hidden_size"
                 raise RnnkitError(
                     f"{name}: {label} must have shape {expected} (num_layers * num_directions, "
-                    f"batch, hidden_size), got {tuple(s.shape)}"
+                    f"batch, {width}), got {tuple(s.shape)}"
                 )
             if s.dtype != x.dtype:
                 raise RnnkitError(f"{name}: {label} dtype {s.dtype} differs from input {x.dtype}")
@@ -323,6 +336,8 @@ class _RecurrentLayer(nn.Module):
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
+        if getattr(self, "proj_size", 0):
+            s += f", proj_size={self.proj_size}"
         defaults = {
             "num_layers": 1,
             "bias": True,
@@ -414,16 +429,43 @@ class RNN(_RecurrentLayer):
 
 
 class LSTM(_RecurrentLayer):
-    """LSTM layer, as ``torch.nn.LSTM`` (without ``proj_size``) plus ``lengths``,
-    ``recurrent_init``, ``forget_bias``, ``layer_norm`` (`LayerNormLSTMCell`), ``peephole``
-    (`PeepholeLSTMCell`), the regularisers and ``impl``. hx and the final state are (h, c).
+    """LSTM layer, as ``torch.nn.LSTM`` (``proj_size`` included: `ProjectedLSTMCell`) plus
+    ``lengths``, ``recurrent_init``, ``forget_bias``, ``layer_norm`` (`LayerNormLSTMCell`),
+    ``peephole`` (`PeepholeLSTMCell`), the regularisers and ``impl``. hx and the final state are
+    (h, c); with ``proj_size=P`` h is (.., P) and c (.., H).
     """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        **kwargs,
+    ) -> None:
+        if isinstance(hidden_size, int) and hidden_size >= 1:  # else _check_sizes says so
+            check_proj_size(proj_size, hidden_size)
+        self.proj_size = proj_size  # read by _make_cell, during super().__init__
+        super().__init__(
+            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, **kwargs
+        )
 
     def _make_cell(
         self, input_size, hidden_size, bias, layer_norm=False, peephole=False, **options
     ) -> Cell:
         if layer_norm and peephole:
             raise RnnkitError("LSTM: choose layer_norm=True or peephole=True, not both")
+        if self.proj_size:
+            if layer_norm or peephole:
+                option = "layer_norm" if layer_norm else "peephole"
+                raise RnnkitError(
+                    f"LSTM: proj_size is not supported with {option}=True; use one or the other"
+                )
+            return ProjectedLSTMCell(input_size, hidden_size, self.proj_size, bias, **options)
         cls = LayerNormLSTMCell if layer_norm else PeepholeLSTMCell if peephole else LSTMCell
         return cls(input_size, hidden_size, bias, **options)
 

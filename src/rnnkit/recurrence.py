@@ -1,6 +1,8 @@
 """The engine: run any cell over time, forward and backpropagation through time (BPTT).
 
-Shapes: T time steps, B batch, I input size, H hidden size, G gate blocks of the cell.
+Shapes: T time steps, B batch, I input size, H hidden size, G gate blocks of the cell. Each state
+entry has its own size (`Cell.state_sizes`); h, the first, is what the loop outputs and what feeds
+W_hh: H features, or P for a projected LSTM (`ProjectedLSTMCell`).
 
 Forward, for one direction of one layer:
 
@@ -33,8 +35,9 @@ from rnnkit.cells.base import Cell, State
 
 
 class _BPTT(torch.autograd.Function):
-    """outputs (T, B, H) and final state from gx (T, B, G*H), W_hh, b_hh, the cell's params and
-    the initial state; ``inputs`` is ``(*params, *state0)`` (autograd needs them flat)."""
+    """outputs (T, B, size of h) and final state from gx (T, B, G*H), W_hh, b_hh, the cell's
+    params and the initial state; ``inputs`` is ``(*params, *state0)`` (autograd needs them
+    flat)."""
 
     @staticmethod
     def forward(ctx, cell, options, gx, weight_hh, bias_hh, *inputs):
@@ -129,16 +132,17 @@ def run_cell(
     Args:
         cell: supplies ``step`` and ``step_backward`` (its own parameters are not used).
         gx: (T, B, G*H) input projections of every step, e.g. ``x @ W_ih^T + b_ih``.
-        weight_hh: (G*H, H); bias_hh: (G*H,) or None.
-        state0: tuple of (B, H) tensors, the state before step 0.
+        weight_hh: (G*H, size of h); bias_hh: (G*H,) or None.
+        state0: tuple of (B, size) tensors, the state before step 0 (sizes: `Cell.state_sizes`).
         mask: (T, B, 1) bool, True where t < length; None when every sequence has length T.
         params: the cell's extra parameters used by its ``step`` (see `Cell.engine_inputs`).
-        recurrent_mask: (B, H) multiplier of h before the recurrent product at every step
+        recurrent_mask: multiplier of h, shaped as h, before the recurrent product at every step
             (variational recurrent dropout, Gal & Ghahramani 2016), or None.
         zoneout: per-step random preservation of state units (`Zoneout`), or None.
 
     Returns:
-        output (T, B, H): h_t at each step (zero past a sequence's end), and the final state.
+        output (T, B, size of h): h_t at each step (zero past a sequence's end), and the final
+        state.
 
     GRU and Elman cells without per-step noise run the same loops in C++ (`rnnkit.fused`).
     """

@@ -6,6 +6,7 @@ from rnnkit.cells.gru import GRUCell
 from rnnkit.cells.layernorm import LayerNormGRUCell, LayerNormLSTMCell
 from rnnkit.cells.lstm import LSTMCell
 from rnnkit.cells.peephole import PeepholeLSTMCell
+from rnnkit.cells.projected import ProjectedLSTMCell
 
 __all__ = [
     "Cell",
@@ -15,4 +16,5 @@ __all__ = [
     "LayerNormGRUCell",
     "LayerNormLSTMCell",
     "PeepholeLSTMCell",
+    "ProjectedLSTMCell",
 ]

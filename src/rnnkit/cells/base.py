@@ -11,7 +11,8 @@ A cell never computes its input projection inside the time loop: the engine
 - ``step_backward(grad_state, cache, params) -> (grad_gx, grad_gh, grad_state_direct,
   grad_params)``
 
-where ``state`` is a tuple whose first entry is the hidden state ``h`` (B, H), ``params`` the
+where ``state`` is a tuple whose first entry is the hidden state ``h``, each entry (B, its own size
+from ``state_sizes()``: H for the classic cells, P for h in `ProjectedLSTMCell`), ``params`` the
 tensors of the cell's ``extra_parameters`` that the step uses (empty for the classic cells),
 ``grad_state`` the gradient of the loss w.r.t. ``new_state``, and ``grad_state_direct`` the gradient
 w.r.t. the previous state *except* the path through ``gh`` (the engine adds
@@ -67,12 +68,16 @@ class Cell(nn.Module):
         self.recurrent_init = recurrent_init
         gh = self.num_gates * hidden_size
         self.weight_ih = nn.Parameter(torch.empty(gh, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(gh, hidden_size))
+        self.weight_hh = nn.Parameter(torch.empty(gh, self.state_sizes()[0]))  # h feeds W_hh
         self.bias_ih = nn.Parameter(torch.empty(gh)) if bias else None
         self.bias_hh = nn.Parameter(torch.empty(gh)) if bias else None
         for name, shape in self.extra_parameter_shapes().items():
             self.register_parameter(name, nn.Parameter(torch.empty(shape)))
         self.reset_parameters()
+
+    def state_sizes(self) -> tuple[int, ...]:
+        """Features of each state entry; the first, h, is also the cell's output."""
+        return (self.hidden_size,) * self.num_states
 
     def extra_parameter_shapes(self) -> dict[str, tuple[int, ...]]:
         """Shapes of the ``extra_parameters`` (subclasses that have any override this)."""
@@ -103,13 +108,13 @@ class Cell(nn.Module):
             if p is not None:
                 p.uniform_(-bound, bound)
         bias_ih, bias_hh = weights["bias_ih"], weights["bias_hh"]
-        blocks = weights["weight_hh"].view(self.num_gates, self.hidden_size, self.hidden_size)
+        blocks = weights["weight_hh"].view(self.num_gates, self.hidden_size, -1)
         if self.recurrent_init == "orthogonal":
             for block in blocks:
                 nn.init.orthogonal_(block)
         elif self.recurrent_init == "identity":
             for block in blocks:
-                block.copy_(torch.eye(self.hidden_size))
+                block.copy_(torch.eye(*block.shape))
             for p in (bias_ih, bias_hh):
                 if p is not None:
                     p.zero_()
@@ -120,7 +125,7 @@ class Cell(nn.Module):
         """What the engine needs to run this cell over x (T, B, I), given the parameters by name.
 
         Returns gx (T, B, G*H) for all steps (here one matrix product; autograd differentiates
-        it), weight_hh (G*H, H), bias_hh (G*H,) or None, and the ``params`` of ``step``.
+        it), weight_hh (G*H, size of h), bias_hh (G*H,) or None, and the ``params`` of ``step``.
         """
         gx = nn.functional.linear(x, weights["weight_ih"], weights["bias_ih"])
         return gx, weights["weight_hh"], weights["bias_hh"], ()
@@ -138,8 +143,7 @@ class Cell(nn.Module):
 
     def initial_state(self, batch: int, dtype: torch.dtype, device: torch.device) -> State:
         return tuple(
-            torch.zeros(batch, self.hidden_size, dtype=dtype, device=device)
-            for _ in range(self.num_states)
+            torch.zeros(batch, size, dtype=dtype, device=device) for size in self.state_sizes()
         )
 
     def forward(self, input: Tensor, hx: Tensor | State | None = None) -> Tensor | State:
