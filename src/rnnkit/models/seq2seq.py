@@ -36,6 +36,7 @@ tokens (the end token included) and ``n`` the number of tokens (end token includ
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -368,6 +369,30 @@ class Hypothesis:
     normalised: float
     attention: Tensor
     finished: bool
+
+
+def target_loss(
+    logits: Tensor, targets: Tensor, pad_id: int, label_smoothing: float = 0.0,
+    reduction: str = "mean",
+) -> Tensor:  # fmt: skip
+    """Cross-entropy of logits (B, T, V) against target ids (B, T), padding ignored."""
+    return nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=pad_id,
+                                       label_smoothing=label_smoothing,
+                                       reduction=reduction)  # fmt: skip
+
+
+@torch.no_grad()
+def teacher_forced_loss(
+    model: Seq2Seq, batches: Iterable[tuple[Tensor, Tensor | None, Tensor, Tensor]]
+) -> float:
+    """Cross-entropy per target token (nats) of ``model`` over ``batches`` of (src,
+    src_lengths, tgt_in, tgt_out), with teacher forcing and no label smoothing."""
+    total, count = 0.0, 0
+    for src, lengths, tgt_in, tgt_out in batches:
+        logits, _ = model(src, lengths, tgt_in)
+        total += float(target_loss(logits, tgt_out, model.pad_id, reduction="sum"))
+        count += int((tgt_out != model.pad_id).sum())
+    return total / max(1, count)
 
 
 def gnmt_penalty(length: int, alpha: float) -> float:

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from rnnkit.data import images as fm
 from rnnkit.data.images import BOS, EOS, PAD, SIDE, UNK
 from rnnkit.errors import RnnkitError
-from rnnkit.models.seq2seq import AttentionDecoder, Seq2Seq
+from rnnkit.models.seq2seq import AttentionDecoder, Seq2Seq, target_loss, teacher_forced_loss
 from rnnkit.models.vision import ConvEncoder
 from rnnkit.tasks.common import settings_from_dict, train_task
 from rnnkit.training import checkpoint as ckpt
@@ -196,9 +196,7 @@ class Caption:
     def loss(self, model: nn.Module, batch: tuple[Tensor, ...], state: Any) -> StepOutput:
         images, tgt_in, tgt_out = batch
         logits, _ = model(images, None, tgt_in)
-        loss = nn.functional.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(),
-                                           ignore_index=PAD,
-                                           label_smoothing=self.cfg.label_smoothing)  # fmt: skip
+        loss = target_loss(logits, tgt_out, PAD, self.cfg.label_smoothing)
         return StepOutput(loss, None, int((tgt_out != PAD).sum()))
 
     def evaluate(self, model: nn.Module, full: bool) -> dict[str, float]:
@@ -222,16 +220,10 @@ def build_model(cfg: CaptionConfig, vocab_size: int) -> Seq2Seq:
     return Seq2Seq(encoder, decoder, BOS, EOS, PAD)
 
 
-def valid_loss(model: nn.Module, scenes: Scenes, batch: int) -> float:
+def valid_loss(model: Seq2Seq, scenes: Scenes, batch: int) -> float:
     """Cross-entropy per word (nats), teacher forcing, no label smoothing."""
-    total, count = 0.0, 0
-    for first in range(0, len(scenes), batch):
-        images, tgt_in, tgt_out = scenes.batch(range(first, min(len(scenes), first + batch)))
-        logits, _ = model(images, None, tgt_in)
-        total += float(nn.functional.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(),
-                                                   ignore_index=PAD, reduction="sum"))  # fmt: skip
-        count += int((tgt_out != PAD).sum())
-    return total / max(1, count)
+    spans = (range(i, min(len(scenes), i + batch)) for i in range(0, len(scenes), batch))
+    return teacher_forced_loss(model, ((x, None, i, o) for x, i, o in map(scenes.batch, spans)))
 
 
 def score_captions(hypotheses: list[str], labels: list[list[int]]) -> dict[str, float]:

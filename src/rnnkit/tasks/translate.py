@@ -28,7 +28,13 @@ from torch import Tensor, nn
 from rnnkit.data.parallel import read_lines, read_parallel
 from rnnkit.data.subword import BOS, EOS, PAD, Subword
 from rnnkit.errors import RnnkitError
-from rnnkit.models.seq2seq import AttentionDecoder, Seq2Seq, TextEncoder
+from rnnkit.models.seq2seq import (
+    AttentionDecoder,
+    Seq2Seq,
+    TextEncoder,
+    target_loss,
+    teacher_forced_loss,
+)
 from rnnkit.tasks.common import settings_from_dict, train_task
 from rnnkit.training import checkpoint as ckpt
 from rnnkit.training.trainer import StepOutput, TrainConfig
@@ -175,9 +181,7 @@ class Translate:
     def loss(self, model: nn.Module, batch: tuple[Tensor, ...], state: Any) -> StepOutput:
         src, lengths, tgt_in, tgt_out = batch
         logits, _ = model(src, lengths, tgt_in, teacher_forcing=self.cfg.teacher_forcing)
-        loss = nn.functional.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(),
-                                           ignore_index=PAD,
-                                           label_smoothing=self.cfg.label_smoothing)  # fmt: skip
+        loss = target_loss(logits, tgt_out, PAD, self.cfg.label_smoothing)
         return StepOutput(loss, None, int((tgt_out != PAD).sum()))
 
     def evaluate(self, model: nn.Module, full: bool) -> dict[str, float]:
@@ -202,17 +206,12 @@ def build_model(cfg: TranslateConfig, src_vocab: int, tgt_vocab: int) -> Seq2Seq
     return Seq2Seq(encoder, decoder, BOS, EOS, PAD)
 
 
-def valid_loss(model: nn.Module, pairs: Pairs, batch: int) -> float:
+def valid_loss(model: Seq2Seq, pairs: Pairs, batch: int) -> float:
     """Cross-entropy per target piece (nats), teacher forcing, no label smoothing."""
-    total, count = 0.0, 0
     order = pairs.by_length
-    for first in range(0, len(order), batch):
-        src, lengths, tgt_in, tgt_out = pairs.batch(order[first : first + batch])
-        logits, _ = model(src, lengths, tgt_in)
-        total += float(nn.functional.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(),
-                                                   ignore_index=PAD, reduction="sum"))  # fmt: skip
-        count += int((tgt_out != PAD).sum())
-    return total / max(1, count)
+    return teacher_forced_loss(
+        model, (pairs.batch(order[i : i + batch]) for i in range(0, len(order), batch))
+    )
 
 
 def bleu(hypotheses: list[str], references: list[str]) -> dict[str, float]:
