@@ -631,7 +631,7 @@ def _classifier_options(function):
 @click.option("--fold", type=int, help="The fold that tests (one run).  [default: 0]")
 @click.option("--cv", is_flag=True, help="Cross-validate: every fold tests once; mean and std.")
 @_classifier_options
-@_loop_options(max_time="none", eval_every=60)
+@_loop_options(lr=0.004, warmup=50, max_epochs=8, eval_every=60, log_every=20, patience=8)
 def train_sentiment(config_file, out, resume, cv, **flags) -> None:
     """Train a sentence classifier (sentiment) on labelled texts; test on a held-out fold.
 
@@ -656,7 +656,7 @@ def train_sentiment(config_file, out, resume, cv, **flags) -> None:
 @click.option("--n-mfcc", type=int, help="MFCC coefficients.  [default: 20]")
 @click.option("--specaugment/--no-specaugment", default=None, help="[default: on]")
 @_classifier_options
-@_loop_options(max_time="none", eval_every=60)
+@_loop_options(lr=0.003, warmup=50, max_epochs=20, eval_every=60, log_every=20, patience=8)
 def train_speech_digits(config_file, out, resume, loso, **flags) -> None:
     """Train a spoken-digit recogniser (one digit per recording); test on held-out recordings.
 
@@ -685,7 +685,7 @@ def train_speech_digits(config_file, out, resume, loso, **flags) -> None:
 @click.option("--test-size", type=int, help="Test utterances.  [default: 500]")
 @click.option("--valid-size", type=int, help="Validation utterances.  [default: 100]")
 @click.option("--specaugment/--no-specaugment", default=None, help="[default: on]")
-@_loop_options(max_time="none", eval_every=150)
+@_loop_options(warmup=100, max_steps=1500, eval_every=150, log_every=25)
 def train_speech_ctc(config_file, out, resume, **flags) -> None:
     """Train a recogniser of spoken digit strings (bidirectional LSTM + CTC).
 
@@ -758,7 +758,7 @@ def transcribe(run: str, wav: str, beam: int | None) -> None:
 @click.option("--max-len", type=int, help="Subword pieces kept per sentence.  [default: 80]")
 @click.option("--batch", type=int, help="Sentence pairs per step.  [default: 64]")
 @click.option("--beam", type=int, help="Beam size of the final evaluation.  [default: 5]")
-@_loop_options(max_time="60m", warmup=200, eval_every=500)
+@_loop_options(max_time=3600, warmup=200, eval_every=500)
 def train_translate(config_file, out, resume, **flags) -> None:  # fmt: skip
     """Train an attention encoder-decoder to translate (subword vocabularies, BLEU).
 
@@ -827,7 +827,7 @@ def translate_(run, text, file, ref, beam, plot, checkpoint) -> None:
 @click.option("--dropout", type=float, help="[default: 0.1]")
 @click.option("--batch", type=int, help="Scenes per step.  [default: 64]")
 @click.option("--beam", type=int, help="Beam size of the final evaluation.  [default: 3]")
-@_loop_options(max_steps=3000, eval_every=250)
+@_loop_options(warmup=100, max_steps=3000, eval_every=250)
 def train_caption(config_file, out, resume, **flags) -> None:  # fmt: skip
     """Train a CNN encoder + attention decoder to caption Fashion-MNIST scenes (BLEU, exact).
 
