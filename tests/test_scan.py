@@ -213,3 +213,15 @@ def test_errors():
         layer.step(torch.randn(2, 3))
     with pytest.raises(RnnkitError, match="mode must be one of"):
         MinGRU(3, 4, mode="parallel")
+
+
+def test_linear_scan_and_min_layers_refuse_mismatched_inputs():
+    from rnnkit.errors import RnnkitError
+    from rnnkit.scan import MinGRU, linear_scan
+
+    with pytest.raises(RnnkitError, match="linear_scan needs a and b"):
+        linear_scan(torch.rand(5, 1, 4), torch.rand(5, 3, 4), torch.rand(3, 4))
+    with pytest.raises(RnnkitError, match="one dtype"):
+        linear_scan(torch.rand(5, 3, 4), torch.rand(5, 3, 4).double(), torch.rand(3, 4))
+    with pytest.raises(RnnkitError, match="hx is torch.float64 but the input is torch.float32"):
+        MinGRU(3, 4)(torch.rand(6, 2, 3), torch.zeros(1, 2, 4, dtype=torch.float64))

@@ -68,14 +68,14 @@ def _build(load, source: Path = _SOURCE, stem: str = "rnnkit_fused"):
         return load(
             name=f"{stem}_{_cpu_tag()}",
             sources=sources,
-            extra_cflags=["-O3", "-march=native", "-fno-trapping-math"],
+            extra_cflags=["-std=c++20", "-O3", "-march=native", "-fno-trapping-math"],
             verbose=False,
         )
     except Exception:
         return load(
             name=f"{stem}_generic",
             sources=sources,
-            extra_cflags=["-O3", "-fno-trapping-math"],
+            extra_cflags=["-std=c++20", "-O3", "-fno-trapping-math"],
             verbose=False,
         )
 

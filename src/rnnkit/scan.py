@@ -93,6 +93,11 @@ def linear_scan(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
 
     Differentiable in a, b and h0 (first order: the backward is itself not differentiable).
     """
+    if a.dim() != 3 or a.shape != b.shape or a.shape[1:] != h0.shape:
+        raise RnnkitError(f"linear_scan needs a and b (T, B, H) and h0 (B, H), got "
+                          f"{tuple(a.shape)}, {tuple(b.shape)}, {tuple(h0.shape)}")  # fmt: skip
+    if not a.dtype == b.dtype == h0.dtype:
+        raise RnnkitError(f"linear_scan needs one dtype, got {a.dtype}, {b.dtype}, {h0.dtype}")
     return _LinearScan.apply(a, b, h0)
 
 
@@ -283,6 +288,9 @@ class _MinRecurrence(nn.Module):
             raise RnnkitError(
                 f"{type(self).__name__}: hx must have shape {shape}, got {tuple(hx.shape)}"
             )
+        if hx.dtype != x.dtype:
+            raise RnnkitError(f"{type(self).__name__}: hx is {hx.dtype} but the input is "
+                              f"{x.dtype}; give both the same dtype")  # fmt: skip
         return hx
 
 

@@ -118,3 +118,31 @@ def test_translate_errors(run, tmp_path):
     assert result.exit_code == 2 and "empty sentence" in result.output
     result = CliRunner().invoke(main, ["translate", str(tmp_path), "hello"])
     assert result.exit_code == 2
+
+
+def test_only_newlines_break_lines_and_damaged_models_are_named(tmp_path):
+    src = write(tmp_path / "u.en", ["one\u2028still one", "two"])
+    tgt = write(tmp_path / "u.de", ["eins", "zwei"])
+    assert read_parallel(src, tgt)[0] == ("one\u2028still one", "eins")
+    from rnnkit.data.subword import Subword
+
+    (tmp_path / "bad.spm").write_bytes(b"not a model")
+    with pytest.raises(RnnkitError, match="is damaged"):
+        Subword.load(tmp_path / "bad.spm")
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [(["--dropout", "1.5"], "dropout must be in [0, 1)"),
+     (["--teacher-forcing", "1.5"], "teacher_forcing must be in [0, 1]")],
+    ids=["dropout", "teacher-forcing"],
+)  # fmt: skip
+def test_bad_settings_exit_2_before_any_work(corpus, tmp_path, flags, message):
+    result = CliRunner().invoke(main, train_args(corpus, tmp_path / "r", *flags))
+    assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_ref_needs_file(run):
+    result = CliRunner().invoke(main, ["translate", str(run), "A dog.", "--ref", "x.de"])
+    assert result.exit_code == 2 and "--ref goes with --file" in result.output

@@ -14,8 +14,12 @@ from rnnkit.errors import RnnkitError
 
 
 def read_lines(path: str | os.PathLike, encoding: str = "utf-8") -> list[str]:
-    """The lines of a text file, without line breaks (a final line break adds no line)."""
-    return read_text(path, encoding).splitlines()
+    """The lines of a text file, without line breaks (a final line break adds no line). Only
+    \\n (and \\r\\n) break lines: other Unicode separators inside a sentence stay in it."""
+    lines = read_text(path, encoding).split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
 
 
 def read_parallel(

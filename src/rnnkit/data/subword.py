@@ -54,7 +54,12 @@ class Subword:
         path = Path(path)
         if not path.is_file():
             raise RnnkitError(f"{path} is missing; the run is incomplete")
-        return cls(path.read_bytes())
+        try:
+            return cls(path.read_bytes())
+        except RuntimeError:
+            raise RnnkitError(
+                f"{path} is damaged (not a SentencePiece model); the run is incomplete"
+            ) from None
 
     def __len__(self) -> int:
         return self.processor.get_piece_size()

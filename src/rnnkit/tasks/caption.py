@@ -77,6 +77,10 @@ class CaptionConfig:
                 raise RnnkitError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise RnnkitError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise RnnkitError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.length_penalty < 0:
+            raise RnnkitError(f"length_penalty must be >= 0, got {self.length_penalty}")
 
     @property
     def scene_size(self) -> tuple[int, int]:

@@ -86,8 +86,17 @@ class TranslateConfig:
         for name in ("max_len", "batch", "beam", "eval_sentences", "embed", "hidden"):
             if getattr(self, name) < 1:
                 raise RnnkitError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("layers", "decoder_layers", "decoder_hidden", "src_vocab", "tgt_vocab"):
+            if getattr(self, name) < 1:
+                raise RnnkitError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise RnnkitError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise RnnkitError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.teacher_forcing <= 1.0:
+            raise RnnkitError(f"teacher_forcing must be in [0, 1], got {self.teacher_forcing}")
+        if self.length_penalty < 0:
+            raise RnnkitError(f"length_penalty must be >= 0, got {self.length_penalty}")
 
 
 #: training defaults of `rnnkit train translate` (Multi30k: 29,000 pairs, ~450 steps per epoch)
@@ -285,6 +294,8 @@ def translate(
     model, src_spm, tgt_spm, cfg = load_run(run_dir, checkpoint)
     if (text is None) == (file is None):
         raise RnnkitError("give a sentence to translate, or --file FILE (not both)")
+    if reference is not None and file is None:
+        raise RnnkitError("--ref goes with --file: the reference translations of its lines")
     sentences = [text] if text is not None else read_lines(file, cfg.encoding)
     if any(not s.strip() for s in sentences):
         raise RnnkitError("there is an empty sentence to translate; remove empty lines")

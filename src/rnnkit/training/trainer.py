@@ -619,6 +619,8 @@ class Trainer:
             raise RnnkitError(f"cannot monitor {cfg.monitor!r}: the evaluation reports "
                               f"{', '.join(sorted(result))}")  # fmt: skip
         value = result[cfg.monitor]
+        if not math.isfinite(value):
+            return False
         if best is None:
             return True
         if cfg.monitor_mode == "min":
