@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rnnkit.data.tokens import BOS, EOS, PAD, UNK  # noqa: F401 (re-exported)
 from rnnkit.errors import RnnkitError
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
@@ -38,7 +39,7 @@ CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
            "bag", "ankle boot")  # fmt: skip
 SPLITS = {"train": "train", "test": "t10k"}
 SIDE = 28  # pixels of one Fashion-MNIST picture (square)
-PAD, UNK, BOS, EOS = 0, 1, 2, 3
+
 SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 

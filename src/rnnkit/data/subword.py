@@ -14,9 +14,8 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from rnnkit.data.tokens import BOS, EOS, PAD, UNK  # noqa: F401 (re-exported)
 from rnnkit.errors import RnnkitError
-
-PAD, UNK, BOS, EOS = 0, 1, 2, 3
 
 
 class Subword:

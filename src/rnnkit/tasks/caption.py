@@ -29,7 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit.data import images as fm
-from rnnkit.data.images import BOS, EOS, PAD, SIDE, UNK
+from rnnkit.data.images import SIDE
+from rnnkit.data.tokens import BOS, EOS, PAD, UNK, pad_ids
 from rnnkit.errors import RnnkitError
 from rnnkit.models.seq2seq import AttentionDecoder, Seq2Seq, target_loss, teacher_forced_loss
 from rnnkit.models.vision import ConvEncoder
@@ -137,8 +138,6 @@ def to_images(pixels: np.ndarray) -> Tensor:
 
 def scene_batch(pixels: np.ndarray, ids: list[list[int]]) -> tuple[Tensor, Tensor, Tensor]:
     """images (B, H, W), tgt_in (B, T) = BOS + words, tgt_out (B, T) = words + EOS."""
-    from rnnkit.tasks.translate import pad_ids
-
     tgt_in = pad_ids([[BOS, *row] for row in ids])
     tgt_out = pad_ids([[*row, EOS] for row in ids])
     return to_images(pixels), tgt_in, tgt_out

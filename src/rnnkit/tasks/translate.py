@@ -26,7 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit.data.parallel import read_lines, read_parallel
-from rnnkit.data.subword import BOS, EOS, PAD, Subword
+from rnnkit.data.subword import Subword
+from rnnkit.data.tokens import BOS, EOS, PAD, pad_ids
 from rnnkit.errors import RnnkitError
 from rnnkit.models.seq2seq import (
     AttentionDecoder,
@@ -121,14 +122,6 @@ class Pairs:
         tgt_in = pad_ids([[BOS, *self.tgt[i]] for i in index])
         tgt_out = pad_ids([[*self.tgt[i], EOS] for i in index])
         return src, lengths, tgt_in, tgt_out
-
-
-def pad_ids(rows: list[list[int]]) -> Tensor:
-    """(B, max length) int64, padded with PAD."""
-    out = torch.full((len(rows), max(len(r) for r in rows)), PAD, dtype=torch.long)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-    return out
 
 
 class Translate:
