@@ -685,7 +685,7 @@ def train_speech_digits(config_file, out, resume, loso, **flags) -> None:
 @click.option("--test-size", type=int, help="Test utterances.  [default: 500]")
 @click.option("--valid-size", type=int, help="Validation utterances.  [default: 100]")
 @click.option("--specaugment/--no-specaugment", default=None, help="[default: on]")
-@_loop_options(warmup=100, max_steps=1500, eval_every=150, log_every=25)
+@_loop_options(warmup=100, max_steps=3000, eval_every=150, log_every=25)
 def train_speech_ctc(config_file, out, resume, **flags) -> None:
     """Train a recogniser of spoken digit strings (bidirectional LSTM + CTC).
 

@@ -71,7 +71,7 @@ class CTCConfig:
 
 #: training defaults of `rnnkit train speech-ctc`
 DEFAULT_TRAIN = TrainConfig(lr=2e-3, weight_decay=0.01, warmup_steps=100, clip=1.0,
-                            max_steps=1500, eval_every=150, log_every=25)  # fmt: skip
+                            max_steps=3000, eval_every=150, log_every=25)  # fmt: skip
 
 
 def build_model(cfg: CTCConfig) -> SequenceModel:
