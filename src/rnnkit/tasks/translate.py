@@ -229,8 +229,9 @@ def translate_ids(
     model: Seq2Seq, sources: list[list[int]], beam: int, max_len: int, length_penalty: float,
     batch: int = 64,
 ) -> list[tuple[list[int], Tensor]]:  # fmt: skip
-    """Target ids and attention (T, S) of each source, in order; batched by length (a
-    sentence's translation does not depend on its batch-mates)."""
+    """Target ids and attention (T, S) of each source, in order; batched by length. A
+    sentence's translation does not depend on its batch-mates, except that an output which never
+    ends is cut at 2 S + 10 pieces, S the longest source of its batch (and at most ``max_len``)."""
     model.eval()
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     out: list[Any] = [None] * len(sources)
