@@ -91,16 +91,16 @@ def train(ctx: click.Context, resume_run: str | None) -> None:
 @click.option("--embed", type=int, help="Embedding size.  [default: 128]")
 @click.option("--dropout", type=float, help="Dropout.  [default: 0.2]")
 @click.option("--seq-len", type=int, help="Time steps per training window.  [default: 128]")
-@click.option("--batch", type=int, help="Sequences per step.  [default: 64]")
+@click.option("--batch", type=int, help="Sequences per step.  [default: 32]")
 @click.option(
     "--batching",
     type=click.Choice(["random", "stream"]),
     help="random windows, or stream: truncated BPTT carrying the state.  [default: random]",
 )
 @click.option("--impl", type=click.Choice(["auto", "bptt", "torch"]), help="[default: auto]")
-@click.option("--lr", type=float, help="Peak learning rate (AdamW).  [default: 0.002]")
+@click.option("--lr", type=float, help="Peak learning rate (AdamW).  [default: 0.003]")
 @click.option("--clip", type=float, help="Clip the gradient norm; 0: off.  [default: 1.0]")
-@click.option("--warmup", type=int, help="Warm-up steps.  [default: 50]")
+@click.option("--warmup", type=int, help="Warm-up steps.  [default: 20]")
 @click.option("--max-time", help="Time budget: 900, 90s, 15m, 1h.  [default: 15m]")
 @click.option("--max-steps", type=int, help="Step budget.")
 @click.option("--max-epochs", type=float, help="Epoch budget.")

@@ -56,7 +56,7 @@ class CharLMConfig:
     dropout: float = 0.2
     impl: str = "auto"
     seq_len: int = 128
-    batch: int = 64
+    batch: int = 32
     batching: str = "random"
     eval_tokens: int = 32768
 
@@ -70,7 +70,7 @@ class CharLMConfig:
 
 #: training defaults of `rnnkit train charlm` (a 15-minute budget on a 2-core CPU)
 DEFAULT_TRAIN = TrainConfig(
-    lr=2e-3, warmup_steps=50, clip=1.0, max_time=15 * 60, eval_every=100, log_every=10
+    lr=3e-3, warmup_steps=20, clip=1.0, max_time=15 * 60, eval_every=100, log_every=10
 )
 
 
