@@ -61,23 +61,18 @@ def _build(load, source: Path = _SOURCE, stem: str = "rnnkit_fused"):
     ``-fno-trapping-math`` lets GCC turn the selects in ``vtanh`` into blends (nothing here reads
     floating-point exception flags). The build is cached per CPU: the name carries a hash of the
     CPU's feature flags, so a cache directory shared between machines never loads a binary built
-    for another CPU's instruction set.
+    for another CPU's instruction set. torch rebuilds when a source or a flag changes, not a
+    header: the hash of ``csrc/simd.h`` rides along as a macro so that editing it rebuilds too.
     """
     sources = [str(source)]
+    header = hashlib.sha256((source.parent / "simd.h").read_bytes()).hexdigest()[:10]
+    flags = ["-std=c++20", "-O3", "-fno-trapping-math", f"-DRNNKIT_SIMD_H={header}"]
     try:
-        return load(
-            name=f"{stem}_{_cpu_tag()}",
-            sources=sources,
-            extra_cflags=["-std=c++20", "-O3", "-march=native", "-fno-trapping-math"],
-            verbose=False,
-        )
+        return load(name=f"{stem}_{_cpu_tag()}", sources=sources,
+                    extra_cflags=[*flags, "-march=native"], verbose=False)  # fmt: skip
     except Exception:
-        return load(
-            name=f"{stem}_generic",
-            sources=sources,
-            extra_cflags=["-std=c++20", "-O3", "-fno-trapping-math"],
-            verbose=False,
-        )
+        return load(name=f"{stem}_generic", sources=sources, extra_cflags=flags,
+                    verbose=False)  # fmt: skip
 
 
 def _cpu_tag() -> str:

@@ -19,8 +19,8 @@
 // {dL/dp, dL/dh0}. On the CPU a layer's pointwise gate math as separate torch kernels (and
 // their autograd) cost more than its input projection; fused into the scan it is nearly free.
 //
-// float32 runs 8 lanes at a time with exp as the Cephes polynomial of fused.cpp (copied here, so
-// this small extension builds on its own); float64 (gradcheck, tests) one lane with std::exp.
+// float32 runs 8 lanes at a time with exp as the Cephes polynomial of simd.h (shared with
+// fused.cpp); float64 (gradcheck, tests) one lane with std::exp.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -30,6 +30,8 @@
 #include <cstdint>
 #include <cstring>
 #include <vector>
+
+#include "simd.h"
 
 using torch::Tensor;
 
@@ -41,67 +43,10 @@ void over_elements(int64_t n, const F& body) {
   at::parallel_for(0, n, 4096, body);
 }
 
-// ---- SIMD lanes and exp, as in fused.cpp. ------------------------------------------------------
-using f8 = float __attribute__((vector_size(32)));
-using i8 = int32_t __attribute__((vector_size(32)));
-using u8 = uint32_t __attribute__((vector_size(32)));
+using namespace rnnkit_simd;
 
-template <typename T> struct Lanes;  // V: what one iteration handles; load/store n <= width
-template <> struct Lanes<double> {
-  using V = double;
-  static constexpr int64_t width = 1;
-  static V load(const double* p, int64_t) { return *p; }
-  static void store(double* p, V v, int64_t) { *p = v; }
-};
-template <> struct Lanes<float> {
-  using V = f8;
-  static constexpr int64_t width = 8;
-  static V load(const float* p, int64_t n) {  // the row's tail (n < 8) padded with zeros
-    V v = {};
-    if (n == width) std::memcpy(&v, p, sizeof(V));
-    else std::memcpy(&v, p, n * sizeof(float));
-    return v;
-  }
-  static void store(float* p, V v, int64_t n) {
-    if (n == width) std::memcpy(p, &v, sizeof(V));
-    else std::memcpy(p, &v, n * sizeof(float));
-  }
-};
-
-inline f8 splat(float c) { return f8{} + c; }
-inline f8 select(i8 mask, f8 a, f8 b) { return mask ? a : b; }
-inline double select(bool mask, double a, double b) { return mask ? a : b; }
-inline f8 abs_of(f8 x) { return std::bit_cast<f8>(std::bit_cast<u8>(x) & 0x7fffffffu); }
-inline double abs_of(double x) { return std::abs(x); }
 inline f8 min0(f8 x) { return select(x < 0.0f, x, splat(0.0f)); }
 inline double min0(double x) { return std::min(x, 0.0); }
-
-// e^x after Cephes expf.c, clamped to [-87, 88] (see fused.cpp for the derivation and error).
-inline f8 vexp(f8 x) {
-  x = select(x < -87.0f, splat(-87.0f), x);
-  x = select(x > 88.0f, splat(88.0f), x);
-  const i8 k = __builtin_convertvector(x * 1.44269504088896341f + 128.5f, i8);
-  const f8 n = __builtin_convertvector(k, f8) - 128.0f;
-  const f8 r = x - n * 0.693359375f - n * -2.12194440e-4f;
-  f8 p = splat(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  return p * std::bit_cast<f8>((std::bit_cast<u8>(k) - 1u) << 23);
-}
-inline double vexp(double x) { return std::exp(x); }
-
-// for (j = 0; j < H; j += width) body(j, n), n = min(width, H - j) lanes in play.
-template <typename T, typename F>
-inline void over_lanes(int64_t H, const F& body) {
-  constexpr int64_t w = Lanes<T>::width;
-  int64_t j = 0;
-  for (; j + w <= H; j += w) body(j, w);
-  if (j < H) body(j, H - j);
-}
 
 // The gates of one step, per lane: a, b and what the backward needs of them.
 template <typename V>
