@@ -174,9 +174,14 @@ def test_interrupt_saves_and_resume_continues(tmp_path):
             os.kill(os.getpid(), signal.SIGINT)
 
     run = tmp_path / "run"
-    first = Trainer(SumTask(), quiet(max_steps=10), run, callbacks=[ctrl_c]).fit()
-    assert first.stop_reason == "interrupted" and first.step == 3 and first.final == {}
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    # Python's own handler to start from, whatever the launcher left (a background job: ignored)
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        first = Trainer(SumTask(), quiet(max_steps=10), run, callbacks=[ctrl_c]).fit()
+        assert first.stop_reason == "interrupted" and first.step == 3 and first.final == {}
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    finally:
+        signal.signal(signal.SIGINT, outer)
     second = Trainer(SumTask(), None, run, resume=True).fit()
     assert second.step == 10 and second.stop_reason == "budget"
 
