@@ -1,4 +1,4 @@
-"""The C++ time loops: built here, taken for GRU and Elman, equal to the Python engine."""
+"""The C++ time loops: built here, taken for LSTM, GRU and Elman, equal to the Python engine."""
 
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ def test_the_extension_builds_here():
     [
         (rnnkit.GRUCell(3, 4), True),
         (rnnkit.ElmanCell(3, 4, nonlinearity="sigmoid"), True),
-        (rnnkit.LSTMCell(3, 4), False),
+        (rnnkit.LSTMCell(3, 4), True),
         (rnnkit.LayerNormGRUCell(3, 4), False),
+        (rnnkit.LayerNormLSTMCell(3, 4), True),
+        (rnnkit.PeepholeLSTMCell(3, 4), False),
     ],
 )
 def test_which_cells_run_in_cpp(cell, expected):
@@ -29,20 +31,85 @@ def test_which_cells_run_in_cpp(cell, expected):
         assert not fused.supports(cell)
 
 
-@pytest.mark.parametrize("cls", [rnnkit.GRU, rnnkit.RNN])
-def test_cpp_equals_python_engine_float32(cls):
+def test_only_the_lstm_loop_takes_recurrent_noise():
+    assert fused.supports(rnnkit.LSTMCell(3, 4), noisy=True)
+    assert not fused.supports(rnnkit.GRUCell(3, 4), noisy=True)
+    assert not fused.supports(rnnkit.LayerNormLSTMCell(3, 4), noisy=True)
+
+
+LAYERS = {
+    "gru": lambda: rnnkit.GRU(8, 16, num_layers=2, bidirectional=True, impl="bptt"),
+    "rnn": lambda: rnnkit.RNN(8, 16, num_layers=2, bidirectional=True, impl="bptt"),
+    "lstm": lambda: rnnkit.LSTM(8, 16, num_layers=2, bidirectional=True, impl="bptt"),
+    "lstm-recurrent-dropout": lambda: rnnkit.LSTM(8, 16, bidirectional=True, recurrent_dropout=0.3),
+    "lstm-zoneout": lambda: rnnkit.LSTM(8, 16, bidirectional=True, zoneout=(0.2, 0.4)),
+    "ln-lstm": lambda: rnnkit.LSTM(8, 16, num_layers=2, bidirectional=True, layer_norm=True),
+    "lstm-all-noise": lambda: rnnkit.LSTM(
+        8, 16, num_layers=2, zoneout=0.1, recurrent_dropout=0.2, weight_dropout=0.3
+    ),
+}
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", LAYERS)
+def test_cpp_equals_python_engine(name, dtype, training):
+    """Same outputs, final states and gradients, with ragged lengths; with the noise drawn from
+    the same seed (the C++ path draws its masks in the Python engine's order)."""
     torch.manual_seed(0)
-    layer = cls(8, 16, num_layers=2, bidirectional=True, impl="bptt")
-    x = torch.randn(30, 5, 8, requires_grad=True)
+    layer = LAYERS[name]().to(dtype).train(training)
+    x = torch.randn(30, 5, 8, dtype=dtype, requires_grad=True)
     lengths = torch.tensor([30, 3, 17, 1, 29])
     results = []
     for enabled in (True, False):
+        torch.manual_seed(1)
         with fused.fused_enabled(enabled):
-            out, h_n = layer(x, lengths=lengths)
-            grads = torch.autograd.grad((out**2).sum() + h_n.sum(), [x, *layer.parameters()])
-        results.append((out, h_n, *grads))
+            out, state = layer(x, lengths=lengths)
+            finals = state if isinstance(state, tuple) else (state,)
+            loss = (out**2).sum() + sum(s.sum() * (k + 1) for k, s in enumerate(finals))
+            grads = torch.autograd.grad(loss, [x, *layer.parameters()])
+        results.append((out, *finals, *grads))
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+    if name == "ln-lstm":  # dividing by small standard deviations magnifies rounding 10x
+        tolerance *= 10
     for a, b in zip(*results, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        assert (a - b).abs().max() <= tolerance * b.abs().max().clamp_min(1)
+
+
+def test_cpp_lstm_gradcheck_with_noise():
+    """The LSTM loop's backward, with a recurrent mask, zoneout keeps and ragged lengths."""
+    torch.manual_seed(0)
+    T, B, H = 6, 3, 5
+    gx = torch.randn(T, B, 4 * H, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4 * H, H, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(4 * H, dtype=torch.float64, requires_grad=True)
+    h0, c0 = (torch.randn(B, H, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    mask = (torch.arange(T)[:, None] < torch.tensor([6, 2, 4])[None, :]).unsqueeze(-1)
+    rec = (torch.rand(B, H) > 0.3).double() / 0.7
+    keep_h, keep_c = ((torch.rand(T, B, H) < 0.3).double() for _ in range(2))
+
+    def run(gx, weight, bias, h0, c0):
+        return fused._FusedLSTM.apply(gx, weight, bias, h0, c0, mask, rec, keep_h, keep_c)
+
+    assert torch.autograd.gradcheck(run, (gx, weight, bias, h0, c0))
+
+
+def test_cpp_layer_norm_lstm_gradcheck():
+    """The LN-LSTM loop's backward, parameters included, with ragged lengths."""
+    torch.manual_seed(0)
+    T, B, H = 5, 3, 4
+
+    def randn(*shape):
+        return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+
+    inputs = (randn(T, B, 4 * H), randn(4 * H, H), randn(B, H), randn(B, H))
+    params = (randn(4 * H), randn(4 * H), randn(H), randn(H))
+    mask = (torch.arange(T)[:, None] < torch.tensor([5, 2, 4])[None, :]).unsqueeze(-1)
+
+    def run(gx, weight, h0, c0, *params):
+        return fused._FusedLayerNormLSTM.apply(gx, weight, h0, c0, mask, *params)
+
+    assert torch.autograd.gradcheck(run, (*inputs, *params))
 
 
 @pytest.mark.parametrize(

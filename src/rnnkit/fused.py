@@ -1,4 +1,5 @@
-"""The engine's time loops for GRU and Elman cells in C++ (``csrc/fused.cpp``), used when present.
+"""The engine's time loops for LSTM, GRU and Elman cells in C++ (``csrc/fused.cpp``), used when
+present.
 
 Why C++: at the sizes RNNs are trained at on a CPU, a Python step costs as much as its matrix
 product (about ten pointwise kernels, each a few microseconds of dispatch), and torch runs only
@@ -6,9 +7,11 @@ LSTM through oneDNN. The extension runs the same algorithm as `rnnkit.recurrence
 product, one GEMM per step, BPTT with the weight gradients gathered after the loop) with each
 step's pointwise math fused into one pass. It is compiled with `torch.utils.cpp_extension` on
 first use (about a minute, cached under ~/.cache/torch_extensions) and covers exactly the
-classic cells without per-step noise; every other configuration runs the Python engine. It is
-built for the CPU it runs on (``-march=native``), so the per-step pointwise passes, with float32
-``exp``/``tanh`` as vectorisable polynomials, run in SIMD registers.
+classic cells and the layer-normalised LSTM, and for the LSTM also recurrent dropout and zoneout
+(their masks drawn in Python as the Python engine draws them, so both paths give the same numbers
+under one seed); every other configuration runs the Python engine. It is built for the CPU it
+runs on (``-march=native``), so the per-step pointwise passes, with float32 ``exp``/``tanh`` as
+vectorisable polynomials, run in SIMD registers.
 
 If the build fails, rnnkit warns once and runs the Python engine; ``RNNKIT_FUSED=0`` turns the
 extension off, and `fused_enabled(False)` does so in-process (the tests run both paths).
@@ -27,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from rnnkit.cells import ElmanCell, GRUCell
+from rnnkit.cells import ElmanCell, GRUCell, LayerNormLSTMCell, LSTMCell
 from rnnkit.cells.base import Cell
 
 _SOURCE = Path(__file__).parent / "csrc" / "fused.cpp"
@@ -118,18 +121,117 @@ def fused_enabled(enabled: bool) -> Iterator[None]:
         _state["enabled"] = before
 
 
-def supports(cell: Cell) -> bool:
-    """True if this cell's time loop runs in C++ (its exact class, not a subclass)."""
-    return _state["enabled"] and type(cell) in (GRUCell, ElmanCell) and extension() is not None
+def supports(cell: Cell, noisy: bool = False) -> bool:
+    """True if this cell's time loop runs in C++ (its exact class, not a subclass); ``noisy``:
+    with recurrent dropout or zoneout, which only the plain LSTM loop takes."""
+    classes = (LSTMCell,) if noisy else (LSTMCell, LayerNormLSTMCell, GRUCell, ElmanCell)
+    return _state["enabled"] and type(cell) in classes and extension() is not None
 
 
 def run_fused(
-    cell: Cell, gx: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, h0: Tensor, mask
-) -> tuple[Tensor, tuple[Tensor]]:
-    """As `rnnkit.recurrence.run_cell` for a GRU or Elman cell: (output (T, B, H), (h_n,))."""
+    cell: Cell, gx: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, state0, mask,
+    params: tuple[Tensor, ...] = (), recurrent_mask: Tensor | None = None, zoneout=None,
+) -> tuple[Tensor, tuple[Tensor, ...]]:  # fmt: skip
+    """As `rnnkit.recurrence.run_cell` for a cell that `supports`: (output (T, B, H), final
+    state)."""
+    if isinstance(cell, LayerNormLSTMCell):
+        output, h_n, c_n = _FusedLayerNormLSTM.apply(gx, weight_hh, *state0, mask, *params)
+        return output, (h_n, c_n)
+    if isinstance(cell, LSTMCell):
+        keeps = _zoneout_keeps(zoneout, gx.shape[0], state0[0])
+        output, h_n, c_n = _FusedLSTM.apply(gx, weight_hh, bias_hh, *state0, mask,
+                                            recurrent_mask, *keeps)  # fmt: skip
+        return output, (h_n, c_n)
     code = 3 if isinstance(cell, GRUCell) else _NONLINEARITY[cell.nonlinearity]
-    output, h_n = _FusedLoop.apply(code, gx, weight_hh, bias_hh, h0, mask)
+    output, h_n = _FusedLoop.apply(code, gx, weight_hh, bias_hh, state0[0], mask)
     return output, (h_n,)
+
+
+def _zoneout_keeps(zoneout, steps: int, h0: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    """Zoneout's (T, B, H) keep masks of h and c, drawn step by step in the Python engine's order
+    (its rates at evaluation), or (None, None) without zoneout."""
+    if zoneout is None:
+        return None, None
+    if not zoneout.training:
+        return tuple(h0.new_full((steps, *h0.shape), p) for p in zoneout.rates)
+    draws = [zoneout.sample((h0, h0)) for _ in range(steps)]
+    return tuple(torch.stack(k) for k in zip(*draws))
+
+
+class _FusedLSTM(torch.autograd.Function):
+    """The LSTM loop; recurrent_mask (B, H) and zoneout's keep_h, keep_c (T, B, H) may be None."""
+
+    @staticmethod
+    def forward(ctx, gx, weight_hh, bias_hh, h0, c0, mask, recurrent_mask, keep_h, keep_c):
+        ext, none = extension(), gx.new_empty(0)
+        flat_mask = mask.squeeze(-1).contiguous() if mask is not None else _EMPTY_MASK
+        rec = recurrent_mask if recurrent_mask is not None else none
+        keeps = (keep_h, keep_c) if keep_h is not None else (none, none)
+        bias = bias_hh if bias_hh is not None else none
+        states, cells, cache = ext.lstm_forward(gx, weight_hh, bias, h0, c0, flat_mask, rec,
+                                                *keeps)  # fmt: skip
+        output = states[1:] * mask if mask is not None else states[1:].clone()
+        ctx.has_bias = bias_hh is not None
+        ctx.save_for_backward(weight_hh, states, cells, cache, flat_mask, rec, *keeps)
+        return output, states[-1].clone(), cells[-1].clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output, grad_h_n, grad_c_n):
+        weight_hh, states, cells, cache, flat_mask, rec, *keeps = ctx.saved_tensors
+        T, B, H = cache.shape[0], cache.shape[1], states.shape[2]
+        if grad_output is None:
+            grad_output = states.new_empty(0)
+        elif flat_mask.numel():
+            grad_output = grad_output * flat_mask.unsqueeze(-1)
+        grad_h_n = states.new_zeros(B, H) if grad_h_n is None else grad_h_n
+        grad_c_n = states.new_zeros(B, H) if grad_c_n is None else grad_c_n
+        grad_pre, grad_h0, grad_c0 = extension().lstm_backward(
+            grad_output, grad_h_n, grad_c_n, weight_hh, cells, cache, flat_mask, rec, *keeps
+        )
+        h_in = states[:-1] * rec if rec.numel() else states[:-1]
+        flat = grad_pre.view(T * B, -1)
+        grad_weight_hh = flat.t() @ h_in.reshape(T * B, H)
+        grad_bias_hh = flat.sum(0) if ctx.has_bias else None
+        return grad_pre, grad_weight_hh, grad_bias_hh, grad_h0, grad_c0, None, None, None, None
+
+
+class _FusedLayerNormLSTM(torch.autograd.Function):
+    """The LN-LSTM loop; params ln_weight_hh, bias_hh (4H), ln_weight_c, ln_bias_c (H)."""
+
+    @staticmethod
+    def forward(ctx, gx, weight_hh, h0, c0, mask, *params):
+        flat_mask = mask.squeeze(-1).contiguous() if mask is not None else _EMPTY_MASK
+        states, cells, cache, stats = extension().ln_lstm_forward(
+            gx, weight_hh, h0, c0, flat_mask, list(params)
+        )
+        output = states[1:] * mask if mask is not None else states[1:].clone()
+        ctx.save_for_backward(weight_hh, states, cells, cache, stats, flat_mask, *params)
+        return output, states[-1].clone(), cells[-1].clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output, grad_h_n, grad_c_n):
+        weight_hh, states, cells, cache, stats, flat_mask, *params = ctx.saved_tensors
+        T, B, H = cache.shape[0], cache.shape[1], states.shape[2]
+        if grad_output is None:
+            grad_output = states.new_empty(0)
+        elif flat_mask.numel():
+            grad_output = grad_output * flat_mask.unsqueeze(-1)
+        grad_h_n = states.new_zeros(B, H) if grad_h_n is None else grad_h_n
+        grad_c_n = states.new_zeros(B, H) if grad_c_n is None else grad_c_n
+        grad_gx, grad_raw, grad_norm, grad_h0, grad_c0 = extension().ln_lstm_backward(
+            grad_output, grad_h_n, grad_c_n, weight_hh, cells, cache, stats, flat_mask, params
+        )
+        gh_hat, c_hat = cache[..., 5 * H : 9 * H], cache[..., 9 * H :]
+        grad_weight_hh = grad_raw.view(T * B, -1).t() @ states[:-1].reshape(T * B, H)
+        grad_params = (
+            (grad_gx * gh_hat).sum((0, 1)),
+            grad_gx.sum((0, 1)),
+            (grad_norm * c_hat).sum((0, 1)),
+            grad_norm.sum((0, 1)),
+        )
+        return grad_gx, grad_weight_hh, grad_h0, grad_c0, None, *grad_params
 
 
 class _FusedLoop(torch.autograd.Function):

@@ -144,10 +144,13 @@ def run_cell(
         output (T, B, size of h): h_t at each step (zero past a sequence's end), and the final
         state.
 
-    GRU and Elman cells without per-step noise run the same loops in C++ (`rnnkit.fused`).
+    LSTM cells, and LN-LSTM, GRU and Elman cells without per-step noise, run the same loops in
+    C++ (`rnnkit.fused`).
     """
-    if recurrent_mask is None and zoneout is None and not params and fused.supports(cell):
-        return fused.run_fused(cell, gx, weight_hh, bias_hh, state0[0], mask)
+    noisy = recurrent_mask is not None or zoneout is not None
+    if fused.supports(cell, noisy):
+        return fused.run_fused(cell, gx, weight_hh, bias_hh, state0, mask, params,
+                               recurrent_mask, zoneout)  # fmt: skip
     options = (mask, recurrent_mask, zoneout, len(params))
     output, *final = _BPTT.apply(cell, options, gx, weight_hh, bias_hh, *params, *state0)
     return output, tuple(final)

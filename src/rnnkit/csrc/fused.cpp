@@ -1,12 +1,15 @@
-// The time loops of rnnkit's engine for the GRU and Elman cells, in C++.
+// The time loops of rnnkit's engine for the LSTM, GRU and Elman cells, in C++.
 //
 // The same algorithm as rnnkit/recurrence.py (hoisted input product, one GEMM per step for the
 // recurrent part, BPTT walking the steps in reverse, weight gradients gathered after the loop),
 // without the Python interpreter between steps and with each step's pointwise math fused into
-// one pass over memory. Shapes: T steps, B batch, H hidden, G gate blocks (3 GRU, 1 Elman).
+// one pass over memory. Shapes: T steps, B batch, H hidden, G gate blocks (4 LSTM, 3 GRU,
+// 1 Elman).
 //
 //   states   (T + 1, B, H): states[0] = h0, states[t + 1] = h_t (carried past a sequence's end)
-//   cache    (T, B, C): what the backward needs of each step (GRU: r, z, n, W_hn h + b_hn)
+//            (LSTM: also cells (T + 1, B, H), the same for c)
+//   cache    (T, B, C): what the backward needs of each step (GRU: r, z, n, W_hn h + b_hn;
+//            LSTM: i, f, g, o, tanh(c'))
 //   mask     (T, B) bool, or an empty tensor when every sequence has length T
 //
 // The pointwise passes (the *_row functions) run float32 in 8-lane SIMD vectors with exp, tanh
@@ -74,6 +77,169 @@ void gru_backward_row(const T* d, const T* go, const T* cache, const T* h, T* ke
     L::store(dx + 2 * H + j, dc, n), L::store(dr + 2 * H + j, dc * r, n);
     L::store(keep + j, g * z, n);
   });
+}
+
+// LSTM step forward, gates i|f|g|o from x (4H) = W_i x + b_i and gh (4H) = W_h h + b_h. With
+// zoneout (Z), each unit keeps its previous value where kh (kc) is 1: h_t = kh h + (1 - kh) h'.
+template <bool Z, typename T>
+void lstm_forward_row(const T* x, const T* gh, const T* h, const T* c, const T* kh, const T* kc,
+                      T* h_new, T* c_new, T* cache, int64_t H) {
+  using L = Lanes<T>;
+  over_lanes<T>(H, [&](int64_t j, int64_t n) {
+    const auto i = vsigmoid(L::load(x + j, n) + L::load(gh + j, n));
+    const auto f = vsigmoid(L::load(x + H + j, n) + L::load(gh + H + j, n));
+    const auto g = vtanh(L::load(x + 2 * H + j, n) + L::load(gh + 2 * H + j, n));
+    const auto o = vsigmoid(L::load(x + 3 * H + j, n) + L::load(gh + 3 * H + j, n));
+    const auto cn = f * L::load(c + j, n) + i * g;
+    const auto tc = vtanh(cn);
+    L::store(cache + j, i, n), L::store(cache + H + j, f, n), L::store(cache + 2 * H + j, g, n);
+    L::store(cache + 3 * H + j, o, n), L::store(cache + 4 * H + j, tc, n);
+    if constexpr (Z) {
+      const auto zh = L::load(kh + j, n), zc = L::load(kc + j, n);
+      L::store(h_new + j, zh * L::load(h + j, n) + (1 - zh) * (o * tc), n);
+      L::store(c_new + j, zc * L::load(c + j, n) + (1 - zc) * cn, n);
+    } else {
+      L::store(h_new + j, o * tc, n), L::store(c_new + j, cn, n);
+    }
+  });
+}
+
+// LSTM step backward: dh + go and dc are the gradients of h_t and c_t; writes the gradient of
+// the pre-activations (dp, 4H: the same through the input and the recurrent product), keep_h
+// (what reaches h_{t-1} directly: zoneout's share) and dc_prev (dL/dc_{t-1}, overwrites dc).
+template <bool Z, typename T>
+void lstm_backward_row(const T* dh, const T* go, T* dc, const T* cache, const T* c,
+                       const T* kh, const T* kc, T* keep_h, T* dp, int64_t H) {
+  using L = Lanes<T>;
+  over_lanes<T>(H, [&](int64_t j, int64_t n) {
+    auto gh = L::load(dh + j, n) + L::load(go + j, n);
+    auto gc = L::load(dc + j, n);
+    auto through_h = decltype(gh){}, through_c = decltype(gc){};  // zoneout's direct paths
+    if constexpr (Z) {
+      const auto zh = L::load(kh + j, n), zc = L::load(kc + j, n);
+      through_h = gh * zh, through_c = gc * zc;
+      gh = gh - through_h, gc = gc - through_c;
+    }
+    const auto i = L::load(cache + j, n), f = L::load(cache + H + j, n);
+    const auto g = L::load(cache + 2 * H + j, n), o = L::load(cache + 3 * H + j, n);
+    const auto tc = L::load(cache + 4 * H + j, n);
+    const auto gct = gc + gh * o * (1 - tc * tc);
+    L::store(dp + j, gct * g * i * (1 - i), n);
+    L::store(dp + H + j, gct * L::load(c + j, n) * f * (1 - f), n);
+    L::store(dp + 2 * H + j, gct * i * (1 - g * g), n);
+    L::store(dp + 3 * H + j, gh * tc * o * (1 - o), n);
+    L::store(dc + j, gct * f + through_c, n);
+    L::store(keep_h + j, through_h, n);
+  });
+}
+
+// ---- Layer normalisation of one row (LN-LSTM). ----------------------------------------------
+
+inline float hsum(f8 v) {
+  float s = 0;
+  for (int k = 0; k < 8; ++k) s += v[k];
+  return s;
+}
+inline double hsum(double v) { return v; }
+
+// hat (N) = (x - mean) / sqrt(var + 1e-5) over the row, as torch.nn.functional.layer_norm;
+// returns 1 / sqrt(var + 1e-5). (The loads pad a vector's tail with zeros, so the sums are exact.)
+template <typename T>
+T normalise_row(const T* x, T* hat, int64_t N) {
+  using L = Lanes<T>;
+  typename L::V sum{}, squares{};
+  over_lanes<T>(N, [&](int64_t j, int64_t n) { sum = sum + L::load(x + j, n); });
+  const T mean = hsum(sum) / N;
+  over_lanes<T>(N, [&](int64_t j, int64_t n) { L::store(hat + j, L::load(x + j, n) - mean, n); });
+  over_lanes<T>(N, [&](int64_t j, int64_t n) {
+    const auto v = L::load(hat + j, n);
+    squares = squares + v * v;
+  });
+  const T rstd = 1 / std::sqrt(hsum(squares) / N + T(1e-5));
+  over_lanes<T>(N, [&](int64_t j, int64_t n) { L::store(hat + j, L::load(hat + j, n) * rstd, n); });
+  return rstd;
+}
+
+// The gradient dx (N) of x through y = hat * w + b (`normalise_row`), from dy (N).
+template <typename T>
+void normalise_backward_row(const T* dy, const T* w, const T* hat, T rstd, T* dx, int64_t N) {
+  using L = Lanes<T>;
+  typename L::V sum{}, dot{};
+  over_lanes<T>(N, [&](int64_t j, int64_t n) {
+    const auto g = L::load(dy + j, n) * L::load(w + j, n);
+    sum = sum + g, dot = dot + g * L::load(hat + j, n);
+  });
+  const T mean = hsum(sum) / N, mean_dot = hsum(dot) / N;
+  over_lanes<T>(N, [&](int64_t j, int64_t n) {
+    const auto g = L::load(dy + j, n) * L::load(w + j, n), xh = L::load(hat + j, n);
+    L::store(dx + j, rstd * (g - mean - xh * mean_dot), n);
+  });
+}
+
+// The parameters of the layer-normalised LSTM's steps: gains and shifts of the recurrent
+// projection (4H) and of the cell state (H).
+template <typename T>
+struct LnParams {
+  const T *w_hh, *b_hh, *w_c, *b_c;
+};
+
+// LN-LSTM step forward (`rnnkit.cells.LayerNormLSTMCell`): gh = LN(raw) * w_hh + b_hh, the LSTM
+// gates from x + gh, c' as the LSTM's, h' = o * tanh(LN(c') * w_c + b_c). cache (10H): i, f, g,
+// o, tanh(LN(c')), the normalised raw (4H) and c' (H); stats (2): their 1 / std.
+template <typename T>
+void ln_lstm_forward_row(const T* x, const T* raw, const T* c, const LnParams<T>& p, T* h_new,
+                         T* c_new, T* cache, T* stats, int64_t H) {
+  using L = Lanes<T>;
+  T* gh_hat = cache + 5 * H;
+  T* c_hat = cache + 9 * H;
+  stats[0] = normalise_row(raw, gh_hat, 4 * H);
+  auto gate = [&](int64_t k, int64_t j, int64_t n) {
+    const int64_t at = k * H + j;
+    return L::load(x + at, n) + L::load(gh_hat + at, n) * L::load(p.w_hh + at, n) +
+           L::load(p.b_hh + at, n);
+  };
+  over_lanes<T>(H, [&](int64_t j, int64_t n) {
+    const auto i = vsigmoid(gate(0, j, n)), f = vsigmoid(gate(1, j, n));
+    const auto g = vtanh(gate(2, j, n)), o = vsigmoid(gate(3, j, n));
+    L::store(cache + j, i, n), L::store(cache + H + j, f, n);
+    L::store(cache + 2 * H + j, g, n), L::store(cache + 3 * H + j, o, n);
+    L::store(c_new + j, f * L::load(c + j, n) + i * g, n);
+  });
+  stats[1] = normalise_row(c_new, c_hat, H);
+  over_lanes<T>(H, [&](int64_t j, int64_t n) {
+    const auto tc = vtanh(L::load(c_hat + j, n) * L::load(p.w_c + j, n) + L::load(p.b_c + j, n));
+    L::store(cache + 4 * H + j, tc, n);
+    L::store(h_new + j, L::load(cache + 3 * H + j, n) * tc, n);
+  });
+}
+
+// LN-LSTM step backward: from dh + go and dc (gradients of h_t, c_t) writes dgates (4H, the
+// gradient of gx), draw (4H, of the raw recurrent product), dnorm (H, of LN(c') * w_c + b_c)
+// and dc_{t-1} (over dc).
+template <typename T>
+void ln_lstm_backward_row(const T* dh, const T* go, T* dc, const T* cache, const T* stats,
+                          const T* c, const LnParams<T>& p, T* dgates, T* draw, T* dnorm,
+                          int64_t H) {
+  using L = Lanes<T>;
+  const T* gh_hat = cache + 5 * H;
+  const T* c_hat = cache + 9 * H;
+  over_lanes<T>(H, [&](int64_t j, int64_t n) {
+    const auto g_h = L::load(dh + j, n) + L::load(go + j, n);
+    const auto o = L::load(cache + 3 * H + j, n), tc = L::load(cache + 4 * H + j, n);
+    L::store(dnorm + j, g_h * o * (1 - tc * tc), n);
+    L::store(dgates + 3 * H + j, g_h * tc * o * (1 - o), n);
+  });
+  normalise_backward_row(dnorm, p.w_c, c_hat, stats[1], draw, H);  // draw[0:H]: scratch dc'
+  over_lanes<T>(H, [&](int64_t j, int64_t n) {
+    const auto gc = L::load(dc + j, n) + L::load(draw + j, n);
+    const auto i = L::load(cache + j, n), f = L::load(cache + H + j, n);
+    const auto g = L::load(cache + 2 * H + j, n);
+    L::store(dgates + j, gc * g * i * (1 - i), n);
+    L::store(dgates + H + j, gc * L::load(c + j, n) * f * (1 - f), n);
+    L::store(dgates + 2 * H + j, gc * i * (1 - g * g), n);
+    L::store(dc + j, gc * f, n);
+  });
+  normalise_backward_row(dgates, p.w_hh, gh_hat, stats[0], draw, 4 * H);
 }
 
 // Elman nonlinearities (0 tanh, 1 relu, 2 sigmoid) and their slopes in terms of the output y.
@@ -208,6 +374,197 @@ std::vector<Tensor> gru_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh, T
   return {grad_gx, grad_gh, dh};
 }
 
+// LSTM forward: gx (T, B, 4H) -> {states (T+1, B, H), cells (T+1, B, H), cache (T, B, 5H)}.
+// Each of these may be empty: rec_mask (B, H) multiplies h before the recurrent product
+// (variational recurrent dropout), keep_h and keep_c (T, B, H) are zoneout's keep masks (or its
+// rates at evaluation).
+std::vector<Tensor> lstm_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0, Tensor c0,
+                                 Tensor mask, Tensor rec_mask, Tensor keep_h, Tensor keep_c) {
+  const int64_t T = gx.size(0), B = gx.size(1), H = h0.size(1);
+  gx = gx.contiguous(), keep_h = keep_h.contiguous(), keep_c = keep_c.contiguous();
+  auto states = at::empty({T + 1, B, H}, gx.options());
+  auto cells = at::empty({T + 1, B, H}, gx.options());
+  auto cache = at::empty({T, B, 5 * H}, gx.options());
+  auto gh = at::empty({B, 4 * H}, gx.options());
+  auto h_in = rec_mask.numel() ? at::empty({B, H}, gx.options()) : Tensor();
+  auto w_t = w_hh.t();
+  states[0].copy_(h0), cells[0].copy_(c0);
+  const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
+  const bool zone = keep_h.numel() > 0;
+  for (int64_t t = 0; t < T; ++t) {
+    if (h_in.defined()) at::mul_out(h_in, states[t], rec_mask);
+    recurrent_product(gh, h_in.defined() ? h_in : states[t], w_t, b_hh);
+    AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "lstm_forward", [&] {
+      const int64_t BH = B * H;
+      const scalar_t* x = gx.data_ptr<scalar_t>() + t * 4 * BH;
+      const scalar_t* r_h = gh.data_ptr<scalar_t>();
+      scalar_t* h = states.data_ptr<scalar_t>() + t * BH;
+      scalar_t* c = cells.data_ptr<scalar_t>() + t * BH;
+      const scalar_t* kh = zone ? keep_h.data_ptr<scalar_t>() + t * BH : nullptr;
+      const scalar_t* kc = zone ? keep_c.data_ptr<scalar_t>() + t * BH : nullptr;
+      scalar_t* cch = cache.data_ptr<scalar_t>() + t * 5 * BH;
+      for_rows(B, H, [&](int64_t b) {
+        const int64_t o = b * H;
+        if (!valid(m, t, B, b)) {
+          std::copy(h + o, h + o + H, h + BH + o), std::copy(c + o, c + o + H, c + BH + o);
+        } else if (zone) {
+          lstm_forward_row<true>(x + 4 * o, r_h + 4 * o, h + o, c + o, kh + o, kc + o,
+                                 h + BH + o, c + BH + o, cch + 5 * o, H);
+        } else {
+          lstm_forward_row<false>(x + 4 * o, r_h + 4 * o, h + o, c + o, kh, kc, h + BH + o,
+                                  c + BH + o, cch + 5 * o, H);
+        }
+      });
+    });
+  }
+  return {states, cells, cache};
+}
+
+// LSTM backward: grad_out (T, B, H) of the outputs h_t (masked by the caller) or empty, grad_hn
+// and grad_cn (B, H) -> {grad_pre (T, B, 4H) (both grad_gx and grad_gh), grad_h0, grad_c0}.
+std::vector<Tensor> lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor w_hh,
+                                  Tensor cells, Tensor cache, Tensor mask, Tensor rec_mask,
+                                  Tensor keep_h, Tensor keep_c) {
+  const int64_t T = cache.size(0), B = cache.size(1), H = cells.size(2);
+  grad_out = grad_out.contiguous(), keep_h = keep_h.contiguous(), keep_c = keep_c.contiguous();
+  auto grad_pre = at::empty({T, B, 4 * H}, cache.options());
+  auto dh = grad_hn.contiguous().clone();
+  auto dc = grad_cn.contiguous().clone();
+  auto direct = at::empty_like(dh);
+  auto through = rec_mask.numel() ? at::empty_like(dh) : Tensor();
+  auto zeros = grad_out.numel() ? Tensor() : at::zeros_like(dh);
+  const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
+  const bool zone = keep_h.numel() > 0;
+  for (int64_t t = T - 1; t >= 0; --t) {
+    AT_DISPATCH_FLOATING_TYPES(cache.scalar_type(), "lstm_backward", [&] {
+      const int64_t BH = B * H;
+      const scalar_t* go = output_grad<scalar_t>(grad_out, zeros, t, BH);
+      const scalar_t* c = cells.data_ptr<scalar_t>() + t * BH;  // c_{t-1}
+      const scalar_t* cch = cache.data_ptr<scalar_t>() + t * 5 * BH;
+      const scalar_t* kh = zone ? keep_h.data_ptr<scalar_t>() + t * BH : nullptr;
+      const scalar_t* kc = zone ? keep_c.data_ptr<scalar_t>() + t * BH : nullptr;
+      const scalar_t* d = dh.data_ptr<scalar_t>();
+      scalar_t* dcp = dc.data_ptr<scalar_t>();
+      scalar_t* keep = direct.data_ptr<scalar_t>();
+      scalar_t* dp = grad_pre.data_ptr<scalar_t>() + t * 4 * BH;
+      for_rows(B, H, [&](int64_t b) {
+        const int64_t o = b * H;
+        if (!valid(m, t, B, b)) {  // past the end: the state passed through unchanged
+          for (int64_t j = o; j < o + H; ++j) keep[j] = d[j] + go[j];
+          std::fill(dp + 4 * o, dp + 4 * (o + H), scalar_t(0));
+        } else if (zone) {
+          lstm_backward_row<true>(d + o, go + o, dcp + o, cch + 5 * o, c + o, kh + o, kc + o,
+                                  keep + o, dp + 4 * o, H);
+        } else {
+          lstm_backward_row<false>(d + o, go + o, dcp + o, cch + 5 * o, c + o, kh, kc, keep + o,
+                                   dp + 4 * o, H);
+        }
+      });
+    });
+    if (through.defined()) {  // dL/dh_{t-1} = direct + (dp @ W_hh) * rec_mask
+      at::mm_out(through, grad_pre[t], w_hh);
+      at::addcmul_out(dh, direct, through, rec_mask);
+    } else {
+      at::addmm_out(dh, direct, grad_pre[t], w_hh);
+    }
+  }
+  return {grad_pre, dh, dc};
+}
+
+// LN-LSTM forward: gx (T, B, 4H) (the normalised input projection, its shift included), params
+// {w_hh, b_hh (4H), w_c, b_c (H)} -> {states, cells (T+1, B, H), cache (T, B, 10H), stats
+// (T, B, 2)}.
+std::vector<Tensor> ln_lstm_forward(Tensor gx, Tensor w_hh, Tensor h0, Tensor c0, Tensor mask,
+                                    std::vector<Tensor> params) {
+  const int64_t T = gx.size(0), B = gx.size(1), H = h0.size(1);
+  gx = gx.contiguous();
+  for (auto& p : params) p = p.contiguous();
+  auto states = at::empty({T + 1, B, H}, gx.options());
+  auto cells = at::empty({T + 1, B, H}, gx.options());
+  auto cache = at::empty({T, B, 10 * H}, gx.options());
+  auto stats = at::empty({T, B, 2}, gx.options());
+  auto raw = at::empty({B, 4 * H}, gx.options());
+  auto w_t = w_hh.t();
+  states[0].copy_(h0), cells[0].copy_(c0);
+  const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
+  for (int64_t t = 0; t < T; ++t) {
+    at::mm_out(raw, states[t], w_t);
+    AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "ln_lstm_forward", [&] {
+      const LnParams<scalar_t> p{params[0].data_ptr<scalar_t>(), params[1].data_ptr<scalar_t>(),
+                                 params[2].data_ptr<scalar_t>(), params[3].data_ptr<scalar_t>()};
+      const int64_t BH = B * H;
+      const scalar_t* x = gx.data_ptr<scalar_t>() + t * 4 * BH;
+      const scalar_t* r = raw.data_ptr<scalar_t>();
+      scalar_t* h = states.data_ptr<scalar_t>() + t * BH;
+      scalar_t* c = cells.data_ptr<scalar_t>() + t * BH;
+      scalar_t* cch = cache.data_ptr<scalar_t>() + t * 10 * BH;
+      scalar_t* st = stats.data_ptr<scalar_t>() + t * B * 2;
+      for_rows(B, 10 * H, [&](int64_t b) {
+        const int64_t o = b * H;
+        if (valid(m, t, B, b)) {
+          ln_lstm_forward_row(x + 4 * o, r + 4 * o, c + o, p, h + BH + o, c + BH + o,
+                              cch + 10 * o, st + 2 * b, H);
+        } else {
+          std::copy(h + o, h + o + H, h + BH + o), std::copy(c + o, c + o + H, c + BH + o);
+          std::fill(cch + 10 * o, cch + 10 * (o + H), scalar_t(0));
+          std::fill(st + 2 * b, st + 2 * b + 2, scalar_t(0));
+        }
+      });
+    });
+  }
+  return {states, cells, cache, stats};
+}
+
+// LN-LSTM backward -> {grad_gx (T, B, 4H), grad_raw (T, B, 4H), grad_norm (T, B, H), grad_h0,
+// grad_c0}; the parameters' gradients are sums of these against the cached normalised values.
+std::vector<Tensor> ln_lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor w_hh,
+                                     Tensor cells, Tensor cache, Tensor stats, Tensor mask,
+                                     std::vector<Tensor> params) {
+  const int64_t T = cache.size(0), B = cache.size(1), H = cells.size(2);
+  grad_out = grad_out.contiguous();
+  for (auto& p : params) p = p.contiguous();
+  auto grad_gx = at::empty({T, B, 4 * H}, cache.options());
+  auto grad_raw = at::empty({T, B, 4 * H}, cache.options());
+  auto grad_norm = at::empty({T, B, H}, cache.options());
+  auto dh = grad_hn.contiguous().clone();
+  auto dc = grad_cn.contiguous().clone();
+  auto direct = at::empty_like(dh);
+  auto zeros = grad_out.numel() ? Tensor() : at::zeros_like(dh);
+  const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
+  for (int64_t t = T - 1; t >= 0; --t) {
+    AT_DISPATCH_FLOATING_TYPES(cache.scalar_type(), "ln_lstm_backward", [&] {
+      const LnParams<scalar_t> p{params[0].data_ptr<scalar_t>(), params[1].data_ptr<scalar_t>(),
+                                 params[2].data_ptr<scalar_t>(), params[3].data_ptr<scalar_t>()};
+      const int64_t BH = B * H;
+      const scalar_t* go = output_grad<scalar_t>(grad_out, zeros, t, BH);
+      const scalar_t* c = cells.data_ptr<scalar_t>() + t * BH;  // c_{t-1}
+      const scalar_t* cch = cache.data_ptr<scalar_t>() + t * 10 * BH;
+      const scalar_t* st = stats.data_ptr<scalar_t>() + t * B * 2;
+      const scalar_t* d = dh.data_ptr<scalar_t>();
+      scalar_t* dcp = dc.data_ptr<scalar_t>();
+      scalar_t* keep = direct.data_ptr<scalar_t>();
+      scalar_t* dg = grad_gx.data_ptr<scalar_t>() + t * 4 * BH;
+      scalar_t* dr = grad_raw.data_ptr<scalar_t>() + t * 4 * BH;
+      scalar_t* dn = grad_norm.data_ptr<scalar_t>() + t * BH;
+      for_rows(B, 10 * H, [&](int64_t b) {
+        const int64_t o = b * H;
+        if (valid(m, t, B, b)) {
+          ln_lstm_backward_row(d + o, go + o, dcp + o, cch + 10 * o, st + 2 * b, c + o, p,
+                               dg + 4 * o, dr + 4 * o, dn + o, H);
+          std::fill(keep + o, keep + o + H, scalar_t(0));
+        } else {  // past the end: the state passed through unchanged
+          for (int64_t j = o; j < o + H; ++j) keep[j] = d[j] + go[j];
+          std::fill(dg + 4 * o, dg + 4 * (o + H), scalar_t(0));
+          std::fill(dr + 4 * o, dr + 4 * (o + H), scalar_t(0));
+          std::fill(dn + o, dn + o + H, scalar_t(0));
+        }
+      });
+    });
+    at::addmm_out(dh, direct, grad_raw[t], w_hh);
+  }
+  return {grad_gx, grad_raw, grad_norm, dh, dc};
+}
+
 // Elman forward: gx (T, B, H) -> states (T+1, B, H); nonlinearity 0 tanh, 1 relu, 2 sigmoid.
 Tensor elman_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0, Tensor mask,
                      int64_t nonlinearity) {
@@ -273,6 +630,10 @@ std::vector<Tensor> elman_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh,
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("lstm_forward", &lstm_forward);
+  m.def("lstm_backward", &lstm_backward);
+  m.def("ln_lstm_forward", &ln_lstm_forward);
+  m.def("ln_lstm_backward", &ln_lstm_backward);
   m.def("gru_forward", &gru_forward);
   m.def("gru_backward", &gru_backward);
   m.def("elman_forward", &elman_forward);
