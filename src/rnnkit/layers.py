@@ -186,13 +186,13 @@ class _RecurrentLayer(nn.Module):
         """One layer's step: x (B, I), the state tuple -> the new state tuple. Plain cells take
         torch's fused cell function (both products and the pointwise math in one call: the
         cheapest step there is); every other cell (`ProjectedLSTMCell` too) its own `Cell.step`."""
-        w = self._weights(layer, "")
         fused = self._torch_cell() if type(cell) in (ElmanCell, LSTMCell, GRUCell) else None
-        if fused is not None:
-            new = fused(x, state if len(state) > 1 else state[0], w["weight_ih"],
-                        w["weight_hh"], w["bias_ih"], w["bias_hh"])  # fmt: skip
+        if fused is not None:  # the parameters read directly: getattr costs microseconds here
+            p, k = self._parameters, f"_l{layer}"
+            new = fused(x, state if len(state) > 1 else state[0], p["weight_ih" + k],
+                        p["weight_hh" + k], p.get("bias_ih" + k), p.get("bias_hh" + k))  # fmt: skip
             return new if isinstance(new, tuple) else (new,)
-        gx, w_hh, b_hh, params = cell.engine_inputs(x[None], w)
+        gx, w_hh, b_hh, params = cell.engine_inputs(x[None], self._weights(layer, ""))
         gh = nn.functional.linear(state[0], w_hh, b_hh)
         return cell.step(gx[0], gh, state, params)[0]
 
