@@ -614,6 +614,8 @@ def _classifier_options(function):
         click.option("--pooling", type=click.Choice(["last", "mean", "max", "attention"])),
         click.option("--dropout", type=float, help="Dropout (inputs, between layers, head)."),
         click.option("--batch", type=int, help="Examples per step."),
+        click.option("--bucket", type=int,
+                     help="Draw a batch among BUCKET x batch examples of similar length; 0: any."),
         click.option("--valid-fraction", type=float, help="Training part held out to validate."),
         click.option("--impl", type=click.Choice(["auto", "bptt", "torch"])),
     ]  # fmt: skip
@@ -627,6 +629,7 @@ def _classifier_options(function):
 @click.option("--encoding", help="Encoding of the files.  [default: utf-8]")
 @click.option("--min-count", type=int, help="Keep words seen this often; others <unk>. [2]")
 @click.option("--embed", type=int, help="Word embedding size.  [default: 300]")
+@click.option("--word-dropout", type=float, help="Training words turned <unk> at this rate. [0]")
 @click.option("--folds", type=int, help="Stratified folds.  [default: 10]")
 @click.option("--fold", type=int, help="The fold that tests (one run).  [default: 0]")
 @click.option("--cv", is_flag=True, help="Cross-validate: every fold tests once; mean and std.")

@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from rnnkit.cli import main
 from rnnkit.data.labelled import read_labelled
 from rnnkit.errors import RnnkitError
+from rnnkit.tasks.classify import draw_batch
 
 GOOD = ["a wonderful moving film", "great acting and a great story", "i loved it", "superb fun"]
 BAD = ["a dull boring mess", "terrible acting , awful story", "i hated it", "tedious junk"]
@@ -107,3 +109,32 @@ def test_empty_text_and_explain_without_attention(run, tmp_path):
     assert result.exit_code == 2 and "the text is empty" in result.output
     with pytest.raises(RnnkitError, match="give a .csv or .tsv file"):
         read_labelled(bad(tmp_path, "x.json", "{}"))
+
+
+def test_word_dropout_turns_words_unknown_at_its_rate():
+    from rnnkit.tasks.sentiment import word_dropout
+
+    drop = word_dropout(unk=0, rate=0.25)
+    ids = torch.arange(1, 40001)
+    dropped = drop(ids, torch.Generator().manual_seed(0))
+    changed = dropped != ids
+    assert (dropped[changed] == 0).all()
+    assert abs(changed.float().mean().item() - 0.25) < 0.01
+    assert torch.equal(drop(ids, torch.Generator().manual_seed(0)), dropped)  # seeded
+
+
+def test_length_buckets_pad_little_and_reach_every_example():
+    """`draw_batch` with bucket 4: batches of similar lengths, every example about equally
+    often (the window wraps around the length order, so the ends are not starved)."""
+    lengths = torch.randint(1, 60, (1000,)).tolist()
+    by_length = sorted(range(1000), key=lambda i: lengths[i])
+    rng = torch.Generator().manual_seed(0)
+    counts = torch.zeros(1000)
+    spreads = []
+    for _ in range(4000):
+        index = draw_batch(by_length, 25, 4, rng)
+        assert len(set(index)) == 25  # without replacement within a batch
+        counts[index] += 1
+        spreads.append(max(lengths[i] for i in index) - min(lengths[i] for i in index))
+    assert counts.min() > 0.5 * counts.mean() and counts.max() < 1.5 * counts.mean()
+    assert sorted(spreads)[len(spreads) // 2] <= 8  # a random batch spans about 55

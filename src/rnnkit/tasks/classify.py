@@ -46,6 +46,7 @@ class ClassifierSettings:
     dropout: float = 0.3
     impl: str = "auto"
     batch: int = 32
+    bucket: int = 0
     valid_fraction: float = 0.1
 
     def check_model(self) -> None:
@@ -54,6 +55,8 @@ class ClassifierSettings:
         if self.pooling not in POOLINGS:
             raise RnnkitError(f"pooling must be one of {', '.join(POOLINGS)}, got "
                               f"{self.pooling!r}")  # fmt: skip
+        if self.bucket < 0:
+            raise RnnkitError(f"bucket must be >= 0 (0: batches of any lengths), got {self.bucket}")
         for name in ("hidden", "layers", "batch"):
             if getattr(self, name) < 1:
                 raise RnnkitError(f"{name} must be a positive integer, got {getattr(self, name)}")
@@ -79,6 +82,19 @@ def pad(items: list[Tensor]) -> tuple[Tensor, Tensor]:
     """Examples (T_i,) or (T_i, F) -> padded (T, B) or (T, B, F) (zeros) and lengths (B,)."""
     lengths = torch.tensor([len(x) for x in items])
     return pad_sequence(items), lengths
+
+
+def draw_batch(by_length: list[int], batch: int, bucket: int, rng: torch.Generator) -> list[int]:
+    """``batch`` example indices. With ``bucket`` = 0 drawn with replacement from all examples;
+    else without replacement from ``bucket * batch`` neighbours in ``by_length`` (the indices
+    sorted by length, read circularly from a uniform start, so every example is equally likely):
+    such a batch pads to about its own length rather than to the longest of a random draw."""
+    n = len(by_length)
+    if bucket == 0:
+        return torch.randint(0, n, (batch,), generator=rng).tolist()
+    start = int(torch.randint(0, n, (1,), generator=rng))
+    offsets = torch.randperm(min(n, bucket * batch), generator=rng)[:batch].tolist()
+    return [by_length[(start + k) % n] for k in offsets]
 
 
 def stratified_folds(labels: list[int], folds: int, seed: int) -> list[int]:
@@ -115,6 +131,8 @@ class ClassifyTask:
             if len(data[split]) == 0:
                 raise RnnkitError(f"the {split} set is empty; give more examples")
         self.steps_per_epoch = math.ceil(len(data["train"]) / settings.batch)
+        train = data["train"].items
+        self.by_length = sorted(range(len(train)), key=lambda i: len(train[i]))
 
     def config(self) -> dict[str, Any]:
         return {**asdict(self.settings), "classes": self.classes}
@@ -129,7 +147,7 @@ class ClassifyTask:
     def train_batch(self, step: int, rng: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         """``batch`` random training examples (augmented): x, lengths, labels (B,)."""
         train = self.data["train"]
-        index = torch.randint(0, len(train), (self.settings.batch,), generator=rng).tolist()
+        index = draw_batch(self.by_length, self.settings.batch, self.settings.bucket, rng)
         items = [train.items[i] for i in index]
         if self.augment is not None:
             items = [self.augment(x, rng) for x in items]

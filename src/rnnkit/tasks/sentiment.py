@@ -46,11 +46,13 @@ class SentimentConfig(ClassifierSettings):
     min_count: int = 2
     max_vocab: int = 30000
     embed: int = 300
+    word_dropout: float = 0.0
     folds: int = 10
     fold: int = 0
     split_seed: int = 0
     hidden: int = 100
     batch: int = 50
+    bucket: int = 4
     pooling: str = "attention"
     dropout: float = 0.5
 
@@ -64,6 +66,8 @@ class SentimentConfig(ClassifierSettings):
                               f"{self.folds}")  # fmt: skip
         if self.min_count < 1 or self.max_vocab < 2 or self.embed < 1:
             raise RnnkitError("min_count and embed must be >= 1, max_vocab >= 2")
+        if not 0.0 <= self.word_dropout < 1.0:
+            raise RnnkitError(f"word_dropout must be in [0, 1), got {self.word_dropout}")
 
 
 #: training defaults of `rnnkit train sentiment` (MR: 9,596 training sentences per fold)
@@ -112,7 +116,17 @@ def make_task(cfg: SentimentConfig) -> ClassifyTask:
         ckpt.atomic_write_json(run_dir / VOCAB, vocab.to_json())
 
     model_input = {"vocab_size": len(vocab), "embed": cfg.embed}
-    return ClassifyTask(NAME, cfg, model_input, data.classes, splits, assets=save_vocab)
+    augment = word_dropout(vocab.index[vocab.unk], cfg.word_dropout) if cfg.word_dropout else None
+    return ClassifyTask(NAME, cfg, model_input, data.classes, splits, augment, save_vocab)
+
+
+def word_dropout(unk: int, rate: float) -> classify.Augment:
+    """Word dropout (Iyyer et al. 2015): each training word becomes ``unk`` with ``rate``."""
+
+    def drop(ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return ids.masked_fill(torch.rand(ids.shape, generator=generator) < rate, unk)
+
+    return drop
 
 
 def train(
