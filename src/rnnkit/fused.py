@@ -50,7 +50,7 @@ def extension():
             _state["failed"] = True
             warnings.warn(
                 f"rnnkit: the C++ time loops could not be built ({err}); running the Python "
-                "engine, which is slower for GRU and Elman cells",
+                "engine, which is slower (most for GRU and Elman cells)",
                 RuntimeWarning,
                 stacklevel=2,
             )
