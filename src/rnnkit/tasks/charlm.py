@@ -51,7 +51,7 @@ class CharLMConfig:
     max_vocab: int | None = None
     cell: str = "lstm"
     embed: int = 128
-    hidden: int = 512
+    hidden: int = 384
     layers: int = 2
     dropout: float = 0.2
     impl: str = "auto"
