@@ -22,7 +22,7 @@ def test_the_extension_builds_here():
         (rnnkit.LSTMCell(3, 4), True),
         (rnnkit.LayerNormGRUCell(3, 4), False),
         (rnnkit.LayerNormLSTMCell(3, 4), True),
-        (rnnkit.PeepholeLSTMCell(3, 4), False),
+        (rnnkit.PeepholeLSTMCell(3, 4), True),
     ],
 )
 def test_which_cells_run_in_cpp(cell, expected):
@@ -35,6 +35,7 @@ def test_only_the_lstm_loop_takes_recurrent_noise():
     assert fused.supports(rnnkit.LSTMCell(3, 4), noisy=True)
     assert not fused.supports(rnnkit.GRUCell(3, 4), noisy=True)
     assert not fused.supports(rnnkit.LayerNormLSTMCell(3, 4), noisy=True)
+    assert not fused.supports(rnnkit.PeepholeLSTMCell(3, 4), noisy=True)
 
 
 LAYERS = {
@@ -44,6 +45,7 @@ LAYERS = {
     "lstm-recurrent-dropout": lambda: rnnkit.LSTM(8, 16, bidirectional=True, recurrent_dropout=0.3),
     "lstm-zoneout": lambda: rnnkit.LSTM(8, 16, bidirectional=True, zoneout=(0.2, 0.4)),
     "ln-lstm": lambda: rnnkit.LSTM(8, 16, num_layers=2, bidirectional=True, layer_norm=True),
+    "peephole-lstm": lambda: rnnkit.LSTM(8, 16, num_layers=2, bidirectional=True, peephole=True),
     "lstm-all-noise": lambda: rnnkit.LSTM(
         8, 16, num_layers=2, zoneout=0.1, recurrent_dropout=0.2, weight_dropout=0.3
     ),
@@ -89,9 +91,26 @@ def test_cpp_lstm_gradcheck_with_noise():
     keep_h, keep_c = ((torch.rand(T, B, H) < 0.3).double() for _ in range(2))
 
     def run(gx, weight, bias, h0, c0):
-        return fused._FusedLSTM.apply(gx, weight, bias, h0, c0, mask, rec, keep_h, keep_c)
+        return fused._FusedLSTM.apply(gx, weight, bias, h0, c0, mask, rec, keep_h, keep_c, None)
 
     assert torch.autograd.gradcheck(run, (gx, weight, bias, h0, c0))
+
+
+def test_cpp_peephole_lstm_gradcheck():
+    """The LSTM loop with peepholes: their weights' gradients too, with ragged lengths."""
+    torch.manual_seed(0)
+    T, B, H = 5, 3, 4
+
+    def randn(*shape):
+        return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+
+    inputs = (randn(T, B, 4 * H), randn(4 * H, H), randn(4 * H), randn(B, H), randn(B, H))
+    mask = (torch.arange(T)[:, None] < torch.tensor([5, 2, 4])[None, :]).unsqueeze(-1)
+
+    def run(gx, weight, bias, h0, c0, peep):
+        return fused._FusedLSTM.apply(gx, weight, bias, h0, c0, mask, None, None, None, peep)
+
+    assert torch.autograd.gradcheck(run, (*inputs, randn(3 * H)))
 
 
 def test_cpp_layer_norm_lstm_gradcheck():

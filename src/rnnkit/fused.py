@@ -7,11 +7,11 @@ LSTM through oneDNN. The extension runs the same algorithm as `rnnkit.recurrence
 product, one GEMM per step, BPTT with the weight gradients gathered after the loop) with each
 step's pointwise math fused into one pass. It is compiled with `torch.utils.cpp_extension` on
 first use (about a minute, cached under ~/.cache/torch_extensions) and covers exactly the
-classic cells and the layer-normalised LSTM, and for the LSTM also recurrent dropout and zoneout
-(their masks drawn in Python as the Python engine draws them, so both paths give the same numbers
-under one seed); every other configuration runs the Python engine. It is built for the CPU it
-runs on (``-march=native``), so the per-step pointwise passes, with float32 ``exp``/``tanh`` as
-vectorisable polynomials, run in SIMD registers.
+classic cells, the peephole and the layer-normalised LSTM, and for the LSTM also recurrent
+dropout and zoneout (their masks drawn in Python as the Python engine draws them, so both paths
+give the same numbers under one seed); every other configuration runs the Python engine. It is
+built for the CPU it runs on (``-march=native``), so the per-step pointwise passes, with float32
+``exp``/``tanh`` as vectorisable polynomials, run in SIMD registers.
 
 If the build fails, rnnkit warns once and runs the Python engine; ``RNNKIT_FUSED=0`` turns the
 extension off, and `fused_enabled(False)` does so in-process (the tests run both paths).
@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from rnnkit.cells import ElmanCell, GRUCell, LayerNormLSTMCell, LSTMCell
+from rnnkit.cells import ElmanCell, GRUCell, LayerNormLSTMCell, LSTMCell, PeepholeLSTMCell
 from rnnkit.cells.base import Cell
 
 _SOURCE = Path(__file__).parent / "csrc" / "fused.cpp"
@@ -124,7 +124,8 @@ def fused_enabled(enabled: bool) -> Iterator[None]:
 def supports(cell: Cell, noisy: bool = False) -> bool:
     """True if this cell's time loop runs in C++ (its exact class, not a subclass); ``noisy``:
     with recurrent dropout or zoneout, which only the plain LSTM loop takes."""
-    classes = (LSTMCell,) if noisy else (LSTMCell, LayerNormLSTMCell, GRUCell, ElmanCell)
+    every = (LSTMCell, PeepholeLSTMCell, LayerNormLSTMCell, GRUCell, ElmanCell)
+    classes = (LSTMCell,) if noisy else every
     return _state["enabled"] and type(cell) in classes and extension() is not None
 
 
@@ -137,10 +138,11 @@ def run_fused(
     if isinstance(cell, LayerNormLSTMCell):
         output, h_n, c_n = _FusedLayerNormLSTM.apply(gx, weight_hh, *state0, mask, *params)
         return output, (h_n, c_n)
-    if isinstance(cell, LSTMCell):
+    if isinstance(cell, LSTMCell):  # plain or peephole (params: w_ic, w_fc, w_oc)
         keeps = _zoneout_keeps(zoneout, gx.shape[0], state0[0])
+        peephole = torch.cat(params) if params else None
         output, h_n, c_n = _FusedLSTM.apply(gx, weight_hh, bias_hh, *state0, mask,
-                                            recurrent_mask, *keeps)  # fmt: skip
+                                            recurrent_mask, *keeps, peephole)  # fmt: skip
         return output, (h_n, c_n)
     code = 3 if isinstance(cell, GRUCell) else _NONLINEARITY[cell.nonlinearity]
     output, h_n = _FusedLoop.apply(code, gx, weight_hh, bias_hh, state0[0], mask)
@@ -159,26 +161,28 @@ def _zoneout_keeps(zoneout, steps: int, h0: Tensor) -> tuple[Tensor | None, Tens
 
 
 class _FusedLSTM(torch.autograd.Function):
-    """The LSTM loop; recurrent_mask (B, H) and zoneout's keep_h, keep_c (T, B, H) may be None."""
+    """The LSTM loop; recurrent_mask (B, H), zoneout's keep_h, keep_c (T, B, H) and the peephole
+    weights (3H: w_ic | w_fc | w_oc) may be None."""
 
     @staticmethod
-    def forward(ctx, gx, weight_hh, bias_hh, h0, c0, mask, recurrent_mask, keep_h, keep_c):
+    def forward(ctx, gx, weight_hh, bias_hh, h0, c0, mask, recurrent_mask, keep_h, keep_c, peep):
         ext, none = extension(), gx.new_empty(0)
         flat_mask = mask.squeeze(-1).contiguous() if mask is not None else _EMPTY_MASK
         rec = recurrent_mask if recurrent_mask is not None else none
         keeps = (keep_h, keep_c) if keep_h is not None else (none, none)
         bias = bias_hh if bias_hh is not None else none
+        peep = peep if peep is not None else none
         states, cells, cache = ext.lstm_forward(gx, weight_hh, bias, h0, c0, flat_mask, rec,
-                                                *keeps)  # fmt: skip
+                                                *keeps, peep)  # fmt: skip
         output = states[1:] * mask if mask is not None else states[1:].clone()
         ctx.has_bias = bias_hh is not None
-        ctx.save_for_backward(weight_hh, states, cells, cache, flat_mask, rec, *keeps)
+        ctx.save_for_backward(weight_hh, states, cells, cache, flat_mask, rec, *keeps, peep)
         return output, states[-1].clone(), cells[-1].clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output, grad_h_n, grad_c_n):
-        weight_hh, states, cells, cache, flat_mask, rec, *keeps = ctx.saved_tensors
+        weight_hh, states, cells, cache, flat_mask, rec, *keeps, peep = ctx.saved_tensors
         T, B, H = cache.shape[0], cache.shape[1], states.shape[2]
         if grad_output is None:
             grad_output = states.new_empty(0)
@@ -187,13 +191,19 @@ class _FusedLSTM(torch.autograd.Function):
         grad_h_n = states.new_zeros(B, H) if grad_h_n is None else grad_h_n
         grad_c_n = states.new_zeros(B, H) if grad_c_n is None else grad_c_n
         grad_pre, grad_h0, grad_c0 = extension().lstm_backward(
-            grad_output, grad_h_n, grad_c_n, weight_hh, cells, cache, flat_mask, rec, *keeps
+            grad_output, grad_h_n, grad_c_n, weight_hh, cells, cache, flat_mask, rec, *keeps, peep
         )
         h_in = states[:-1] * rec if rec.numel() else states[:-1]
         flat = grad_pre.view(T * B, -1)
         grad_weight_hh = flat.t() @ h_in.reshape(T * B, H)
         grad_bias_hh = flat.sum(0) if ctx.has_bias else None
-        return grad_pre, grad_weight_hh, grad_bias_hh, grad_h0, grad_c0, None, None, None, None
+        grad_peep = None
+        if peep.numel():  # d_i, d_f against c_{t-1}; d_o against c_t
+            d_i, d_f, _, d_o = grad_pre.chunk(4, dim=-1)
+            seen = (cells[:-1], cells[:-1], cells[1:])
+            grad_peep = torch.cat([(d * c).sum((0, 1)) for d, c in zip((d_i, d_f, d_o), seen)])
+        grads = (grad_pre, grad_weight_hh, grad_bias_hh, grad_h0, grad_c0)
+        return *grads, None, None, None, None, grad_peep
 
 
 class _FusedLayerNormLSTM(torch.autograd.Function):

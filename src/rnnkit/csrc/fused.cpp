@@ -81,23 +81,28 @@ void gru_backward_row(const T* d, const T* go, const T* cache, const T* h, T* ke
 
 // LSTM step forward, gates i|f|g|o from x (4H) = W_i x + b_i and gh (4H) = W_h h + b_h. With
 // zoneout (Z), each unit keeps its previous value where kh (kc) is 1: h_t = kh h + (1 - kh) h'.
-template <bool Z, typename T>
+// With peepholes (P), peep (3H) = w_ic | w_fc | w_oc: i and f also see c, o sees c'.
+template <bool Z, bool P, typename T>
 void lstm_forward_row(const T* x, const T* gh, const T* h, const T* c, const T* kh, const T* kc,
-                      T* h_new, T* c_new, T* cache, int64_t H) {
+                      const T* peep, T* h_new, T* c_new, T* cache, int64_t H) {
   using L = Lanes<T>;
   over_lanes<T>(H, [&](int64_t j, int64_t n) {
-    const auto i = vsigmoid(L::load(x + j, n) + L::load(gh + j, n));
-    const auto f = vsigmoid(L::load(x + H + j, n) + L::load(gh + H + j, n));
-    const auto g = vtanh(L::load(x + 2 * H + j, n) + L::load(gh + 2 * H + j, n));
-    const auto o = vsigmoid(L::load(x + 3 * H + j, n) + L::load(gh + 3 * H + j, n));
-    const auto cn = f * L::load(c + j, n) + i * g;
-    const auto tc = vtanh(cn);
+    auto pre = [&](int64_t k) { return L::load(x + k * H + j, n) + L::load(gh + k * H + j, n); };
+    const auto cp = L::load(c + j, n);
+    auto a_i = pre(0), a_f = pre(1), a_o = pre(3);
+    if constexpr (P) {
+      a_i = a_i + L::load(peep + j, n) * cp, a_f = a_f + L::load(peep + H + j, n) * cp;
+    }
+    const auto i = vsigmoid(a_i), f = vsigmoid(a_f), g = vtanh(pre(2));
+    const auto cn = f * cp + i * g;
+    if constexpr (P) a_o = a_o + L::load(peep + 2 * H + j, n) * cn;
+    const auto o = vsigmoid(a_o), tc = vtanh(cn);
     L::store(cache + j, i, n), L::store(cache + H + j, f, n), L::store(cache + 2 * H + j, g, n);
     L::store(cache + 3 * H + j, o, n), L::store(cache + 4 * H + j, tc, n);
     if constexpr (Z) {
       const auto zh = L::load(kh + j, n), zc = L::load(kc + j, n);
       L::store(h_new + j, zh * L::load(h + j, n) + (1 - zh) * (o * tc), n);
-      L::store(c_new + j, zc * L::load(c + j, n) + (1 - zc) * cn, n);
+      L::store(c_new + j, zc * cp + (1 - zc) * cn, n);
     } else {
       L::store(h_new + j, o * tc, n), L::store(c_new + j, cn, n);
     }
@@ -107,9 +112,9 @@ void lstm_forward_row(const T* x, const T* gh, const T* h, const T* c, const T* 
 // LSTM step backward: dh + go and dc are the gradients of h_t and c_t; writes the gradient of
 // the pre-activations (dp, 4H: the same through the input and the recurrent product), keep_h
 // (what reaches h_{t-1} directly: zoneout's share) and dc_prev (dL/dc_{t-1}, overwrites dc).
-template <bool Z, typename T>
+template <bool Z, bool P, typename T>
 void lstm_backward_row(const T* dh, const T* go, T* dc, const T* cache, const T* c,
-                       const T* kh, const T* kc, T* keep_h, T* dp, int64_t H) {
+                       const T* kh, const T* kc, const T* peep, T* keep_h, T* dp, int64_t H) {
   using L = Lanes<T>;
   over_lanes<T>(H, [&](int64_t j, int64_t n) {
     auto gh = L::load(dh + j, n) + L::load(go + j, n);
@@ -123,14 +128,26 @@ void lstm_backward_row(const T* dh, const T* go, T* dc, const T* cache, const T*
     const auto i = L::load(cache + j, n), f = L::load(cache + H + j, n);
     const auto g = L::load(cache + 2 * H + j, n), o = L::load(cache + 3 * H + j, n);
     const auto tc = L::load(cache + 4 * H + j, n);
-    const auto gct = gc + gh * o * (1 - tc * tc);
-    L::store(dp + j, gct * g * i * (1 - i), n);
-    L::store(dp + H + j, gct * L::load(c + j, n) * f * (1 - f), n);
-    L::store(dp + 2 * H + j, gct * i * (1 - g * g), n);
-    L::store(dp + 3 * H + j, gh * tc * o * (1 - o), n);
-    L::store(dc + j, gct * f + through_c, n);
+    const auto d_o = gh * tc * o * (1 - o);
+    auto gct = gc + gh * o * (1 - tc * tc);
+    if constexpr (P) gct = gct + d_o * L::load(peep + 2 * H + j, n);
+    const auto d_i = gct * g * i * (1 - i), d_f = gct * L::load(c + j, n) * f * (1 - f);
+    L::store(dp + j, d_i, n), L::store(dp + H + j, d_f, n);
+    L::store(dp + 2 * H + j, gct * i * (1 - g * g), n), L::store(dp + 3 * H + j, d_o, n);
+    auto dc_prev = gct * f + through_c;
+    if constexpr (P) dc_prev = dc_prev + d_i * L::load(peep + j, n) + d_f * L::load(peep + H + j, n);
+    L::store(dc + j, dc_prev, n);
     L::store(keep_h + j, through_h, n);
   });
+}
+
+// Calls f(std::bool_constant<Z>, std::bool_constant<P>) for runtime flags.
+template <typename F>
+void with_variant(bool zone, bool peep, const F& f) {
+  if (zone && peep) f(std::true_type{}, std::true_type{});
+  else if (zone) f(std::true_type{}, std::false_type{});
+  else if (peep) f(std::false_type{}, std::true_type{});
+  else f(std::false_type{}, std::false_type{});
 }
 
 // ---- Layer normalisation of one row (LN-LSTM). ----------------------------------------------
@@ -377,11 +394,13 @@ std::vector<Tensor> gru_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh, T
 // LSTM forward: gx (T, B, 4H) -> {states (T+1, B, H), cells (T+1, B, H), cache (T, B, 5H)}.
 // Each of these may be empty: rec_mask (B, H) multiplies h before the recurrent product
 // (variational recurrent dropout), keep_h and keep_c (T, B, H) are zoneout's keep masks (or its
-// rates at evaluation).
+// rates at evaluation), peephole (3H) the peephole weights w_ic | w_fc | w_oc.
 std::vector<Tensor> lstm_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0, Tensor c0,
-                                 Tensor mask, Tensor rec_mask, Tensor keep_h, Tensor keep_c) {
+                                 Tensor mask, Tensor rec_mask, Tensor keep_h, Tensor keep_c,
+                                 Tensor peephole) {
   const int64_t T = gx.size(0), B = gx.size(1), H = h0.size(1);
   gx = gx.contiguous(), keep_h = keep_h.contiguous(), keep_c = keep_c.contiguous();
+  peephole = peephole.contiguous();
   auto states = at::empty({T + 1, B, H}, gx.options());
   auto cells = at::empty({T + 1, B, H}, gx.options());
   auto cache = at::empty({T, B, 5 * H}, gx.options());
@@ -403,17 +422,18 @@ std::vector<Tensor> lstm_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0,
       const scalar_t* kh = zone ? keep_h.data_ptr<scalar_t>() + t * BH : nullptr;
       const scalar_t* kc = zone ? keep_c.data_ptr<scalar_t>() + t * BH : nullptr;
       scalar_t* cch = cache.data_ptr<scalar_t>() + t * 5 * BH;
-      for_rows(B, H, [&](int64_t b) {
-        const int64_t o = b * H;
-        if (!valid(m, t, B, b)) {
-          std::copy(h + o, h + o + H, h + BH + o), std::copy(c + o, c + o + H, c + BH + o);
-        } else if (zone) {
-          lstm_forward_row<true>(x + 4 * o, r_h + 4 * o, h + o, c + o, kh + o, kc + o,
-                                 h + BH + o, c + BH + o, cch + 5 * o, H);
-        } else {
-          lstm_forward_row<false>(x + 4 * o, r_h + 4 * o, h + o, c + o, kh, kc, h + BH + o,
-                                  c + BH + o, cch + 5 * o, H);
-        }
+      const scalar_t* peep = peephole.numel() ? peephole.data_ptr<scalar_t>() : nullptr;
+      with_variant(zone, peep != nullptr, [&](auto z, auto p) {
+        for_rows(B, H, [&](int64_t b) {
+          const int64_t o = b * H;
+          if (valid(m, t, B, b)) {
+            lstm_forward_row<decltype(z)::value, decltype(p)::value>(
+                x + 4 * o, r_h + 4 * o, h + o, c + o, zone ? kh + o : kh, zone ? kc + o : kc,
+                peep, h + BH + o, c + BH + o, cch + 5 * o, H);
+          } else {
+            std::copy(h + o, h + o + H, h + BH + o), std::copy(c + o, c + o + H, c + BH + o);
+          }
+        });
       });
     });
   }
@@ -424,9 +444,10 @@ std::vector<Tensor> lstm_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0,
 // and grad_cn (B, H) -> {grad_pre (T, B, 4H) (both grad_gx and grad_gh), grad_h0, grad_c0}.
 std::vector<Tensor> lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor w_hh,
                                   Tensor cells, Tensor cache, Tensor mask, Tensor rec_mask,
-                                  Tensor keep_h, Tensor keep_c) {
+                                  Tensor keep_h, Tensor keep_c, Tensor peephole) {
   const int64_t T = cache.size(0), B = cache.size(1), H = cells.size(2);
   grad_out = grad_out.contiguous(), keep_h = keep_h.contiguous(), keep_c = keep_c.contiguous();
+  peephole = peephole.contiguous();
   auto grad_pre = at::empty({T, B, 4 * H}, cache.options());
   auto dh = grad_hn.contiguous().clone();
   auto dc = grad_cn.contiguous().clone();
@@ -447,18 +468,19 @@ std::vector<Tensor> lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_c
       scalar_t* dcp = dc.data_ptr<scalar_t>();
       scalar_t* keep = direct.data_ptr<scalar_t>();
       scalar_t* dp = grad_pre.data_ptr<scalar_t>() + t * 4 * BH;
-      for_rows(B, H, [&](int64_t b) {
-        const int64_t o = b * H;
-        if (!valid(m, t, B, b)) {  // past the end: the state passed through unchanged
-          for (int64_t j = o; j < o + H; ++j) keep[j] = d[j] + go[j];
-          std::fill(dp + 4 * o, dp + 4 * (o + H), scalar_t(0));
-        } else if (zone) {
-          lstm_backward_row<true>(d + o, go + o, dcp + o, cch + 5 * o, c + o, kh + o, kc + o,
-                                  keep + o, dp + 4 * o, H);
-        } else {
-          lstm_backward_row<false>(d + o, go + o, dcp + o, cch + 5 * o, c + o, kh, kc, keep + o,
-                                   dp + 4 * o, H);
-        }
+      const scalar_t* peep = peephole.numel() ? peephole.data_ptr<scalar_t>() : nullptr;
+      with_variant(zone, peep != nullptr, [&](auto z, auto p) {
+        for_rows(B, H, [&](int64_t b) {
+          const int64_t o = b * H;
+          if (valid(m, t, B, b)) {
+            lstm_backward_row<decltype(z)::value, decltype(p)::value>(
+                d + o, go + o, dcp + o, cch + 5 * o, c + o, zone ? kh + o : kh,
+                zone ? kc + o : kc, peep, keep + o, dp + 4 * o, H);
+          } else {  // past the end: the state passed through unchanged
+            for (int64_t j = o; j < o + H; ++j) keep[j] = d[j] + go[j];
+            std::fill(dp + 4 * o, dp + 4 * (o + H), scalar_t(0));
+          }
+        });
       });
     });
     if (through.defined()) {  // dL/dh_{t-1} = direct + (dp @ W_hh) * rec_mask
