@@ -7,11 +7,11 @@ LSTM through oneDNN. The extension runs the same algorithm as `rnnkit.recurrence
 product, one GEMM per step, BPTT with the weight gradients gathered after the loop) with each
 step's pointwise math fused into one pass. It is compiled with `torch.utils.cpp_extension` on
 first use (about a minute, cached under ~/.cache/torch_extensions) and covers exactly the
-classic cells, the peephole and the layer-normalised LSTM, and for the LSTM also recurrent
-dropout and zoneout (their masks drawn in Python as the Python engine draws them, so both paths
-give the same numbers under one seed); every other configuration runs the Python engine. It is
-built for the CPU it runs on (``-march=native``), so the per-step pointwise passes, with float32
-``exp``/``tanh`` as vectorisable polynomials, run in SIMD registers.
+classic cells, the peephole LSTM and the layer-normalised LSTM and GRU, and for the LSTM also
+recurrent dropout and zoneout (their masks drawn in Python as the Python engine draws them, so
+both paths give the same numbers under one seed); every other configuration runs the Python
+engine. It is built for the CPU it runs on (``-march=native``), so the per-step pointwise
+passes, with float32 ``exp``/``tanh`` as vectorisable polynomials, run in SIMD registers.
 
 If the build fails, rnnkit warns once and runs the Python engine; ``RNNKIT_FUSED=0`` turns the
 extension off, and `fused_enabled(False)` does so in-process (the tests run both paths).
@@ -30,7 +30,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from rnnkit.cells import ElmanCell, GRUCell, LayerNormLSTMCell, LSTMCell, PeepholeLSTMCell
+from rnnkit.cells import (
+    ElmanCell,
+    GRUCell,
+    LayerNormGRUCell,
+    LayerNormLSTMCell,
+    LSTMCell,
+    PeepholeLSTMCell,
+)
 from rnnkit.cells.base import Cell
 
 _SOURCE = Path(__file__).parent / "csrc" / "fused.cpp"
@@ -124,7 +131,7 @@ def fused_enabled(enabled: bool) -> Iterator[None]:
 def supports(cell: Cell, noisy: bool = False) -> bool:
     """True if this cell's time loop runs in C++ (its exact class, not a subclass); ``noisy``:
     with recurrent dropout or zoneout, which only the plain LSTM loop takes."""
-    every = (LSTMCell, PeepholeLSTMCell, LayerNormLSTMCell, GRUCell, ElmanCell)
+    every = (LSTMCell, PeepholeLSTMCell, LayerNormLSTMCell, GRUCell, LayerNormGRUCell, ElmanCell)
     classes = (LSTMCell,) if noisy else every
     return _state["enabled"] and type(cell) in classes and extension() is not None
 
@@ -138,6 +145,9 @@ def run_fused(
     if isinstance(cell, LayerNormLSTMCell):
         output, h_n, c_n = _FusedLayerNormLSTM.apply(gx, weight_hh, *state0, mask, *params)
         return output, (h_n, c_n)
+    if isinstance(cell, LayerNormGRUCell):
+        output, h_n = _FusedLayerNormGRU.apply(gx, weight_hh, state0[0], mask, *params)
+        return output, (h_n,)
     if isinstance(cell, LSTMCell):  # plain or peephole (params: w_ic, w_fc, w_oc)
         keeps = _zoneout_keeps(zoneout, gx.shape[0], state0[0])
         peephole = torch.cat(params) if params else None
@@ -149,6 +159,23 @@ def run_fused(
     return output, (h_n,)
 
 
+def stack_step(cells: list[Cell], x: Tensor, state: tuple[Tensor, ...], weights: list[Tensor]):
+    """One step of a stack of plain LSTM, GRU or Elman layers in one C++ call (streaming; no
+    autograd): x (B, I), state (h,) or (h, c) each (L, B, H), weights w_ih, w_hh, b_ih, b_hh per
+    layer (None: no bias) -> the new state, shaped as ``state``; None when the C++ loops are off
+    or the cells are not all of one plain kind."""
+    kind = type(cells[0])
+    if kind not in (LSTMCell, GRUCell, ElmanCell) or any(type(c) is not kind for c in cells):
+        return None
+    if not _state["enabled"] or extension() is None:
+        return None
+    code = {LSTMCell: 4, GRUCell: 3}.get(kind) or _NONLINEARITY[cells[0].nonlinearity]
+    none = x.new_empty(0)
+    flat = [none if w is None else w for w in weights]
+    h, c = extension().stack_step(x, state[0], state[1] if len(state) > 1 else none, flat, code)
+    return (h, c) if len(state) > 1 else (h,)
+
+
 def _zoneout_keeps(zoneout, steps: int, h0: Tensor) -> tuple[Tensor | None, Tensor | None]:
     """Zoneout's (T, B, H) keep masks of h and c, drawn step by step in the Python engine's order
     (its rates at evaluation), or (None, None) without zoneout."""
@@ -158,6 +185,18 @@ def _zoneout_keeps(zoneout, steps: int, h0: Tensor) -> tuple[Tensor | None, Tens
         return tuple(h0.new_full((steps, *h0.shape), p) for p in zoneout.rates)
     draws = [zoneout.sample((h0, h0)) for _ in range(steps)]
     return tuple(torch.stack(k) for k in zip(*draws))
+
+
+def _incoming(grad_output, grad_finals, flat_mask: Tensor, states: Tensor):
+    """What reaches a loop's backward: the outputs' gradient zeroed past each sequence's end (an
+    empty tensor when the outputs were not used) and the final states' gradients (zeros when
+    unused)."""
+    if grad_output is None:
+        grad_output = states.new_empty(0)
+    elif flat_mask.numel():
+        grad_output = grad_output * flat_mask.unsqueeze(-1)
+    shape = states.shape[1:]
+    return grad_output, [states.new_zeros(shape) if g is None else g for g in grad_finals]
 
 
 class _FusedLSTM(torch.autograd.Function):
@@ -184,12 +223,9 @@ class _FusedLSTM(torch.autograd.Function):
     def backward(ctx, grad_output, grad_h_n, grad_c_n):
         weight_hh, states, cells, cache, flat_mask, rec, *keeps, peep = ctx.saved_tensors
         T, B, H = cache.shape[0], cache.shape[1], states.shape[2]
-        if grad_output is None:
-            grad_output = states.new_empty(0)
-        elif flat_mask.numel():
-            grad_output = grad_output * flat_mask.unsqueeze(-1)
-        grad_h_n = states.new_zeros(B, H) if grad_h_n is None else grad_h_n
-        grad_c_n = states.new_zeros(B, H) if grad_c_n is None else grad_c_n
+        grad_output, (grad_h_n, grad_c_n) = _incoming(
+            grad_output, (grad_h_n, grad_c_n), flat_mask, states
+        )
         grad_pre, grad_h0, grad_c0 = extension().lstm_backward(
             grad_output, grad_h_n, grad_c_n, weight_hh, cells, cache, flat_mask, rec, *keeps, peep
         )
@@ -224,12 +260,9 @@ class _FusedLayerNormLSTM(torch.autograd.Function):
     def backward(ctx, grad_output, grad_h_n, grad_c_n):
         weight_hh, states, cells, cache, stats, flat_mask, *params = ctx.saved_tensors
         T, B, H = cache.shape[0], cache.shape[1], states.shape[2]
-        if grad_output is None:
-            grad_output = states.new_empty(0)
-        elif flat_mask.numel():
-            grad_output = grad_output * flat_mask.unsqueeze(-1)
-        grad_h_n = states.new_zeros(B, H) if grad_h_n is None else grad_h_n
-        grad_c_n = states.new_zeros(B, H) if grad_c_n is None else grad_c_n
+        grad_output, (grad_h_n, grad_c_n) = _incoming(
+            grad_output, (grad_h_n, grad_c_n), flat_mask, states
+        )
         grad_gx, grad_raw, grad_norm, grad_h0, grad_c0 = extension().ln_lstm_backward(
             grad_output, grad_h_n, grad_c_n, weight_hh, cells, cache, stats, flat_mask, params
         )
@@ -242,6 +275,33 @@ class _FusedLayerNormLSTM(torch.autograd.Function):
             grad_norm.sum((0, 1)),
         )
         return grad_gx, grad_weight_hh, grad_h0, grad_c0, None, *grad_params
+
+
+class _FusedLayerNormGRU(torch.autograd.Function):
+    """The LN-GRU loop; params ln_weight_hh, bias_hh (3H)."""
+
+    @staticmethod
+    def forward(ctx, gx, weight_hh, h0, mask, *params):
+        flat_mask = mask.squeeze(-1).contiguous() if mask is not None else _EMPTY_MASK
+        states, cache, stats = extension().ln_gru_forward(
+            gx, weight_hh, h0, flat_mask, list(params)
+        )
+        output = states[1:] * mask if mask is not None else states[1:].clone()
+        ctx.save_for_backward(weight_hh, states, cache, stats, flat_mask, *params)
+        return output, states[-1].clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output, grad_h_n):
+        weight_hh, states, cache, stats, flat_mask, *params = ctx.saved_tensors
+        T, B, H = cache.shape[0], cache.shape[1], states.shape[2]
+        grad_output, (grad_h_n,) = _incoming(grad_output, (grad_h_n,), flat_mask, states)
+        grad_gx, grad_gh, grad_raw, grad_h0 = extension().ln_gru_backward(
+            grad_output, grad_h_n, weight_hh, states, cache, stats, flat_mask, list(params)
+        )
+        grad_weight_hh = grad_raw.view(T * B, -1).t() @ states[:-1].reshape(T * B, H)
+        grad_params = ((grad_gh * cache[..., 4 * H :]).sum((0, 1)), grad_gh.sum((0, 1)))
+        return grad_gx, grad_weight_hh, grad_h0, None, *grad_params
 
 
 class _FusedLoop(torch.autograd.Function):
@@ -267,12 +327,7 @@ class _FusedLoop(torch.autograd.Function):
         weight_hh, states, cache, flat_mask = ctx.saved_tensors
         ext = extension()
         T, B, H = states.shape[0] - 1, states.shape[1], states.shape[2]
-        if grad_output is None:
-            grad_output = states.new_empty(0)
-        elif flat_mask.numel():
-            grad_output = grad_output * flat_mask.unsqueeze(-1)
-        if grad_h_n is None:
-            grad_h_n = states.new_zeros(B, H)
+        grad_output, (grad_h_n,) = _incoming(grad_output, (grad_h_n,), flat_mask, states)
         if ctx.code == 3:
             grad_gx, grad_gh, grad_h0 = ext.gru_backward(
                 grad_output, grad_h_n, weight_hh, states, cache, flat_mask

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from rnnkit import fused
 from rnnkit.cells import (
     Cell,
     ElmanCell,
@@ -165,6 +166,12 @@ class _RecurrentLayer(nn.Module):
         batch_first = self.batch_first and input.dim() == 2
         x, state0, _, unbatched = self._prepare(input.unsqueeze(1 if batch_first else 0), hx, None)
         x = x[0]  # (B, I)
+        final = self._stack_step(x, state0)
+        if final is not None:
+            x = final[0][-1]
+            if unbatched:
+                x, final = x.squeeze(0), tuple(f.squeeze(1) for f in final)
+            return x, (final[0] if len(final) == 1 else final)
         finals: list[list[Tensor]] = [[] for _ in state0]
         for layer, cell in enumerate(self._cells):
             state = tuple(s[layer] for s in state0)
@@ -182,14 +189,32 @@ class _RecurrentLayer(nn.Module):
             x, final = x.squeeze(0), tuple(f.squeeze(1) for f in final)
         return x, (final[0] if len(final) == 1 else final)
 
+    def _stack_step(self, x: Tensor, state0: tuple[Tensor, ...]) -> tuple[Tensor, ...] | None:
+        """The whole stack's step in one C++ call (`rnnkit.fused.stack_step`) when nothing needs
+        autograd, dropout between layers or zoneout; else None."""
+        if any(_as_tuple(self.zoneout)):
+            return None
+        if self.training and self.dropout and self.num_layers > 1:
+            return None
+        p = self._parameters
+        names = [f"{k}_l{layer}" for layer in range(self.num_layers)
+                 for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]  # fmt: skip
+        weights = [p.get(n) for n in names]
+        if torch.is_grad_enabled() and (
+            x.requires_grad or any(s.requires_grad for s in state0)
+            or any(w is not None and w.requires_grad for w in weights)
+        ):  # fmt: skip
+            return None
+        return fused.stack_step(self._cells, x, state0, weights)
+
     def _step_layer(self, layer: int, cell: Cell, x: Tensor, state: tuple[Tensor, ...]):
         """One layer's step: x (B, I), the state tuple -> the new state tuple. Plain cells take
         torch's fused cell function (both products and the pointwise math in one call: the
         cheapest step there is); every other cell (`ProjectedLSTMCell` too) its own `Cell.step`."""
-        fused = self._torch_cell() if type(cell) in (ElmanCell, LSTMCell, GRUCell) else None
-        if fused is not None:  # the parameters read directly: getattr costs microseconds here
+        torch_step = self._torch_cell() if type(cell) in (ElmanCell, LSTMCell, GRUCell) else None
+        if torch_step is not None:  # the parameters read directly: getattr costs microseconds here
             p, k = self._parameters, f"_l{layer}"
-            new = fused(x, state if len(state) > 1 else state[0], p["weight_ih" + k],
+            new = torch_step(x, state if len(state) > 1 else state[0], p["weight_ih" + k],
                         p["weight_hh" + k], p.get("bias_ih" + k), p.get("bias_hh" + k))  # fmt: skip
             return new if isinstance(new, tuple) else (new,)
         gx, w_hh, b_hh, params = cell.engine_inputs(x[None], self._weights(layer, ""))

@@ -259,6 +259,20 @@ void ln_lstm_backward_row(const T* dh, const T* go, T* dc, const T* cache, const
   normalise_backward_row(dgates, p.w_hh, gh_hat, stats[0], draw, 4 * H);
 }
 
+// LN-GRU step forward (`rnnkit.cells.LayerNormGRUCell`): gh = LN(raw) * w_hh + b_hh (written over
+// raw), then the GRU step. cache (7H): the GRU's 4H, then the normalised raw (3H); stats: 1 / std.
+template <typename T>
+void ln_gru_forward_row(const T* x, T* raw, const T* h, const T* w_hh, const T* b_hh, T* h_new,
+                        T* cache, T* stats, int64_t H) {
+  using L = Lanes<T>;
+  T* gh_hat = cache + 4 * H;
+  stats[0] = normalise_row(raw, gh_hat, 3 * H);
+  over_lanes<T>(3 * H, [&](int64_t j, int64_t n) {
+    L::store(raw + j, L::load(gh_hat + j, n) * L::load(w_hh + j, n) + L::load(b_hh + j, n), n);
+  });
+  gru_forward_row(x, raw, h, h_new, cache, H);
+}
+
 // Elman nonlinearities (0 tanh, 1 relu, 2 sigmoid) and their slopes in terms of the output y.
 template <int NL, typename V>
 inline V activation(V a) {
@@ -528,6 +542,7 @@ std::vector<Tensor> ln_lstm_forward(Tensor gx, Tensor w_hh, Tensor h0, Tensor c0
                               cch + 10 * o, st + 2 * b, H);
         } else {
           std::copy(h + o, h + o + H, h + BH + o), std::copy(c + o, c + o + H, c + BH + o);
+          // zeros in the cache: the parameters' gradients sum over every row
           std::fill(cch + 10 * o, cch + 10 * (o + H), scalar_t(0));
           std::fill(st + 2 * b, st + 2 * b + 2, scalar_t(0));
         }
@@ -585,6 +600,90 @@ std::vector<Tensor> ln_lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor gra
     at::addmm_out(dh, direct, grad_raw[t], w_hh);
   }
   return {grad_gx, grad_raw, grad_norm, dh, dc};
+}
+
+// LN-GRU forward: gx (T, B, 3H) (the normalised input projection, its shift included), params
+// {w_hh, b_hh (3H)} -> {states (T+1, B, H), cache (T, B, 7H), stats (T, B, 1)}.
+std::vector<Tensor> ln_gru_forward(Tensor gx, Tensor w_hh, Tensor h0, Tensor mask,
+                                   std::vector<Tensor> params) {
+  const int64_t T = gx.size(0), B = gx.size(1), H = h0.size(1);
+  gx = gx.contiguous();
+  for (auto& p : params) p = p.contiguous();
+  auto states = at::empty({T + 1, B, H}, gx.options());
+  auto cache = at::empty({T, B, 7 * H}, gx.options());
+  auto stats = at::zeros({T, B, 1}, gx.options());
+  auto raw = at::empty({B, 3 * H}, gx.options());
+  auto w_t = w_hh.t();
+  states[0].copy_(h0);
+  const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
+  for (int64_t t = 0; t < T; ++t) {
+    at::mm_out(raw, states[t], w_t);
+    AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "ln_gru_forward", [&] {
+      const scalar_t* w = params[0].data_ptr<scalar_t>();
+      const scalar_t* bias = params[1].data_ptr<scalar_t>();
+      const scalar_t* x = gx.data_ptr<scalar_t>() + t * B * 3 * H;
+      scalar_t* r = raw.data_ptr<scalar_t>();
+      scalar_t* h = states.data_ptr<scalar_t>() + t * B * H;
+      scalar_t* cch = cache.data_ptr<scalar_t>() + t * B * 7 * H;
+      scalar_t* st = stats.data_ptr<scalar_t>() + t * B;
+      for_rows(B, 7 * H, [&](int64_t b) {
+        const int64_t o = b * H;
+        if (valid(m, t, B, b)) {
+          ln_gru_forward_row(x + 3 * o, r + 3 * o, h + o, w, bias, h + B * H + o, cch + 7 * o,
+                             st + b, H);
+        } else {  // zeros in the cache: the parameters' gradients sum over every row
+          std::copy(h + o, h + o + H, h + B * H + o);
+          std::fill(cch + 7 * o, cch + 7 * (o + H), scalar_t(0));
+        }
+      });
+    });
+  }
+  return {states, cache, stats};
+}
+
+// LN-GRU backward -> {grad_gx, grad_gh (of LN(raw) * w_hh + b_hh), grad_raw (each T, B, 3H),
+// grad_h0 (B, H)}.
+std::vector<Tensor> ln_gru_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh, Tensor states,
+                                    Tensor cache, Tensor stats, Tensor mask,
+                                    std::vector<Tensor> params) {
+  const int64_t T = cache.size(0), B = cache.size(1), H = states.size(2);
+  grad_out = grad_out.contiguous();
+  for (auto& p : params) p = p.contiguous();
+  auto grad_gx = at::empty({T, B, 3 * H}, cache.options());
+  auto grad_gh = at::empty({T, B, 3 * H}, cache.options());
+  auto grad_raw = at::empty({T, B, 3 * H}, cache.options());
+  auto dh = grad_hn.contiguous().clone();
+  auto direct = at::empty_like(dh);
+  auto zeros = grad_out.numel() ? Tensor() : at::zeros_like(dh);
+  const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
+  for (int64_t t = T - 1; t >= 0; --t) {
+    AT_DISPATCH_FLOATING_TYPES(cache.scalar_type(), "ln_gru_backward", [&] {
+      const scalar_t* w = params[0].data_ptr<scalar_t>();
+      const scalar_t* go = output_grad<scalar_t>(grad_out, zeros, t, B * H);
+      const scalar_t* h = states.data_ptr<scalar_t>() + t * B * H;
+      const scalar_t* cch = cache.data_ptr<scalar_t>() + t * B * 7 * H;
+      const scalar_t* st = stats.data_ptr<scalar_t>() + t * B;
+      const scalar_t* d = dh.data_ptr<scalar_t>();
+      scalar_t* keep = direct.data_ptr<scalar_t>();
+      scalar_t* dx = grad_gx.data_ptr<scalar_t>() + t * B * 3 * H;
+      scalar_t* dg = grad_gh.data_ptr<scalar_t>() + t * B * 3 * H;
+      scalar_t* dr = grad_raw.data_ptr<scalar_t>() + t * B * 3 * H;
+      for_rows(B, 7 * H, [&](int64_t b) {
+        const int64_t o = b * H;
+        if (valid(m, t, B, b)) {
+          gru_backward_row(d + o, go + o, cch + 7 * o, h + o, keep + o, dx + 3 * o, dg + 3 * o, H);
+          normalise_backward_row(dg + 3 * o, w, cch + 7 * o + 4 * H, st[b], dr + 3 * o, 3 * H);
+        } else {  // past the end: the state passed through unchanged
+          for (int64_t j = o; j < o + H; ++j) keep[j] = d[j] + go[j];
+          std::fill(dx + 3 * o, dx + 3 * (o + H), scalar_t(0));
+          std::fill(dg + 3 * o, dg + 3 * (o + H), scalar_t(0));
+          std::fill(dr + 3 * o, dr + 3 * (o + H), scalar_t(0));
+        }
+      });
+    });
+    at::addmm_out(dh, direct, grad_raw[t], w_hh);
+  }
+  return {grad_gx, grad_gh, grad_raw, dh};
 }
 
 // Elman forward: gx (T, B, H) -> states (T+1, B, H); nonlinearity 0 tanh, 1 relu, 2 sigmoid.
@@ -651,11 +750,61 @@ std::vector<Tensor> elman_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh,
   return {grad_pre, dh};
 }
 
+// ---- Streaming: one step of a stack of layers, no autograd. -----------------------------------
+
+// v (B, K) @ w^T + b -> (B, G); one matrix-vector product when B = 1 (cheaper than a GEMM).
+static Tensor affine(const Tensor& v, const Tensor& w, const Tensor& b) {
+  if (v.size(0) == 1) return (b.numel() ? at::addmv(b, w, v[0]) : at::mv(w, v[0])).unsqueeze(0);
+  return b.numel() ? at::addmm(b, v, w.t()) : at::mm(v, w.t());
+}
+
+// One time step of L plain layers: x (B, I), h (L, B, H), c (L, B, H) for the LSTM (else empty),
+// weights w_ih, w_hh, b_ih, b_hh per layer (biases may be empty); cell 0, 1, 2: Elman with tanh,
+// relu, sigmoid; 3 GRU; 4 LSTM. -> {h' (L, B, H), c' (L, B, H) or empty}.
+std::vector<Tensor> stack_step(Tensor x, Tensor h, Tensor c, std::vector<Tensor> weights,
+                               int64_t cell) {
+  const int64_t L = h.size(0), B = h.size(1), H = h.size(2);
+  h = h.contiguous(), c = c.contiguous();
+  auto h_new = at::empty_like(h);
+  auto c_new = c.numel() ? at::empty_like(c) : c;
+  auto scratch = at::empty({B, 5 * H}, h.options());
+  for (int64_t l = 0; l < L; ++l) {
+    const Tensor* w = weights.data() + 4 * l;
+    auto gx = affine(x, w[0], w[2]).contiguous(), gh = affine(h[l], w[1], w[3]).contiguous();
+    AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "stack_step", [&] {
+      const scalar_t *a = gx.data_ptr<scalar_t>(), *r = gh.data_ptr<scalar_t>();
+      const scalar_t* hp = h.data_ptr<scalar_t>() + l * B * H;
+      scalar_t* hn = h_new.data_ptr<scalar_t>() + l * B * H;
+      scalar_t* sc = scratch.data_ptr<scalar_t>();
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t o = b * H;
+        if (cell == 4) {
+          const scalar_t* cp = c.data_ptr<scalar_t>() + l * B * H;
+          scalar_t* cn = c_new.data_ptr<scalar_t>() + l * B * H;
+          lstm_forward_row<false, false>(a + 4 * o, r + 4 * o, hp + o, cp + o, hp, hp, hp,
+                                         hn + o, cn + o, sc + 5 * o, H);
+        } else if (cell == 3) {
+          gru_forward_row(a + 3 * o, r + 3 * o, hp + o, hn + o, sc + 4 * o, H);
+        } else {
+          with_nonlinearity(cell, [&](auto nl) {
+            elman_forward_row<decltype(nl)::value>(a + o, r + o, hn + o, H);
+          });
+        }
+      }
+    });
+    x = h_new[l];
+  }
+  return {h_new, c_new};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lstm_forward", &lstm_forward);
   m.def("lstm_backward", &lstm_backward);
   m.def("ln_lstm_forward", &ln_lstm_forward);
   m.def("ln_lstm_backward", &ln_lstm_backward);
+  m.def("ln_gru_forward", &ln_gru_forward);
+  m.def("stack_step", &stack_step);
+  m.def("ln_gru_backward", &ln_gru_backward);
   m.def("gru_forward", &gru_forward);
   m.def("gru_backward", &gru_backward);
   m.def("elman_forward", &elman_forward);
