@@ -165,14 +165,14 @@ def stack_step(cells: list[Cell], x: Tensor, state: tuple[Tensor, ...], weights:
     layer (None: no bias) -> the new state, shaped as ``state``; None when the C++ loops are off
     or the cells are not all of one plain kind."""
     kind = type(cells[0])
-    if kind not in (LSTMCell, GRUCell, ElmanCell) or any(type(c) is not kind for c in cells):
+    if kind not in _STEP_CODES or not _state["enabled"] or extension() is None:
         return None
-    if not _state["enabled"] or extension() is None:
+    if any(type(c) is not kind for c in cells):
         return None
-    code = {LSTMCell: 4, GRUCell: 3}.get(kind) or _NONLINEARITY[cells[0].nonlinearity]
-    none = x.new_empty(0)
-    flat = [none if w is None else w for w in weights]
-    h, c = extension().stack_step(x, state[0], state[1] if len(state) > 1 else none, flat, code)
+    code = _STEP_CODES[kind] if kind is not ElmanCell else _NONLINEARITY[cells[0].nonlinearity]
+    weights = [_EMPTY if w is None else w for w in weights]
+    c = state[1] if len(state) > 1 else _EMPTY
+    h, c = _state["module"].stack_step(x, state[0], c, weights, code)
     return (h, c) if len(state) > 1 else (h,)
 
 
@@ -344,4 +344,6 @@ class _FusedLoop(torch.autograd.Function):
 
 
 _EMPTY_MASK = torch.empty(0, dtype=torch.bool)
+_EMPTY = torch.empty(0)  # an absent bias or cell state for the C++ functions (never read)
+_STEP_CODES = {LSTMCell: 4, GRUCell: 3, ElmanCell: None}
 _scan_state = {"module": None, "failed": False}

@@ -192,20 +192,25 @@ class _RecurrentLayer(nn.Module):
     def _stack_step(self, x: Tensor, state0: tuple[Tensor, ...]) -> tuple[Tensor, ...] | None:
         """The whole stack's step in one C++ call (`rnnkit.fused.stack_step`) when nothing needs
         autograd, dropout between layers or zoneout; else None."""
-        if any(_as_tuple(self.zoneout)):
-            return None
-        if self.training and self.dropout and self.num_layers > 1:
+        if (self.training and self.dropout and self.num_layers > 1) or any(_as_tuple(self.zoneout)):
             return None
         p = self._parameters
-        names = [f"{k}_l{layer}" for layer in range(self.num_layers)
-                 for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]  # fmt: skip
-        weights = [p.get(n) for n in names]
+        weights = [p.get(name) for name in self._step_names()]
         if torch.is_grad_enabled() and (
             x.requires_grad or any(s.requires_grad for s in state0)
             or any(w is not None and w.requires_grad for w in weights)
         ):  # fmt: skip
             return None
         return fused.stack_step(self._cells, x, state0, weights)
+
+    def _step_names(self) -> tuple[str, ...]:
+        """The parameter names `_stack_step` passes, layer by layer (built once)."""
+        if "_step_names_cache" not in self.__dict__:
+            self.__dict__["_step_names_cache"] = tuple(
+                f"{k}_l{layer}" for layer in range(self.num_layers)
+                for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            )  # fmt: skip
+        return self.__dict__["_step_names_cache"]
 
     def _step_layer(self, layer: int, cell: Cell, x: Tensor, state: tuple[Tensor, ...]):
         """One layer's step: x (B, I), the state tuple -> the new state tuple. Plain cells take
