@@ -283,8 +283,8 @@ class _FusedLayerNormGRU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gx, weight_hh, h0, mask, *params):
         flat_mask = mask.squeeze(-1).contiguous() if mask is not None else _EMPTY_MASK
-        states, cache, stats = extension().ln_gru_forward(
-            gx, weight_hh, h0, flat_mask, list(params)
+        states, cache, stats = extension().gru_forward(
+            gx, weight_hh, _EMPTY, h0, flat_mask, list(params)
         )
         output = states[1:] * mask if mask is not None else states[1:].clone()
         ctx.save_for_backward(weight_hh, states, cache, stats, flat_mask, *params)
@@ -296,7 +296,7 @@ class _FusedLayerNormGRU(torch.autograd.Function):
         weight_hh, states, cache, stats, flat_mask, *params = ctx.saved_tensors
         T, B, H = cache.shape[0], cache.shape[1], states.shape[2]
         grad_output, (grad_h_n,) = _incoming(grad_output, (grad_h_n,), flat_mask, states)
-        grad_gx, grad_gh, grad_raw, grad_h0 = extension().ln_gru_backward(
+        grad_gx, grad_gh, grad_raw, grad_h0 = extension().gru_backward(
             grad_output, grad_h_n, weight_hh, states, cache, stats, flat_mask, list(params)
         )
         grad_weight_hh = grad_raw.view(T * B, -1).t() @ states[:-1].reshape(T * B, H)
@@ -313,7 +313,7 @@ class _FusedLoop(torch.autograd.Function):
         flat_mask = mask.squeeze(-1).contiguous() if mask is not None else _EMPTY_MASK
         bias = bias_hh if bias_hh is not None else gx.new_empty(0)
         if code == 3:
-            states, cache = ext.gru_forward(gx, weight_hh, bias, h0, flat_mask)
+            states, cache, _ = ext.gru_forward(gx, weight_hh, bias, h0, flat_mask, [])
         else:
             states, cache = ext.elman_forward(gx, weight_hh, bias, h0, flat_mask, code), None
         output = states[1:] * mask if mask is not None else states[1:].clone()
@@ -329,8 +329,8 @@ class _FusedLoop(torch.autograd.Function):
         T, B, H = states.shape[0] - 1, states.shape[1], states.shape[2]
         grad_output, (grad_h_n,) = _incoming(grad_output, (grad_h_n,), flat_mask, states)
         if ctx.code == 3:
-            grad_gx, grad_gh, grad_h0 = ext.gru_backward(
-                grad_output, grad_h_n, weight_hh, states, cache, flat_mask
+            grad_gx, grad_gh, _, grad_h0 = ext.gru_backward(
+                grad_output, grad_h_n, weight_hh, states, cache, _EMPTY, flat_mask, []
             )
         else:
             grad_gx, grad_h0 = ext.elman_backward(

@@ -341,12 +341,19 @@ const T* output_grad(const Tensor& grad_out, const Tensor& zeros, int64_t t, int
 
 }  // namespace
 
-// GRU forward: gx (T, B, 3H) -> {states (T+1, B, H), cache (T, B, 4H)}.
-std::vector<Tensor> gru_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0, Tensor mask) {
+// GRU forward: gx (T, B, 3H) -> {states (T+1, B, H), cache (T, B, C), stats}. With ln = {w_hh,
+// b_hh} (each 3H) the layer-normalised GRU (`ln_gru_forward_row`; b_hh empty then): C = 7H and
+// stats (T, B, 1); else C = 4H and stats empty.
+std::vector<Tensor> gru_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0, Tensor mask,
+                                std::vector<Tensor> ln) {
   const int64_t T = gx.size(0), B = gx.size(1), H = h0.size(1);
+  const bool norm = !ln.empty();
+  const int64_t C = norm ? 7 * H : 4 * H;
   gx = gx.contiguous();
+  for (auto& p : ln) p = p.contiguous();
   auto states = at::empty({T + 1, B, H}, gx.options());
-  auto cache = at::empty({T, B, 4 * H}, gx.options());
+  auto cache = at::empty({T, B, C}, gx.options());
+  auto stats = at::zeros({norm ? T : 0, B, 1}, gx.options());
   auto gh = at::empty({B, 3 * H}, gx.options());
   auto w_t = w_hh.t();
   states[0].copy_(h0);
@@ -355,27 +362,41 @@ std::vector<Tensor> gru_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0, 
     recurrent_product(gh, states[t], w_t, b_hh);
     AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "gru_forward", [&] {
       const scalar_t* x = gx.data_ptr<scalar_t>() + t * B * 3 * H;
-      const scalar_t* r_h = gh.data_ptr<scalar_t>();
+      scalar_t* r_h = gh.data_ptr<scalar_t>();
       const scalar_t* h = states.data_ptr<scalar_t>() + t * B * H;
       scalar_t* h_new = states.data_ptr<scalar_t>() + (t + 1) * B * H;
-      scalar_t* c = cache.data_ptr<scalar_t>() + t * B * 4 * H;
-      for_rows(B, H, [&](int64_t b) {
-        gru_forward_row(x + b * 3 * H, r_h + b * 3 * H, h + b * H, h_new + b * H, c + b * 4 * H, H);
-        if (!valid(m, t, B, b)) std::copy(h + b * H, h + (b + 1) * H, h_new + b * H);
+      scalar_t* c = cache.data_ptr<scalar_t>() + t * B * C;
+      for_rows(B, norm ? C : H, [&](int64_t b) {
+        const int64_t o = b * H;
+        if (!valid(m, t, B, b)) {  // zeros in the cache: the LN gains' gradients sum every row
+          std::copy(h + o, h + o + H, h_new + o);
+          if (norm) std::fill(c + b * C, c + (b + 1) * C, scalar_t(0));
+        } else if (norm) {
+          ln_gru_forward_row(x + 3 * o, r_h + 3 * o, h + o, ln[0].data_ptr<scalar_t>(),
+                             ln[1].data_ptr<scalar_t>(), h_new + o, c + b * C,
+                             stats.data_ptr<scalar_t>() + t * B + b, H);
+        } else {
+          gru_forward_row(x + 3 * o, r_h + 3 * o, h + o, h_new + o, c + b * C, H);
+        }
       });
     });
   }
-  return {states, cache};
+  return {states, cache, stats};
 }
 
-// GRU backward: grad_states (T, B, H) of the outputs h_t (masked by the caller), grad_hn (B, H)
-// -> {grad_gx (T, B, 3H), grad_gh (T, B, 3H), grad_h0 (B, H)}.
+// GRU backward: grad_out (T, B, H) of the outputs h_t (masked by the caller) or empty, grad_hn
+// (B, H), ln as in `gru_forward` -> {grad_gx, grad_gh (each T, B, 3H), grad_raw (T, B, 3H): the
+// gradient of the recurrent product before the normalisation (empty without it), grad_h0}.
 std::vector<Tensor> gru_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh, Tensor states,
-                                 Tensor cache, Tensor mask) {
+                                 Tensor cache, Tensor stats, Tensor mask, std::vector<Tensor> ln) {
   const int64_t T = cache.size(0), B = cache.size(1), H = states.size(2);
+  const bool norm = !ln.empty();
+  const int64_t C = norm ? 7 * H : 4 * H;
   grad_out = grad_out.contiguous();
+  for (auto& p : ln) p = p.contiguous();
   auto grad_gx = at::empty({T, B, 3 * H}, cache.options());
   auto grad_gh = at::empty({T, B, 3 * H}, cache.options());
+  auto grad_raw = at::empty({norm ? T : 0, B, 3 * H}, cache.options());
   auto dh = grad_hn.contiguous().clone();
   auto direct = at::empty_like(dh);
   auto zeros = grad_out.numel() ? Tensor() : at::zeros_like(dh);
@@ -384,25 +405,35 @@ std::vector<Tensor> gru_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh, T
     AT_DISPATCH_FLOATING_TYPES(cache.scalar_type(), "gru_backward", [&] {
       const scalar_t* go = output_grad<scalar_t>(grad_out, zeros, t, B * H);
       const scalar_t* h = states.data_ptr<scalar_t>() + t * B * H;
-      const scalar_t* c = cache.data_ptr<scalar_t>() + t * B * 4 * H;
+      const scalar_t* c = cache.data_ptr<scalar_t>() + t * B * C;
       const scalar_t* d = dh.data_ptr<scalar_t>();
       scalar_t* keep = direct.data_ptr<scalar_t>();
       scalar_t* dx = grad_gx.data_ptr<scalar_t>() + t * B * 3 * H;
       scalar_t* dr = grad_gh.data_ptr<scalar_t>() + t * B * 3 * H;
-      for_rows(B, H, [&](int64_t b) {
-        scalar_t *kb = keep + b * H, *dxb = dx + b * 3 * H, *drb = dr + b * 3 * H;
+      for_rows(B, norm ? C : H, [&](int64_t b) {
+        const int64_t o = b * H;
+        scalar_t *kb = keep + o, *dxb = dx + 3 * o, *drb = dr + 3 * o;
         if (valid(m, t, B, b)) {
-          gru_backward_row(d + b * H, go + b * H, c + b * 4 * H, h + b * H, kb, dxb, drb, H);
+          gru_backward_row(d + o, go + o, c + b * C, h + o, kb, dxb, drb, H);
+          if (norm) {
+            normalise_backward_row(drb, ln[0].data_ptr<scalar_t>(), c + b * C + 4 * H,
+                                   stats.data_ptr<scalar_t>()[t * B + b],
+                                   grad_raw.data_ptr<scalar_t>() + (t * B + b) * 3 * H, 3 * H);
+          }
         } else {  // past the end: the state passed through unchanged
-          for (int64_t j = 0; j < H; ++j) kb[j] = d[b * H + j] + go[b * H + j];
+          for (int64_t j = 0; j < H; ++j) kb[j] = d[o + j] + go[o + j];
           std::fill(dxb, dxb + 3 * H, scalar_t(0));
           std::fill(drb, drb + 3 * H, scalar_t(0));
+          if (norm) {
+            scalar_t* rb = grad_raw.data_ptr<scalar_t>() + (t * B + b) * 3 * H;
+            std::fill(rb, rb + 3 * H, scalar_t(0));
+          }
         }
       });
     });
-    at::addmm_out(dh, direct, grad_gh[t], w_hh);
+    at::addmm_out(dh, direct, norm ? grad_raw[t] : grad_gh[t], w_hh);
   }
-  return {grad_gx, grad_gh, dh};
+  return {grad_gx, grad_gh, grad_raw, dh};
 }
 
 // LSTM forward: gx (T, B, 4H) -> {states (T+1, B, H), cells (T+1, B, H), cache (T, B, 5H)}.
@@ -602,90 +633,6 @@ std::vector<Tensor> ln_lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor gra
   return {grad_gx, grad_raw, grad_norm, dh, dc};
 }
 
-// LN-GRU forward: gx (T, B, 3H) (the normalised input projection, its shift included), params
-// {w_hh, b_hh (3H)} -> {states (T+1, B, H), cache (T, B, 7H), stats (T, B, 1)}.
-std::vector<Tensor> ln_gru_forward(Tensor gx, Tensor w_hh, Tensor h0, Tensor mask,
-                                   std::vector<Tensor> params) {
-  const int64_t T = gx.size(0), B = gx.size(1), H = h0.size(1);
-  gx = gx.contiguous();
-  for (auto& p : params) p = p.contiguous();
-  auto states = at::empty({T + 1, B, H}, gx.options());
-  auto cache = at::empty({T, B, 7 * H}, gx.options());
-  auto stats = at::zeros({T, B, 1}, gx.options());
-  auto raw = at::empty({B, 3 * H}, gx.options());
-  auto w_t = w_hh.t();
-  states[0].copy_(h0);
-  const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
-  for (int64_t t = 0; t < T; ++t) {
-    at::mm_out(raw, states[t], w_t);
-    AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "ln_gru_forward", [&] {
-      const scalar_t* w = params[0].data_ptr<scalar_t>();
-      const scalar_t* bias = params[1].data_ptr<scalar_t>();
-      const scalar_t* x = gx.data_ptr<scalar_t>() + t * B * 3 * H;
-      scalar_t* r = raw.data_ptr<scalar_t>();
-      scalar_t* h = states.data_ptr<scalar_t>() + t * B * H;
-      scalar_t* cch = cache.data_ptr<scalar_t>() + t * B * 7 * H;
-      scalar_t* st = stats.data_ptr<scalar_t>() + t * B;
-      for_rows(B, 7 * H, [&](int64_t b) {
-        const int64_t o = b * H;
-        if (valid(m, t, B, b)) {
-          ln_gru_forward_row(x + 3 * o, r + 3 * o, h + o, w, bias, h + B * H + o, cch + 7 * o,
-                             st + b, H);
-        } else {  // zeros in the cache: the parameters' gradients sum over every row
-          std::copy(h + o, h + o + H, h + B * H + o);
-          std::fill(cch + 7 * o, cch + 7 * (o + H), scalar_t(0));
-        }
-      });
-    });
-  }
-  return {states, cache, stats};
-}
-
-// LN-GRU backward -> {grad_gx, grad_gh (of LN(raw) * w_hh + b_hh), grad_raw (each T, B, 3H),
-// grad_h0 (B, H)}.
-std::vector<Tensor> ln_gru_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh, Tensor states,
-                                    Tensor cache, Tensor stats, Tensor mask,
-                                    std::vector<Tensor> params) {
-  const int64_t T = cache.size(0), B = cache.size(1), H = states.size(2);
-  grad_out = grad_out.contiguous();
-  for (auto& p : params) p = p.contiguous();
-  auto grad_gx = at::empty({T, B, 3 * H}, cache.options());
-  auto grad_gh = at::empty({T, B, 3 * H}, cache.options());
-  auto grad_raw = at::empty({T, B, 3 * H}, cache.options());
-  auto dh = grad_hn.contiguous().clone();
-  auto direct = at::empty_like(dh);
-  auto zeros = grad_out.numel() ? Tensor() : at::zeros_like(dh);
-  const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
-  for (int64_t t = T - 1; t >= 0; --t) {
-    AT_DISPATCH_FLOATING_TYPES(cache.scalar_type(), "ln_gru_backward", [&] {
-      const scalar_t* w = params[0].data_ptr<scalar_t>();
-      const scalar_t* go = output_grad<scalar_t>(grad_out, zeros, t, B * H);
-      const scalar_t* h = states.data_ptr<scalar_t>() + t * B * H;
-      const scalar_t* cch = cache.data_ptr<scalar_t>() + t * B * 7 * H;
-      const scalar_t* st = stats.data_ptr<scalar_t>() + t * B;
-      const scalar_t* d = dh.data_ptr<scalar_t>();
-      scalar_t* keep = direct.data_ptr<scalar_t>();
-      scalar_t* dx = grad_gx.data_ptr<scalar_t>() + t * B * 3 * H;
-      scalar_t* dg = grad_gh.data_ptr<scalar_t>() + t * B * 3 * H;
-      scalar_t* dr = grad_raw.data_ptr<scalar_t>() + t * B * 3 * H;
-      for_rows(B, 7 * H, [&](int64_t b) {
-        const int64_t o = b * H;
-        if (valid(m, t, B, b)) {
-          gru_backward_row(d + o, go + o, cch + 7 * o, h + o, keep + o, dx + 3 * o, dg + 3 * o, H);
-          normalise_backward_row(dg + 3 * o, w, cch + 7 * o + 4 * H, st[b], dr + 3 * o, 3 * H);
-        } else {  // past the end: the state passed through unchanged
-          for (int64_t j = o; j < o + H; ++j) keep[j] = d[j] + go[j];
-          std::fill(dx + 3 * o, dx + 3 * (o + H), scalar_t(0));
-          std::fill(dg + 3 * o, dg + 3 * (o + H), scalar_t(0));
-          std::fill(dr + 3 * o, dr + 3 * (o + H), scalar_t(0));
-        }
-      });
-    });
-    at::addmm_out(dh, direct, grad_raw[t], w_hh);
-  }
-  return {grad_gx, grad_gh, grad_raw, dh};
-}
-
 // Elman forward: gx (T, B, H) -> states (T+1, B, H); nonlinearity 0 tanh, 1 relu, 2 sigmoid.
 Tensor elman_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0, Tensor mask,
                      int64_t nonlinearity) {
@@ -802,9 +749,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lstm_backward", &lstm_backward);
   m.def("ln_lstm_forward", &ln_lstm_forward);
   m.def("ln_lstm_backward", &ln_lstm_backward);
-  m.def("ln_gru_forward", &ln_gru_forward);
   m.def("stack_step", &stack_step);
-  m.def("ln_gru_backward", &ln_gru_backward);
   m.def("gru_forward", &gru_forward);
   m.def("gru_backward", &gru_backward);
   m.def("elman_forward", &elman_forward);
