@@ -144,8 +144,9 @@ def run_cell(
         output (T, B, size of h): h_t at each step (zero past a sequence's end), and the final
         state.
 
-    LSTM cells, and LN-LSTM, GRU and Elman cells without per-step noise, run the same loops in
-    C++ (`rnnkit.fused`).
+    LSTM (plain, peephole, layer-normalised), GRU (plain, layer-normalised) and Elman cells run
+    the same loops in C++ (`rnnkit.fused.supports`); of the per-step noise only the plain LSTM
+    loop takes recurrent dropout and zoneout.
     """
     noisy = recurrent_mask is not None or zoneout is not None
     if fused.supports(cell, noisy):
