@@ -195,3 +195,14 @@ def test_cpp_layer_norm_gru_gradcheck():
         return fused._FusedLayerNormGRU.apply(gx, weight, h0, mask, *params)
 
     assert torch.autograd.gradcheck(run, inputs)
+
+
+def test_other_dtypes_take_the_python_engine():
+    """bfloat16 has no C++ loop: the layer runs on the Python engine instead of failing."""
+    torch.manual_seed(0)
+    layer = rnnkit.GRU(4, 6, impl="bptt").to(torch.bfloat16)
+    x = torch.randn(5, 2, 4, dtype=torch.bfloat16)
+    assert not fused.handles(x) and fused.handles(x.float())
+    with fused.fused_enabled(False):
+        expected = layer(x)[0]
+    torch.testing.assert_close(layer(x)[0], expected)

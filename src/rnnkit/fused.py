@@ -128,6 +128,11 @@ def fused_enabled(enabled: bool) -> Iterator[None]:
         _state["enabled"] = before
 
 
+def handles(x: Tensor) -> bool:
+    """True if the C++ loops can take tensors like ``x``: on the CPU, float32 or float64."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+
+
 def supports(cell: Cell, noisy: bool = False) -> bool:
     """True if this cell's time loop runs in C++ (its exact class, not a subclass); ``noisy``:
     with recurrent dropout or zoneout, which only the plain LSTM loop takes."""
@@ -162,10 +167,10 @@ def run_fused(
 def stack_step(cells: list[Cell], x: Tensor, state: tuple[Tensor, ...], weights: list[Tensor]):
     """One step of a stack of plain LSTM, GRU or Elman layers in one C++ call (streaming; no
     autograd): x (B, I), state (h,) or (h, c) each (L, B, H), weights w_ih, w_hh, b_ih, b_hh per
-    layer (None: no bias) -> the new state, shaped as ``state``; None when the C++ loops are off
-    or the cells are not all of one plain kind."""
+    layer (None: no bias) -> the new state, shaped as ``state``; None when the C++ loops are off,
+    the tensors are not on the CPU or the cells are not all of one plain kind."""
     kind = type(cells[0])
-    if kind not in _STEP_CODES or not _state["enabled"] or extension() is None:
+    if kind not in _STEP_CODES or not handles(x) or not _state["enabled"] or extension() is None:
         return None
     if any(type(c) is not kind for c in cells):
         return None

@@ -149,7 +149,7 @@ def run_cell(
     loop takes recurrent dropout and zoneout.
     """
     noisy = recurrent_mask is not None or zoneout is not None
-    if fused.supports(cell, noisy):
+    if fused.handles(gx) and fused.supports(cell, noisy):
         return fused.run_fused(cell, gx, weight_hh, bias_hh, state0, mask, params,
                                recurrent_mask, zoneout)  # fmt: skip
     options = (mask, recurrent_mask, zoneout, len(params))
