@@ -24,7 +24,10 @@ from rnnkit.errors import RnnkitError
 from rnnkit.training import Trainer
 from rnnkit.training import checkpoint as ckpt
 
-STEPS, EVERY = 150, 3
+# 33 kills: 11 in the second save of a life (about 6 steps each) and 22 random ones (1-4 steps
+# after the last logged one, plus whatever the child runs before the signal lands): about 150
+# steps, more on a loaded machine, so the run is long enough that no kill finds it finished.
+STEPS, EVERY = 300, 3
 
 
 def fork(child: Callable[[], None]) -> int:
