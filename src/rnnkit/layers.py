@@ -85,6 +85,10 @@ class _RecurrentLayer(nn.Module):
         rates.update({f"zoneout[{k}]": z for k, z in enumerate(_as_tuple(zoneout))})
         _check_rates(rates)
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self._step_names = tuple(  # the parameters `step` passes to C++, layer by layer
+            f"{k}_l{layer}" for layer in range(num_layers)
+            for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        )  # fmt: skip
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional, self.impl = bidirectional, impl
         self.recurrent_dropout, self.weight_dropout = recurrent_dropout, weight_dropout
@@ -167,11 +171,14 @@ class _RecurrentLayer(nn.Module):
         x, state0, _, unbatched = self._prepare(input.unsqueeze(1 if batch_first else 0), hx, None)
         x = x[0]  # (B, I)
         final = self._stack_step(x, state0)
-        if final is not None:
-            x = final[0][-1]
-            if unbatched:
-                x, final = x.squeeze(0), tuple(f.squeeze(1) for f in final)
-            return x, (final[0] if len(final) == 1 else final)
+        x, final = (final[0][-1], final) if final is not None else self._step_layers(x, state0)
+        if unbatched:
+            x, final = x.squeeze(0), tuple(f.squeeze(1) for f in final)
+        return x, (final[0] if len(final) == 1 else final)
+
+    def _step_layers(self, x: Tensor, state0: tuple[Tensor, ...]):
+        """`step` layer by layer: x (B, I), state0 as in `forward` -> (output (B, H or P), the
+        final state tuple, each (L, B, size))."""
         finals: list[list[Tensor]] = [[] for _ in state0]
         for layer, cell in enumerate(self._cells):
             state = tuple(s[layer] for s in state0)
@@ -184,10 +191,7 @@ class _RecurrentLayer(nn.Module):
             x = new[0]
             if self.dropout and self.training and layer < self.num_layers - 1:
                 x = nn.functional.dropout(x, self.dropout, training=True)
-        final = tuple(torch.stack(f) for f in finals)  # (L, B, size of each state)
-        if unbatched:
-            x, final = x.squeeze(0), tuple(f.squeeze(1) for f in final)
-        return x, (final[0] if len(final) == 1 else final)
+        return x, tuple(torch.stack(f) for f in finals)
 
     def _stack_step(self, x: Tensor, state0: tuple[Tensor, ...]) -> tuple[Tensor, ...] | None:
         """The whole stack's step in one C++ call (`rnnkit.fused.stack_step`) when nothing needs
@@ -195,22 +199,13 @@ class _RecurrentLayer(nn.Module):
         if (self.training and self.dropout and self.num_layers > 1) or any(_as_tuple(self.zoneout)):
             return None
         p = self._parameters
-        weights = [p.get(name) for name in self._step_names()]
+        weights = [p.get(name) for name in self._step_names]
         if torch.is_grad_enabled() and (
             x.requires_grad or any(s.requires_grad for s in state0)
             or any(w is not None and w.requires_grad for w in weights)
         ):  # fmt: skip
             return None
         return fused.stack_step(self._cells, x, state0, weights)
-
-    def _step_names(self) -> tuple[str, ...]:
-        """The parameter names `_stack_step` passes, layer by layer (built once)."""
-        if "_step_names_cache" not in self.__dict__:
-            self.__dict__["_step_names_cache"] = tuple(
-                f"{k}_l{layer}" for layer in range(self.num_layers)
-                for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-            )  # fmt: skip
-        return self.__dict__["_step_names_cache"]
 
     def _step_layer(self, layer: int, cell: Cell, x: Tensor, state: tuple[Tensor, ...]):
         """One layer's step: x (B, I), the state tuple -> the new state tuple. Plain cells take
