@@ -150,9 +150,6 @@ def run_fused(
     if isinstance(cell, LayerNormLSTMCell):
         output, h_n, c_n = _FusedLayerNormLSTM.apply(gx, weight_hh, *state0, mask, *params)
         return output, (h_n, c_n)
-    if isinstance(cell, LayerNormGRUCell):
-        output, h_n = _FusedLayerNormGRU.apply(gx, weight_hh, state0[0], mask, *params)
-        return output, (h_n,)
     if isinstance(cell, LSTMCell):  # plain or peephole (params: w_ic, w_fc, w_oc)
         keeps = _zoneout_keeps(zoneout, gx.shape[0], state0[0])
         peephole = torch.cat(params) if params else None
@@ -160,7 +157,7 @@ def run_fused(
                                             recurrent_mask, *keeps, peephole)  # fmt: skip
         return output, (h_n, c_n)
     code = 3 if isinstance(cell, GRUCell) else _NONLINEARITY[cell.nonlinearity]
-    output, h_n = _FusedLoop.apply(code, gx, weight_hh, bias_hh, state0[0], mask)
+    output, h_n = _FusedLoop.apply(code, gx, weight_hh, bias_hh, state0[0], mask, *params)
     return output, (h_n,)
 
 
@@ -210,12 +207,12 @@ class _FusedLSTM(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, gx, weight_hh, bias_hh, h0, c0, mask, recurrent_mask, keep_h, keep_c, peep):
-        ext, none = extension(), gx.new_empty(0)
+        ext = extension()
         flat_mask = mask.squeeze(-1).contiguous() if mask is not None else _EMPTY_MASK
-        rec = recurrent_mask if recurrent_mask is not None else none
-        keeps = (keep_h, keep_c) if keep_h is not None else (none, none)
-        bias = bias_hh if bias_hh is not None else none
-        peep = peep if peep is not None else none
+        rec = recurrent_mask if recurrent_mask is not None else _EMPTY
+        keeps = (keep_h, keep_c) if keep_h is not None else (_EMPTY, _EMPTY)
+        bias = bias_hh if bias_hh is not None else _EMPTY
+        peep = peep if peep is not None else _EMPTY
         states, cells, cache = ext.lstm_forward(gx, weight_hh, bias, h0, c0, flat_mask, rec,
                                                 *keeps, peep)  # fmt: skip
         output = states[1:] * mask if mask is not None else states[1:].clone()
@@ -282,16 +279,22 @@ class _FusedLayerNormLSTM(torch.autograd.Function):
         return grad_gx, grad_weight_hh, grad_h0, grad_c0, None, *grad_params
 
 
-class _FusedLayerNormGRU(torch.autograd.Function):
-    """The LN-GRU loop; params ln_weight_hh, bias_hh (3H)."""
+class _FusedLoop(torch.autograd.Function):
+    """code 3: GRU (with ``params`` ln_weight_hh, bias_hh (3H): the layer-normalised GRU, whose
+    bias_hh is then None); 0, 1, 2: Elman with tanh, relu, sigmoid."""
 
     @staticmethod
-    def forward(ctx, gx, weight_hh, h0, mask, *params):
+    def forward(ctx, code, gx, weight_hh, bias_hh, h0, mask, *params):
+        ext = extension()
         flat_mask = mask.squeeze(-1).contiguous() if mask is not None else _EMPTY_MASK
-        states, cache, stats = extension().gru_forward(
-            gx, weight_hh, _EMPTY, h0, flat_mask, list(params)
-        )
+        bias = bias_hh if bias_hh is not None else _EMPTY
+        if code == 3:
+            states, cache, stats = ext.gru_forward(gx, weight_hh, bias, h0, flat_mask, list(params))
+        else:
+            states = ext.elman_forward(gx, weight_hh, bias, h0, flat_mask, code)
+            cache, stats = None, None
         output = states[1:] * mask if mask is not None else states[1:].clone()
+        ctx.code, ctx.has_bias = code, bias_hh is not None
         ctx.save_for_backward(weight_hh, states, cache, stats, flat_mask, *params)
         return output, states[-1].clone()
 
@@ -299,53 +302,26 @@ class _FusedLayerNormGRU(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output, grad_h_n):
         weight_hh, states, cache, stats, flat_mask, *params = ctx.saved_tensors
-        T, B, H = cache.shape[0], cache.shape[1], states.shape[2]
-        grad_output, (grad_h_n,) = _incoming(grad_output, (grad_h_n,), flat_mask, states)
-        grad_gx, grad_gh, grad_raw, grad_h0 = extension().gru_backward(
-            grad_output, grad_h_n, weight_hh, states, cache, stats, flat_mask, list(params)
-        )
-        grad_weight_hh = grad_raw.view(T * B, -1).t() @ states[:-1].reshape(T * B, H)
-        grad_params = ((grad_gh * cache[..., 4 * H :]).sum((0, 1)), grad_gh.sum((0, 1)))
-        return grad_gx, grad_weight_hh, grad_h0, None, *grad_params
-
-
-class _FusedLoop(torch.autograd.Function):
-    """code 3: GRU; 0, 1, 2: Elman with tanh, relu, sigmoid."""
-
-    @staticmethod
-    def forward(ctx, code, gx, weight_hh, bias_hh, h0, mask):
-        ext = extension()
-        flat_mask = mask.squeeze(-1).contiguous() if mask is not None else _EMPTY_MASK
-        bias = bias_hh if bias_hh is not None else gx.new_empty(0)
-        if code == 3:
-            states, cache, _ = ext.gru_forward(gx, weight_hh, bias, h0, flat_mask, [])
-        else:
-            states, cache = ext.elman_forward(gx, weight_hh, bias, h0, flat_mask, code), None
-        output = states[1:] * mask if mask is not None else states[1:].clone()
-        ctx.code, ctx.has_bias = code, bias_hh is not None
-        ctx.save_for_backward(weight_hh, states, cache, flat_mask)
-        return output, states[-1].clone()
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_output, grad_h_n):
-        weight_hh, states, cache, flat_mask = ctx.saved_tensors
         ext = extension()
         T, B, H = states.shape[0] - 1, states.shape[1], states.shape[2]
         grad_output, (grad_h_n,) = _incoming(grad_output, (grad_h_n,), flat_mask, states)
         if ctx.code == 3:
-            grad_gx, grad_gh, _, grad_h0 = ext.gru_backward(
-                grad_output, grad_h_n, weight_hh, states, cache, _EMPTY, flat_mask, []
+            grad_gx, grad_gh, grad_raw, grad_h0 = ext.gru_backward(
+                grad_output, grad_h_n, weight_hh, states, cache, stats, flat_mask, params
             )
         else:
             grad_gx, grad_h0 = ext.elman_backward(
                 grad_output, grad_h_n, weight_hh, states, flat_mask, ctx.code
             )
-            grad_gh = grad_gx
+            grad_gh = grad_raw = grad_gx
         flat_gh = grad_gh.view(T * B, -1)
-        grad_weight_hh = flat_gh.t() @ states[:-1].reshape(T * B, H)
+        through = grad_raw if params else grad_gh  # what multiplied W_hh h_{t-1}
+        grad_weight_hh = through.view(T * B, -1).t() @ states[:-1].reshape(T * B, H)
         grad_bias_hh = flat_gh.sum(0) if ctx.has_bias else None
-        return None, grad_gx, grad_weight_hh, grad_bias_hh, grad_h0, None
+        grad_params = ()
+        if params:  # the normalisation's gain and shift
+            grad_params = ((grad_gh * cache[..., 4 * H :]).sum((0, 1)), flat_gh.sum(0))
+        return None, grad_gx, grad_weight_hh, grad_bias_hh, grad_h0, None, *grad_params
 
 
 _EMPTY_MASK = torch.empty(0, dtype=torch.bool)
