@@ -19,6 +19,7 @@ import time
 import torch
 
 import rnnkit
+from rnnkit import fused
 
 SHAPES = [(32, 100, 128, 256), (64, 200, 256, 512), (16, 512, 64, 128), (1, 1000, 64, 256)]
 CELLS = {
@@ -41,6 +42,14 @@ def cell_loop(cell: rnnkit.Cell):
         return torch.stack(outputs), state
 
     return run
+
+
+def engine_path(layer: torch.nn.Module, x: torch.Tensor) -> str:
+    """Which code computes an rnnkit layer: torch's kernel, the C++ loops or Python."""
+    if layer.uses_torch_kernel():
+        return "torch"
+    cell = layer._cells[0]
+    return "cpp" if fused.handles(x) and fused.supports(cell) else "python"
 
 
 def median_time(fn, x: torch.Tensor, backward: bool, repeats: int) -> float:
@@ -79,6 +88,8 @@ def bench_shape(cell: str, shape: tuple[int, int, int, int], repeats: int) -> di
             "forward_backward_ms": round(1e3 * both, 2),
             "forward_backward_gflops": round(3 * flops / both / 1e9, 1),
         }
+        if name.startswith("rnnkit_"):
+            result[name]["path"] = engine_path(fn, x)
     base = result["torch.nn"]
     for name in variants:
         if name != "torch.nn":

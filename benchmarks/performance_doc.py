@@ -35,6 +35,7 @@ def layers_table(document: dict) -> list[str]:
             v = r[impl]
             ratio = v.get("forward_backward_ratio_to_torch")
             extra = f", x{ratio}" if ratio is not None else ""
+            extra += f" ({v['path']})" if "path" in v else ""
             cells.append(
                 f"{v['forward_backward_ms']} ms, {v['forward_backward_gflops']} GF/s{extra}"
             )

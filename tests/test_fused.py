@@ -206,3 +206,42 @@ def test_other_dtypes_take_the_python_engine():
     with fused.fused_enabled(False):
         expected = layer(x)[0]
     torch.testing.assert_close(layer(x)[0], expected)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: rnnkit.GRU(4, 6, num_layers=2, impl="bptt"),
+        lambda: rnnkit.RNN(4, 6, num_layers=2, impl="bptt"),
+        lambda: rnnkit.LSTM(4, 6, num_layers=2, layer_norm=True),
+        lambda: rnnkit.LSTM(4, 6, num_layers=2, zoneout=0.1).eval(),
+    ],
+    ids=["gru", "rnn", "ln-lstm", "zoneout-lstm"],
+)
+def test_the_engine_computes_in_float32_under_bfloat16_autocast(make):
+    """Under autocast (``--precision bf16``) the engine's layers keep their weights' dtype, so
+    their outputs, states and gradients equal those without autocast; torch's kernel casts."""
+    torch.manual_seed(0)
+    layer, x = make(), torch.randn(5, 2, 4, requires_grad=True)
+    expected, expected_state = layer(x)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output, state = layer(x)
+        step_output, _ = layer.step(x[0].detach())
+    (grad,) = torch.autograd.grad(output.sum(), x)
+    assert output.dtype == step_output.dtype == torch.float32
+    torch.testing.assert_close(output, expected)
+    torch.testing.assert_close(state, expected_state)
+    torch.testing.assert_close(grad, expected_grad)
+    torch.testing.assert_close(step_output, layer.step(x[0].detach())[0])
+
+
+def test_torchs_kernel_runs_in_bfloat16_under_autocast():
+    torch.manual_seed(0)
+    layer, x = rnnkit.LSTM(4, 6), torch.randn(5, 2, 4)
+    assert layer.uses_torch_kernel()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output, state = layer(x)
+        again, _ = layer(x, state)  # a carried bfloat16 state (truncated BPTT) is accepted
+    assert output.dtype == again.dtype == state[0].dtype == torch.bfloat16
+    torch.testing.assert_close(output.float(), layer(x)[0], atol=2e-2, rtol=0)

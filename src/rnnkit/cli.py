@@ -37,6 +37,16 @@ _ON_NONFINITE = click.option(
 )
 
 
+def _precision_option(default: str = "fp32"):
+    """The ``--precision`` flag, its help showing the task's ``default``."""
+    return click.option(
+        "--precision",
+        type=click.Choice(["fp32", "bf16", "auto"]),
+        help="bf16: the training forward pass in bfloat16 (about 2x faster on CPUs with AMX or "
+        f"AVX-512 BF16); auto: bf16 where the hardware has it.  [default: {default}]",
+    )
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="rnnkit")
 def main() -> None:
@@ -112,6 +122,7 @@ def train(ctx: click.Context, resume_run: str | None) -> None:
 @click.option("--seed", type=int, help="Random seed.  [default: 0]")
 @click.option("--progress", type=click.Choice(["auto", "bar", "log", "none"]))
 @click.option("--tensorboard/--no-tensorboard", default=None, help="Also log to TensorBoard.")
+@_precision_option("auto")
 def train_charlm(config_file: str | None, out: str | None, resume: str | None, **flags) -> None:
     """Train a character-level (or --unit word) language model on a text file.
 
@@ -495,6 +506,7 @@ def _loop_options(**defaults):
     ]
     options.append(click.option("--progress", type=click.Choice(["auto", "bar", "log", "none"])))
     options.append(_ON_NONFINITE)
+    options.append(_precision_option(defaults.get("precision", "fp32")))
     return lambda function: functools.reduce(lambda f, opt: opt(f), reversed(options), function)
 
 

@@ -32,6 +32,8 @@ Beyond torch, on the engine: ``layer_norm`` (LSTM, GRU), ``peephole`` (LSTM), ``
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -151,7 +153,9 @@ class _RecurrentLayer(nn.Module):
         if self.uses_torch_kernel():
             output, final = self._forward_torch(x, state0, lengths)
         else:
-            output, final = self._forward_bptt(x, state0, lengths)
+            context, x, state0 = self._outside_autocast(x, state0)
+            with context:
+                output, final = self._forward_bptt(x, state0, lengths)
         if unbatched:
             output, final = output.squeeze(1), tuple(s.squeeze(1) for s in final)
         elif self.batch_first:
@@ -169,12 +173,23 @@ class _RecurrentLayer(nn.Module):
             raise RnnkitError(f"{type(self).__name__}.step needs bidirectional=False")
         batch_first = self.batch_first and input.dim() == 2
         x, state0, _, unbatched = self._prepare(input.unsqueeze(1 if batch_first else 0), hx, None)
-        x = x[0]  # (B, I)
-        final = self._stack_step(x, state0)
-        x, final = (final[0][-1], final) if final is not None else self._step_layers(x, state0)
+        context, x, state0 = self._outside_autocast(x[0], state0)  # x (B, I)
+        with context:
+            final = self._stack_step(x, state0)
+            x, final = (final[0][-1], final) if final is not None else self._step_layers(x, state0)
         if unbatched:
             x, final = x.squeeze(0), tuple(f.squeeze(1) for f in final)
         return x, (final[0] if len(final) == 1 else final)
+
+    def _outside_autocast(self, x: Tensor, state0: tuple[Tensor, ...]):
+        """(context, x, state0) for the engine, which computes in one dtype: under autocast
+        (e.g. bfloat16 training) a context that turns it off and x and the state in the weights'
+        dtype; else a context that does nothing (a streaming step notices microseconds)."""
+        if not torch.is_autocast_enabled(x.device.type):
+            return contextlib.nullcontext(), x, state0
+        dtype = next(iter(self._parameters.values())).dtype
+        off = torch.autocast(x.device.type, enabled=False)
+        return off, x.to(dtype), tuple(s.to(dtype) for s in state0)
 
     def _step_layers(self, x: Tensor, state0: tuple[Tensor, ...]):
         """`step` layer by layer: x (B, I), state0 as in `forward` -> (output (B, H or P), the
@@ -354,7 +369,7 @@ class _RecurrentLayer(nn.Module):
                     f"{name}: {label} must have shape {expected} (num_layers * num_directions, "
                     f"batch, {width}), got {tuple(s.shape)}"
                 )
-            if s.dtype != x.dtype:
+            if s.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):
                 raise RnnkitError(f"{name}: {label} dtype {s.dtype} differs from input {x.dtype}")
             out.append(s.unsqueeze(1) if unbatched else s)
         return tuple(out)

@@ -13,6 +13,7 @@ import rnnkit
 from rnnkit.errors import RnnkitError
 from rnnkit.training import StepOutput, StreamBatches, TrainConfig, Trainer
 from rnnkit.training import checkpoint as ckpt
+from rnnkit.training.trainer import native_bf16
 
 
 class SumNet(nn.Module):
@@ -274,3 +275,34 @@ def test_tensorboard_is_optional(tmp_path):
     else:
         Trainer(SumTask(), quiet(tensorboard=True, max_steps=2), tmp_path / "r").fit()
         assert list((tmp_path / "r" / "tensorboard").iterdir())
+
+
+class ProbeTask(SumTask):
+    """SumTask recording the dtype its model's linear layer computes in."""
+
+    def __init__(self) -> None:
+        self.dtypes: list[torch.dtype] = []
+
+    def loss(self, model, batch, state):
+        self.dtypes.append(model.out(torch.zeros(1, 8)).dtype)
+        return super().loss(model, batch, state)
+
+
+def test_bf16_precision_trains_under_autocast_and_keeps_float32_weights(tmp_path):
+    tasks = {precision: ProbeTask() for precision in ("fp32", "bf16")}
+    for precision, task in tasks.items():
+        Trainer(task, quiet(max_steps=4, precision=precision), tmp_path / precision).fit()
+    assert tasks["fp32"].dtypes == [torch.float32] * 4
+    assert tasks["bf16"].dtypes == [torch.bfloat16] * 4
+    assert all(w.dtype == torch.float32 for w in weights(tmp_path / "bf16").values())
+    losses = {p: [r["loss"] for r in train_records(tmp_path / p)] for p in tasks}
+    assert losses["fp32"] != losses["bf16"] and all(map(math.isfinite, losses["bf16"]))
+    with pytest.raises(RnnkitError, match="precision must be"):
+        Trainer(SumTask(), quiet(precision="fp16"), tmp_path / "bad")
+
+
+def test_auto_precision_follows_the_hardware(tmp_path):
+    task = ProbeTask()
+    Trainer(task, quiet(max_steps=1, precision="auto"), tmp_path / "r").fit()
+    native = native_bf16(torch.device("cpu"))
+    assert task.dtypes == [torch.bfloat16 if native else torch.float32]

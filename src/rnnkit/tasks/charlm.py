@@ -70,7 +70,13 @@ class CharLMConfig:
 
 #: training defaults of `rnnkit train charlm` (a 15-minute budget on a 2-core CPU)
 DEFAULT_TRAIN = TrainConfig(
-    lr=3e-3, warmup_steps=20, clip=1.0, max_time=15 * 60, eval_every=100, log_every=10
+    lr=3e-3,
+    warmup_steps=20,
+    clip=1.0,
+    max_time=15 * 60,
+    eval_every=100,
+    log_every=10,
+    precision="auto",
 )
 
 

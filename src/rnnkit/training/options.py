@@ -97,6 +97,7 @@ TRAIN_KEYS = {
     "seed": "seed",
     "progress": "progress",
     "tensorboard": "tensorboard",
+    "precision": "precision",
 }
 
 

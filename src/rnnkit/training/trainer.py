@@ -158,6 +158,7 @@ class TrainConfig:
     progress: str = "auto"
     tensorboard: bool = False
     on_nonfinite: str = "raise"
+    precision: str = "fp32"
 
     #: fields that may change when resuming (the rest must match the run's config.json)
     RESUMABLE = (
@@ -207,6 +208,8 @@ class TrainConfig:
             raise RnnkitError(f"monitor_mode must be 'min' or 'max', got {self.monitor_mode!r}")
         if self.keep_checkpoints < 2:
             raise RnnkitError(f"keep_checkpoints must be at least 2, got {self.keep_checkpoints}")
+        if self.precision not in ("fp32", "bf16", "auto"):
+            raise RnnkitError(f"precision must be fp32, bf16 or auto, got {self.precision!r}")
         if self.progress not in ("auto", "bar", "log", "none"):
             raise RnnkitError(f"progress must be auto, bar, log or none, got {self.progress!r}")
         positive = ("lr", "max_steps", "max_epochs", "max_time", "eval_every", "log_every")
@@ -231,6 +234,16 @@ class TrainConfig:
         if self.max_epochs is not None and steps_per_epoch is not None:
             budgets.append(math.ceil(self.max_epochs * steps_per_epoch))
         return min(budgets) if budgets else None
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices natively: a CUDA device with bf16, or a
+    CPU with AMX or AVX-512 BF16 (where oneDNN's bf16 LSTM runs about 2x faster than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    return False
 
 
 @dataclass
@@ -506,7 +519,8 @@ class Trainer:
         cfg, step = self.config, self.counters.step
         batch = self._shard(self.task.train_batch(step, self.data_rng))
         self.model.train()
-        out = self.task.loss(self.model, batch, self.carried)
+        with self._autocast():
+            out = self.task.loss(self.model, batch, self.carried)
         if out.state is not None and self.world.size > 1:
             raise RnnkitError("a carried state (truncated BPTT over a stream) cannot be trained "
                               "distributed yet; train in one process")  # fmt: skip
@@ -531,6 +545,13 @@ class Trainer:
         return {"step": step + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                 "clipped": clipped, "tokens": out.tokens, **out.metrics,
                 **grad_metrics}  # fmt: skip
+
+    def _autocast(self) -> torch.autocast:
+        """The training forward pass's autocast context (disabled for fp32)."""
+        device = next(self.model.parameters()).device
+        wanted = self.config.precision
+        enabled = wanted == "bf16" or (wanted == "auto" and native_bf16(device))
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def _shard(self, batch: Any) -> Any:
         """This process's part of the global batch (the whole batch in one process)."""
