@@ -100,6 +100,12 @@ def train(ctx: click.Context, resume_run: str | None) -> None:
 @click.option("--layers", type=int, help="Recurrent layers.  [default: 2]")
 @click.option("--embed", type=int, help="Embedding size.  [default: 128]")
 @click.option("--dropout", type=float, help="Dropout.  [default: 0.2]")
+@click.option(
+    "--weight-dropout",
+    type=float,
+    help="DropConnect on the recurrent weights (runs rnnkit's engine, not torch's kernel).  "
+    "[default: 0]",
+)
 @click.option("--seq-len", type=int, help="Time steps per training window.  [default: 128]")
 @click.option("--batch", type=int, help="Sequences per step.  [default: 32]")
 @click.option(

@@ -161,21 +161,27 @@ def run_fused(
     return output, (h_n,)
 
 
-def stack_step(cells: list[Cell], x: Tensor, state: tuple[Tensor, ...], weights: list[Tensor]):
-    """One step of a stack of plain LSTM, GRU or Elman layers in one C++ call (streaming; no
-    autograd): x (B, I), state (h,) or (h, c) each (L, B, H), weights w_ih, w_hh, b_ih, b_hh per
-    layer (None: no bias) -> the new state, shaped as ``state``; None when the C++ loops are off,
-    the tensors are not on the CPU or the cells are not all of one plain kind."""
+def step_code(cells: list[Cell]) -> int | None:
+    """The code of `stack_step` for a stack whose cells are all of one plain kind (0-2 Elman
+    with tanh, relu, sigmoid; 3 GRU; 4 LSTM), else None. Layers compute it once."""
     kind = type(cells[0])
-    if kind not in _STEP_CODES or not handles(x) or not _state["enabled"] or extension() is None:
+    if kind not in _STEP_CODES or any(type(c) is not kind for c in cells):
         return None
-    if any(type(c) is not kind for c in cells):
+    return _STEP_CODES[kind] if kind is not ElmanCell else _NONLINEARITY[cells[0].nonlinearity]
+
+
+def stack_step(code: int | None, x: Tensor, state: tuple[Tensor, ...], weights: list):
+    """One step of a stack of plain LSTM, GRU or Elman layers in one C++ call (streaming; no
+    autograd): ``code`` from `step_code`, x (B, I), state (h,) or (h, c) each (L, B, H), weights
+    w_ih, w_hh, b_ih, b_hh per layer (None: no bias) -> (the last layer's h (B, H), the new
+    state shaped as ``state``); None when ``code`` is None, the C++ loops are off or the tensors
+    are not CPU float32/float64."""
+    if code is None or not _state["enabled"] or not handles(x) or extension() is None:
         return None
-    code = _STEP_CODES[kind] if kind is not ElmanCell else _NONLINEARITY[cells[0].nonlinearity]
     weights = [_EMPTY if w is None else w for w in weights]
     c = state[1] if len(state) > 1 else _EMPTY
-    h, c = _state["module"].stack_step(x, state[0], c, weights, code)
-    return (h, c) if len(state) > 1 else (h,)
+    h, c, output = _state["module"].stack_step(x, state[0], c, weights, code)
+    return output, ((h, c) if len(state) > 1 else (h,))
 
 
 def _zoneout_keeps(zoneout, steps: int, h0: Tensor) -> tuple[Tensor | None, Tensor | None]:

@@ -105,6 +105,7 @@ class _RecurrentLayer(nn.Module):
                 self._cells.append(cell)
                 for name in cell.parameter_names():
                     self.register_parameter(f"{name}_l{layer}{suffix}", getattr(cell, name))
+        self._step_code = fused.step_code(self._cells)  # None: `step` goes layer by layer
 
     @property
     def num_directions(self) -> int:
@@ -171,12 +172,15 @@ class _RecurrentLayer(nn.Module):
         """
         if self.bidirectional:
             raise RnnkitError(f"{type(self).__name__}.step needs bidirectional=False")
-        batch_first = self.batch_first and input.dim() == 2
-        x, state0, _, unbatched = self._prepare(input.unsqueeze(1 if batch_first else 0), hx, None)
-        context, x, state0 = self._outside_autocast(x[0], state0)  # x (B, I)
+        size = self.input_size
+        self._check_input(input, (1, 2), f"(B, {size}) or unbatched ({size},)")
+        unbatched = input.dim() == 1
+        x = input.unsqueeze(0) if unbatched else input  # (B, I)
+        state0 = self._prepare_state(hx, x.shape[0], unbatched, x)
+        context, x, state0 = self._outside_autocast(x, state0)
         with context:
-            final = self._stack_step(x, state0)
-            x, final = (final[0][-1], final) if final is not None else self._step_layers(x, state0)
+            stepped = self._stack_step(x, state0)
+            x, final = stepped if stepped is not None else self._step_layers(x, state0)
         if unbatched:
             x, final = x.squeeze(0), tuple(f.squeeze(1) for f in final)
         return x, (final[0] if len(final) == 1 else final)
@@ -208,9 +212,10 @@ class _RecurrentLayer(nn.Module):
                 x = nn.functional.dropout(x, self.dropout, training=True)
         return x, tuple(torch.stack(f) for f in finals)
 
-    def _stack_step(self, x: Tensor, state0: tuple[Tensor, ...]) -> tuple[Tensor, ...] | None:
+    def _stack_step(self, x: Tensor, state0: tuple[Tensor, ...]):
         """The whole stack's step in one C++ call (`rnnkit.fused.stack_step`) when nothing needs
-        autograd, dropout between layers or zoneout; else None."""
+        autograd, dropout between layers or zoneout: (output (B, H), the final state tuple);
+        else None."""
         if (self.training and self.dropout and self.num_layers > 1) or any(_as_tuple(self.zoneout)):
             return None
         p = self._parameters
@@ -220,7 +225,7 @@ class _RecurrentLayer(nn.Module):
             or any(w is not None and w.requires_grad for w in weights)
         ):  # fmt: skip
             return None
-        return fused.stack_step(self._cells, x, state0, weights)
+        return fused.stack_step(self._step_code, x, state0, weights)
 
     def _step_layer(self, layer: int, cell: Cell, x: Tensor, state: tuple[Tensor, ...]):
         """One layer's step: x (B, I), the state tuple -> the new state tuple. Plain cells take
@@ -315,8 +320,9 @@ class _RecurrentLayer(nn.Module):
     def _config_name(self) -> str:
         return type(self).__name__
 
-    def _prepare(self, input: Tensor, hx, lengths: Tensor | None):
-        """Validate, and bring input to (T, B, I) and the state to a tuple of (L*D, B, H)."""
+    def _check_input(self, input: Tensor, dims: tuple[int, int], shapes: str) -> None:
+        """Refuse an input that is not a floating-point tensor with one of ``dims`` dimensions,
+        the last of size input_size (``shapes`` names the shapes accepted)."""
         name = type(self).__name__
         if not isinstance(input, Tensor) or not input.is_floating_point():
             got = input.dtype if isinstance(input, Tensor) else type(input).__name__
@@ -324,16 +330,19 @@ class _RecurrentLayer(nn.Module):
                 f"{name}: input must be a floating-point tensor, got {got}; "
                 "convert it with input.float() (token ids go through an nn.Embedding first)"
             )
-        if input.dim() not in (2, 3):
-            raise RnnkitError(
-                f"{name}: input must have shape (T, B, {self.input_size}) or unbatched "
-                f"(T, {self.input_size}), got {tuple(input.shape)}"
-            )
+        if input.dim() not in dims:
+            raise RnnkitError(f"{name}: input must have shape {shapes}, got {tuple(input.shape)}")
         if input.shape[-1] != self.input_size:
             raise RnnkitError(
                 f"{name}: input.size(-1) must equal input_size={self.input_size}, "
                 f"got {input.shape[-1]} (input shape {tuple(input.shape)})"
             )
+
+    def _prepare(self, input: Tensor, hx, lengths: Tensor | None):
+        """Validate, and bring input to (T, B, I) and the state to a tuple of (L*D, B, H)."""
+        name = type(self).__name__
+        shapes = f"(T, B, {self.input_size}) or unbatched (T, {self.input_size})"
+        self._check_input(input, (2, 3), shapes)
         unbatched = input.dim() == 2
         x = input.unsqueeze(1) if unbatched else input
         if self.batch_first and not unbatched:

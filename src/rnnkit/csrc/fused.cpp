@@ -700,14 +700,15 @@ std::vector<Tensor> elman_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh,
 // ---- Streaming: one step of a stack of layers, no autograd. -----------------------------------
 
 // v (B, K) @ w^T + b -> (B, G); one matrix-vector product when B = 1 (cheaper than a GEMM).
+// v (B, n) @ w^T + b, contiguous, as (B, m), or as (m,) at B=1: a matrix-vector product.
 static Tensor affine(const Tensor& v, const Tensor& w, const Tensor& b) {
-  if (v.size(0) == 1) return (b.numel() ? at::addmv(b, w, v[0]) : at::mv(w, v[0])).unsqueeze(0);
+  if (v.size(0) == 1) return b.numel() ? at::addmv(b, w, v[0]) : at::mv(w, v[0]);
   return b.numel() ? at::addmm(b, v, w.t()) : at::mm(v, w.t());
 }
 
 // One time step of L plain layers: x (B, I), h (L, B, H), c (L, B, H) for the LSTM (else empty),
 // weights w_ih, w_hh, b_ih, b_hh per layer (biases may be empty); cell 0, 1, 2: Elman with tanh,
-// relu, sigmoid; 3 GRU; 4 LSTM. -> {h' (L, B, H), c' (L, B, H) or empty}.
+// relu, sigmoid; 3 GRU; 4 LSTM. -> {h' (L, B, H), c' (L, B, H) or empty, h' of the last layer}.
 std::vector<Tensor> stack_step(Tensor x, Tensor h, Tensor c, std::vector<Tensor> weights,
                                int64_t cell) {
   const int64_t L = h.size(0), B = h.size(1), H = h.size(2);
@@ -717,7 +718,7 @@ std::vector<Tensor> stack_step(Tensor x, Tensor h, Tensor c, std::vector<Tensor>
   auto scratch = at::empty({B, 5 * H}, h.options());
   for (int64_t l = 0; l < L; ++l) {
     const Tensor* w = weights.data() + 4 * l;
-    auto gx = affine(x, w[0], w[2]).contiguous(), gh = affine(h[l], w[1], w[3]).contiguous();
+    auto gx = affine(x, w[0], w[2]), gh = affine(h[l], w[1], w[3]);
     AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "stack_step", [&] {
       const scalar_t *a = gx.data_ptr<scalar_t>(), *r = gh.data_ptr<scalar_t>();
       const scalar_t* hp = h.data_ptr<scalar_t>() + l * B * H;
@@ -741,7 +742,7 @@ std::vector<Tensor> stack_step(Tensor x, Tensor h, Tensor c, std::vector<Tensor>
     });
     x = h_new[l];
   }
-  return {h_new, c_new};
+  return {h_new, c_new, x};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -54,6 +54,7 @@ class CharLMConfig:
     hidden: int = 384
     layers: int = 2
     dropout: float = 0.2
+    weight_dropout: float = 0.0
     impl: str = "auto"
     seq_len: int = 128
     batch: int = 32
@@ -156,8 +157,10 @@ class CharLM:
 
 def build_model(cfg: CharLMConfig, vocab_size: int) -> SequenceModel:
     """The language model of ``cfg``: embedding, recurrent layers, a head over the vocabulary."""
+    options = {"weight_dropout": cfg.weight_dropout} if cfg.weight_dropout else {}
     return SequenceModel(cfg.cell, vocab_size, cfg.hidden, vocab_size, num_layers=cfg.layers,
-                         dropout=cfg.dropout, impl=cfg.impl, embedding_size=cfg.embed)  # fmt: skip
+                         dropout=cfg.dropout, impl=cfg.impl, embedding_size=cfg.embed,
+                         **options)  # fmt: skip
 
 
 def window_loss_sum(model: nn.Module, ids: Tensor, seq_len: int, batch: int) -> tuple[float, int]:
