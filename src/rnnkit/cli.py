@@ -96,10 +96,10 @@ def train(ctx: click.Context, resume_run: str | None) -> None:
 @click.option("--unit", type=click.Choice(["char", "word"]), help="Token unit.  [default: char]")
 @click.option("--encoding", help="Encoding of the text file.  [default: utf-8]")
 @click.option("--cell", type=click.Choice(["lstm", "gru", "rnn"]), help="[default: lstm]")
-@click.option("--hidden", type=int, help="Hidden units per layer.  [default: 384]")
-@click.option("--layers", type=int, help="Recurrent layers.  [default: 2]")
+@click.option("--hidden", type=int, help="Hidden units per layer.  [default: 512]")
+@click.option("--layers", type=int, help="Recurrent layers.  [default: 3]")
 @click.option("--embed", type=int, help="Embedding size.  [default: 128]")
-@click.option("--dropout", type=float, help="Dropout.  [default: 0.2]")
+@click.option("--dropout", type=float, help="Dropout.  [default: 0.3]")
 @click.option(
     "--weight-dropout",
     type=float,
@@ -107,7 +107,7 @@ def train(ctx: click.Context, resume_run: str | None) -> None:
     "[default: 0]",
 )
 @click.option("--seq-len", type=int, help="Time steps per training window.  [default: 128]")
-@click.option("--batch", type=int, help="Sequences per step.  [default: 32]")
+@click.option("--batch", type=int, help="Sequences per step.  [default: 64]")
 @click.option(
     "--batching",
     type=click.Choice(["random", "stream"]),

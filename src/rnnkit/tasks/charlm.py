@@ -51,13 +51,13 @@ class CharLMConfig:
     max_vocab: int | None = None
     cell: str = "lstm"
     embed: int = 128
-    hidden: int = 384
-    layers: int = 2
-    dropout: float = 0.2
+    hidden: int = 512
+    layers: int = 3
+    dropout: float = 0.3
     weight_dropout: float = 0.0
     impl: str = "auto"
     seq_len: int = 128
-    batch: int = 32
+    batch: int = 64
     batching: str = "random"
     eval_tokens: int = 32768
 

@@ -241,8 +241,9 @@ def native_bf16(device: torch.device) -> bool:
     CPU with AMX or AVX-512 BF16 (where oneDNN's bf16 LSTM runs about 2x faster than fp32)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    if device.type == "cpu":  # torch's private probes of the CPU's features; absent: no
+        probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
     return False
 
 
