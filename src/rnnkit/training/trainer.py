@@ -31,7 +31,8 @@ model, and the trainer knows nothing of either:
     floats measured on the gradients after backpropagation and before clipping (e.g. the norm
     of the recurrent weights' gradient); logged with the step like ``StepOutput.metrics``.
 
-The trainer does the rest: AdamW, linear warm-up then cosine decay of the learning rate, clipping
+The trainer does the rest: AdamW, linear warm-up then cosine decay of the learning rate, an
+optional bfloat16 forward pass (``precision``), clipping
 by global norm (the pre-clip norm is logged as ``grad_norm``), budgets (steps, epochs, seconds;
 the first reached stops training; the schedule follows the step budget if there is one, else the
 time budget, so a step-budgeted run is reproducible whatever the machine's speed), evaluation
