@@ -77,6 +77,7 @@ DEFAULT_TRAIN = TrainConfig(
     max_time=15 * 60,
     eval_every=100,
     log_every=10,
+    min_lr_ratio=0.0,
     precision="auto",
 )
 
