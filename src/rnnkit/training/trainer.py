@@ -360,6 +360,9 @@ class Trainer:
     def _setup(self) -> None:
         torch.manual_seed(self.config.seed)
         self.model = self.task.build_model()
+        self._device = next(self.model.parameters()).device
+        wanted = self.config.precision  # resolved once: "auto" asks the hardware
+        self._bf16 = wanted == "bf16" or (wanted == "auto" and native_bf16(self._device))
         self.data_rng = torch.Generator().manual_seed(self.config.seed + 1)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
@@ -550,10 +553,7 @@ class Trainer:
 
     def _autocast(self) -> torch.autocast:
         """The training forward pass's autocast context (disabled for fp32)."""
-        device = next(self.model.parameters()).device
-        wanted = self.config.precision
-        enabled = wanted == "bf16" or (wanted == "auto" and native_bf16(device))
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+        return torch.autocast(self._device.type, dtype=torch.bfloat16, enabled=self._bf16)
 
     def _shard(self, batch: Any) -> Any:
         """This process's part of the global batch (the whole batch in one process)."""
