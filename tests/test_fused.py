@@ -245,3 +245,66 @@ def test_torchs_kernel_runs_in_bfloat16_under_autocast():
         again, _ = layer(x, state)  # a carried bfloat16 state (truncated BPTT) is accepted
     assert output.dtype == again.dtype == state[0].dtype == torch.bfloat16
     torch.testing.assert_close(output.float(), layer(x)[0], atol=2e-2, rtol=0)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])
+@pytest.mark.parametrize("n,k", [(1, 1), (7, 5), (33, 20), (100, 64), (256, 130)])
+def test_step_kernel_equals_torch(rows, n, k):
+    """rnnkit's per-step product kernel (`csrc/step_gemm.h`): every row-tile height, columns
+    that are not a multiple of the SIMD width, with and without bias and added term."""
+    ext = fused.extension()
+    torch.manual_seed(0)
+    a, w, bias, add = torch.randn(rows, k), torch.randn(n, k), torch.randn(n), torch.randn(rows, n)
+    packed = ext.pack_weight(w)
+    empty = torch.empty(0)
+    expected = a @ w.t()
+    torch.testing.assert_close(ext.packed_linear(a, packed, n, empty, empty), expected)
+    got = ext.packed_linear(a, packed, n, bias, add)
+    torch.testing.assert_close(got, expected + bias + add)
+
+
+@pytest.mark.parametrize("m,k,n", [(3, 4, 5), (300, 200, 100)], ids=["small", "onednn"])
+def test_engine_matmul_equals_torch(m, k, n):
+    """`fused.matmul` (oneDNN for big float32 products) on transposed operands too, and
+    `fused.linear` with its gradients against ``nn.functional.linear``."""
+    torch.manual_seed(0)
+    a, b = torch.randn(m, k), torch.randn(n, k)
+    torch.testing.assert_close(fused.matmul(a, b.t()), a @ b.t())
+    torch.testing.assert_close(fused.matmul(a.t().contiguous().t(), b.t()), a @ b.t())
+    x, bias = torch.randn(2, m, k, requires_grad=True), torch.randn(n, requires_grad=True)
+    w = b.clone().requires_grad_()
+    results = []
+    for f in (fused.linear, torch.nn.functional.linear):
+        out = f(x, w, bias)
+        results.append((out, *torch.autograd.grad((out**2).sum(), [x, w, bias])))
+    for ours, theirs in zip(*results, strict=True):  # float32 rounding of sums over k
+        assert (ours - theirs).abs().max() <= 1e-5 * theirs.abs().max()
+
+
+@pytest.mark.parametrize(
+    "ours,theirs",
+    [(rnnkit.LSTM, torch.nn.LSTM), (rnnkit.GRU, torch.nn.GRU), (rnnkit.RNN, torch.nn.RNN)],
+    ids=["lstm", "gru", "rnn"],
+)
+@pytest.mark.parametrize("batch,hidden", [(3, 20), (64, 272)], ids=["own-kernel", "onednn"])
+def test_cpp_float32_equals_torch_on_each_product_path(ours, theirs, batch, hidden):
+    """The loops' per-step products take rnnkit's kernel when small and oneDNN when big (from
+    2^22 multiply-adds); both match torch.nn in float32, gradients included, and so does
+    ``RNNKIT_GEMM=aten`` (every product through at::mm)."""
+    torch.manual_seed(0)
+    reference = theirs(16, hidden)
+    layer = ours(16, hidden, impl="bptt")
+    layer.load_state_dict(reference.state_dict())
+    x = torch.randn(6, batch, 16, requires_grad=True)
+    ext = fused.extension()
+    results = []
+    for module, tuned in ((layer, True), (layer, False), (reference, True)):
+        ext.set_tuned(tuned)
+        try:
+            out, _ = module(x)
+            results.append((out, *torch.autograd.grad((out**2).sum(), [x, *module.parameters()])))
+        finally:
+            ext.set_tuned(True)
+    for tuned, aten, reference in zip(*results, strict=True):  # float32 rounding of sums
+        assert (tuned - reference).abs().max() <= 1e-5 * reference.abs().max()
+        assert (aten - reference).abs().max() <= 1e-5 * reference.abs().max()

@@ -127,7 +127,9 @@ class Cell(nn.Module):
         Returns gx (T, B, G*H) for all steps (here one matrix product; autograd differentiates
         it), weight_hh (G*H, size of h), bias_hh (G*H,) or None, and the ``params`` of ``step``.
         """
-        gx = nn.functional.linear(x, weights["weight_ih"], weights["bias_ih"])
+        from rnnkit.fused import linear  # here: rnnkit.fused imports the cells
+
+        gx = linear(x, weights["weight_ih"], weights["bias_ih"])
         return gx, weights["weight_hh"], weights["bias_hh"], ()
 
     def step(self, gx: Tensor, gh: Tensor, state: State, params: tuple = ()) -> tuple[State, tuple]:

@@ -67,7 +67,9 @@ class _LayerNormProjections:
             weights[name].fill_(0.0 if name.startswith("ln_bias") else 1.0)
 
     def engine_inputs(self, x: Tensor, weights: dict[str, Tensor | None]):
-        gx = nn.functional.linear(x, weights["weight_ih"])
+        from rnnkit.fused import linear  # here: rnnkit.fused imports the cells
+
+        gx = linear(x, weights["weight_ih"])
         gx = nn.functional.layer_norm(
             gx, gx.shape[-1:], weights["ln_weight_ih"], weights["bias_ih"], EPS
         )

@@ -27,8 +27,16 @@
 #include <vector>
 
 #include "simd.h"
+#include "step_gemm.h"
 
 using torch::Tensor;
+
+namespace at::native {
+// oneDNN's matmul inside torch, exported but not among its installed headers:
+// result = beta * result + alpha * mat1 @ mat2 (2-D, any strides; float32 here).
+TORCH_API void mkldnn_matmul(const Tensor& mat1, const Tensor& mat2, const Tensor& result,
+                             float beta, float alpha);
+}  // namespace at::native
 
 namespace {
 
@@ -322,10 +330,71 @@ void for_rows(int64_t rows, int64_t row_size, const F& body) {
   });
 }
 
-// gh = h @ W_hh^T (+ b_hh), into a preallocated (B, G*H) buffer.
-void recurrent_product(Tensor& gh, const Tensor& h, const Tensor& w_t, const Tensor& bias) {
-  if (bias.defined() && bias.numel()) at::addmm_out(gh, bias, h, w_t);
-  else at::mm_out(gh, h, w_t);
+// ---- Matrix products. ---------------------------------------------------------------------------
+//
+// float32 products go to oneDNN's matmul when they are big (torch's at::native::mkldnn_matmul, the
+// kernels behind its fused LSTM; at::mm calls MKL, which on CPUs it does not tune for, AMD's,
+// runs these shapes at half of oneDNN's speed or less) and, for a step's product, to rnnkit's
+// own kernel (step_gemm.h) when they are small, where either library's call overhead would
+// weigh more than the product. float64, and every product after set_tuned(false)
+// (RNNKIT_GEMM=aten), takes at::mm.
+bool g_tuned = true;
+
+void set_tuned(bool on) { g_tuned = on; }
+
+constexpr int64_t kOneDnnWork = int64_t(1) << 22;  // multiply-adds from which oneDNN is faster
+
+bool tuned_for(const Tensor& a) { return g_tuned && a.scalar_type() == at::kFloat; }
+
+bool onednn_for(const Tensor& a, int64_t work) {
+  return tuned_for(a) && at::hasMKLDNN() && work >= kOneDnnWork;
+}
+
+// a (M, K) @ b (K, N), any strides -> (M, N).
+Tensor matmul(const Tensor& a, const Tensor& b) {
+  if (!onednn_for(a, a.size(0) * a.size(1) * b.size(1))) return at::mm(a, b);
+  auto out = at::empty({a.size(0), b.size(1)}, a.options());
+  at::native::mkldnn_matmul(a, b, out, 0.0f, 1.0f);
+  return out;
+}
+
+// W (N, K) packed for rnnkit's kernel when a sequence's products of B rows against it are small
+// enough for it (`step_gemm.h`), else an undefined tensor.
+Tensor pack_if_small(const Tensor& w, int64_t B) {
+  const bool small = tuned_for(w) && B * w.size(0) * w.size(1) < kOneDnnWork;
+  return small ? rnnkit_gemm::pack_weight(w) : Tensor();
+}
+
+// out (B, N) = h (B, K) @ W^T (+ bias), W (N, K); packed = pack_if_small(W, B).
+void recurrent_product(Tensor& out, const Tensor& h, const Tensor& w, const Tensor& packed,
+                       const Tensor& bias) {
+  const bool has_bias = bias.defined() && bias.numel();
+  if (packed.defined()) {
+    rnnkit_gemm::step_gemm(h.data_ptr<float>(), h.size(0), h.size(1), packed, out.size(1),
+                           has_bias ? bias.data_ptr<float>() : nullptr, nullptr,
+                           out.data_ptr<float>());
+  } else if (onednn_for(h, h.size(0) * w.size(0) * w.size(1))) {
+    if (has_bias) out.copy_(bias.expand_as(out));
+    at::native::mkldnn_matmul(h, w.t(), out, has_bias ? 1.0f : 0.0f, 1.0f);
+  } else if (has_bias) {
+    at::addmm_out(out, bias, h, w.t());
+  } else {
+    at::mm_out(out, h, w.t());
+  }
+}
+
+// acc (B, H) += grad (B, N) @ W (N, H): the backward's step to h_{t-1}; packed =
+// pack_if_small(W^T, B).
+void add_back_product(Tensor& acc, const Tensor& grad, const Tensor& w, const Tensor& packed) {
+  if (packed.defined()) {
+    float* out = acc.data_ptr<float>();
+    rnnkit_gemm::step_gemm(grad.data_ptr<float>(), grad.size(0), grad.size(1), packed,
+                           acc.size(1), nullptr, out, out);
+  } else if (onednn_for(grad, grad.size(0) * w.size(0) * w.size(1))) {
+    at::native::mkldnn_matmul(grad, w, acc, 1.0f, 1.0f);
+  } else {
+    acc.addmm_(grad, w);
+  }
 }
 
 bool valid(const bool* mask, int64_t t, int64_t B, int64_t b) {
@@ -355,11 +424,11 @@ std::vector<Tensor> gru_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0, 
   auto cache = at::empty({T, B, C}, gx.options());
   auto stats = at::zeros({norm ? T : 0, B, 1}, gx.options());
   auto gh = at::empty({B, 3 * H}, gx.options());
-  auto w_t = w_hh.t();
+  const auto packed = pack_if_small(w_hh, B);
   states[0].copy_(h0);
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   for (int64_t t = 0; t < T; ++t) {
-    recurrent_product(gh, states[t], w_t, b_hh);
+    recurrent_product(gh, states[t], w_hh, packed, b_hh);
     AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "gru_forward", [&] {
       const scalar_t* x = gx.data_ptr<scalar_t>() + t * B * 3 * H;
       scalar_t* r_h = gh.data_ptr<scalar_t>();
@@ -399,6 +468,7 @@ std::vector<Tensor> gru_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh, T
   auto grad_raw = at::empty({norm ? T : 0, B, 3 * H}, cache.options());
   auto dh = grad_hn.contiguous().clone();
   auto direct = at::empty_like(dh);
+  const auto packed = pack_if_small(w_hh.t(), B);
   auto zeros = grad_out.numel() ? Tensor() : at::zeros_like(dh);
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   for (int64_t t = T - 1; t >= 0; --t) {
@@ -431,7 +501,8 @@ std::vector<Tensor> gru_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh, T
         }
       });
     });
-    at::addmm_out(dh, direct, norm ? grad_raw[t] : grad_gh[t], w_hh);
+    add_back_product(direct, norm ? grad_raw[t] : grad_gh[t], w_hh, packed);
+    std::swap(dh, direct);
   }
   return {grad_gx, grad_gh, grad_raw, dh};
 }
@@ -451,13 +522,13 @@ std::vector<Tensor> lstm_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0,
   auto cache = at::empty({T, B, 5 * H}, gx.options());
   auto gh = at::empty({B, 4 * H}, gx.options());
   auto h_in = rec_mask.numel() ? at::empty({B, H}, gx.options()) : Tensor();
-  auto w_t = w_hh.t();
+  const auto packed = pack_if_small(w_hh, B);
   states[0].copy_(h0), cells[0].copy_(c0);
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   const bool zone = keep_h.numel() > 0;
   for (int64_t t = 0; t < T; ++t) {
     if (h_in.defined()) at::mul_out(h_in, states[t], rec_mask);
-    recurrent_product(gh, h_in.defined() ? h_in : states[t], w_t, b_hh);
+    recurrent_product(gh, h_in.defined() ? h_in : states[t], w_hh, packed, b_hh);
     AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "lstm_forward", [&] {
       const int64_t BH = B * H;
       const scalar_t* x = gx.data_ptr<scalar_t>() + t * 4 * BH;
@@ -497,6 +568,7 @@ std::vector<Tensor> lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_c
   auto dh = grad_hn.contiguous().clone();
   auto dc = grad_cn.contiguous().clone();
   auto direct = at::empty_like(dh);
+  const auto packed = pack_if_small(w_hh.t(), B);
   auto through = rec_mask.numel() ? at::empty_like(dh) : Tensor();
   auto zeros = grad_out.numel() ? Tensor() : at::zeros_like(dh);
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
@@ -532,7 +604,8 @@ std::vector<Tensor> lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_c
       at::mm_out(through, grad_pre[t], w_hh);
       at::addcmul_out(dh, direct, through, rec_mask);
     } else {
-      at::addmm_out(dh, direct, grad_pre[t], w_hh);
+      add_back_product(direct, grad_pre[t], w_hh, packed);
+      std::swap(dh, direct);
     }
   }
   return {grad_pre, dh, dc};
@@ -551,11 +624,11 @@ std::vector<Tensor> ln_lstm_forward(Tensor gx, Tensor w_hh, Tensor h0, Tensor c0
   auto cache = at::empty({T, B, 10 * H}, gx.options());
   auto stats = at::empty({T, B, 2}, gx.options());
   auto raw = at::empty({B, 4 * H}, gx.options());
-  auto w_t = w_hh.t();
+  const auto packed = pack_if_small(w_hh, B);
   states[0].copy_(h0), cells[0].copy_(c0);
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   for (int64_t t = 0; t < T; ++t) {
-    at::mm_out(raw, states[t], w_t);
+    recurrent_product(raw, states[t], w_hh, packed, Tensor());
     AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "ln_lstm_forward", [&] {
       const LnParams<scalar_t> p{params[0].data_ptr<scalar_t>(), params[1].data_ptr<scalar_t>(),
                                  params[2].data_ptr<scalar_t>(), params[3].data_ptr<scalar_t>()};
@@ -597,6 +670,7 @@ std::vector<Tensor> ln_lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor gra
   auto dh = grad_hn.contiguous().clone();
   auto dc = grad_cn.contiguous().clone();
   auto direct = at::empty_like(dh);
+  const auto packed = pack_if_small(w_hh.t(), B);
   auto zeros = grad_out.numel() ? Tensor() : at::zeros_like(dh);
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   for (int64_t t = T - 1; t >= 0; --t) {
@@ -628,7 +702,8 @@ std::vector<Tensor> ln_lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor gra
         }
       });
     });
-    at::addmm_out(dh, direct, grad_raw[t], w_hh);
+    add_back_product(direct, grad_raw[t], w_hh, packed);
+    std::swap(dh, direct);
   }
   return {grad_gx, grad_raw, grad_norm, dh, dc};
 }
@@ -640,11 +715,11 @@ Tensor elman_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0, Tensor mask
   gx = gx.contiguous();
   auto states = at::empty({T + 1, B, H}, gx.options());
   auto gh = at::empty({B, H}, gx.options());
-  auto w_t = w_hh.t();
+  const auto packed = pack_if_small(w_hh, B);
   states[0].copy_(h0);
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   for (int64_t t = 0; t < T; ++t) {
-    recurrent_product(gh, states[t], w_t, b_hh);
+    recurrent_product(gh, states[t], w_hh, packed, b_hh);
     AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "elman_forward", [&] {
       const scalar_t* x = gx.data_ptr<scalar_t>() + t * B * H;
       const scalar_t* g = gh.data_ptr<scalar_t>();
@@ -670,6 +745,7 @@ std::vector<Tensor> elman_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh,
   auto grad_pre = at::empty({T, B, H}, states.options());
   auto dh = grad_hn.contiguous().clone();
   auto direct = at::empty_like(dh);
+  const auto packed = pack_if_small(w_hh.t(), B);
   auto zeros = grad_out.numel() ? Tensor() : at::zeros_like(dh);
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   for (int64_t t = T - 1; t >= 0; --t) {
@@ -692,7 +768,8 @@ std::vector<Tensor> elman_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh,
         });
       });
     });
-    at::addmm_out(dh, direct, grad_pre[t], w_hh);
+    add_back_product(direct, grad_pre[t], w_hh, packed);
+    std::swap(dh, direct);
   }
   return {grad_pre, dh};
 }
@@ -745,7 +822,20 @@ std::vector<Tensor> stack_step(Tensor x, Tensor h, Tensor c, std::vector<Tensor>
   return {h_new, c_new, x};
 }
 
+// a (B, K) @ W^T + bias + add through rnnkit's step kernel, packed = pack_weight(W) (N, K);
+// bias and add may be empty. For tests and benchmarks of the kernel.
+Tensor packed_linear(Tensor a, Tensor packed, int64_t N, Tensor bias, Tensor add) {
+  a = a.contiguous(), add = add.contiguous();
+  auto out = at::empty({a.size(0), N}, a.options());
+  rnnkit_gemm::step_gemm(a.data_ptr<float>(), a.size(0), a.size(1), packed, N,
+                         bias.numel() ? bias.data_ptr<float>() : nullptr,
+                         add.numel() ? add.data_ptr<float>() : nullptr, out.data_ptr<float>());
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("pack_weight", &rnnkit_gemm::pack_weight);
+  m.def("packed_linear", &packed_linear);
   m.def("lstm_forward", &lstm_forward);
   m.def("lstm_backward", &lstm_backward);
   m.def("ln_lstm_forward", &ln_lstm_forward);
@@ -755,4 +845,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gru_backward", &gru_backward);
   m.def("elman_forward", &elman_forward);
   m.def("elman_backward", &elman_backward);
+  m.def("set_tuned", &set_tuned);
+  m.def("matmul", &matmul);
 }
