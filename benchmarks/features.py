@@ -1,9 +1,9 @@
 """Feature cells and regularisers on the engine against plain torch.nn.LSTM; prints JSON.
 
-    python benchmarks/features.py [--shape 32,100,128,256 --repeats 3]
+    python benchmarks/features.py [--shape 32,100,128,256 --repeats 7]
 
-Forward+backward time of one layer in training mode, float32, all in one process, and the ratio
-to torch.nn.LSTM of the same width (the goal: within 1.5x). The proj_size rows (P = H/2, e.g. 128
+Forward+backward time of one layer in training mode, float32, all in one process (the variants
+timed in turn, round after round: `benchmarks.layers.median_times`), and the ratio to torch.nn.LSTM of the same width (the goal: within 1.5x). The proj_size rows (P = H/2, e.g. 128
 at H=256) are also measured against torch.nn.LSTM(proj_size=P), which oneDNN does not run.
 """
 
@@ -15,7 +15,7 @@ import json
 import torch
 
 import rnnkit
-from benchmarks.layers import median_time
+from benchmarks.layers import median_times
 
 FEATURES = {
     "torch.nn.LSTM": lambda i, h: torch.nn.LSTM(i, h),
@@ -38,14 +38,12 @@ FEATURES = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="32,100,128,256", help="B,T,I,H")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     B, T, I, H = (int(v) for v in args.shape.split(","))
     x = torch.randn(T, B, I, requires_grad=True)
-    times = {
-        name: median_time(make(I, H).train(), x, True, args.repeats)
-        for name, make in FEATURES.items()
-    }
+    layers = {name: make(I, H).train() for name, make in FEATURES.items()}
+    times = median_times(layers, x, True, args.repeats)
     base = times["torch.nn.LSTM"]
     document = {
         "benchmark": "features",

@@ -1,11 +1,12 @@
 """Speed of rnnkit's layers against torch.nn and a plain Python loop over the cell; prints JSON.
 
-    python benchmarks/layers.py [--repeats 3] [--shapes 32,100,128,256 ...] [--cells lstm gru]
+    python benchmarks/layers.py [--repeats 5] [--shapes 32,100,128,256 ...] [--cells lstm gru]
 
 For each cell and shape (B, T, I, H), one layer, float32, all in one process: the median time of
 forward and of forward+backward for rnnkit with each ``impl``, ``torch.nn`` and a Python loop of
 ``rnnkit`` cell steps under autograd, their ratio to ``torch.nn``, and GFLOP/s of the matrix
-products (forward 2*T*B*G*H*(I+H) flops, forward+backward three times that).
+products (forward 2*T*B*G*H*(I+H) flops, forward+backward three times that). The variants of a
+shape are timed in turn, round after round (`median_times`).
 """
 
 from __future__ import annotations
@@ -52,22 +53,36 @@ def engine_path(layer: torch.nn.Module, x: torch.Tensor) -> str:
     return "cpp" if fused.handles(x) and fused.supports(cell) else "python"
 
 
-def median_time(fn, x: torch.Tensor, backward: bool, repeats: int) -> float:
-    times = []
-    for i in range(repeats + 1):  # the first call warms up (allocator, oneDNN primitives)
-        x.grad = None
-        start = time.perf_counter()
-        if backward:
-            fn(x)[0].sum().backward()
-        else:
-            with torch.no_grad():
-                fn(x)
-        if i:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def one_call(fn, x: torch.Tensor, backward: bool) -> float:
+    """Seconds of one forward (no autograd) or forward+backward call."""
+    x.grad = None
+    start = time.perf_counter()
+    if backward:
+        fn(x)[0].sum().backward()
+    else:
+        with torch.no_grad():
+            fn(x)
+    return time.perf_counter() - start
+
+
+def median_times(fns: dict, x: torch.Tensor, backward: bool, repeats: int) -> dict[str, float]:
+    """The median time of each of ``fns`` called in turn, ``repeats`` rounds after a warm-up
+    round (allocator, oneDNN primitives): every variant samples the same stretches of a machine
+    whose speed drifts by 10-50% within a minute (a shared virtual machine), so their ratios hold
+    far better than those of variants timed one after the other."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for round_ in range(repeats + 1):
+        for name, fn in fns.items():
+            seconds = one_call(fn, x, backward)
+            if round_:
+                times[name].append(seconds)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def bench_shape(cell: str, shape: tuple[int, int, int, int], repeats: int) -> dict:
+    """One cell at one shape: every variant's times, GFLOP/s and ratios to torch.nn; for GRU and
+    Elman also torch.nn.LSTM of the same shape, timed in the same rounds (issue 8's bar: the
+    GFLOP/s of nn.LSTM, ``gflops_ratio_to_torch_lstm``)."""
     layer_cls, torch_cls, cell_cls, gates = CELLS[cell]
     B, T, I, H = shape
     reference = torch_cls(I, H)
@@ -77,16 +92,18 @@ def bench_shape(cell: str, shape: tuple[int, int, int, int], repeats: int) -> di
         layer = layer_cls(I, H, impl=impl)
         layer.load_state_dict(reference.state_dict())
         variants[f"rnnkit_{impl}"] = layer
+    if cell != "lstm":
+        variants["torch.nn.LSTM"] = torch.nn.LSTM(I, H)
     x = torch.randn(T, B, I, requires_grad=True)
-    flops = 2 * T * B * gates * H * (I + H)
+    fwd = median_times(variants, x, False, repeats)
+    both = median_times(variants, x, True, repeats)
     result = {"cell": cell, "B": B, "T": T, "I": I, "H": H}
     for name, fn in variants.items():
-        fwd = median_time(fn, x, False, repeats)
-        both = median_time(fn, x, True, repeats)
+        flops = 2 * T * B * (4 if name == "torch.nn.LSTM" else gates) * H * (I + H)
         result[name] = {
-            "forward_ms": round(1e3 * fwd, 2),
-            "forward_backward_ms": round(1e3 * both, 2),
-            "forward_backward_gflops": round(3 * flops / both / 1e9, 1),
+            "forward_ms": round(1e3 * fwd[name], 2),
+            "forward_backward_ms": round(1e3 * both[name], 2),
+            "forward_backward_gflops": round(3 * flops / both[name] / 1e9, 1),
         }
         if name.startswith("rnnkit_"):
             result[name]["path"] = engine_path(fn, x)
@@ -97,12 +114,16 @@ def bench_shape(cell: str, shape: tuple[int, int, int, int], repeats: int) -> di
                 result[name][f"{key.removesuffix('_ms')}_ratio_to_torch"] = round(
                     result[name][key] / base[key], 2
                 )
+    lstm = result.get("torch.nn.LSTM", base)["forward_backward_gflops"]
+    for name in ("rnnkit_bptt", "rnnkit_torch"):
+        ratio = result[name]["forward_backward_gflops"] / lstm
+        result[name]["gflops_ratio_to_torch_lstm"] = round(ratio, 2)
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
     parser.add_argument(
         "--shapes", nargs="+", default=[",".join(map(str, s)) for s in SHAPES], help="B,T,I,H"

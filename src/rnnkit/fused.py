@@ -53,7 +53,7 @@ def extension():
             from torch.utils.cpp_extension import load
 
             _state["module"] = _build(load)
-            _state["module"].set_tuned(os.environ.get("RNNKIT_GEMM", "tuned") != "aten")
+            _configure(_state["module"])
         except Exception as err:  # a missing compiler must not stop training: warn, fall back
             _state["failed"] = True
             warnings.warn(
@@ -63,6 +63,15 @@ def extension():
                 stacklevel=2,
             )
     return _state["module"]
+
+
+def _configure(module) -> None:
+    """The process-wide settings of the loops: products through oneDNN and rnnkit's kernel
+    unless ``RNNKIT_GEMM=aten``; glibc's malloc keeping buffers up to 32 MiB in its heap unless
+    ``RNNKIT_MALLOC=default`` (see ``tune_malloc`` in ``csrc/fused.cpp``)."""
+    module.set_tuned(os.environ.get("RNNKIT_GEMM", "tuned") != "aten")
+    if os.environ.get("RNNKIT_MALLOC", "tuned") != "default":
+        module.tune_malloc()
 
 
 def _build(load, source: Path = _SOURCE, stem: str = "rnnkit_fused"):
