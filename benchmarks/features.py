@@ -3,8 +3,9 @@
     python benchmarks/features.py [--shape 32,100,128,256 --repeats 7]
 
 Forward+backward time of one layer in training mode, float32, all in one process (the variants
-timed in turn, round after round: `benchmarks.layers.median_times`), and the ratio to torch.nn.LSTM of the same width (the goal: within 1.5x). The proj_size rows (P = H/2, e.g. 128
-at H=256) are also measured against torch.nn.LSTM(proj_size=P), which oneDNN does not run.
+timed in turn, round after round: `benchmarks.layers.median_times`), and the ratio to
+torch.nn.LSTM of the same width (the goal: within 1.5x). The proj_size rows (P = H/2, e.g. 128 at
+H=256) are also measured against torch.nn.LSTM(proj_size=P), which oneDNN does not run.
 """
 
 from __future__ import annotations
