@@ -3,20 +3,22 @@
     python benchmarks/features.py [--shape 32,100,128,256 --repeats 7]
 
 Forward+backward time of one layer in training mode, float32, all in one process (the variants
-timed in turn, round after round: `benchmarks.layers.median_times`), and the ratio to
-torch.nn.LSTM of the same width (the goal: within 1.5x). The proj_size rows (P = H/2, e.g. 128 at
-H=256) are also measured against torch.nn.LSTM(proj_size=P), which oneDNN does not run.
+timed in turn, round after round: `benchmarks.layers.round_robin`), and the median over rounds
+of the ratio to torch.nn.LSTM of the same width (the goal: within 1.5x). The proj_size rows
+(P = H/2, e.g. 128 at H=256) are also measured against torch.nn.LSTM(proj_size=P), which oneDNN
+does not run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 
 import torch
 
 import rnnkit
-from benchmarks.layers import median_times
+from benchmarks.layers import median_ratio, round_robin
 
 FEATURES = {
     "torch.nn.LSTM": lambda i, h: torch.nn.LSTM(i, h),
@@ -44,8 +46,8 @@ def main() -> None:
     B, T, I, H = (int(v) for v in args.shape.split(","))
     x = torch.randn(T, B, I, requires_grad=True)
     layers = {name: make(I, H).train() for name, make in FEATURES.items()}
-    times = median_times(layers, x, True, args.repeats)
-    base = times["torch.nn.LSTM"]
+    rounds = round_robin(layers, x, True, args.repeats)
+    times = {name: statistics.median(t) for name, t in rounds.items()}
     document = {
         "benchmark": "features",
         "B": B,
@@ -54,10 +56,12 @@ def main() -> None:
         "H": H,
         "threads": torch.get_num_threads(),
         "forward_backward_ms": {k: round(1e3 * v, 1) for k, v in times.items()},
-        "ratio_to_torch_lstm": {k: round(v / base, 2) for k, v in times.items()},
+        "ratio_to_torch_lstm": {
+            k: round(median_ratio(v, rounds["torch.nn.LSTM"]), 2) for k, v in rounds.items()
+        },
         "proj_ratio_to_torch_lstm_proj": {
-            k: round(v / times["torch.nn.LSTM proj_size H/2"], 2)
-            for k, v in times.items()
+            k: round(median_ratio(v, rounds["torch.nn.LSTM proj_size H/2"]), 2)
+            for k, v in rounds.items()
             if "proj_size" in k
         },
     }

@@ -65,18 +65,23 @@ def one_call(fn, x: torch.Tensor, backward: bool) -> float:
     return time.perf_counter() - start
 
 
-def median_times(fns: dict, x: torch.Tensor, backward: bool, repeats: int) -> dict[str, float]:
-    """The median time of each of ``fns`` called in turn, ``repeats`` rounds after a warm-up
-    round (allocator, oneDNN primitives): every variant samples the same stretches of a machine
-    whose speed drifts by 10-50% within a minute (a shared virtual machine), so their ratios hold
-    far better than those of variants timed one after the other."""
+def round_robin(fns: dict, x: torch.Tensor, backward: bool, repeats: int) -> dict[str, list]:
+    """Seconds of each of ``fns`` called in turn, ``repeats`` rounds after a warm-up round
+    (allocator, oneDNN primitives). This machine's speed drifts by up to 2x over tens of seconds
+    (a shared virtual machine), so variants timed one after the other are not comparable; timed
+    in turn, each round's variants share one stretch of it (see `median_ratio`)."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for round_ in range(repeats + 1):
         for name, fn in fns.items():
             seconds = one_call(fn, x, backward)
             if round_:
                 times[name].append(seconds)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def median_ratio(times: list[float], reference: list[float]) -> float:
+    """The median over rounds of one variant's time over the reference's in the same round."""
+    return statistics.median(t / r for t, r in zip(times, reference, strict=True))
 
 
 def bench_shape(cell: str, shape: tuple[int, int, int, int], repeats: int) -> dict:
@@ -95,28 +100,29 @@ def bench_shape(cell: str, shape: tuple[int, int, int, int], repeats: int) -> di
     if cell != "lstm":
         variants["torch.nn.LSTM"] = torch.nn.LSTM(I, H)
     x = torch.randn(T, B, I, requires_grad=True)
-    fwd = median_times(variants, x, False, repeats)
-    both = median_times(variants, x, True, repeats)
+    fwd = round_robin(variants, x, False, repeats)
+    both = round_robin(variants, x, True, repeats)
     result = {"cell": cell, "B": B, "T": T, "I": I, "H": H}
     for name, fn in variants.items():
         flops = 2 * T * B * (4 if name == "torch.nn.LSTM" else gates) * H * (I + H)
+        seconds = statistics.median(both[name])
         result[name] = {
-            "forward_ms": round(1e3 * fwd[name], 2),
-            "forward_backward_ms": round(1e3 * both[name], 2),
-            "forward_backward_gflops": round(3 * flops / both[name] / 1e9, 1),
+            "forward_ms": round(1e3 * statistics.median(fwd[name]), 2),
+            "forward_backward_ms": round(1e3 * seconds, 2),
+            "forward_backward_gflops": round(3 * flops / seconds / 1e9, 1),
         }
         if name.startswith("rnnkit_"):
             result[name]["path"] = engine_path(fn, x)
-    base = result["torch.nn"]
-    for name in variants:
         if name != "torch.nn":
-            for key in ("forward_ms", "forward_backward_ms"):
-                result[name][f"{key.removesuffix('_ms')}_ratio_to_torch"] = round(
-                    result[name][key] / base[key], 2
-                )
-    lstm = result.get("torch.nn.LSTM", base)["forward_backward_gflops"]
-    for name in ("rnnkit_bptt", "rnnkit_torch"):
-        ratio = result[name]["forward_backward_gflops"] / lstm
+            result[name]["forward_ratio_to_torch"] = round(
+                median_ratio(fwd[name], fwd["torch.nn"]), 2
+            )
+            result[name]["forward_backward_ratio_to_torch"] = round(
+                median_ratio(both[name], both["torch.nn"]), 2
+            )
+    lstm = "torch.nn.LSTM" if "torch.nn.LSTM" in variants else "torch.nn"
+    for name in ("rnnkit_bptt", "rnnkit_torch"):  # GFLOP/s ratio = time ratio x work ratio
+        ratio = median_ratio(both[lstm], both[name]) * gates / 4
         result[name]["gflops_ratio_to_torch_lstm"] = round(ratio, 2)
     return result
 

@@ -1,6 +1,6 @@
 """Regenerate docs/performance.md from the benchmarks, run here and now.
 
-    python -m benchmarks.performance_doc [--repeats 3] [--out docs/performance.md]
+    python -m benchmarks.performance_doc [--repeats 5] [--out docs/performance.md]
 
 Runs benchmarks/layers.py, features.py, scan.py and streaming.py (each in its own process, each
 printing JSON), and writes their tables between the generated markers of the page; the prose
@@ -26,8 +26,8 @@ def run(module: str, *args: str) -> dict:
 
 def layers_table(document: dict) -> list[str]:
     lines = [
-        "| cell | B, T, I, H | " + " | ".join(IMPLS) + " |",
-        "|---|---|" + "---|" * len(IMPLS),
+        "| cell | B, T, I, H | " + " | ".join(IMPLS) + " | rnnkit_bptt GF/s / nn.LSTM's |",
+        "|---|---|" + "---|" * (len(IMPLS) + 1),
     ]
     for r in document["results"]:
         cells = []
@@ -40,6 +40,7 @@ def layers_table(document: dict) -> list[str]:
                 f"{v['forward_backward_ms']} ms, {v['forward_backward_gflops']} GF/s{extra}"
             )
         shape = f"{r['B']}, {r['T']}, {r['I']}, {r['H']}"
+        cells.append(str(r["rnnkit_bptt"]["gflops_ratio_to_torch_lstm"]))
         lines.append(f"| {r['cell']} | {shape} | " + " | ".join(cells) + " |")
     return lines
 
@@ -65,7 +66,7 @@ def streaming_table(document: dict) -> list[str]:
 
 def generated(repeats: int) -> list[str]:
     layers = run("layers", "--repeats", str(repeats))
-    features = run("features", "--repeats", str(repeats))
+    features = run("features", "--repeats", str(repeats + 2))
     scan = run("scan", "--repeats", str(max(1, repeats - 1)))
     streaming = run("streaming")
     out = [f"Measured with torch {layers['torch']}, {layers['threads']} threads, float32.", ""]
@@ -101,7 +102,7 @@ def generated(repeats: int) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("docs/performance.md"))
     args = parser.parse_args()
     page = args.out.read_text()

@@ -286,11 +286,12 @@ def test_engine_matmul_equals_torch(m, k, n):
     [(rnnkit.LSTM, torch.nn.LSTM), (rnnkit.GRU, torch.nn.GRU), (rnnkit.RNN, torch.nn.RNN)],
     ids=["lstm", "gru", "rnn"],
 )
-@pytest.mark.parametrize("batch,hidden", [(3, 20), (64, 272)], ids=["own-kernel", "onednn"])
+@pytest.mark.parametrize("batch,hidden", [(3, 20), (64, 272)], ids=["small", "onednn"])
 def test_cpp_float32_equals_torch_on_each_product_path(ours, theirs, batch, hidden):
-    """The loops' per-step products take rnnkit's kernel when small and oneDNN when big (from
-    2^22 multiply-adds); both match torch.nn in float32, gradients included, and so does
-    ``RNNKIT_GEMM=aten`` (every product through at::mm)."""
+    """The loops' per-step products take rnnkit's kernel, the products outside the loop oneDNN
+    when big (from 2^22 multiply-adds: the second case) and at::mm when small; all match
+    torch.nn in float32, gradients included, and so does ``RNNKIT_GEMM=aten`` (every product
+    through at::mm)."""
     torch.manual_seed(0)
     reference = theirs(16, hidden)
     layer = ours(16, hidden, impl="bptt")

@@ -79,20 +79,24 @@ def _build(load, source: Path = _SOURCE, stem: str = "rnnkit_fused"):
     SIMD); if the compiler rejects ``-march=native``, compile for the generic target instead.
 
     ``-fno-trapping-math`` lets GCC turn the selects in ``vtanh`` into blends (nothing here reads
-    floating-point exception flags). The build is cached per CPU: the name carries a hash of the
-    CPU's feature flags, so a cache directory shared between machines never loads a binary built
-    for another CPU's instruction set. torch rebuilds when a source or a flag changes, not a
-    header: the hash of ``csrc/simd.h`` rides along as a macro so that editing it rebuilds too.
+    floating-point exception flags). ``-fopenmp``: ``at::parallel_for`` in ATen's headers runs
+    its chunks on OpenMP threads only when compiled with it (without, serially); the extension
+    then shares torch's OpenMP runtime (the one ``libgomp.so.1`` torch has loaded). The build is
+    cached per CPU: the name carries a hash of the CPU's feature flags, so a cache directory
+    shared between machines never loads a binary built for another CPU's instruction set. torch
+    rebuilds when a source or a flag changes, not a header: the hash of the headers in ``csrc``
+    rides along as a macro so that editing one rebuilds too.
     """
     sources = [str(source)]
-    header = hashlib.sha256((source.parent / "simd.h").read_bytes()).hexdigest()[:10]
-    flags = ["-std=c++20", "-O3", "-fno-trapping-math", f"-DRNNKIT_SIMD_H={header}"]
+    headers = b"".join(p.read_bytes() for p in sorted(source.parent.glob("*.h")))
+    digest = hashlib.sha256(headers).hexdigest()[:10]
+    flags = ["-std=c++20", "-O3", "-fno-trapping-math", "-fopenmp", f"-DRNNKIT_HEADERS={digest}"]
     try:
-        return load(name=f"{stem}_{_cpu_tag()}", sources=sources,
+        return load(name=f"{stem}_{_cpu_tag()}", sources=sources, extra_ldflags=["-fopenmp"],
                     extra_cflags=[*flags, "-march=native"], verbose=False)  # fmt: skip
     except Exception:
         return load(name=f"{stem}_generic", sources=sources, extra_cflags=flags,
-                    verbose=False)  # fmt: skip
+                    extra_ldflags=["-fopenmp"], verbose=False)  # fmt: skip
 
 
 def _cpu_tag() -> str:

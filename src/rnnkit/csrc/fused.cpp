@@ -333,12 +333,13 @@ void for_rows(int64_t rows, int64_t row_size, const F& body) {
 
 // ---- Matrix products. ---------------------------------------------------------------------------
 //
-// float32 products go to oneDNN's matmul when they are big (torch's at::native::mkldnn_matmul, the
-// kernels behind its fused LSTM; at::mm calls MKL, which on CPUs it does not tune for, AMD's,
-// runs these shapes at half of oneDNN's speed or less) and, for a step's product, to rnnkit's
-// own kernel (step_gemm.h) when they are small, where either library's call overhead would
-// weigh more than the product. float64, and every product after set_tuned(false)
-// (RNNKIT_GEMM=aten), takes at::mm.
+// float32: a step's product goes to rnnkit's own kernel (step_gemm.h) with the weights packed once
+// per sequence (neither library's call overhead, and up to 1.9x MKL's and 1.1-1.6x oneDNN's
+// speed at these shapes here); the big products outside the loop (`matmul`: the input
+// projection, the weight gradients) go to oneDNN's matmul (torch's at::native::mkldnn_matmul,
+// the kernels behind its fused LSTM: at::mm calls MKL, which on CPUs it does not tune for, AMD's,
+// runs them at half of oneDNN's speed or less). float64, and every product after
+// set_tuned(false) (RNNKIT_GEMM=aten), takes at::mm.
 bool g_tuned = true;
 
 void set_tuned(bool on) { g_tuned = on; }
@@ -347,26 +348,21 @@ constexpr int64_t kOneDnnWork = int64_t(1) << 22;  // multiply-adds from which o
 
 bool tuned_for(const Tensor& a) { return g_tuned && a.scalar_type() == at::kFloat; }
 
-bool onednn_for(const Tensor& a, int64_t work) {
-  return tuned_for(a) && at::hasMKLDNN() && work >= kOneDnnWork;
-}
-
 // a (M, K) @ b (K, N), any strides -> (M, N).
 Tensor matmul(const Tensor& a, const Tensor& b) {
-  if (!onednn_for(a, a.size(0) * a.size(1) * b.size(1))) return at::mm(a, b);
+  const bool big = a.size(0) * a.size(1) * b.size(1) >= kOneDnnWork;
+  if (!tuned_for(a) || !big || !at::hasMKLDNN()) return at::mm(a, b);
   auto out = at::empty({a.size(0), b.size(1)}, a.options());
   at::native::mkldnn_matmul(a, b, out, 0.0f, 1.0f);
   return out;
 }
 
-// W (N, K) packed for rnnkit's kernel when a sequence's products of B rows against it are small
-// enough for it (`step_gemm.h`), else an undefined tensor.
-Tensor pack_if_small(const Tensor& w, int64_t B) {
-  const bool small = tuned_for(w) && B * w.size(0) * w.size(1) < kOneDnnWork;
-  return small ? rnnkit_gemm::pack_weight(w) : Tensor();
+// W (N, K) packed for rnnkit's kernel (`step_gemm.h`) when it runs the products, else undefined.
+Tensor pack_for_steps(const Tensor& w) {
+  return tuned_for(w) ? rnnkit_gemm::pack_weight(w) : Tensor();
 }
 
-// out (B, N) = h (B, K) @ W^T (+ bias), W (N, K); packed = pack_if_small(W, B).
+// out (B, N) = h (B, K) @ W^T (+ bias), W (N, K); packed = pack_for_steps(W).
 void recurrent_product(Tensor& out, const Tensor& h, const Tensor& w, const Tensor& packed,
                        const Tensor& bias) {
   const bool has_bias = bias.defined() && bias.numel();
@@ -374,9 +370,6 @@ void recurrent_product(Tensor& out, const Tensor& h, const Tensor& w, const Tens
     rnnkit_gemm::step_gemm(h.data_ptr<float>(), h.size(0), h.size(1), packed, out.size(1),
                            has_bias ? bias.data_ptr<float>() : nullptr, nullptr,
                            out.data_ptr<float>());
-  } else if (onednn_for(h, h.size(0) * w.size(0) * w.size(1))) {
-    if (has_bias) out.copy_(bias.expand_as(out));
-    at::native::mkldnn_matmul(h, w.t(), out, has_bias ? 1.0f : 0.0f, 1.0f);
   } else if (has_bias) {
     at::addmm_out(out, bias, h, w.t());
   } else {
@@ -385,14 +378,12 @@ void recurrent_product(Tensor& out, const Tensor& h, const Tensor& w, const Tens
 }
 
 // acc (B, H) += grad (B, N) @ W (N, H): the backward's step to h_{t-1}; packed =
-// pack_if_small(W^T, B).
+// pack_for_steps(W^T).
 void add_back_product(Tensor& acc, const Tensor& grad, const Tensor& w, const Tensor& packed) {
   if (packed.defined()) {
     float* out = acc.data_ptr<float>();
     rnnkit_gemm::step_gemm(grad.data_ptr<float>(), grad.size(0), grad.size(1), packed,
                            acc.size(1), nullptr, out, out);
-  } else if (onednn_for(grad, grad.size(0) * w.size(0) * w.size(1))) {
-    at::native::mkldnn_matmul(grad, w, acc, 1.0f, 1.0f);
   } else {
     acc.addmm_(grad, w);
   }
@@ -425,7 +416,7 @@ std::vector<Tensor> gru_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0, 
   auto cache = at::empty({T, B, C}, gx.options());
   auto stats = at::zeros({norm ? T : 0, B, 1}, gx.options());
   auto gh = at::empty({B, 3 * H}, gx.options());
-  const auto packed = pack_if_small(w_hh, B);
+  const auto packed = pack_for_steps(w_hh);
   states[0].copy_(h0);
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   for (int64_t t = 0; t < T; ++t) {
@@ -469,7 +460,7 @@ std::vector<Tensor> gru_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh, T
   auto grad_raw = at::empty({norm ? T : 0, B, 3 * H}, cache.options());
   auto dh = grad_hn.contiguous().clone();
   auto direct = at::empty_like(dh);
-  const auto packed = pack_if_small(w_hh.t(), B);
+  const auto packed = pack_for_steps(w_hh.t());
   auto zeros = grad_out.numel() ? Tensor() : at::zeros_like(dh);
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   for (int64_t t = T - 1; t >= 0; --t) {
@@ -523,7 +514,7 @@ std::vector<Tensor> lstm_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0,
   auto cache = at::empty({T, B, 5 * H}, gx.options());
   auto gh = at::empty({B, 4 * H}, gx.options());
   auto h_in = rec_mask.numel() ? at::empty({B, H}, gx.options()) : Tensor();
-  const auto packed = pack_if_small(w_hh, B);
+  const auto packed = pack_for_steps(w_hh);
   states[0].copy_(h0), cells[0].copy_(c0);
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   const bool zone = keep_h.numel() > 0;
@@ -569,7 +560,7 @@ std::vector<Tensor> lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_c
   auto dh = grad_hn.contiguous().clone();
   auto dc = grad_cn.contiguous().clone();
   auto direct = at::empty_like(dh);
-  const auto packed = pack_if_small(w_hh.t(), B);
+  const auto packed = pack_for_steps(w_hh.t());
   auto through = rec_mask.numel() ? at::empty_like(dh) : Tensor();
   auto zeros = grad_out.numel() ? Tensor() : at::zeros_like(dh);
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
@@ -625,7 +616,7 @@ std::vector<Tensor> ln_lstm_forward(Tensor gx, Tensor w_hh, Tensor h0, Tensor c0
   auto cache = at::empty({T, B, 10 * H}, gx.options());
   auto stats = at::empty({T, B, 2}, gx.options());
   auto raw = at::empty({B, 4 * H}, gx.options());
-  const auto packed = pack_if_small(w_hh, B);
+  const auto packed = pack_for_steps(w_hh);
   states[0].copy_(h0), cells[0].copy_(c0);
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   for (int64_t t = 0; t < T; ++t) {
@@ -671,7 +662,7 @@ std::vector<Tensor> ln_lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor gra
   auto dh = grad_hn.contiguous().clone();
   auto dc = grad_cn.contiguous().clone();
   auto direct = at::empty_like(dh);
-  const auto packed = pack_if_small(w_hh.t(), B);
+  const auto packed = pack_for_steps(w_hh.t());
   auto zeros = grad_out.numel() ? Tensor() : at::zeros_like(dh);
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   for (int64_t t = T - 1; t >= 0; --t) {
@@ -716,7 +707,7 @@ Tensor elman_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0, Tensor mask
   gx = gx.contiguous();
   auto states = at::empty({T + 1, B, H}, gx.options());
   auto gh = at::empty({B, H}, gx.options());
-  const auto packed = pack_if_small(w_hh, B);
+  const auto packed = pack_for_steps(w_hh);
   states[0].copy_(h0);
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   for (int64_t t = 0; t < T; ++t) {
@@ -746,7 +737,7 @@ std::vector<Tensor> elman_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh,
   auto grad_pre = at::empty({T, B, H}, states.options());
   auto dh = grad_hn.contiguous().clone();
   auto direct = at::empty_like(dh);
-  const auto packed = pack_if_small(w_hh.t(), B);
+  const auto packed = pack_for_steps(w_hh.t());
   auto zeros = grad_out.numel() ? Tensor() : at::zeros_like(dh);
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   for (int64_t t = T - 1; t >= 0; --t) {

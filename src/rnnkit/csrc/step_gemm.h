@@ -33,14 +33,15 @@ constexpr int64_t kRows = 6;
 constexpr int64_t kCols = 2;
 constexpr int64_t kLanes = sizeof(fv) / sizeof(float);
 
-// W (N, K), any strides -> (J, K, kLanes) with J a multiple of kCols: block j holds, for every k,
-// W[j * kLanes + l][k] for l < kLanes (zeros past N).
+// W (N, K), any strides -> (J, K, kCols, kLanes), J = ceil(N / (kCols * kLanes)): tile j holds,
+// for every k, W[j * kCols * kLanes + c * kLanes + l][k] (zeros past N), so that a tile's weights
+// are one contiguous stream in the order the kernel reads them.
 inline torch::Tensor pack_weight(const torch::Tensor& w) {
   const int64_t N = w.size(0), K = w.size(1);
-  const int64_t J = (N + kLanes * kCols - 1) / (kLanes * kCols) * kCols;
-  auto padded = at::zeros({J * kLanes, K}, w.options());
+  const int64_t J = (N + kLanes * kCols - 1) / (kLanes * kCols);
+  auto padded = at::zeros({J * kCols * kLanes, K}, w.options());
   padded.narrow(0, 0, N).copy_(w);
-  return padded.view({J, kLanes, K}).permute({0, 2, 1}).contiguous();
+  return padded.view({J, kCols, kLanes, K}).permute({0, 3, 1, 2}).contiguous();
 }
 
 // One tile: rows [0, R) of a and out, columns [0, kCols * kLanes) from the packed blocks at p,
@@ -55,7 +56,7 @@ inline void tile(const float* a, int64_t lda, const float* p, int64_t K, const f
   int64_t k = 0;
   auto accumulate = [&](int u, int64_t k) {
     fv w[kCols];
-    for (int64_t c = 0; c < kCols; ++c) std::memcpy(&w[c], p + (c * K + k) * kLanes, sizeof(fv));
+    for (int64_t c = 0; c < kCols; ++c) std::memcpy(&w[c], p + (k * kCols + c) * kLanes, sizeof(fv));
     for (int r = 0; r < R; ++r) {
       const fv x = fv{} + a[r * lda + k];
       for (int64_t c = 0; c < kCols; ++c) acc[u][r][c] += x * w[c];
@@ -97,8 +98,8 @@ inline void with_rows(int64_t rows, const F& f) {
 inline void step_gemm(const float* a, int64_t B, int64_t K, const torch::Tensor& packed,
                       int64_t N, const float* bias, const float* add, float* out) {
   const float* p = packed.data_ptr<float>();
-  const int64_t tiles = packed.size(0) / kCols, span = kCols * kLanes;
-  const int64_t grain = B * N * K < (1 << 16) ? tiles : 1;
+  const int64_t tiles = packed.size(0), span = kCols * kLanes;
+  const int64_t grain = B * N * K < (1 << 17) ? tiles : 1;
   at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n0 = t * span, cols = std::min(span, N - n0);
