@@ -23,6 +23,7 @@ def test_the_extension_builds_here():
         (rnnkit.LayerNormGRUCell(3, 4), True),
         (rnnkit.LayerNormLSTMCell(3, 4), True),
         (rnnkit.PeepholeLSTMCell(3, 4), True),
+        (rnnkit.ProjectedLSTMCell(3, 4, 2), True),
     ],
 )
 def test_which_cells_run_in_cpp(cell, expected):
@@ -36,6 +37,7 @@ def test_only_the_lstm_loop_takes_recurrent_noise():
     assert not fused.supports(rnnkit.GRUCell(3, 4), noisy=True)
     assert not fused.supports(rnnkit.LayerNormLSTMCell(3, 4), noisy=True)
     assert not fused.supports(rnnkit.PeepholeLSTMCell(3, 4), noisy=True)
+    assert not fused.supports(rnnkit.ProjectedLSTMCell(3, 4, 2), noisy=True)
 
 
 LAYERS = {
@@ -47,6 +49,9 @@ LAYERS = {
     "ln-lstm": lambda: rnnkit.LSTM(8, 16, num_layers=2, bidirectional=True, layer_norm=True),
     "ln-gru": lambda: rnnkit.GRU(8, 16, num_layers=2, bidirectional=True, layer_norm=True),
     "peephole-lstm": lambda: rnnkit.LSTM(8, 16, num_layers=2, bidirectional=True, peephole=True),
+    "projected-lstm": lambda: rnnkit.LSTM(
+        8, 16, num_layers=2, bidirectional=True, proj_size=5, impl="bptt"
+    ),  # fmt: skip
     "lstm-all-noise": lambda: rnnkit.LSTM(
         8, 16, num_layers=2, zoneout=0.1, recurrent_dropout=0.2, weight_dropout=0.3
     ),
@@ -112,6 +117,42 @@ def test_cpp_peephole_lstm_gradcheck():
         return fused._FusedLSTM.apply(gx, weight, bias, h0, c0, mask, None, None, None, peep)
 
     assert torch.autograd.gradcheck(run, (*inputs, randn(3 * H)))
+
+
+def test_cpp_projected_lstm_gradcheck():
+    """The LSTMP loop (h' = W_hr (o * tanh c')): every input's gradient, W_hr's too, with ragged
+    lengths, float64."""
+    torch.manual_seed(0)
+    T, B, H, P = 5, 3, 4, 2
+
+    def randn(*shape):
+        return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+
+    inputs = (randn(T, B, 4 * H), randn(4 * H, P), randn(4 * H), randn(P, H), randn(B, P))
+    mask = (torch.arange(T)[:, None] < torch.tensor([5, 2, 4])[None, :]).unsqueeze(-1)
+
+    def run(gx, weight_hh, bias, weight_hr, h0, c0):
+        return fused._FusedProjectedLSTM.apply(gx, weight_hh, bias, weight_hr, h0, c0, mask)
+
+    assert torch.autograd.gradcheck(run, (*inputs, randn(B, H)))
+
+
+@pytest.mark.parametrize("batch", [3, 40])
+def test_cpp_projected_lstm_equals_torch_float32(batch):
+    """The LSTMP loop in float32 (rnnkit's step kernel for both products) against
+    torch.nn.LSTM(proj_size=P): outputs, final states and every gradient."""
+    torch.manual_seed(0)
+    reference = torch.nn.LSTM(12, 40, proj_size=24)
+    layer = rnnkit.LSTM(12, 40, proj_size=24, impl="bptt")
+    layer.load_state_dict(reference.state_dict())
+    x = torch.randn(9, batch, 12, requires_grad=True)
+    results = []
+    for module in (layer, reference):
+        out, (h_n, c_n) = module(x)
+        loss = (out**2).sum() + h_n.sum() + 2 * c_n.sum()
+        results.append((out, h_n, c_n, *torch.autograd.grad(loss, [x, *module.parameters()])))
+    for ours, theirs in zip(*results, strict=True):
+        assert (ours - theirs).abs().max() <= 1e-5 * theirs.abs().max().clamp_min(1)
 
 
 def test_cpp_layer_norm_lstm_gradcheck():

@@ -37,6 +37,7 @@ from rnnkit.cells import (
     LayerNormLSTMCell,
     LSTMCell,
     PeepholeLSTMCell,
+    ProjectedLSTMCell,
 )
 from rnnkit.cells.base import Cell
 
@@ -188,7 +189,8 @@ def handles(x: Tensor) -> bool:
 def supports(cell: Cell, noisy: bool = False) -> bool:
     """True if this cell's time loop runs in C++ (its exact class, not a subclass); ``noisy``:
     with recurrent dropout or zoneout, which only the plain LSTM loop takes."""
-    every = (LSTMCell, PeepholeLSTMCell, LayerNormLSTMCell, GRUCell, LayerNormGRUCell, ElmanCell)
+    every = (LSTMCell, PeepholeLSTMCell, LayerNormLSTMCell, ProjectedLSTMCell, GRUCell,
+             LayerNormGRUCell, ElmanCell)  # fmt: skip
     classes = (LSTMCell,) if noisy else every
     return _state["enabled"] and type(cell) in classes and extension() is not None
 
@@ -201,6 +203,9 @@ def run_fused(
     state)."""
     if isinstance(cell, LayerNormLSTMCell):
         output, h_n, c_n = _FusedLayerNormLSTM.apply(gx, weight_hh, *state0, mask, *params)
+        return output, (h_n, c_n)
+    if isinstance(cell, ProjectedLSTMCell):  # params: (weight_hr,)
+        output, h_n, c_n = _FusedProjectedLSTM.apply(gx, weight_hh, bias_hh, *params, *state0, mask)
         return output, (h_n, c_n)
     if isinstance(cell, LSTMCell):  # plain or peephole (params: w_ic, w_fc, w_oc)
         keeps = _zoneout_keeps(zoneout, gx.shape[0], state0[0])
@@ -300,6 +305,39 @@ class _FusedLSTM(torch.autograd.Function):
             grad_peep = torch.cat([(d * c).sum((0, 1)) for d, c in zip((d_i, d_f, d_o), seen)])
         grads = (grad_pre, grad_weight_hh, grad_bias_hh, grad_h0, grad_c0)
         return *grads, None, None, None, None, grad_peep
+
+
+class _FusedProjectedLSTM(torch.autograd.Function):
+    """The LSTMP loop: weight_hh (4H, P), weight_hr (P, H), h0 (B, P), c0 (B, H)."""
+
+    @staticmethod
+    def forward(ctx, gx, weight_hh, bias_hh, weight_hr, h0, c0, mask):
+        flat_mask = mask.squeeze(-1).contiguous() if mask is not None else _EMPTY_MASK
+        bias = bias_hh if bias_hh is not None else _EMPTY
+        states, cells, cache = extension().lstmp_forward(
+            gx, weight_hh, bias, weight_hr, h0, c0, flat_mask
+        )
+        output = states[1:] * mask if mask is not None else states[1:].clone()
+        ctx.has_bias = bias_hh is not None
+        ctx.save_for_backward(weight_hh, weight_hr, states, cells, cache, flat_mask)
+        return output, states[-1].clone(), cells[-1].clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output, grad_h_n, grad_c_n):
+        weight_hh, weight_hr, states, cells, cache, flat_mask = ctx.saved_tensors
+        T, B, P, H = cache.shape[0], cache.shape[1], states.shape[2], cells.shape[2]
+        grad_output, (grad_h_n,) = _incoming(grad_output, (grad_h_n,), flat_mask, states)
+        grad_c_n = cells.new_zeros(B, H) if grad_c_n is None else grad_c_n
+        grad_pre, grad_h, grad_h0, grad_c0 = extension().lstmp_backward(
+            grad_output, grad_h_n, grad_c_n, weight_hh, weight_hr, cells, cache, flat_mask
+        )
+        m = cache[..., 3 * H : 4 * H] * cache[..., 4 * H :]  # o * tanh(c'), what W_hr saw
+        grad_weight_hr = matmul(grad_h.view(T * B, P).t(), m.reshape(T * B, H))
+        flat = grad_pre.view(T * B, -1)
+        grad_weight_hh = matmul(flat.t(), states[:-1].reshape(T * B, P))
+        grad_bias_hh = flat.sum(0) if ctx.has_bias else None
+        return grad_pre, grad_weight_hh, grad_bias_hh, grad_weight_hr, grad_h0, grad_c0, None
 
 
 class _FusedLayerNormLSTM(torch.autograd.Function):

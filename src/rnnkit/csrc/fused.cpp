@@ -603,6 +603,115 @@ std::vector<Tensor> lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_c
   return {grad_pre, dh, dc};
 }
 
+// Projected LSTM (LSTMP) forward, no zoneout, recurrent dropout or peepholes: gx (T, B, 4H),
+// w_hh (4H, P), w_hr (P, H) -> {states (T+1, B, P), cells (T+1, B, H), cache (T, B, 5H)}: each
+// step the LSTM's m = o * tanh(c') (B, H) and then h' = m @ W_hr^T (B, P).
+std::vector<Tensor> lstmp_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor w_hr, Tensor h0,
+                                  Tensor c0, Tensor mask) {
+  const int64_t T = gx.size(0), B = gx.size(1), P = h0.size(1), H = c0.size(1);
+  gx = gx.contiguous();
+  auto states = at::empty({T + 1, B, P}, gx.options());
+  auto cells = at::empty({T + 1, B, H}, gx.options());
+  auto cache = at::empty({T, B, 5 * H}, gx.options());
+  auto gh = at::empty({B, 4 * H}, gx.options());
+  auto m = at::zeros({B, H}, gx.options());
+  const auto packed = pack_for_steps(w_hh), packed_r = pack_for_steps(w_hr);
+  states[0].copy_(h0), cells[0].copy_(c0);
+  const bool* mk = mask.numel() ? mask.data_ptr<bool>() : nullptr;
+  for (int64_t t = 0; t < T; ++t) {
+    recurrent_product(gh, states[t], w_hh, packed, b_hh);
+    AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "lstmp_forward", [&] {
+      const int64_t BH = B * H;
+      const scalar_t* x = gx.data_ptr<scalar_t>() + t * 4 * BH;
+      const scalar_t* r_h = gh.data_ptr<scalar_t>();
+      scalar_t* c = cells.data_ptr<scalar_t>() + t * BH;
+      scalar_t* cch = cache.data_ptr<scalar_t>() + t * 5 * BH;
+      scalar_t* mm = m.data_ptr<scalar_t>();
+      for_rows(B, H, [&](int64_t b) {
+        const int64_t o = b * H;
+        if (valid(mk, t, B, b)) {
+          lstm_forward_row<false, false>(x + 4 * o, r_h + 4 * o, c + o, c + o, c, c, c, mm + o,
+                                         c + BH + o, cch + 5 * o, H);
+        } else {  // zeros in the cache: m = o * tanh(c') feeds the gradient of W_hr
+          std::copy(c + o, c + o + H, c + BH + o);
+          std::fill(cch + 5 * o, cch + 5 * (o + H), scalar_t(0));
+        }
+      });
+    });
+    auto h_new = states[t + 1];
+    recurrent_product(h_new, m, w_hr, packed_r, Tensor());
+    if (mk) {  // past a sequence's end h is carried
+      AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "lstmp_carry", [&] {
+        const scalar_t* h = states.data_ptr<scalar_t>() + t * B * P;
+        scalar_t* hn = states.data_ptr<scalar_t>() + (t + 1) * B * P;
+        for (int64_t b = 0; b < B; ++b) {
+          if (!valid(mk, t, B, b)) std::copy(h + b * P, h + (b + 1) * P, hn + b * P);
+        }
+      });
+    }
+  }
+  return {states, cells, cache};
+}
+
+// LSTMP backward: grad_out (T, B, P) or empty, grad_hn (B, P), grad_cn (B, H) -> {grad_pre
+// (T, B, 4H), grad_h (T, B, P): the gradient reaching each step's h' (zero past the end; for
+// dW_hr = sum_t grad_h_t^T m_t), grad_h0, grad_c0}.
+std::vector<Tensor> lstmp_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor w_hh,
+                                   Tensor w_hr, Tensor cells, Tensor cache, Tensor mask) {
+  const int64_t T = cache.size(0), B = cache.size(1), H = cells.size(2), P = grad_hn.size(1);
+  grad_out = grad_out.contiguous();
+  auto grad_pre = at::empty({T, B, 4 * H}, cache.options());
+  auto grad_h = at::empty({T, B, P}, cache.options());
+  auto dh = grad_hn.contiguous().clone();
+  auto dc = grad_cn.contiguous().clone();
+  auto direct = at::empty_like(dh);
+  auto dm = at::empty({B, H}, cache.options());
+  auto scratch = at::empty({B, H}, cache.options());  // zoneout's share of dm: zero here
+  auto zeros_h = at::zeros({B, H}, cache.options());
+  auto zeros = grad_out.numel() ? Tensor() : at::zeros_like(dh);
+  const auto packed = pack_for_steps(w_hh.t()), packed_r = pack_for_steps(w_hr.t());
+  const bool* mk = mask.numel() ? mask.data_ptr<bool>() : nullptr;
+  for (int64_t t = T - 1; t >= 0; --t) {
+    AT_DISPATCH_FLOATING_TYPES(cache.scalar_type(), "lstmp_backward_h", [&] {
+      const scalar_t* go = output_grad<scalar_t>(grad_out, zeros, t, B * P);
+      const scalar_t* d = dh.data_ptr<scalar_t>();
+      scalar_t* g = grad_h.data_ptr<scalar_t>() + t * B * P;
+      scalar_t* keep = direct.data_ptr<scalar_t>();
+      for (int64_t b = 0; b < B; ++b) {  // valid rows reach h' (then W_hr), others h_{t-1}
+        const bool on = valid(mk, t, B, b);
+        for (int64_t j = b * P; j < (b + 1) * P; ++j) {
+          g[j] = on ? d[j] + go[j] : scalar_t(0);
+          keep[j] = on ? scalar_t(0) : d[j] + go[j];
+        }
+      }
+    });
+    auto g_t = grad_h[t];
+    recurrent_product(dm, g_t, w_hr.t(), packed_r, Tensor());  // dm = g @ W_hr
+    AT_DISPATCH_FLOATING_TYPES(cache.scalar_type(), "lstmp_backward", [&] {
+      const int64_t BH = B * H;
+      const scalar_t* c = cells.data_ptr<scalar_t>() + t * BH;  // c_{t-1}
+      const scalar_t* cch = cache.data_ptr<scalar_t>() + t * 5 * BH;
+      const scalar_t* z = zeros_h.data_ptr<scalar_t>();
+      const scalar_t* dmp = dm.data_ptr<scalar_t>();
+      scalar_t* dcp = dc.data_ptr<scalar_t>();
+      scalar_t* sc = scratch.data_ptr<scalar_t>();
+      scalar_t* dp = grad_pre.data_ptr<scalar_t>() + t * 4 * BH;
+      for_rows(B, H, [&](int64_t b) {
+        const int64_t o = b * H;
+        if (valid(mk, t, B, b)) {
+          lstm_backward_row<false, false>(dmp + o, z + o, dcp + o, cch + 5 * o, c + o, z, z, z,
+                                          sc + o, dp + 4 * o, H);
+        } else {
+          std::fill(dp + 4 * o, dp + 4 * (o + H), scalar_t(0));
+        }
+      });
+    });
+    add_back_product(direct, grad_pre[t], w_hh, packed);
+    std::swap(dh, direct);
+  }
+  return {grad_pre, grad_h, dh, dc};
+}
+
 // LN-LSTM forward: gx (T, B, 4H) (the normalised input projection, its shift included), params
 // {w_hh, b_hh (4H), w_c, b_c (H)} -> {states, cells (T+1, B, H), cache (T, B, 10H), stats
 // (T, B, 2)}.
@@ -844,6 +953,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("packed_linear", &packed_linear);
   m.def("lstm_forward", &lstm_forward);
   m.def("lstm_backward", &lstm_backward);
+  m.def("lstmp_forward", &lstmp_forward);
+  m.def("lstmp_backward", &lstmp_backward);
   m.def("ln_lstm_forward", &ln_lstm_forward);
   m.def("ln_lstm_backward", &ln_lstm_backward);
   m.def("stack_step", &stack_step);
