@@ -242,14 +242,13 @@ def stack_step(code: int | None, x: Tensor, state: tuple[Tensor, ...], weights: 
 
 
 def _zoneout_keeps(zoneout, steps: int, h0: Tensor) -> tuple[Tensor | None, Tensor | None]:
-    """Zoneout's (T, B, H) keep masks of h and c, drawn step by step in the Python engine's order
-    (its rates at evaluation), or (None, None) without zoneout."""
+    """Zoneout's (T, B, H) keep masks of h and c, drawn as the Python engine draws them (its
+    rates at evaluation), or (None, None) without zoneout."""
     if zoneout is None:
         return None, None
     if not zoneout.training:
         return tuple(h0.new_full((steps, *h0.shape), p) for p in zoneout.rates)
-    draws = [zoneout.sample((h0, h0)) for _ in range(steps)]
-    return tuple(torch.stack(k) for k in zip(*draws))
+    return zoneout.sample(steps, (h0, h0))
 
 
 def _incoming(grad_output, grad_finals, flat_mask: Tensor, states: Tensor):

@@ -45,12 +45,13 @@ class _BPTT(torch.autograd.Function):
         params, state = inputs[:num_params], inputs[num_params:]
         w_t = weight_hh.t()
         h_in, caches, outputs, keeps = [], [], [], []
+        drawn = zoneout.sample(gx.shape[0], state) if zoneout is not None else ()
         for t in range(gx.shape[0]):
             h = state[0] if recurrent_mask is None else state[0] * recurrent_mask
             gh = h @ w_t if bias_hh is None else torch.addmm(bias_hh, h, w_t)
             new_state, cache = cell.step(gx[t], gh, state, params)
             if zoneout is not None:
-                keep = zoneout.sample(state)  # per unit: 1 keeps the old value
+                keep = tuple(k if isinstance(k, float) else k[t] for k in drawn)
                 new_state = tuple(torch.lerp(n, s, k) for n, s, k in zip(new_state, state, keep))
                 keeps.append(keep)
             if mask is not None:
@@ -166,10 +167,15 @@ class Zoneout:
     rates: tuple[float, ...]
     training: bool
 
-    def sample(self, state: State) -> tuple[Tensor | float, ...]:
+    def sample(self, steps: int, state: State) -> tuple[Tensor | float, ...]:
+        """Keep masks of all ``steps`` at once, one (T, B, size) tensor per state entry (1: keep
+        the old value), drawn entry by entry; at evaluation the rates themselves."""
         if not self.training:
             return self.rates
-        return tuple(torch.rand_like(s).lt_(p).to(s.dtype) for s, p in zip(state, self.rates))
+        return tuple(
+            torch.rand(steps, *s.shape, dtype=s.dtype, device=s.device).lt_(p).to(s.dtype)
+            for s, p in zip(state, self.rates)
+        )
 
 
 def lengths_to_mask(lengths: Tensor, steps: int) -> Tensor:

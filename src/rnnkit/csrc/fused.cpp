@@ -593,7 +593,8 @@ std::vector<Tensor> lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_c
       });
     });
     if (through.defined()) {  // dL/dh_{t-1} = direct + (dp @ W_hh) * rec_mask
-      at::mm_out(through, grad_pre[t], w_hh);
+      through.zero_();
+      add_back_product(through, grad_pre[t], w_hh, packed);
       at::addcmul_out(dh, direct, through, rec_mask);
     } else {
       add_back_product(direct, grad_pre[t], w_hh, packed);
