@@ -325,7 +325,7 @@ void with_nonlinearity(int64_t code, const F& f) {
 // Run `body(b)` for every batch row, in parallel when the rows are many.
 template <typename F>
 void for_rows(int64_t rows, int64_t row_size, const F& body) {
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(row_size, 1));
+  const int64_t grain = std::max<int64_t>(1, 1024 / std::max<int64_t>(row_size, 1));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) body(b);
   });
