@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
 
 import rnnkit
 
+ROUNDS = 10  # the variants timed in turn, round after round; the ratio is the median per round
 CELLS = {"lstm": rnnkit.LSTM, "gru": rnnkit.GRU, "rnn_tanh": rnnkit.RNN}
 
 
@@ -44,15 +46,23 @@ def measure(cell: str, hidden: int, layers: int, steps: int) -> dict:
             torch.mv(w_ih, v)
             torch.mv(w_hh, v)
 
-    step = per_step_us(lambda: layer.step(x, state), steps)
-    one_step_forward = per_step_us(lambda: layer(x[None], state), steps)
-    floor = per_step_us(matvecs, steps)
+    variants = {
+        "step": lambda: layer.step(x, state),
+        "forward": lambda: layer(x[None], state),
+        "matvecs": matvecs,
+    }
+    rounds: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(ROUNDS):  # in turn: this machine's speed drifts (benchmarks/layers.py)
+        for name, fn in variants.items():
+            rounds[name].append(per_step_us(fn, max(1, steps // ROUNDS)))
+    median = {name: statistics.median(v) for name, v in rounds.items()}
+    ratio = statistics.median(s / m for s, m in zip(rounds["step"], rounds["matvecs"]))
     return {
         "cell": cell,
-        "step_us": round(step, 1),
-        "forward_on_one_step_us": round(one_step_forward, 1),
-        "matvecs_us": round(floor, 1),
-        "step_ratio_to_matvecs": round(step / floor, 2),
+        "step_us": round(median["step"], 1),
+        "forward_on_one_step_us": round(median["forward"], 1),
+        "matvecs_us": round(median["matvecs"], 1),
+        "step_ratio_to_matvecs": round(ratio, 2),
     }
 
 
