@@ -1,9 +1,10 @@
 """minGRU/minLSTM against rnnkit's GRU (engine) and torch.nn.GRU; prints JSON.
 
-    python benchmarks/scan.py [--steps 4096 --batch 16 --hidden 256 --repeats 2 --log-scan]
+    python benchmarks/scan.py [--steps 4096 --batch 16 --hidden 256 --repeats 3 --log-scan]
 
-Forward+backward time of one layer of width H on (T, B, H) float32 input, in one process, with
-the ratio of rnnkit's own GRU (impl="bptt") to each. The "floor" rows time the input projection
+Forward+backward time of one layer of width H on (T, B, H) float32 input, in one process (timed
+in turn, round after round: `benchmarks.layers.round_robin`), with the median per-round ratio of
+rnnkit's own GRU (impl="bptt") to each. The "floor" rows time the input projection
 alone (nn.Linear(H, 2H) for minGRU, (H, 3H) for minLSTM), which bounds what a min-RNN can cost:
 its gates and scan (fused in C++) come on top. ``--log-scan`` adds the layers in
 ``mode="log_scan"`` (Heinsen's log-space scan; slow on the CPU).
@@ -14,28 +15,20 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
 import torch
 
 import rnnkit
-
-
-def forward_backward_ms(layer: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
-    times = []
-    for i in range(repeats + 1):  # the first call warms up
-        start = time.perf_counter()
-        layer(x)[0].sum().backward()
-        if i:
-            times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+from benchmarks.layers import median_ratio, round_robin
+from rnnkit import fused
 
 
 class _Projection(torch.nn.Linear):
-    """A layer's input projection alone, called like the layers: (output,)."""
+    """A layer's input projection alone, through the product the min-RNNs use
+    (`rnnkit.fused.linear`), called like the layers: (output,)."""
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
-        return (super().forward(x),)
+        return (fused.linear(x, self.weight, self.bias),)
 
 
 def main() -> None:
@@ -43,7 +36,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4096)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--log-scan", action="store_true", help="also time mode='log_scan'")
     args = parser.parse_args()
     H = args.hidden
@@ -59,8 +52,9 @@ def main() -> None:
     if args.log_scan:
         layers["rnnkit.MinGRU(mode=log_scan)"] = rnnkit.MinGRU(H, H, mode="log_scan")
         layers["rnnkit.MinLSTM(mode=log_scan)"] = rnnkit.MinLSTM(H, H, mode="log_scan")
-    times = {name: forward_backward_ms(layer, x, args.repeats) for name, layer in layers.items()}
-    gru = times["rnnkit.GRU(impl=bptt)"]
+    rounds = round_robin(layers, x, True, args.repeats)
+    times = {name: 1e3 * statistics.median(t) for name, t in rounds.items()}
+    gru = rounds["rnnkit.GRU(impl=bptt)"]
     document = {
         "benchmark": "scan",
         "T": args.steps,
@@ -68,7 +62,7 @@ def main() -> None:
         "H": H,
         "threads": torch.get_num_threads(),
         "forward_backward_ms": {k: round(v, 1) for k, v in times.items()},
-        "speedup_over_rnnkit_gru": {k: round(gru / v, 2) for k, v in times.items()},
+        "speedup_over_rnnkit_gru": {k: round(median_ratio(gru, v), 2) for k, v in rounds.items()},
     }
     print(json.dumps(document, indent=1))
 
