@@ -44,8 +44,8 @@ inline torch::Tensor pack_weight(const torch::Tensor& w) {
   return padded.view({J, kCols, kLanes, K}).permute({0, 3, 1, 2}).contiguous();
 }
 
-// One tile: rows [0, R) of a and out, columns [0, kCols * kLanes) from the packed blocks at p,
-// of which the first `cols` are stored. bias (per column) and add (per row, stride ld) may be
+// One tile: rows [0, R) of a and out, columns [0, kCols * kLanes) from the packed tile at p, of
+// which the first `cols` are stored. bias (per column) and add (per row, stride ld) may be
 // null. With few rows, U partial sums over alternating k keep enough multiply-adds in flight
 // (a chain of dependent ones waits 4 cycles each).
 template <int R>
@@ -54,11 +54,13 @@ inline void tile(const float* a, int64_t lda, const float* p, int64_t K, const f
   constexpr int U = R * kCols >= 8 ? 1 : 8 / (R * kCols);
   fv acc[U][R][kCols] = {};
   int64_t k = 0;
-  auto accumulate = [&](int u, int64_t k) {
+  auto accumulate = [&](int u, int64_t kk) {  // acc[u] += a[:, kk] (x) W[:, kk]
     fv w[kCols];
-    for (int64_t c = 0; c < kCols; ++c) std::memcpy(&w[c], p + (k * kCols + c) * kLanes, sizeof(fv));
+    for (int64_t c = 0; c < kCols; ++c) {
+      std::memcpy(&w[c], p + (kk * kCols + c) * kLanes, sizeof(fv));
+    }
     for (int r = 0; r < R; ++r) {
-      const fv x = fv{} + a[r * lda + k];
+      const fv x = fv{} + a[r * lda + kk];
       for (int64_t c = 0; c < kCols; ++c) acc[u][r][c] += x * w[c];
     }
   };
