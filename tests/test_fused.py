@@ -137,6 +137,7 @@ def test_cpp_projected_lstm_gradcheck():
     assert torch.autograd.gradcheck(run, (*inputs, randn(B, H)))
 
 
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported")
 @pytest.mark.parametrize("batch", [3, 40])
 def test_cpp_projected_lstm_equals_torch_float32(batch):
     """The LSTMP loop in float32 (rnnkit's step kernel for both products) against
