@@ -362,30 +362,40 @@ Tensor pack_for_steps(const Tensor& w) {
   return tuned_for(w) ? rnnkit_gemm::pack_weight(w) : Tensor();
 }
 
+// Step t of a (T, B, K) tensor: the (B, K) rows a step's product reads, as a pointer for rnnkit's
+// kernel, as a tensor only when at::mm needs one (a slice costs about a microsecond, a tenth of a
+// step at B = 1).
+struct StepRows {
+  const Tensor& seq;
+  int64_t t;
+  const float* data() const { return seq.data_ptr<float>() + t * seq.size(1) * seq.size(2); }
+  Tensor tensor() const { return seq[t]; }
+};
+
 // out (B, N) = h (B, K) @ W^T (+ bias), W (N, K); packed = pack_for_steps(W).
-void recurrent_product(Tensor& out, const Tensor& h, const Tensor& w, const Tensor& packed,
+void recurrent_product(Tensor& out, StepRows h, const Tensor& w, const Tensor& packed,
                        const Tensor& bias) {
   const bool has_bias = bias.defined() && bias.numel();
   if (packed.defined()) {
-    rnnkit_gemm::step_gemm(h.data_ptr<float>(), h.size(0), h.size(1), packed, out.size(1),
+    rnnkit_gemm::step_gemm(h.data(), h.seq.size(1), h.seq.size(2), packed, out.size(1),
                            has_bias ? bias.data_ptr<float>() : nullptr, nullptr,
                            out.data_ptr<float>());
   } else if (has_bias) {
-    at::addmm_out(out, bias, h, w.t());
+    at::addmm_out(out, bias, h.tensor(), w.t());
   } else {
-    at::mm_out(out, h, w.t());
+    at::mm_out(out, h.tensor(), w.t());
   }
 }
 
 // acc (B, H) += grad (B, N) @ W (N, H): the backward's step to h_{t-1}; packed =
 // pack_for_steps(W^T).
-void add_back_product(Tensor& acc, const Tensor& grad, const Tensor& w, const Tensor& packed) {
+void add_back_product(Tensor& acc, StepRows grad, const Tensor& w, const Tensor& packed) {
   if (packed.defined()) {
     float* out = acc.data_ptr<float>();
-    rnnkit_gemm::step_gemm(grad.data_ptr<float>(), grad.size(0), grad.size(1), packed,
-                           acc.size(1), nullptr, out, out);
+    rnnkit_gemm::step_gemm(grad.data(), grad.seq.size(1), grad.seq.size(2), packed, acc.size(1),
+                           nullptr, out, out);
   } else {
-    acc.addmm_(grad, w);
+    acc.addmm_(grad.tensor(), w);
   }
 }
 
@@ -420,7 +430,7 @@ std::vector<Tensor> gru_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0, 
   states[0].copy_(h0);
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   for (int64_t t = 0; t < T; ++t) {
-    recurrent_product(gh, states[t], w_hh, packed, b_hh);
+    recurrent_product(gh, {states, t}, w_hh, packed, b_hh);
     AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "gru_forward", [&] {
       const scalar_t* x = gx.data_ptr<scalar_t>() + t * B * 3 * H;
       scalar_t* r_h = gh.data_ptr<scalar_t>();
@@ -493,7 +503,7 @@ std::vector<Tensor> gru_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh, T
         }
       });
     });
-    add_back_product(direct, norm ? grad_raw[t] : grad_gh[t], w_hh, packed);
+    add_back_product(direct, {norm ? grad_raw : grad_gh, t}, w_hh, packed);
     std::swap(dh, direct);
   }
   return {grad_gx, grad_gh, grad_raw, dh};
@@ -513,14 +523,19 @@ std::vector<Tensor> lstm_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0,
   auto cells = at::empty({T + 1, B, H}, gx.options());
   auto cache = at::empty({T, B, 5 * H}, gx.options());
   auto gh = at::empty({B, 4 * H}, gx.options());
-  auto h_in = rec_mask.numel() ? at::empty({B, H}, gx.options()) : Tensor();
+  auto h_in = rec_mask.numel() ? at::empty({1, B, H}, gx.options()) : Tensor();  // h * mask
   const auto packed = pack_for_steps(w_hh);
   states[0].copy_(h0), cells[0].copy_(c0);
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   const bool zone = keep_h.numel() > 0;
   for (int64_t t = 0; t < T; ++t) {
-    if (h_in.defined()) at::mul_out(h_in, states[t], rec_mask);
-    recurrent_product(gh, h_in.defined() ? h_in : states[t], w_hh, packed, b_hh);
+    if (h_in.defined()) {
+      auto h = h_in[0];
+      at::mul_out(h, states[t], rec_mask);
+      recurrent_product(gh, {h_in, 0}, w_hh, packed, b_hh);
+    } else {
+      recurrent_product(gh, {states, t}, w_hh, packed, b_hh);
+    }
     AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "lstm_forward", [&] {
       const int64_t BH = B * H;
       const scalar_t* x = gx.data_ptr<scalar_t>() + t * 4 * BH;
@@ -594,10 +609,10 @@ std::vector<Tensor> lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_c
     });
     if (through.defined()) {  // dL/dh_{t-1} = direct + (dp @ W_hh) * rec_mask
       through.zero_();
-      add_back_product(through, grad_pre[t], w_hh, packed);
+      add_back_product(through, {grad_pre, t}, w_hh, packed);
       at::addcmul_out(dh, direct, through, rec_mask);
     } else {
-      add_back_product(direct, grad_pre[t], w_hh, packed);
+      add_back_product(direct, {grad_pre, t}, w_hh, packed);
       std::swap(dh, direct);
     }
   }
@@ -615,12 +630,12 @@ std::vector<Tensor> lstmp_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor w_
   auto cells = at::empty({T + 1, B, H}, gx.options());
   auto cache = at::empty({T, B, 5 * H}, gx.options());
   auto gh = at::empty({B, 4 * H}, gx.options());
-  auto m = at::zeros({B, H}, gx.options());
+  auto m = at::zeros({1, B, H}, gx.options());  // o * tanh(c'), the projection's input
   const auto packed = pack_for_steps(w_hh), packed_r = pack_for_steps(w_hr);
   states[0].copy_(h0), cells[0].copy_(c0);
   const bool* mk = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   for (int64_t t = 0; t < T; ++t) {
-    recurrent_product(gh, states[t], w_hh, packed, b_hh);
+    recurrent_product(gh, {states, t}, w_hh, packed, b_hh);
     AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "lstmp_forward", [&] {
       const int64_t BH = B * H;
       const scalar_t* x = gx.data_ptr<scalar_t>() + t * 4 * BH;
@@ -640,7 +655,7 @@ std::vector<Tensor> lstmp_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor w_
       });
     });
     auto h_new = states[t + 1];
-    recurrent_product(h_new, m, w_hr, packed_r, Tensor());
+    recurrent_product(h_new, {m, 0}, w_hr, packed_r, Tensor());
     if (mk) {  // past a sequence's end h is carried
       AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "lstmp_carry", [&] {
         const scalar_t* h = states.data_ptr<scalar_t>() + t * B * P;
@@ -686,8 +701,7 @@ std::vector<Tensor> lstmp_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_
         }
       }
     });
-    auto g_t = grad_h[t];
-    recurrent_product(dm, g_t, w_hr.t(), packed_r, Tensor());  // dm = g @ W_hr
+    recurrent_product(dm, {grad_h, t}, w_hr.t(), packed_r, Tensor());  // dm = g @ W_hr
     AT_DISPATCH_FLOATING_TYPES(cache.scalar_type(), "lstmp_backward", [&] {
       const int64_t BH = B * H;
       const scalar_t* c = cells.data_ptr<scalar_t>() + t * BH;  // c_{t-1}
@@ -707,7 +721,7 @@ std::vector<Tensor> lstmp_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_
         }
       });
     });
-    add_back_product(direct, grad_pre[t], w_hh, packed);
+    add_back_product(direct, {grad_pre, t}, w_hh, packed);
     std::swap(dh, direct);
   }
   return {grad_pre, grad_h, dh, dc};
@@ -730,7 +744,7 @@ std::vector<Tensor> ln_lstm_forward(Tensor gx, Tensor w_hh, Tensor h0, Tensor c0
   states[0].copy_(h0), cells[0].copy_(c0);
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   for (int64_t t = 0; t < T; ++t) {
-    recurrent_product(raw, states[t], w_hh, packed, Tensor());
+    recurrent_product(raw, {states, t}, w_hh, packed, Tensor());
     AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "ln_lstm_forward", [&] {
       const LnParams<scalar_t> p{params[0].data_ptr<scalar_t>(), params[1].data_ptr<scalar_t>(),
                                  params[2].data_ptr<scalar_t>(), params[3].data_ptr<scalar_t>()};
@@ -804,7 +818,7 @@ std::vector<Tensor> ln_lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor gra
         }
       });
     });
-    add_back_product(direct, grad_raw[t], w_hh, packed);
+    add_back_product(direct, {grad_raw, t}, w_hh, packed);
     std::swap(dh, direct);
   }
   return {grad_gx, grad_raw, grad_norm, dh, dc};
@@ -821,7 +835,7 @@ Tensor elman_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0, Tensor mask
   states[0].copy_(h0);
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   for (int64_t t = 0; t < T; ++t) {
-    recurrent_product(gh, states[t], w_hh, packed, b_hh);
+    recurrent_product(gh, {states, t}, w_hh, packed, b_hh);
     AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "elman_forward", [&] {
       const scalar_t* x = gx.data_ptr<scalar_t>() + t * B * H;
       const scalar_t* g = gh.data_ptr<scalar_t>();
@@ -870,7 +884,7 @@ std::vector<Tensor> elman_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh,
         });
       });
     });
-    add_back_product(direct, grad_pre[t], w_hh, packed);
+    add_back_product(direct, {grad_pre, t}, w_hh, packed);
     std::swap(dh, direct);
   }
   return {grad_pre, dh};
