@@ -351,3 +351,21 @@ def test_cpp_float32_equals_torch_on_each_product_path(ours, theirs, batch, hidd
     for tuned, aten, reference in zip(*results, strict=True):  # float32 rounding of sums
         assert (tuned - reference).abs().max() <= 1e-5 * reference.abs().max()
         assert (aten - reference).abs().max() <= 1e-5 * reference.abs().max()
+
+
+def test_zoneout_rates_may_be_integers_at_evaluation():
+    """An integer rate (0) at evaluation, on the Python engine (peephole cells with zoneout)."""
+    layer = rnnkit.LSTM(3, 4, zoneout=(0, 0.5), peephole=True).eval()
+    out, _ = layer(torch.randn(2, 1, 3))
+    assert torch.isfinite(out).all()
+
+
+def test_engine_linear_has_second_order_gradients():
+    """`fused.linear` builds a differentiable graph when asked for one (create_graph=True)."""
+    torch.manual_seed(0)
+    x, w = torch.randn(300, 200, requires_grad=True), torch.randn(100, 200, requires_grad=True)
+    results = []
+    for f in (fused.linear, torch.nn.functional.linear):
+        (grad,) = torch.autograd.grad(f(x, w).pow(2).sum(), x, create_graph=True)
+        results.append(torch.autograd.grad(grad.pow(2).sum(), w)[0])
+    assert (results[0] - results[1]).abs().max() <= 1e-4 * results[1].abs().max()

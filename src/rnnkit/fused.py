@@ -71,13 +71,15 @@ def _configure(module) -> None:
     unless ``RNNKIT_GEMM=aten``; glibc's malloc keeping buffers up to 32 MiB in its heap unless
     ``RNNKIT_MALLOC=default`` (see ``tune_malloc`` in ``csrc/fused.cpp``)."""
     module.set_tuned(os.environ.get("RNNKIT_GEMM", "tuned") != "aten")
+    module.probe_onednn()  # big float32 products on oneDNN only where it runs (AVX-512 here)
     if os.environ.get("RNNKIT_MALLOC", "tuned") != "default":
         module.tune_malloc()
 
 
 def _build(load, source: Path = _SOURCE, stem: str = "rnnkit_fused"):
     """Compile for this machine's CPU (so GCC vectorises the pointwise passes with its widest
-    SIMD); if the compiler rejects ``-march=native``, compile for the generic target instead.
+    SIMD); if the compiler rejects ``-march=native``, compile for the generic target instead,
+    and without OpenMP if it has none.
 
     ``-fno-trapping-math`` lets GCC turn the selects in ``vtanh`` into blends (nothing here reads
     floating-point exception flags). ``-fopenmp``: ``at::parallel_for`` in ATen's headers runs
@@ -91,13 +93,20 @@ def _build(load, source: Path = _SOURCE, stem: str = "rnnkit_fused"):
     sources = [str(source)]
     headers = b"".join(p.read_bytes() for p in sorted(source.parent.glob("*.h")))
     digest = hashlib.sha256(headers).hexdigest()[:10]
-    flags = ["-std=c++20", "-O3", "-fno-trapping-math", "-fopenmp", f"-DRNNKIT_HEADERS={digest}"]
-    try:
-        return load(name=f"{stem}_{_cpu_tag()}", sources=sources, extra_ldflags=["-fopenmp"],
-                    extra_cflags=[*flags, "-march=native"], verbose=False)  # fmt: skip
-    except Exception:
-        return load(name=f"{stem}_generic", sources=sources, extra_cflags=flags,
-                    extra_ldflags=["-fopenmp"], verbose=False)  # fmt: skip
+    flags = ["-std=c++20", "-O3", "-fno-trapping-math", f"-DRNNKIT_HEADERS={digest}"]
+    attempts = [  # (name suffix, extra flags): the last builds anywhere a C++20 compiler does
+        (_cpu_tag(), ["-march=native", "-fopenmp"]),
+        ("generic", ["-fopenmp"]),
+        ("serial", []),  # no OpenMP (e.g. clang without libomp): at::parallel_for runs serially
+    ]
+    for index, (suffix, extra) in enumerate(attempts):
+        links = [f for f in extra if f == "-fopenmp"]
+        try:
+            return load(name=f"{stem}_{suffix}", sources=sources, extra_cflags=[*flags, *extra],
+                        extra_ldflags=links, verbose=False)  # fmt: skip
+        except Exception:
+            if index == len(attempts) - 1:
+                raise
 
 
 def _cpu_tag() -> str:
@@ -163,11 +172,12 @@ class _Linear(torch.autograd.Function):
         return out if bias is None else out.add_(bias)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
-        grad_x = matmul(grad, weight) if ctx.needs_input_grad[0] else None
-        grad_w = matmul(grad.t(), x) if ctx.needs_input_grad[1] else None
+        # building a graph for a higher-order gradient: torch's own (differentiable) products
+        product = torch.mm if torch.is_grad_enabled() else matmul
+        grad_x = product(grad, weight) if ctx.needs_input_grad[0] else None
+        grad_w = product(grad.t(), x) if ctx.needs_input_grad[1] else None
         grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b
 
@@ -360,17 +370,11 @@ class _FusedLayerNormLSTM(torch.autograd.Function):
         grad_output, (grad_h_n, grad_c_n) = _incoming(
             grad_output, (grad_h_n, grad_c_n), flat_mask, states
         )
-        grad_gx, grad_raw, grad_norm, grad_h0, grad_c0 = extension().ln_lstm_backward(
+        grad_gx, grad_raw, _, grad_h0, grad_c0, gains = extension().ln_lstm_backward(
             grad_output, grad_h_n, grad_c_n, weight_hh, cells, cache, stats, flat_mask, params
         )
-        gh_hat, c_hat = cache[..., 5 * H : 9 * H], cache[..., 9 * H :]
         grad_weight_hh = matmul(grad_raw.view(T * B, -1).t(), states[:-1].reshape(T * B, H))
-        grad_params = (
-            (grad_gx * gh_hat).sum((0, 1)),
-            grad_gx.sum((0, 1)),
-            (grad_norm * c_hat).sum((0, 1)),
-            grad_norm.sum((0, 1)),
-        )
+        grad_params = gains.split([4 * H, 4 * H, H, H])  # gathered in the C++ pass
         return grad_gx, grad_weight_hh, grad_h0, grad_c0, None, *grad_params
 
 

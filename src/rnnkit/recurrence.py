@@ -51,7 +51,7 @@ class _BPTT(torch.autograd.Function):
             gh = h @ w_t if bias_hh is None else torch.addmm(bias_hh, h, w_t)
             new_state, cache = cell.step(gx[t], gh, state, params)
             if zoneout is not None:
-                keep = tuple(k if isinstance(k, float) else k[t] for k in drawn)
+                keep = tuple(k[t] if isinstance(k, Tensor) else k for k in drawn)
                 new_state = tuple(torch.lerp(n, s, k) for n, s, k in zip(new_state, state, keep))
                 keeps.append(keep)
             if mask is not None:

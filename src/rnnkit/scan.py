@@ -239,9 +239,7 @@ class _MinRecurrence(nn.Module):
             for direction in range(directions):
                 index = layer * directions + direction
                 x_dir = reverse_within_lengths(x, lengths) if direction else x
-                projection = self.projections[index]  # through oneDNN where it is faster
-                projected = fused.linear(x_dir, projection.weight, projection.bias)
-                out = self._scan(projected, hx[index], mask)
+                out = self._scan(self._project(index, x_dir), hx[index], mask)
                 finals.append(out[-1])
                 if mask is not None:
                     out = out * mask
@@ -251,6 +249,15 @@ class _MinRecurrence(nn.Module):
                 x = nn.functional.dropout(x, self.dropout)
         output = x.transpose(0, 1) if self.batch_first else x
         return output, torch.stack(finals)
+
+    def _project(self, index: int, x: Tensor) -> Tensor:
+        """The input projection of layer-direction ``index`` (T, B, G*H): a plain ``nn.Linear``
+        through `rnnkit.fused.linear` (oneDNN for big float32 products), else the module."""
+        projection = self.projections[index]
+        hooked = projection._forward_hooks or projection._forward_pre_hooks
+        if type(projection) is not nn.Linear or hooked:
+            return projection(x)
+        return fused.linear(x, projection.weight, projection.bias)
 
     def _scan(self, projected: Tensor, h0: Tensor, mask: Tensor | None) -> Tensor:
         """All T states (T, B, H) of one layer and direction; past a sequence's end (mask False)

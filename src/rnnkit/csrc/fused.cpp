@@ -348,10 +348,28 @@ constexpr int64_t kOneDnnWork = int64_t(1) << 22;  // multiply-adds from which o
 
 bool tuned_for(const Tensor& a) { return g_tuned && a.scalar_type() == at::kFloat; }
 
+// Whether oneDNN's float32 matmul runs here: torch 2.13 takes it only on CPUs with AVX-512 (BW,
+// VL, DQ) or AVX-NE-CONVERT and raises elsewhere, so one small product is tried when the
+// extension loads (`probe_onednn`) and at::mm takes the big products where it fails.
+bool g_onednn = false;
+
+bool probe_onednn() {
+  g_onednn = false;
+  if (!at::hasMKLDNN() || !at::globalContext().userEnabledMkldnn()) return false;
+  try {
+    auto a = at::ones({2, 2}, at::kFloat), out = at::empty({2, 2}, at::kFloat);
+    at::native::mkldnn_matmul(a, a, out, 0.0f, 1.0f);
+    g_onednn = out.eq(2).all().item<bool>();
+  } catch (const c10::Error&) {
+    g_onednn = false;
+  }
+  return g_onednn;
+}
+
 // a (M, K) @ b (K, N), any strides -> (M, N).
 Tensor matmul(const Tensor& a, const Tensor& b) {
   const bool big = a.size(0) * a.size(1) * b.size(1) >= kOneDnnWork;
-  if (!tuned_for(a) || !big || !at::hasMKLDNN()) return at::mm(a, b);
+  if (!tuned_for(a) || !big || !g_onednn) return at::mm(a, b);
   auto out = at::empty({a.size(0), b.size(1)}, a.options());
   at::native::mkldnn_matmul(a, b, out, 0.0f, 1.0f);
   return out;
@@ -773,7 +791,10 @@ std::vector<Tensor> ln_lstm_forward(Tensor gx, Tensor w_hh, Tensor h0, Tensor c0
 }
 
 // LN-LSTM backward -> {grad_gx (T, B, 4H), grad_raw (T, B, 4H), grad_norm (T, B, H), grad_h0,
-// grad_c0}; the parameters' gradients are sums of these against the cached normalised values.
+// grad_c0, gains (10H)}: gains holds the parameters' gradients, sums over steps and rows gathered
+// during the pass (per thread, then added; a pass of their own over the (T, B, 4H) products cost
+// a tenth of the layer): sum grad_gx * gh_hat (4H), sum grad_gx (4H), sum grad_norm * c_hat (H),
+// sum grad_norm (H).
 std::vector<Tensor> ln_lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor w_hh,
                                      Tensor cells, Tensor cache, Tensor stats, Tensor mask,
                                      std::vector<Tensor> params) {
@@ -788,6 +809,7 @@ std::vector<Tensor> ln_lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor gra
   auto direct = at::empty_like(dh);
   const auto packed = pack_for_steps(w_hh.t());
   auto zeros = grad_out.numel() ? Tensor() : at::zeros_like(dh);
+  auto partial = at::zeros({at::get_num_threads(), 10 * H}, cache.options());  // per thread
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   for (int64_t t = T - 1; t >= 0; --t) {
     AT_DISPATCH_FLOATING_TYPES(cache.scalar_type(), "ln_lstm_backward", [&] {
@@ -810,6 +832,14 @@ std::vector<Tensor> ln_lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor gra
           ln_lstm_backward_row(d + o, go + o, dcp + o, cch + 10 * o, st + 2 * b, c + o, p,
                                dg + 4 * o, dr + 4 * o, dn + o, H);
           std::fill(keep + o, keep + o + H, scalar_t(0));
+          scalar_t* acc = partial.data_ptr<scalar_t>() + at::get_thread_num() * 10 * H;
+          const scalar_t *gh_hat = cch + 10 * o + 5 * H, *c_hat = cch + 10 * o + 9 * H;
+          for (int64_t j = 0; j < 4 * H; ++j) {
+            acc[j] += dg[4 * o + j] * gh_hat[j], acc[4 * H + j] += dg[4 * o + j];
+          }
+          for (int64_t j = 0; j < H; ++j) {
+            acc[8 * H + j] += dn[o + j] * c_hat[j], acc[9 * H + j] += dn[o + j];
+          }
         } else {  // past the end: the state passed through unchanged
           for (int64_t j = o; j < o + H; ++j) keep[j] = d[j] + go[j];
           std::fill(dg + 4 * o, dg + 4 * (o + H), scalar_t(0));
@@ -821,7 +851,7 @@ std::vector<Tensor> ln_lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor gra
     add_back_product(direct, {grad_raw, t}, w_hh, packed);
     std::swap(dh, direct);
   }
-  return {grad_gx, grad_raw, grad_norm, dh, dc};
+  return {grad_gx, grad_raw, grad_norm, dh, dc, partial.sum(0)};
 }
 
 // Elman forward: gx (T, B, H) -> states (T+1, B, H); nonlinearity 0 tanh, 1 relu, 2 sigmoid.
@@ -979,5 +1009,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("elman_backward", &elman_backward);
   m.def("set_tuned", &set_tuned);
   m.def("tune_malloc", &tune_malloc);
+  m.def("probe_onednn", &probe_onednn);
   m.def("matmul", &matmul);
 }
