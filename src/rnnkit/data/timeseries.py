@@ -178,9 +178,8 @@ def _choose_targets(
     columns = [str(c) for c in frame.columns]
     for name in [time_col, *(targets or []), *covariates]:
         if name not in columns:
-            raise RnnkitError(
-                f"{source} has no column {name!r}; its columns are {', '.join(columns)}"
-            )
+            shown = ", ".join(c if c.isprintable() else repr(c) for c in columns)  # one line
+            raise RnnkitError(f"{source} has no column {name!r}; its columns are {shown}")
     targets = list(targets) if targets else [c for c in columns if c not in (time_col, *covariates)]
     if not targets:
         raise RnnkitError(f"{source} has no target column besides {time_col!r}; name one")
