@@ -13,6 +13,10 @@ both paths give the same numbers under one seed); every other configuration runs
 engine. It is built for the CPU it runs on (``-march=native``), so the per-step pointwise
 passes, with float32 ``exp``/``tanh`` as vectorisable polynomials, run in SIMD registers.
 
+Matrix products (float32): each step's on rnnkit's packed kernel (``csrc/step_gemm.h``), the big
+ones outside the loop (`matmul`, `linear`) on oneDNN's matmul where torch runs it, float64 and
+``RNNKIT_GEMM=aten`` on ``at::mm``; see docs/performance.md for why and what each costs.
+
 If the build fails, rnnkit warns once and runs the Python engine; ``RNNKIT_FUSED=0`` turns the
 extension off, and `fused_enabled(False)` does so in-process (the tests run both paths).
 """
