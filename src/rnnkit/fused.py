@@ -156,11 +156,16 @@ def fused_enabled(enabled: bool) -> Iterator[None]:
         _state["enabled"] = before
 
 
+def _tuned_products(x: Tensor) -> bool:
+    """True if the extension's products take tensors like ``x`` (CPU float32, loops enabled)."""
+    return x.dtype == torch.float32 and handles(x) and _state["enabled"] and extension() is not None
+
+
 def matmul(a: Tensor, b: Tensor) -> Tensor:
     """a (M, K) @ b (K, N) for the engine's big products (the input projection, the weight
     gradients): big float32 products through oneDNN, whose kernels run them up to twice as fast
     as MKL's on CPUs MKL does not tune for (``csrc/fused.cpp``, "Matrix products"); else ``@``."""
-    if a.dtype != torch.float32 or not handles(a) or not _state["enabled"] or extension() is None:
+    if not _tuned_products(a):
         return a @ b
     return _state["module"].matmul(a, b)
 
@@ -189,7 +194,7 @@ class _Linear(torch.autograd.Function):
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``nn.functional.linear`` over x (..., I) with its products through `matmul` (float32 on
     the CPU with the extension; else ``nn.functional.linear`` itself)."""
-    if x.dtype != torch.float32 or not handles(x) or not _state["enabled"] or extension() is None:
+    if not _tuned_products(x):
         return torch.nn.functional.linear(x, weight, bias)
     out = _Linear.apply(x.reshape(-1, x.shape[-1]), weight, bias)
     return out.view(*x.shape[:-1], weight.shape[0])
@@ -374,7 +379,7 @@ class _FusedLayerNormLSTM(torch.autograd.Function):
         grad_output, (grad_h_n, grad_c_n) = _incoming(
             grad_output, (grad_h_n, grad_c_n), flat_mask, states
         )
-        grad_gx, grad_raw, _, grad_h0, grad_c0, gains = extension().ln_lstm_backward(
+        grad_gx, grad_raw, grad_h0, grad_c0, gains = extension().ln_lstm_backward(
             grad_output, grad_h_n, grad_c_n, weight_hh, cells, cache, stats, flat_mask, params
         )
         grad_weight_hh = matmul(grad_raw.view(T * B, -1).t(), states[:-1].reshape(T * B, H))

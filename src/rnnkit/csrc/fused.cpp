@@ -790,8 +790,7 @@ std::vector<Tensor> ln_lstm_forward(Tensor gx, Tensor w_hh, Tensor h0, Tensor c0
   return {states, cells, cache, stats};
 }
 
-// LN-LSTM backward -> {grad_gx (T, B, 4H), grad_raw (T, B, 4H), grad_norm (T, B, H), grad_h0,
-// grad_c0, gains (10H)}: gains holds the parameters' gradients, sums over steps and rows gathered
+// LN-LSTM backward -> {grad_gx (T, B, 4H), grad_raw (T, B, 4H), grad_h0, grad_c0, gains (10H)}: gains holds the parameters' gradients, sums over steps and rows gathered
 // during the pass (per thread, then added; a pass of their own over the (T, B, 4H) products cost
 // a tenth of the layer): sum grad_gx * gh_hat (4H), sum grad_gx (4H), sum grad_norm * c_hat (H),
 // sum grad_norm (H).
@@ -803,7 +802,7 @@ std::vector<Tensor> ln_lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor gra
   for (auto& p : params) p = p.contiguous();
   auto grad_gx = at::empty({T, B, 4 * H}, cache.options());
   auto grad_raw = at::empty({T, B, 4 * H}, cache.options());
-  auto grad_norm = at::empty({T, B, H}, cache.options());
+  auto grad_norm = at::empty({B, H}, cache.options());  // of the cell's normalisation, a step
   auto dh = grad_hn.contiguous().clone();
   auto dc = grad_cn.contiguous().clone();
   auto direct = at::empty_like(dh);
@@ -825,7 +824,7 @@ std::vector<Tensor> ln_lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor gra
       scalar_t* keep = direct.data_ptr<scalar_t>();
       scalar_t* dg = grad_gx.data_ptr<scalar_t>() + t * 4 * BH;
       scalar_t* dr = grad_raw.data_ptr<scalar_t>() + t * 4 * BH;
-      scalar_t* dn = grad_norm.data_ptr<scalar_t>() + t * BH;
+      scalar_t* dn = grad_norm.data_ptr<scalar_t>();
       for_rows(B, 10 * H, [&](int64_t b) {
         const int64_t o = b * H;
         if (valid(m, t, B, b)) {
@@ -844,14 +843,13 @@ std::vector<Tensor> ln_lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor gra
           for (int64_t j = o; j < o + H; ++j) keep[j] = d[j] + go[j];
           std::fill(dg + 4 * o, dg + 4 * (o + H), scalar_t(0));
           std::fill(dr + 4 * o, dr + 4 * (o + H), scalar_t(0));
-          std::fill(dn + o, dn + o + H, scalar_t(0));
         }
       });
     });
     add_back_product(direct, {grad_raw, t}, w_hh, packed);
     std::swap(dh, direct);
   }
-  return {grad_gx, grad_raw, grad_norm, dh, dc, partial.sum(0)};
+  return {grad_gx, grad_raw, dh, dc, partial.sum(0)};
 }
 
 // Elman forward: gx (T, B, H) -> states (T+1, B, H); nonlinearity 0 tanh, 1 relu, 2 sigmoid.
