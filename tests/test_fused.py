@@ -40,43 +40,59 @@ def test_only_the_lstm_loop_takes_recurrent_noise():
     assert not fused.supports(rnnkit.ProjectedLSTMCell(3, 4, 2), noisy=True)
 
 
-LAYERS = {
-    "gru": lambda: rnnkit.GRU(8, 16, num_layers=2, bidirectional=True, impl="bptt"),
-    "rnn": lambda: rnnkit.RNN(8, 16, num_layers=2, bidirectional=True, impl="bptt"),
-    "lstm": lambda: rnnkit.LSTM(8, 16, num_layers=2, bidirectional=True, impl="bptt"),
-    "lstm-recurrent-dropout": lambda: rnnkit.LSTM(8, 16, bidirectional=True, recurrent_dropout=0.3),
-    "lstm-zoneout": lambda: rnnkit.LSTM(8, 16, bidirectional=True, zoneout=(0.2, 0.4)),
-    "ln-lstm": lambda: rnnkit.LSTM(8, 16, num_layers=2, bidirectional=True, layer_norm=True),
-    "ln-gru": lambda: rnnkit.GRU(8, 16, num_layers=2, bidirectional=True, layer_norm=True),
-    "peephole-lstm": lambda: rnnkit.LSTM(8, 16, num_layers=2, bidirectional=True, peephole=True),
-    "projected-lstm": lambda: rnnkit.LSTM(
-        8, 16, num_layers=2, bidirectional=True, proj_size=5, impl="bptt"
-    ),  # fmt: skip
-    "lstm-all-noise": lambda: rnnkit.LSTM(
-        8, 16, num_layers=2, zoneout=0.1, recurrent_dropout=0.2, weight_dropout=0.3
+LAYERS = {  # (input size, hidden size) -> layer
+    "gru": lambda i, h: rnnkit.GRU(i, h, num_layers=2, bidirectional=True, impl="bptt"),
+    "rnn": lambda i, h: rnnkit.RNN(i, h, num_layers=2, bidirectional=True, impl="bptt"),
+    "lstm": lambda i, h: rnnkit.LSTM(i, h, num_layers=2, bidirectional=True, impl="bptt"),
+    "lstm-recurrent-dropout": lambda i, h: rnnkit.LSTM(
+        i, h, bidirectional=True, recurrent_dropout=0.3
+    ),
+    "lstm-zoneout": lambda i, h: rnnkit.LSTM(i, h, bidirectional=True, zoneout=(0.2, 0.4)),
+    "ln-lstm": lambda i, h: rnnkit.LSTM(i, h, num_layers=2, bidirectional=True, layer_norm=True),
+    "ln-gru": lambda i, h: rnnkit.GRU(i, h, num_layers=2, bidirectional=True, layer_norm=True),
+    "peephole-lstm": lambda i, h: rnnkit.LSTM(
+        i, h, num_layers=2, bidirectional=True, peephole=True
+    ),
+    "projected-lstm": lambda i, h: rnnkit.LSTM(
+        i, h, num_layers=2, bidirectional=True, proj_size=5, impl="bptt"
+    ),
+    "lstm-all-noise": lambda i, h: rnnkit.LSTM(
+        i, h, num_layers=2, zoneout=0.1, recurrent_dropout=0.2, weight_dropout=0.3
     ),
 }
 
 
+@pytest.mark.parametrize(
+    "lengths,hidden",
+    [([30, 3, 17, 1, 29], 16), ([30, 3, 17, 1, 29, 30, 12, 2, 25], 80)],
+    ids=["one-thread", "team"],
+)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("name", LAYERS)
-def test_cpp_equals_python_engine(name, dtype, training):
+def test_cpp_equals_python_engine(name, dtype, training, lengths, hidden):
     """Same outputs, final states and gradients, with ragged lengths; with the noise drawn from
-    the same seed (the C++ path draws its masks in the Python engine's order)."""
+    the same seed (the C++ path draws its masks in the Python engine's order). The second size
+    runs float32's loops on a team of two threads, each with a slice of the 80 units that does
+    not fall on the kernel's tiles of 32 (8 x 80 x 80 multiply-adds a step: enough for two)."""
     torch.manual_seed(0)
-    layer = LAYERS[name]().to(dtype).train(training)
-    x = torch.randn(30, 5, 8, dtype=dtype, requires_grad=True)
-    lengths = torch.tensor([30, 3, 17, 1, 29])
+    layer = LAYERS[name](8, hidden).to(dtype).train(training)
+    x = torch.randn(30, len(lengths), 8, dtype=dtype, requires_grad=True)
+    lengths = torch.tensor(lengths)
     results = []
-    for enabled in (True, False):
-        torch.manual_seed(1)
-        with fused.fused_enabled(enabled):
-            out, state = layer(x, lengths=lengths)
-            finals = state if isinstance(state, tuple) else (state,)
-            loss = (out**2).sum() + sum(s.sum() * (k + 1) for k, s in enumerate(finals))
-            grads = torch.autograd.grad(loss, [x, *layer.parameters()])
-        results.append((out, *finals, *grads))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for enabled in (True, False):
+            torch.manual_seed(1)
+            with fused.fused_enabled(enabled):
+                out, state = layer(x, lengths=lengths)
+                finals = state if isinstance(state, tuple) else (state,)
+                loss = (out**2).sum() + sum(s.sum() * (k + 1) for k, s in enumerate(finals))
+                grads = torch.autograd.grad(loss, [x, *layer.parameters()])
+            results.append((out, *finals, *grads))
+    finally:
+        torch.set_num_threads(threads)
     tolerance = 1e-5 if dtype == torch.float32 else 1e-12
     if name.startswith("ln-"):  # dividing by small standard deviations magnifies rounding 10x
         tolerance *= 10

@@ -18,6 +18,9 @@
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <algorithm>
 #include <malloc.h>
 #include <type_traits>
@@ -54,9 +57,10 @@ inline double positive(double y) { return y > 0; }
 // GRU step forward: r, z, n and the new state from x (3H) = W_i x + b_i and gh (3H) = W_h h + b_h;
 // the cache row (4H) keeps r, z, n and W_hn h + b_hn for the backward.
 template <typename T>
-void gru_forward_row(const T* x, const T* gh, const T* h, T* h_new, T* cache, int64_t H) {
+void gru_forward_row(const T* x, const T* gh, const T* h, T* h_new, T* cache, Units units) {
+  const int64_t H = units.H;
   using L = Lanes<T>;
-  over_lanes<T>(H, [&](int64_t j, int64_t n) {
+  over_lanes<T>(units, [&](int64_t j, int64_t n) {
     const auto r = vsigmoid(L::load(x + j, n) + L::load(gh + j, n));
     const auto z = vsigmoid(L::load(x + H + j, n) + L::load(gh + H + j, n));
     const auto hn = L::load(gh + 2 * H + j, n);
@@ -72,9 +76,10 @@ void gru_forward_row(const T* x, const T* gh, const T* h, T* h_new, T* cache, in
 // dL/dh_{t-1} (H) through the direct path z * h_{t-1}.
 template <typename T>
 void gru_backward_row(const T* d, const T* go, const T* cache, const T* h, T* keep, T* dx, T* dr,
-                      int64_t H) {
+                      Units units) {
+  const int64_t H = units.H;
   using L = Lanes<T>;
-  over_lanes<T>(H, [&](int64_t j, int64_t n) {
+  over_lanes<T>(units, [&](int64_t j, int64_t n) {
     const auto g = L::load(d + j, n) + L::load(go + j, n);
     const auto r = L::load(cache + j, n), z = L::load(cache + H + j, n);
     const auto c = L::load(cache + 2 * H + j, n), hn = L::load(cache + 3 * H + j, n);
@@ -93,9 +98,10 @@ void gru_backward_row(const T* d, const T* go, const T* cache, const T* h, T* ke
 // With peepholes (P), peep (3H) = w_ic | w_fc | w_oc: i and f also see c, o sees c'.
 template <bool Z, bool P, typename T>
 void lstm_forward_row(const T* x, const T* gh, const T* h, const T* c, const T* kh, const T* kc,
-                      const T* peep, T* h_new, T* c_new, T* cache, int64_t H) {
+                      const T* peep, T* h_new, T* c_new, T* cache, Units units) {
+  const int64_t H = units.H;
   using L = Lanes<T>;
-  over_lanes<T>(H, [&](int64_t j, int64_t n) {
+  over_lanes<T>(units, [&](int64_t j, int64_t n) {
     auto pre = [&](int64_t k) { return L::load(x + k * H + j, n) + L::load(gh + k * H + j, n); };
     const auto cp = L::load(c + j, n);
     auto a_i = pre(0), a_f = pre(1), a_o = pre(3);
@@ -123,9 +129,10 @@ void lstm_forward_row(const T* x, const T* gh, const T* h, const T* c, const T* 
 // (what reaches h_{t-1} directly: zoneout's share) and dc_prev (dL/dc_{t-1}, overwrites dc).
 template <bool Z, bool P, typename T>
 void lstm_backward_row(const T* dh, const T* go, T* dc, const T* cache, const T* c,
-                       const T* kh, const T* kc, const T* peep, T* keep_h, T* dp, int64_t H) {
+                       const T* kh, const T* kc, const T* peep, T* keep_h, T* dp, Units units) {
+  const int64_t H = units.H;
   using L = Lanes<T>;
-  over_lanes<T>(H, [&](int64_t j, int64_t n) {
+  over_lanes<T>(units, [&](int64_t j, int64_t n) {
     auto gh = L::load(dh + j, n) + L::load(go + j, n);
     auto gc = L::load(dc + j, n);
     auto through_h = decltype(gh){}, through_c = decltype(gc){};  // zoneout's direct paths
@@ -297,17 +304,17 @@ inline V slope(V y) {
 }
 
 template <int NL, typename T>
-void elman_forward_row(const T* x, const T* gh, T* out, int64_t H) {
+void elman_forward_row(const T* x, const T* gh, T* out, Units units) {
   using L = Lanes<T>;
-  over_lanes<T>(H, [&](int64_t j, int64_t n) {
+  over_lanes<T>(units, [&](int64_t j, int64_t n) {
     L::store(out + j, activation<NL>(L::load(x + j, n) + L::load(gh + j, n)), n);
   });
 }
 
 template <int NL, typename T>
-void elman_backward_row(const T* d, const T* go, const T* y, T* dp, int64_t H) {
+void elman_backward_row(const T* d, const T* go, const T* y, T* dp, Units units) {
   using L = Lanes<T>;
-  over_lanes<T>(H, [&](int64_t j, int64_t n) {
+  over_lanes<T>(units, [&](int64_t j, int64_t n) {
     L::store(dp + j, (L::load(d + j, n) + L::load(go + j, n)) * slope<NL>(L::load(y + j, n)), n);
   });
 }
@@ -421,11 +428,181 @@ bool valid(const bool* mask, int64_t t, int64_t B, int64_t b) {
   return mask == nullptr || mask[t * B + b];
 }
 
-// The gradient of the outputs at step t: (B, H) rows of grad_out, or zeros when the outputs
-// were not used (grad_out empty), so the row passes need no branch for it.
-template <typename T>
-const T* output_grad(const Tensor& grad_out, const Tensor& zeros, int64_t t, int64_t BH) {
-  return grad_out.numel() ? grad_out.data_ptr<T>() + t * BH : zeros.data_ptr<T>();
+// The gradient of the outputs h_t, grad_out (T, B, H), or zeros when the outputs were not used
+// (grad_out empty), so the row passes need no branch for it: step t's (B, H) rows at
+// data() + step(t).
+struct OutputGrad {
+  Tensor values;
+  int64_t stride;
+  OutputGrad(const Tensor& grad_out, int64_t B, int64_t H)
+      : values(grad_out.numel() ? grad_out.contiguous() : at::zeros({B, H}, grad_out.options())),
+        stride(grad_out.numel() ? B * H : 0) {}
+  template <typename T>
+  const T* data() const { return values.data_ptr<T>(); }
+  int64_t step(int64_t t) const { return t * stride; }
+};
+
+// ---- The time loops of the classic cells. -------------------------------------------------------
+//
+// `forward_loop` and `backward_loop` walk the steps of the LSTM, GRU and Elman cells; each cell
+// gives the pointwise pass of one batch row (`row`), over a range of units.
+//
+// float32 (with rnnkit's kernel): a team of threads that keep their units from the first step to
+// the last. At the sizes of a step (B rows x a few hundred units), waking the threads for each
+// product and again for each pointwise pass costs as much as the work, hundreds of times per
+// sequence. Each thread of a team owns a slice of the units (whole column tiles of the packed
+// weights, the same in every gate block): it computes its units' columns of a step's product,
+// runs their pointwise pass over every row while the product's outputs are still in its core's
+// cache, and waits for the others once per step, as the next product reads every unit.
+// Otherwise (float64, RNNKIT_GEMM=aten, rows that need every unit: the layer norms), each step's
+// product is one call (`recurrent_product`) and the rows run in parallel (`for_rows`).
+
+// W (G * H, K) packed per gate block: (G, J, K, kCols, kLanes), so that one tile range covers the
+// same units in every block.
+Tensor pack_gates(const Tensor& w, int64_t G) {
+  const int64_t H = w.size(0) / G;
+  std::vector<Tensor> blocks;
+  for (int64_t g = 0; g < G; ++g) blocks.push_back(rnnkit_gemm::pack_weight(w.narrow(0, g * H, H)));
+  return at::stack(blocks);
+}
+
+// A thread's share of a team: column tiles [tile_begin, tile_end) and the units they cover.
+struct Share {
+  int64_t tile_begin, tile_end;
+  Units units;
+};
+
+constexpr int64_t kTeamWork = int64_t(1) << 15;  // multiply-adds of a step from which 2 threads pay
+
+inline void team_wait() {
+#pragma omp barrier
+}
+
+// Runs body(share, wait) on every thread of a team that splits H units (float32 tiles), or on
+// this thread alone with every unit when a step's `work` is small; wait() waits for the team.
+template <typename F>
+void on_team(int64_t H, int64_t work, const F& body) {
+  const int64_t tiles = (H + rnnkit_gemm::kSpan - 1) / rnnkit_gemm::kSpan;
+  auto share = [&](int64_t id, int64_t n) {
+    const int64_t begin = tiles * id / n, end = tiles * (id + 1) / n;
+    const int64_t span = rnnkit_gemm::kSpan;
+    return Share{begin, end, Units(H, std::min(begin * span, H), std::min(end * span, H))};
+  };
+#ifdef _OPENMP
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), tiles);
+  if (work >= kTeamWork && threads > 1 && !at::in_parallel_region()) {
+#pragma omp parallel num_threads(threads)
+    body(share(omp_get_thread_num(), omp_get_num_threads()), team_wait);
+    return;
+  }
+#endif
+  body(share(0, 1), [] {});
+}
+
+// For t = 0 .. T-1: gh (B, G * H) = (h_t * rec_mask) @ W_hh^T + b_hh, then row(t, b, units) for
+// every row b. states (T + 1, B, H) holds h_0 and receives h_t from `row`; rec_mask (B, H), b_hh
+// may be empty. whole_rows: `row` needs every unit (no team).
+template <typename S, typename Row>
+void forward_loop(const Tensor& states, const Tensor& w_hh, const Tensor& b_hh,
+                  const Tensor& rec_mask, Tensor& gh, bool whole_rows, const Row& row) {
+  const int64_t T = states.size(0) - 1, B = states.size(1), H = states.size(2);
+  const int64_t G = w_hh.size(0) / H;
+  const bool masked = rec_mask.numel() > 0;
+  if constexpr (std::is_same_v<S, float>) {
+    if (tuned_for(states) && !whole_rows) {
+      auto h_in = masked ? at::empty({2, B, H}, states.options()) : states;  // h * rec_mask
+      if (masked) h_in[0].copy_(states[0] * rec_mask);
+      const auto packed = pack_gates(w_hh, G);
+      const float *p = packed.data_ptr<float>(), *m = masked ? rec_mask.data_ptr<float>() : nullptr;
+      const float* bias = b_hh.numel() ? b_hh.data_ptr<float>() : nullptr;
+      float *s = states.data_ptr<float>(), *in = h_in.data_ptr<float>(), *out = gh.data_ptr<float>();
+      on_team(H, B * G * H * H, [&](Share share, auto wait) {
+        const Units u = share.units;
+        for (int64_t t = 0; t < T; ++t) {
+          const float* h = masked ? in + (t % 2) * B * H : s + t * B * H;
+          for (int64_t g = 0; g < G; ++g) {
+            rnnkit_gemm::gemm_tiles(h, B, H, p + g * packed[0].numel(), H, share.tile_begin,
+                                    share.tile_end, bias ? bias + g * H : nullptr, nullptr,
+                                    out + g * H, G * H);
+          }
+          for (int64_t b = 0; b < B; ++b) row(t, b, u);
+          if (masked) {  // the next product's input, these units
+            float* next = in + ((t + 1) % 2) * B * H;
+            const float* h_new = s + (t + 1) * B * H;
+            for (int64_t b = 0; b < B; ++b) {
+              for (int64_t j = b * H + u.begin; j < b * H + u.end; ++j) next[j] = h_new[j] * m[j];
+            }
+          }
+          wait();
+        }
+      });
+      return;
+    }
+  }
+  auto h_in = masked ? at::empty({1, B, H}, states.options()) : Tensor();
+  const auto packed = pack_for_steps(w_hh);
+  for (int64_t t = 0; t < T; ++t) {
+    if (masked) {
+      auto h = h_in[0];
+      at::mul_out(h, states[t], rec_mask);
+    }
+    recurrent_product(gh, {masked ? h_in : states, masked ? 0 : t}, w_hh, packed, b_hh);
+    for_rows(B, whole_rows ? w_hh.size(0) : H, [&](int64_t b) { row(t, b, Units(H)); });
+  }
+}
+
+// For t = T-1 .. 0: row(t, b, units, d, keep) for every row b writes the step's gradients of
+// the pre-activations, grad_pre[t] (B, G * H), and keep (B, H), the share of dL/dh_{t-1} that
+// bypasses the product, from d = dL/dh_t (B, H); then dL/dh_{t-1} = keep + (grad_pre[t] @ W_hh)
+// * rec_mask (may be empty). dh holds dL/dh_T; returns dL/dh_0. whole_rows as in forward_loop.
+template <typename S, typename Row>
+Tensor backward_loop(const Tensor& grad_pre, const Tensor& w_hh, const Tensor& rec_mask,
+                     Tensor dh, bool whole_rows, const Row& row) {
+  const int64_t T = grad_pre.size(0), B = grad_pre.size(1), H = dh.size(1);
+  const int64_t G = w_hh.size(0) / H;
+  const bool masked = rec_mask.numel() > 0;
+  auto direct = at::empty_like(dh);
+  if constexpr (std::is_same_v<S, float>) {
+    if (tuned_for(dh) && !whole_rows) {
+      auto through = masked ? at::empty_like(dh) : dh;  // grad_pre[t] @ W_hh before the mask
+      const auto packed = rnnkit_gemm::pack_weight(w_hh.t());  // N = H, K = G * H
+      const float *p = packed.data_ptr<float>(), *dp = grad_pre.data_ptr<float>();
+      const float* m = masked ? rec_mask.data_ptr<float>() : nullptr;
+      float* buffers[2] = {dh.data_ptr<float>(), direct.data_ptr<float>()};
+      float* th = through.data_ptr<float>();
+      on_team(H, B * G * H * H, [&](Share share, auto wait) {
+        const Units u = share.units;
+        for (int64_t t = T - 1, i = 0; t >= 0; --t, i ^= 1) {
+          float *d = buffers[i], *keep = buffers[i ^ 1];
+          for (int64_t b = 0; b < B; ++b) row(t, b, u, d, keep);
+          wait();  // the product reads every unit of grad_pre[t]
+          rnnkit_gemm::gemm_tiles(dp + t * B * G * H, B, G * H, p, H, share.tile_begin,
+                                  share.tile_end, nullptr, masked ? nullptr : keep,
+                                  masked ? th : keep, H);
+          for (int64_t b = 0; masked && b < B; ++b) {
+            for (int64_t j = b * H + u.begin; j < b * H + u.end; ++j) keep[j] += th[j] * m[j];
+          }
+        }
+      });
+      return T % 2 ? direct : dh;
+    }
+  }
+  auto through = masked ? at::empty_like(dh) : Tensor();
+  const auto packed = pack_for_steps(w_hh.t());
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const S* d = dh.data_ptr<S>();
+    S* keep = direct.data_ptr<S>();
+    for_rows(B, whole_rows ? w_hh.size(0) : H, [&](int64_t b) { row(t, b, Units(H), d, keep); });
+    if (masked) {
+      through.zero_();
+      add_back_product(through, {grad_pre, t}, w_hh, packed);
+      at::addcmul_out(dh, direct, through, rec_mask);
+    } else {
+      add_back_product(direct, {grad_pre, t}, w_hh, packed);
+      std::swap(dh, direct);
+    }
+  }
+  return dh;
 }
 
 }  // namespace
@@ -444,32 +621,28 @@ std::vector<Tensor> gru_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0, 
   auto cache = at::empty({T, B, C}, gx.options());
   auto stats = at::zeros({norm ? T : 0, B, 1}, gx.options());
   auto gh = at::empty({B, 3 * H}, gx.options());
-  const auto packed = pack_for_steps(w_hh);
   states[0].copy_(h0);
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
-  for (int64_t t = 0; t < T; ++t) {
-    recurrent_product(gh, {states, t}, w_hh, packed, b_hh);
-    AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "gru_forward", [&] {
-      const scalar_t* x = gx.data_ptr<scalar_t>() + t * B * 3 * H;
-      scalar_t* r_h = gh.data_ptr<scalar_t>();
-      const scalar_t* h = states.data_ptr<scalar_t>() + t * B * H;
-      scalar_t* h_new = states.data_ptr<scalar_t>() + (t + 1) * B * H;
-      scalar_t* c = cache.data_ptr<scalar_t>() + t * B * C;
-      for_rows(B, norm ? C : H, [&](int64_t b) {
-        const int64_t o = b * H;
-        if (!valid(m, t, B, b)) {  // zeros in the cache: the LN gains' gradients sum every row
-          std::copy(h + o, h + o + H, h_new + o);
-          if (norm) std::fill(c + b * C, c + (b + 1) * C, scalar_t(0));
-        } else if (norm) {
-          ln_gru_forward_row(x + 3 * o, r_h + 3 * o, h + o, ln[0].data_ptr<scalar_t>(),
-                             ln[1].data_ptr<scalar_t>(), h_new + o, c + b * C,
-                             stats.data_ptr<scalar_t>() + t * B + b, H);
-        } else {
-          gru_forward_row(x + 3 * o, r_h + 3 * o, h + o, h_new + o, c + b * C, H);
-        }
-      });
-    });
-  }
+  AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "gru_forward", [&] {
+    const scalar_t* x = gx.data_ptr<scalar_t>();
+    scalar_t* r_h = gh.data_ptr<scalar_t>();
+    scalar_t *s = states.data_ptr<scalar_t>(), *c = cache.data_ptr<scalar_t>();
+    auto row = [&](int64_t t, int64_t b, Units u) {
+      const int64_t o = b * H, tb = (t * B + b) * H;  // row b of step t's (B, H)
+      scalar_t* h_new = s + tb + B * H;
+      if (!valid(m, t, B, b)) {  // zeros in the cache: the LN gains' gradients sum every row
+        std::copy(s + tb + u.begin, s + tb + u.end, h_new + u.begin);
+        if (norm) std::fill(c + (t * B + b) * C, c + (t * B + b + 1) * C, scalar_t(0));
+      } else if (norm) {
+        ln_gru_forward_row(x + 3 * tb, r_h + 3 * o, s + tb,
+                           ln[0].data_ptr<scalar_t>(), ln[1].data_ptr<scalar_t>(), h_new,
+                           c + (t * B + b) * C, stats.data_ptr<scalar_t>() + t * B + b, H);
+      } else {
+        gru_forward_row(x + 3 * tb, r_h + 3 * o, s + tb, h_new, c + (t * B + b) * C, u);
+      }
+    };
+    forward_loop<scalar_t>(states, w_hh, b_hh, Tensor(), gh, norm, row);
+  });
   return {states, cache, stats};
 }
 
@@ -481,103 +654,85 @@ std::vector<Tensor> gru_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh, T
   const int64_t T = cache.size(0), B = cache.size(1), H = states.size(2);
   const bool norm = !ln.empty();
   const int64_t C = norm ? 7 * H : 4 * H;
-  grad_out = grad_out.contiguous();
   for (auto& p : ln) p = p.contiguous();
   auto grad_gx = at::empty({T, B, 3 * H}, cache.options());
   auto grad_gh = at::empty({T, B, 3 * H}, cache.options());
   auto grad_raw = at::empty({norm ? T : 0, B, 3 * H}, cache.options());
-  auto dh = grad_hn.contiguous().clone();
-  auto direct = at::empty_like(dh);
-  const auto packed = pack_for_steps(w_hh.t());
-  auto zeros = grad_out.numel() ? Tensor() : at::zeros_like(dh);
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
-  for (int64_t t = T - 1; t >= 0; --t) {
-    AT_DISPATCH_FLOATING_TYPES(cache.scalar_type(), "gru_backward", [&] {
-      const scalar_t* go = output_grad<scalar_t>(grad_out, zeros, t, B * H);
-      const scalar_t* h = states.data_ptr<scalar_t>() + t * B * H;
-      const scalar_t* c = cache.data_ptr<scalar_t>() + t * B * C;
-      const scalar_t* d = dh.data_ptr<scalar_t>();
-      scalar_t* keep = direct.data_ptr<scalar_t>();
-      scalar_t* dx = grad_gx.data_ptr<scalar_t>() + t * B * 3 * H;
-      scalar_t* dr = grad_gh.data_ptr<scalar_t>() + t * B * 3 * H;
-      for_rows(B, norm ? C : H, [&](int64_t b) {
-        const int64_t o = b * H;
-        scalar_t *kb = keep + o, *dxb = dx + 3 * o, *drb = dr + 3 * o;
-        if (valid(m, t, B, b)) {
-          gru_backward_row(d + o, go + o, c + b * C, h + o, kb, dxb, drb, H);
-          if (norm) {
-            normalise_backward_row(drb, ln[0].data_ptr<scalar_t>(), c + b * C + 4 * H,
-                                   stats.data_ptr<scalar_t>()[t * B + b],
-                                   grad_raw.data_ptr<scalar_t>() + (t * B + b) * 3 * H, 3 * H);
-          }
-        } else {  // past the end: the state passed through unchanged
-          for (int64_t j = 0; j < H; ++j) kb[j] = d[o + j] + go[o + j];
-          std::fill(dxb, dxb + 3 * H, scalar_t(0));
-          std::fill(drb, drb + 3 * H, scalar_t(0));
-          if (norm) {
-            scalar_t* rb = grad_raw.data_ptr<scalar_t>() + (t * B + b) * 3 * H;
-            std::fill(rb, rb + 3 * H, scalar_t(0));
-          }
+  const OutputGrad incoming(grad_out, B, H);
+  Tensor grad_h0;
+  AT_DISPATCH_FLOATING_TYPES(cache.scalar_type(), "gru_backward", [&] {
+    const scalar_t *go_all = incoming.data<scalar_t>(), *h = states.data_ptr<scalar_t>();
+    scalar_t *dx_all = grad_gx.data_ptr<scalar_t>(), *dr_all = grad_gh.data_ptr<scalar_t>();
+    scalar_t* raw_all = norm ? grad_raw.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* cache_all = cache.data_ptr<scalar_t>();
+    auto row = [&](int64_t t, int64_t b, Units u, const scalar_t* d, scalar_t* keep) {
+      const int64_t o = b * H, tb = (t * B + b) * H;
+      const scalar_t* go = go_all + incoming.step(t) + o;
+      scalar_t *dx = dx_all + 3 * tb, *dr = dr_all + 3 * tb;
+      scalar_t* raw = norm ? raw_all + 3 * tb : nullptr;
+      const scalar_t* c = cache_all + (t * B + b) * C;
+      if (valid(m, t, B, b)) {
+        gru_backward_row(d + o, go, c, h + tb, keep + o, dx, dr, u);
+        if (norm) {
+          normalise_backward_row(dr, ln[0].data_ptr<scalar_t>(), c + 4 * H,
+                                 stats.data_ptr<scalar_t>()[t * B + b], raw, 3 * H);
         }
-      });
-    });
-    add_back_product(direct, {norm ? grad_raw : grad_gh, t}, w_hh, packed);
-    std::swap(dh, direct);
-  }
-  return {grad_gx, grad_gh, grad_raw, dh};
+        return;
+      }
+      for (int64_t j = u.begin; j < u.end; ++j) keep[o + j] = d[o + j] + go[j];  // passed through
+      for (int64_t g = 0; g < 3; ++g) {
+        std::fill(dx + g * H + u.begin, dx + g * H + u.end, scalar_t(0));
+        std::fill(dr + g * H + u.begin, dr + g * H + u.end, scalar_t(0));
+        if (norm) std::fill(raw + g * H + u.begin, raw + g * H + u.end, scalar_t(0));
+      }
+    };
+    grad_h0 = backward_loop<scalar_t>(norm ? grad_raw : grad_gh, w_hh, Tensor(),
+                                      grad_hn.contiguous().clone(), norm, row);
+  });
+  return {grad_gx, grad_gh, grad_raw, grad_h0};
 }
 
 // LSTM forward: gx (T, B, 4H) -> {states (T+1, B, H), cells (T+1, B, H), cache (T, B, 5H)}.
 // Each of these may be empty: rec_mask (B, H) multiplies h before the recurrent product
 // (variational recurrent dropout), keep_h and keep_c (T, B, H) are zoneout's keep masks (or its
-// rates at evaluation), peephole (3H) the peephole weights w_ic | w_fc | w_oc.
+// rates tb evaluation), peephole (3H) the peephole weights w_ic | w_fc | w_oc.
 std::vector<Tensor> lstm_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0, Tensor c0,
                                  Tensor mask, Tensor rec_mask, Tensor keep_h, Tensor keep_c,
                                  Tensor peephole) {
   const int64_t T = gx.size(0), B = gx.size(1), H = h0.size(1);
   gx = gx.contiguous(), keep_h = keep_h.contiguous(), keep_c = keep_c.contiguous();
-  peephole = peephole.contiguous();
+  peephole = peephole.contiguous(), rec_mask = rec_mask.contiguous();
   auto states = at::empty({T + 1, B, H}, gx.options());
   auto cells = at::empty({T + 1, B, H}, gx.options());
   auto cache = at::empty({T, B, 5 * H}, gx.options());
   auto gh = at::empty({B, 4 * H}, gx.options());
-  auto h_in = rec_mask.numel() ? at::empty({1, B, H}, gx.options()) : Tensor();  // h * mask
-  const auto packed = pack_for_steps(w_hh);
   states[0].copy_(h0), cells[0].copy_(c0);
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   const bool zone = keep_h.numel() > 0;
-  for (int64_t t = 0; t < T; ++t) {
-    if (h_in.defined()) {
-      auto h = h_in[0];
-      at::mul_out(h, states[t], rec_mask);
-      recurrent_product(gh, {h_in, 0}, w_hh, packed, b_hh);
-    } else {
-      recurrent_product(gh, {states, t}, w_hh, packed, b_hh);
-    }
-    AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "lstm_forward", [&] {
-      const int64_t BH = B * H;
-      const scalar_t* x = gx.data_ptr<scalar_t>() + t * 4 * BH;
-      const scalar_t* r_h = gh.data_ptr<scalar_t>();
-      scalar_t* h = states.data_ptr<scalar_t>() + t * BH;
-      scalar_t* c = cells.data_ptr<scalar_t>() + t * BH;
-      const scalar_t* kh = zone ? keep_h.data_ptr<scalar_t>() + t * BH : nullptr;
-      const scalar_t* kc = zone ? keep_c.data_ptr<scalar_t>() + t * BH : nullptr;
-      scalar_t* cch = cache.data_ptr<scalar_t>() + t * 5 * BH;
-      const scalar_t* peep = peephole.numel() ? peephole.data_ptr<scalar_t>() : nullptr;
-      with_variant(zone, peep != nullptr, [&](auto z, auto p) {
-        for_rows(B, H, [&](int64_t b) {
-          const int64_t o = b * H;
-          if (valid(m, t, B, b)) {
-            lstm_forward_row<decltype(z)::value, decltype(p)::value>(
-                x + 4 * o, r_h + 4 * o, h + o, c + o, zone ? kh + o : kh, zone ? kc + o : kc,
-                peep, h + BH + o, c + BH + o, cch + 5 * o, H);
-          } else {
-            std::copy(h + o, h + o + H, h + BH + o), std::copy(c + o, c + o + H, c + BH + o);
-          }
-        });
-      });
+  AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "lstm_forward", [&] {
+    const int64_t BH = B * H;
+    const scalar_t *x = gx.data_ptr<scalar_t>(), *r_h = gh.data_ptr<scalar_t>();
+    scalar_t *h = states.data_ptr<scalar_t>(), *c = cells.data_ptr<scalar_t>();
+    const scalar_t* kh = zone ? keep_h.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* kc = zone ? keep_c.data_ptr<scalar_t>() : nullptr;
+    scalar_t* cch = cache.data_ptr<scalar_t>();
+    const scalar_t* peep = peephole.numel() ? peephole.data_ptr<scalar_t>() : nullptr;
+    with_variant(zone, peep != nullptr, [&](auto z, auto p) {
+      auto row = [&](int64_t t, int64_t b, Units u) {
+        const int64_t tb = t * BH + b * H;  // row b of step t's (B, H)
+        if (valid(m, t, B, b)) {
+          lstm_forward_row<decltype(z)::value, decltype(p)::value>(
+              x + 4 * tb, r_h + 4 * b * H, h + tb, c + tb, zone ? kh + tb : kh,
+              zone ? kc + tb : kc, peep, h + BH + tb, c + BH + tb, cch + 5 * tb, u);
+        } else {
+          std::copy(h + tb + u.begin, h + tb + u.end, h + BH + tb + u.begin);
+          std::copy(c + tb + u.begin, c + tb + u.end, c + BH + tb + u.begin);
+        }
+      };
+      forward_loop<scalar_t>(states, w_hh, b_hh, rec_mask, gh, false, row);
     });
-  }
+  });
   return {states, cells, cache};
 }
 
@@ -587,54 +742,42 @@ std::vector<Tensor> lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_c
                                   Tensor cells, Tensor cache, Tensor mask, Tensor rec_mask,
                                   Tensor keep_h, Tensor keep_c, Tensor peephole) {
   const int64_t T = cache.size(0), B = cache.size(1), H = cells.size(2);
-  grad_out = grad_out.contiguous(), keep_h = keep_h.contiguous(), keep_c = keep_c.contiguous();
-  peephole = peephole.contiguous();
+  keep_h = keep_h.contiguous(), keep_c = keep_c.contiguous();
+  peephole = peephole.contiguous(), rec_mask = rec_mask.contiguous();
   auto grad_pre = at::empty({T, B, 4 * H}, cache.options());
-  auto dh = grad_hn.contiguous().clone();
   auto dc = grad_cn.contiguous().clone();
-  auto direct = at::empty_like(dh);
-  const auto packed = pack_for_steps(w_hh.t());
-  auto through = rec_mask.numel() ? at::empty_like(dh) : Tensor();
-  auto zeros = grad_out.numel() ? Tensor() : at::zeros_like(dh);
+  const OutputGrad incoming(grad_out, B, H);
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   const bool zone = keep_h.numel() > 0;
-  for (int64_t t = T - 1; t >= 0; --t) {
-    AT_DISPATCH_FLOATING_TYPES(cache.scalar_type(), "lstm_backward", [&] {
-      const int64_t BH = B * H;
-      const scalar_t* go = output_grad<scalar_t>(grad_out, zeros, t, BH);
-      const scalar_t* c = cells.data_ptr<scalar_t>() + t * BH;  // c_{t-1}
-      const scalar_t* cch = cache.data_ptr<scalar_t>() + t * 5 * BH;
-      const scalar_t* kh = zone ? keep_h.data_ptr<scalar_t>() + t * BH : nullptr;
-      const scalar_t* kc = zone ? keep_c.data_ptr<scalar_t>() + t * BH : nullptr;
-      const scalar_t* d = dh.data_ptr<scalar_t>();
-      scalar_t* dcp = dc.data_ptr<scalar_t>();
-      scalar_t* keep = direct.data_ptr<scalar_t>();
-      scalar_t* dp = grad_pre.data_ptr<scalar_t>() + t * 4 * BH;
-      const scalar_t* peep = peephole.numel() ? peephole.data_ptr<scalar_t>() : nullptr;
-      with_variant(zone, peep != nullptr, [&](auto z, auto p) {
-        for_rows(B, H, [&](int64_t b) {
-          const int64_t o = b * H;
-          if (valid(m, t, B, b)) {
-            lstm_backward_row<decltype(z)::value, decltype(p)::value>(
-                d + o, go + o, dcp + o, cch + 5 * o, c + o, zone ? kh + o : kh,
-                zone ? kc + o : kc, peep, keep + o, dp + 4 * o, H);
-          } else {  // past the end: the state passed through unchanged
-            for (int64_t j = o; j < o + H; ++j) keep[j] = d[j] + go[j];
-            std::fill(dp + 4 * o, dp + 4 * (o + H), scalar_t(0));
-          }
-        });
-      });
+  Tensor grad_h0;
+  AT_DISPATCH_FLOATING_TYPES(cache.scalar_type(), "lstm_backward", [&] {
+    const int64_t BH = B * H;
+    const scalar_t *c = cells.data_ptr<scalar_t>(), *cch = cache.data_ptr<scalar_t>();
+    const scalar_t* kh = zone ? keep_h.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* kc = zone ? keep_c.data_ptr<scalar_t>() : nullptr;
+    scalar_t *dcp = dc.data_ptr<scalar_t>(), *dp = grad_pre.data_ptr<scalar_t>();
+    const scalar_t* peep = peephole.numel() ? peephole.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* go_all = incoming.data<scalar_t>();
+    with_variant(zone, peep != nullptr, [&](auto z, auto p) {
+      auto row = [&](int64_t t, int64_t b, Units u, const scalar_t* d, scalar_t* keep) {
+        const int64_t o = b * H, tb = t * BH + o;
+        const scalar_t* go = go_all + incoming.step(t) + o;
+        if (valid(m, t, B, b)) {
+          lstm_backward_row<decltype(z)::value, decltype(p)::value>(
+              d + o, go, dcp + o, cch + 5 * tb, c + tb, zone ? kh + tb : kh, zone ? kc + tb : kc,
+              peep, keep + o, dp + 4 * tb, u);
+          return;
+        }
+        for (int64_t j = u.begin; j < u.end; ++j) keep[o + j] = d[o + j] + go[j];  // passed through
+        for (int64_t g = 0; g < 4; ++g) {
+          std::fill(dp + 4 * tb + g * H + u.begin, dp + 4 * tb + g * H + u.end, scalar_t(0));
+        }
+      };
+      grad_h0 = backward_loop<scalar_t>(grad_pre, w_hh, rec_mask, grad_hn.contiguous().clone(),
+                                        false, row);
     });
-    if (through.defined()) {  // dL/dh_{t-1} = direct + (dp @ W_hh) * rec_mask
-      through.zero_();
-      add_back_product(through, {grad_pre, t}, w_hh, packed);
-      at::addcmul_out(dh, direct, through, rec_mask);
-    } else {
-      add_back_product(direct, {grad_pre, t}, w_hh, packed);
-      std::swap(dh, direct);
-    }
-  }
-  return {grad_pre, dh, dc};
+  });
+  return {grad_pre, grad_h0, dc};
 }
 
 // Projected LSTM (LSTMP) forward, no zoneout, recurrent dropout or peepholes: gx (T, B, 4H),
@@ -693,7 +836,6 @@ std::vector<Tensor> lstmp_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor w_
 std::vector<Tensor> lstmp_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor w_hh,
                                    Tensor w_hr, Tensor cells, Tensor cache, Tensor mask) {
   const int64_t T = cache.size(0), B = cache.size(1), H = cells.size(2), P = grad_hn.size(1);
-  grad_out = grad_out.contiguous();
   auto grad_pre = at::empty({T, B, 4 * H}, cache.options());
   auto grad_h = at::empty({T, B, P}, cache.options());
   auto dh = grad_hn.contiguous().clone();
@@ -702,12 +844,12 @@ std::vector<Tensor> lstmp_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_
   auto dm = at::empty({B, H}, cache.options());
   auto scratch = at::empty({B, H}, cache.options());  // zoneout's share of dm: zero here
   auto zeros_h = at::zeros({B, H}, cache.options());
-  auto zeros = grad_out.numel() ? Tensor() : at::zeros_like(dh);
+  const OutputGrad incoming(grad_out, B, P);
   const auto packed = pack_for_steps(w_hh.t()), packed_r = pack_for_steps(w_hr.t());
   const bool* mk = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   for (int64_t t = T - 1; t >= 0; --t) {
     AT_DISPATCH_FLOATING_TYPES(cache.scalar_type(), "lstmp_backward_h", [&] {
-      const scalar_t* go = output_grad<scalar_t>(grad_out, zeros, t, B * P);
+      const scalar_t* go = incoming.data<scalar_t>() + incoming.step(t);
       const scalar_t* d = dh.data_ptr<scalar_t>();
       scalar_t* g = grad_h.data_ptr<scalar_t>() + t * B * P;
       scalar_t* keep = direct.data_ptr<scalar_t>();
@@ -798,7 +940,6 @@ std::vector<Tensor> ln_lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor gra
                                      Tensor cells, Tensor cache, Tensor stats, Tensor mask,
                                      std::vector<Tensor> params) {
   const int64_t T = cache.size(0), B = cache.size(1), H = cells.size(2);
-  grad_out = grad_out.contiguous();
   for (auto& p : params) p = p.contiguous();
   auto grad_gx = at::empty({T, B, 4 * H}, cache.options());
   auto grad_raw = at::empty({T, B, 4 * H}, cache.options());
@@ -807,7 +948,7 @@ std::vector<Tensor> ln_lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor gra
   auto dc = grad_cn.contiguous().clone();
   auto direct = at::empty_like(dh);
   const auto packed = pack_for_steps(w_hh.t());
-  auto zeros = grad_out.numel() ? Tensor() : at::zeros_like(dh);
+  const OutputGrad incoming(grad_out, B, H);
   auto partial = at::zeros({at::get_num_threads(), 10 * H}, cache.options());  // per thread
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   for (int64_t t = T - 1; t >= 0; --t) {
@@ -815,7 +956,7 @@ std::vector<Tensor> ln_lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor gra
       const LnParams<scalar_t> p{params[0].data_ptr<scalar_t>(), params[1].data_ptr<scalar_t>(),
                                  params[2].data_ptr<scalar_t>(), params[3].data_ptr<scalar_t>()};
       const int64_t BH = B * H;
-      const scalar_t* go = output_grad<scalar_t>(grad_out, zeros, t, BH);
+      const scalar_t* go = incoming.data<scalar_t>() + incoming.step(t);
       const scalar_t* c = cells.data_ptr<scalar_t>() + t * BH;  // c_{t-1}
       const scalar_t* cch = cache.data_ptr<scalar_t>() + t * 10 * BH;
       const scalar_t* st = stats.data_ptr<scalar_t>() + t * B * 2;
@@ -859,25 +1000,23 @@ Tensor elman_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0, Tensor mask
   gx = gx.contiguous();
   auto states = at::empty({T + 1, B, H}, gx.options());
   auto gh = at::empty({B, H}, gx.options());
-  const auto packed = pack_for_steps(w_hh);
   states[0].copy_(h0);
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
-  for (int64_t t = 0; t < T; ++t) {
-    recurrent_product(gh, {states, t}, w_hh, packed, b_hh);
-    AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "elman_forward", [&] {
-      const scalar_t* x = gx.data_ptr<scalar_t>() + t * B * H;
-      const scalar_t* g = gh.data_ptr<scalar_t>();
-      const scalar_t* h = states.data_ptr<scalar_t>() + t * B * H;
-      scalar_t* out = states.data_ptr<scalar_t>() + (t + 1) * B * H;
-      with_nonlinearity(nonlinearity, [&](auto nl) {
-        for_rows(B, H, [&](int64_t b) {
-          const int64_t o = b * H;
-          if (valid(m, t, B, b)) elman_forward_row<decltype(nl)::value>(x + o, g + o, out + o, H);
-          else std::copy(h + o, h + o + H, out + o);
-        });
-      });
+  AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "elman_forward", [&] {
+    const scalar_t *x = gx.data_ptr<scalar_t>(), *g = gh.data_ptr<scalar_t>();
+    scalar_t* s = states.data_ptr<scalar_t>();
+    with_nonlinearity(nonlinearity, [&](auto nl) {
+      auto row = [&](int64_t t, int64_t b, Units u) {
+        const int64_t tb = (t * B + b) * H;  // row b of step t's (B, H)
+        if (valid(m, t, B, b)) {
+          elman_forward_row<decltype(nl)::value>(x + tb, g + b * H, s + B * H + tb, u);
+        } else {
+          std::copy(s + tb + u.begin, s + tb + u.end, s + B * H + tb + u.begin);
+        }
+      };
+      forward_loop<scalar_t>(states, w_hh, b_hh, Tensor(), gh, false, row);
     });
-  }
+  });
   return states;
 }
 
@@ -885,37 +1024,31 @@ Tensor elman_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0, Tensor mask
 std::vector<Tensor> elman_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh, Tensor states,
                                    Tensor mask, int64_t nonlinearity) {
   const int64_t T = states.size(0) - 1, B = states.size(1), H = states.size(2);
-  grad_out = grad_out.contiguous();
   auto grad_pre = at::empty({T, B, H}, states.options());
-  auto dh = grad_hn.contiguous().clone();
-  auto direct = at::empty_like(dh);
-  const auto packed = pack_for_steps(w_hh.t());
-  auto zeros = grad_out.numel() ? Tensor() : at::zeros_like(dh);
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
-  for (int64_t t = T - 1; t >= 0; --t) {
-    AT_DISPATCH_FLOATING_TYPES(states.scalar_type(), "elman_backward", [&] {
-      const scalar_t* go = output_grad<scalar_t>(grad_out, zeros, t, B * H);
-      const scalar_t* y = states.data_ptr<scalar_t>() + (t + 1) * B * H;
-      const scalar_t* d = dh.data_ptr<scalar_t>();
-      scalar_t* keep = direct.data_ptr<scalar_t>();
-      scalar_t* dp = grad_pre.data_ptr<scalar_t>() + t * B * H;
-      with_nonlinearity(nonlinearity, [&](auto nl) {
-        for_rows(B, H, [&](int64_t b) {
-          const int64_t o = b * H;
-          if (valid(m, t, B, b)) {
-            elman_backward_row<decltype(nl)::value>(d + o, go + o, y + o, dp + o, H);
-            std::fill(keep + o, keep + o + H, scalar_t(0));
-          } else {  // past the end: the state passed through unchanged
-            for (int64_t j = o; j < o + H; ++j) keep[j] = d[j] + go[j];
-            std::fill(dp + o, dp + o + H, scalar_t(0));
-          }
-        });
-      });
+  const OutputGrad incoming(grad_out, B, H);
+  Tensor grad_h0;
+  AT_DISPATCH_FLOATING_TYPES(states.scalar_type(), "elman_backward", [&] {
+    const scalar_t* y = states.data_ptr<scalar_t>() + B * H;  // y[t]: h_t
+    scalar_t* dp = grad_pre.data_ptr<scalar_t>();
+    const scalar_t* go = incoming.data<scalar_t>();
+    with_nonlinearity(nonlinearity, [&](auto nl) {
+      auto row = [&](int64_t t, int64_t b, Units u, const scalar_t* d, scalar_t* keep) {
+        const int64_t o = b * H, tb = t * B * H + o;
+        const scalar_t* go_b = go + incoming.step(t) + o;
+        if (valid(m, t, B, b)) {
+          elman_backward_row<decltype(nl)::value>(d + o, go_b, y + tb, dp + tb, u);
+          std::fill(keep + o + u.begin, keep + o + u.end, scalar_t(0));
+        } else {  // past the end: the state passed through unchanged
+          for (int64_t j = u.begin; j < u.end; ++j) keep[o + j] = d[o + j] + go_b[j];
+          std::fill(dp + tb + u.begin, dp + tb + u.end, scalar_t(0));
+        }
+      };
+      grad_h0 = backward_loop<scalar_t>(grad_pre, w_hh, Tensor(), grad_hn.contiguous().clone(),
+                                        false, row);
     });
-    add_back_product(direct, {grad_pre, t}, w_hh, packed);
-    std::swap(dh, direct);
-  }
-  return {grad_pre, dh};
+  });
+  return {grad_pre, grad_h0};
 }
 
 // ---- Streaming: one step of a stack of layers, no autograd. -----------------------------------

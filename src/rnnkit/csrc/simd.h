@@ -115,4 +115,16 @@ inline void over_lanes(int64_t H, const F& body) {
   if (j < H) body(j, H - j);
 }
 
+// The units [begin, end) of a row of H (a thread's slice of a step; all H from a plain H).
+struct Units {
+  int64_t H, begin, end;
+  Units(int64_t h) : H(h), begin(0), end(h) {}  // NOLINT: a plain H means every unit
+  Units(int64_t h, int64_t b, int64_t e) : H(h), begin(b), end(e) {}
+};
+
+template <typename T, typename F>
+inline void over_lanes(Units u, const F& body) {
+  over_lanes<T>(u.end - u.begin, [&](int64_t j, int64_t n) { body(u.begin + j, n); });
+}
+
 }  // namespace rnnkit_simd

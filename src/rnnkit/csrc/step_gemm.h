@@ -32,6 +32,7 @@ constexpr int64_t kRows = 6;
 #endif
 constexpr int64_t kCols = 2;
 constexpr int64_t kLanes = sizeof(fv) / sizeof(float);
+constexpr int64_t kSpan = kCols * kLanes;  // output columns of one tile
 
 // W (N, K), any strides -> (J, K, kCols, kLanes), J = ceil(N / (kCols * kLanes)): tile j holds,
 // for every k, W[j * kCols * kLanes + c * kLanes + l][k] (zeros past N), so that a tile's weights
@@ -94,28 +95,34 @@ inline void with_rows(int64_t rows, const F& f) {
   }
 }
 
+// Columns [tile_begin * kSpan, min(tile_end * kSpan, N)) of out (B, N) = a (B, K) @ W^T + bias
+// (N, or null) + add (B, N, or null), with packed = pack_weight(W); a contiguous rows, add and out
+// rows ld apart (ld >= N: one gate block of a wider row).
+inline void gemm_tiles(const float* a, int64_t B, int64_t K, const float* packed, int64_t N,
+                       int64_t tile_begin, int64_t tile_end, const float* bias, const float* add,
+                       float* out, int64_t ld) {
+  for (int64_t t = tile_begin; t < tile_end; ++t) {
+    const int64_t n0 = t * kSpan, cols = std::min(kSpan, N - n0);
+    const float* pt = packed + t * kCols * K * kLanes;
+    const float* bt = bias ? bias + n0 : nullptr;
+    for (int64_t b = 0; b < B; b += kRows) {
+      const float* add_b = add ? add + b * ld + n0 : nullptr;
+      with_rows(std::min(kRows, B - b), [&](auto rows) {
+        tile<decltype(rows)::value>(a + b * K, K, pt, K, bt, add_b, out + b * ld + n0, ld, cols);
+      });
+    }
+  }
+}
+
 // out (B, N) = a (B, K) @ W^T + bias (N, or null) + add (B, N, or null); a, add and out
 // contiguous rows; packed = pack_weight(W). Column tiles run in parallel when the product is big
 // enough to pay for waking the second thread.
 inline void step_gemm(const float* a, int64_t B, int64_t K, const torch::Tensor& packed,
                       int64_t N, const float* bias, const float* add, float* out) {
-  const float* p = packed.data_ptr<float>();
-  const int64_t tiles = packed.size(0), span = kCols * kLanes;
+  const int64_t tiles = packed.size(0);
   const int64_t grain = B * N * K < (1 << 17) ? tiles : 1;
   at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t n0 = t * span, cols = std::min(span, N - n0);
-      const float* pt = p + t * kCols * K * kLanes;
-      const float* bt = bias ? bias + n0 : nullptr;
-      for (int64_t b = 0; b < B; b += kRows) {
-        const float* ab = a + b * K;
-        const float* add_b = add ? add + b * N + n0 : nullptr;
-        float* ob = out + b * N + n0;
-        with_rows(std::min(kRows, B - b), [&](auto rows) {
-          tile<decltype(rows)::value>(ab, K, pt, K, bt, add_b, ob, N, cols);
-        });
-      }
-    }
+    gemm_tiles(a, B, K, packed.data_ptr<float>(), N, begin, end, bias, add, out, N);
   });
 }
 
