@@ -385,3 +385,21 @@ def test_engine_linear_has_second_order_gradients():
         (grad,) = torch.autograd.grad(f(x, w).pow(2).sum(), x, create_graph=True)
         results.append(torch.autograd.grad(grad.pow(2).sum(), w)[0])
     assert (results[0] - results[1]).abs().max() <= 1e-4 * results[1].abs().max()
+
+
+def test_pooled_buffers_are_reused_without_stale_values():
+    """Buffers from 32 MiB up (here the GRU's cache and gradients) come from the extension's
+    pool and are reused by the next call: two calls of different data each match torch.nn."""
+    torch.manual_seed(0)
+    reference = torch.nn.GRU(8, 256)
+    layer = rnnkit.GRU(8, 256, impl="bptt")
+    layer.load_state_dict(reference.state_dict())
+    for _ in range(2):  # T * B * 4H floats: 48 MiB of cache
+        x = torch.randn(96, 128, 8, requires_grad=True)
+        results = []
+        for module in (layer, reference):
+            out, h_n = module(x)
+            loss = (out**2).sum() + h_n.sum()
+            results.append((out, h_n, *torch.autograd.grad(loss, [x, *module.parameters()])))
+        for ours, theirs in zip(*results, strict=True):
+            assert (ours - theirs).abs().max() <= 1e-5 * theirs.abs().max()

@@ -72,11 +72,14 @@ def extension():
 
 def _configure(module) -> None:
     """The process-wide settings of the loops: products through oneDNN and rnnkit's kernel
-    unless ``RNNKIT_GEMM=aten``; glibc's malloc keeping buffers up to 32 MiB in its heap unless
-    ``RNNKIT_MALLOC=default`` (see ``tune_malloc`` in ``csrc/fused.cpp``)."""
+    unless ``RNNKIT_GEMM=aten``; glibc's malloc keeping buffers up to 32 MiB in its heap and the
+    loops' bigger buffers kept in a pool between calls, unless ``RNNKIT_MALLOC=default`` (see
+    ``tune_malloc`` and ``BufferPool`` in ``csrc/fused.cpp``)."""
     module.set_tuned(os.environ.get("RNNKIT_GEMM", "tuned") != "aten")
     module.probe_onednn()  # big float32 products on oneDNN only where it runs (AVX-512 here)
-    if os.environ.get("RNNKIT_MALLOC", "tuned") != "default":
+    tuned_memory = os.environ.get("RNNKIT_MALLOC", "tuned") != "default"
+    module.set_pooled(tuned_memory)
+    if tuned_memory:
         module.tune_malloc()
 
 

@@ -23,6 +23,8 @@
 #endif
 #include <algorithm>
 #include <malloc.h>
+#include <mutex>
+#include <new>
 #include <type_traits>
 #include <bit>
 #include <cmath>
@@ -373,11 +375,79 @@ bool probe_onednn() {
   return g_onednn;
 }
 
+// The loops' big buffers (states, caches, gradients: up to hundreds of MB a sequence) come from a
+// pool that keeps them between calls. glibc's malloc gives a buffer above its mmap threshold
+// (32 MiB at most, `tune_malloc`) fresh pages on every call and returns them on free, and on a
+// virtual machine here each 4 KiB page took about a microsecond to fault in: 30-40% of a GRU's
+// forward+backward at (64, 200, 256, 512), half of nn.LSTM's. A pooled block is faulted in once
+// and then reused by later calls asking for at most its size (and at least 4/5 of it). The pool
+// keeps at most kPoolLimit bytes of free blocks, freeing the oldest beyond; RNNKIT_MALLOC=default
+// turns it off with the malloc settings (`set_pooled`).
+constexpr size_t kPoolFrom = size_t(32) << 20, kPoolLimit = size_t(1) << 30;
+
+class BufferPool {
+ public:
+  struct Block {
+    void* data;
+    size_t bytes;
+  };
+
+  Block take(size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (auto it = free_.begin(); it != free_.end(); ++it) {
+        if (it->bytes >= bytes && it->bytes - bytes <= bytes / 4) {
+          const Block block = *it;
+          pooled_ -= block.bytes;
+          free_.erase(it);
+          return block;
+        }
+      }
+    }
+    void* data = nullptr;
+    if (posix_memalign(&data, 64, bytes) != 0) throw std::bad_alloc();
+    return {data, bytes};
+  }
+
+  void give(Block block) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    free_.push_back(block);
+    pooled_ += block.bytes;
+    while (pooled_ > kPoolLimit) {
+      pooled_ -= free_.front().bytes;
+      std::free(free_.front().data);
+      free_.erase(free_.begin());
+    }
+  }
+
+ private:
+  std::mutex mutex_;
+  std::vector<Block> free_;  // oldest first
+  size_t pooled_ = 0;
+};
+
+BufferPool& pool() {
+  static auto* pool = new BufferPool;  // never destroyed: tensors may be freed at exit
+  return *pool;
+}
+
+bool g_pooled = true;
+
+void set_pooled(bool on) { g_pooled = on; }
+
+// at::empty, from the pool when big.
+Tensor buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  const size_t bytes = c10::multiply_integers(sizes) * options.dtype().itemsize();
+  if (!g_pooled || bytes < kPoolFrom) return at::empty(sizes, options);
+  const auto block = pool().take(bytes);
+  return at::from_blob(block.data, sizes, [block](void*) { pool().give(block); }, options);
+}
+
 // a (M, K) @ b (K, N), any strides -> (M, N).
 Tensor matmul(const Tensor& a, const Tensor& b) {
   const bool big = a.size(0) * a.size(1) * b.size(1) >= kOneDnnWork;
   if (!tuned_for(a) || !big || !g_onednn) return at::mm(a, b);
-  auto out = at::empty({a.size(0), b.size(1)}, a.options());
+  auto out = buffer({a.size(0), b.size(1)}, a.options());
   at::native::mkldnn_matmul(a, b, out, 0.0f, 1.0f);
   return out;
 }
@@ -617,8 +687,8 @@ std::vector<Tensor> gru_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0, 
   const int64_t C = norm ? 7 * H : 4 * H;
   gx = gx.contiguous();
   for (auto& p : ln) p = p.contiguous();
-  auto states = at::empty({T + 1, B, H}, gx.options());
-  auto cache = at::empty({T, B, C}, gx.options());
+  auto states = buffer({T + 1, B, H}, gx.options());
+  auto cache = buffer({T, B, C}, gx.options());
   auto stats = at::zeros({norm ? T : 0, B, 1}, gx.options());
   auto gh = at::empty({B, 3 * H}, gx.options());
   states[0].copy_(h0);
@@ -655,9 +725,9 @@ std::vector<Tensor> gru_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh, T
   const bool norm = !ln.empty();
   const int64_t C = norm ? 7 * H : 4 * H;
   for (auto& p : ln) p = p.contiguous();
-  auto grad_gx = at::empty({T, B, 3 * H}, cache.options());
-  auto grad_gh = at::empty({T, B, 3 * H}, cache.options());
-  auto grad_raw = at::empty({norm ? T : 0, B, 3 * H}, cache.options());
+  auto grad_gx = buffer({T, B, 3 * H}, cache.options());
+  auto grad_gh = buffer({T, B, 3 * H}, cache.options());
+  auto grad_raw = buffer({norm ? T : 0, B, 3 * H}, cache.options());
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   const OutputGrad incoming(grad_out, B, H);
   Tensor grad_h0;
@@ -703,9 +773,9 @@ std::vector<Tensor> lstm_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0,
   const int64_t T = gx.size(0), B = gx.size(1), H = h0.size(1);
   gx = gx.contiguous(), keep_h = keep_h.contiguous(), keep_c = keep_c.contiguous();
   peephole = peephole.contiguous(), rec_mask = rec_mask.contiguous();
-  auto states = at::empty({T + 1, B, H}, gx.options());
-  auto cells = at::empty({T + 1, B, H}, gx.options());
-  auto cache = at::empty({T, B, 5 * H}, gx.options());
+  auto states = buffer({T + 1, B, H}, gx.options());
+  auto cells = buffer({T + 1, B, H}, gx.options());
+  auto cache = buffer({T, B, 5 * H}, gx.options());
   auto gh = at::empty({B, 4 * H}, gx.options());
   states[0].copy_(h0), cells[0].copy_(c0);
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
@@ -744,7 +814,7 @@ std::vector<Tensor> lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_c
   const int64_t T = cache.size(0), B = cache.size(1), H = cells.size(2);
   keep_h = keep_h.contiguous(), keep_c = keep_c.contiguous();
   peephole = peephole.contiguous(), rec_mask = rec_mask.contiguous();
-  auto grad_pre = at::empty({T, B, 4 * H}, cache.options());
+  auto grad_pre = buffer({T, B, 4 * H}, cache.options());
   auto dc = grad_cn.contiguous().clone();
   const OutputGrad incoming(grad_out, B, H);
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
@@ -787,9 +857,9 @@ std::vector<Tensor> lstmp_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor w_
                                   Tensor c0, Tensor mask) {
   const int64_t T = gx.size(0), B = gx.size(1), P = h0.size(1), H = c0.size(1);
   gx = gx.contiguous();
-  auto states = at::empty({T + 1, B, P}, gx.options());
-  auto cells = at::empty({T + 1, B, H}, gx.options());
-  auto cache = at::empty({T, B, 5 * H}, gx.options());
+  auto states = buffer({T + 1, B, P}, gx.options());
+  auto cells = buffer({T + 1, B, H}, gx.options());
+  auto cache = buffer({T, B, 5 * H}, gx.options());
   auto gh = at::empty({B, 4 * H}, gx.options());
   auto m = at::zeros({1, B, H}, gx.options());  // o * tanh(c'), the projection's input
   const auto packed = pack_for_steps(w_hh), packed_r = pack_for_steps(w_hr);
@@ -836,8 +906,8 @@ std::vector<Tensor> lstmp_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor w_
 std::vector<Tensor> lstmp_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor w_hh,
                                    Tensor w_hr, Tensor cells, Tensor cache, Tensor mask) {
   const int64_t T = cache.size(0), B = cache.size(1), H = cells.size(2), P = grad_hn.size(1);
-  auto grad_pre = at::empty({T, B, 4 * H}, cache.options());
-  auto grad_h = at::empty({T, B, P}, cache.options());
+  auto grad_pre = buffer({T, B, 4 * H}, cache.options());
+  auto grad_h = buffer({T, B, P}, cache.options());
   auto dh = grad_hn.contiguous().clone();
   auto dc = grad_cn.contiguous().clone();
   auto direct = at::empty_like(dh);
@@ -895,10 +965,10 @@ std::vector<Tensor> ln_lstm_forward(Tensor gx, Tensor w_hh, Tensor h0, Tensor c0
   const int64_t T = gx.size(0), B = gx.size(1), H = h0.size(1);
   gx = gx.contiguous();
   for (auto& p : params) p = p.contiguous();
-  auto states = at::empty({T + 1, B, H}, gx.options());
-  auto cells = at::empty({T + 1, B, H}, gx.options());
-  auto cache = at::empty({T, B, 10 * H}, gx.options());
-  auto stats = at::empty({T, B, 2}, gx.options());
+  auto states = buffer({T + 1, B, H}, gx.options());
+  auto cells = buffer({T + 1, B, H}, gx.options());
+  auto cache = buffer({T, B, 10 * H}, gx.options());
+  auto stats = buffer({T, B, 2}, gx.options());
   auto raw = at::empty({B, 4 * H}, gx.options());
   const auto packed = pack_for_steps(w_hh);
   states[0].copy_(h0), cells[0].copy_(c0);
@@ -941,8 +1011,8 @@ std::vector<Tensor> ln_lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor gra
                                      std::vector<Tensor> params) {
   const int64_t T = cache.size(0), B = cache.size(1), H = cells.size(2);
   for (auto& p : params) p = p.contiguous();
-  auto grad_gx = at::empty({T, B, 4 * H}, cache.options());
-  auto grad_raw = at::empty({T, B, 4 * H}, cache.options());
+  auto grad_gx = buffer({T, B, 4 * H}, cache.options());
+  auto grad_raw = buffer({T, B, 4 * H}, cache.options());
   auto grad_norm = at::empty({B, H}, cache.options());  // of the cell's normalisation, a step
   auto dh = grad_hn.contiguous().clone();
   auto dc = grad_cn.contiguous().clone();
@@ -998,7 +1068,7 @@ Tensor elman_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0, Tensor mask
                      int64_t nonlinearity) {
   const int64_t T = gx.size(0), B = gx.size(1), H = h0.size(1);
   gx = gx.contiguous();
-  auto states = at::empty({T + 1, B, H}, gx.options());
+  auto states = buffer({T + 1, B, H}, gx.options());
   auto gh = at::empty({B, H}, gx.options());
   states[0].copy_(h0);
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
@@ -1024,7 +1094,7 @@ Tensor elman_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0, Tensor mask
 std::vector<Tensor> elman_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh, Tensor states,
                                    Tensor mask, int64_t nonlinearity) {
   const int64_t T = states.size(0) - 1, B = states.size(1), H = states.size(2);
-  auto grad_pre = at::empty({T, B, H}, states.options());
+  auto grad_pre = buffer({T, B, H}, states.options());
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   const OutputGrad incoming(grad_out, B, H);
   Tensor grad_h0;
@@ -1140,6 +1210,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("elman_backward", &elman_backward);
   m.def("set_tuned", &set_tuned);
   m.def("tune_malloc", &tune_malloc);
+  m.def("set_pooled", &set_pooled);
   m.def("probe_onednn", &probe_onednn);
   m.def("matmul", &matmul);
 }
