@@ -584,6 +584,7 @@ void forward_loop(const Tensor& states, const Tensor& w_hh, const Tensor& b_hh,
       if (masked) h_in[0].copy_(states[0] * rec_mask);
       const auto packed = pack_gates(w_hh, G);
       const float *p = packed.data_ptr<float>(), *m = masked ? rec_mask.data_ptr<float>() : nullptr;
+      const int64_t block = packed.numel() / G;  // one gate block's packed weights
       const float* bias = b_hh.numel() ? b_hh.data_ptr<float>() : nullptr;
       float *s = states.data_ptr<float>(), *in = h_in.data_ptr<float>(), *out = gh.data_ptr<float>();
       on_team(H, B * G * H * H, [&](Share share, auto wait) {
@@ -591,7 +592,7 @@ void forward_loop(const Tensor& states, const Tensor& w_hh, const Tensor& b_hh,
         for (int64_t t = 0; t < T; ++t) {
           const float* h = masked ? in + (t % 2) * B * H : s + t * B * H;
           for (int64_t g = 0; g < G; ++g) {
-            rnnkit_gemm::gemm_tiles(h, B, H, p + g * packed[0].numel(), H, share.tile_begin,
+            rnnkit_gemm::gemm_tiles(h, B, H, p + g * block, H, share.tile_begin,
                                     share.tile_end, bias ? bias + g * H : nullptr, nullptr,
                                     out + g * H, G * H);
           }
