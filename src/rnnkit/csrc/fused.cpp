@@ -12,7 +12,7 @@
 //            LSTM: i, f, g, o, tanh(c'))
 //   mask     (T, B) bool, or an empty tensor when every sequence has length T
 //
-// The pointwise passes (the *_row functions) run float32 in 8-lane SIMD vectors with exp, tanh
+// The pointwise passes (the *_row functions) run float32 in SIMD vectors (simd.h) with exp, tanh
 // and sigmoid as branch-free polynomials (Cephes'), where std::exp and std::tanh would be scalar
 // libm calls per element; float64 (gradcheck, tests) keeps the exact std:: functions.
 #include <torch/extension.h>
@@ -48,9 +48,9 @@ namespace {
 
 using namespace rnnkit_simd;
 
-inline f8 relu(f8 x) { return select(x < 0.0f, splat(0.0f), x); }  // NaN stays NaN
+inline fv relu(fv x) { return select(x < 0.0f, splat(0.0f), x); }  // NaN stays NaN
 inline double relu(double x) { return std::max(x, 0.0); }
-inline f8 positive(f8 y) { return select(y > 0.0f, splat(1.0f), splat(0.0f)); }
+inline fv positive(fv y) { return select(y > 0.0f, splat(1.0f), splat(0.0f)); }
 inline double positive(double y) { return y > 0; }
 
 // ---- One batch row of each pass, `width` lanes per iteration. --------------------------------
@@ -170,9 +170,9 @@ void with_variant(bool zone, bool peep, const F& f) {
 
 // ---- Layer normalisation of one row (LN-LSTM). ----------------------------------------------
 
-inline float hsum(f8 v) {
+inline float hsum(fv v) {
   float s = 0;
-  for (int k = 0; k < 8; ++k) s += v[k];
+  for (int k = 0; k < kWidth; ++k) s += v[k];
   return s;
 }
 inline double hsum(double v) { return v; }

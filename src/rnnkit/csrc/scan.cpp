@@ -19,7 +19,7 @@
 // {dL/dp, dL/dh0}. On the CPU a layer's pointwise gate math as separate torch kernels (and
 // their autograd) cost more than its input projection; fused into the scan it is nearly free.
 //
-// float32 runs 8 lanes at a time with exp as the Cephes polynomial of simd.h (shared with
+// float32 runs kWidth lanes at a time with exp as the Cephes polynomial of simd.h (shared with
 // fused.cpp); float64 (gradcheck, tests) one lane with std::exp.
 #include <torch/extension.h>
 
@@ -45,7 +45,7 @@ void over_elements(int64_t n, const F& body) {
 
 using namespace rnnkit_simd;
 
-inline f8 min0(f8 x) { return select(x < 0.0f, x, splat(0.0f)); }
+inline fv min0(fv x) { return select(x < 0.0f, x, splat(0.0f)); }
 inline double min0(double x) { return std::min(x, 0.0); }
 
 // The gates of one step, per lane: a, b and what the backward needs of them.

@@ -11,14 +11,20 @@ namespace rnnkit_simd {
 
 // ---- SIMD lanes. ------------------------------------------------------------------------------
 //
-// float32 runs 8 lanes at a time as a GCC/Clang vector type (arithmetic, comparisons and ?: act
-// lane-wise; one AVX register with the -march=native fused.py passes, two SSE ones without).
-// Plain loops over j would leave the vectorising to GCC, which gives up on the exp polynomial
-// below as soon as it turns a clamp into a branch (GCC 12 does). float64 (gradcheck, tests) runs
-// one lane at a time with the exact std:: functions.
-using f8 = float __attribute__((vector_size(32)));
-using i8 = int32_t __attribute__((vector_size(32)));
-using u8 = uint32_t __attribute__((vector_size(32)));
+// float32 runs kWidth lanes at a time as a GCC/Clang vector type (arithmetic, comparisons and ?:
+// act lane-wise): 16, one AVX-512 register, where the -march=native build that fused.py tries
+// first has AVX-512; else 8, one AVX register (two SSE ones in the generic build). Plain loops
+// over j would leave the vectorising to GCC, which gives up on the exp polynomial below as soon
+// as it turns a clamp into a branch (GCC 12 does). float64 (gradcheck, tests) runs one lane at a
+// time with the exact std:: functions.
+#if defined(__AVX512F__)
+constexpr int64_t kWidth = 16;
+#else
+constexpr int64_t kWidth = 8;
+#endif
+using fv = float __attribute__((vector_size(4 * kWidth)));
+using iv = int32_t __attribute__((vector_size(4 * kWidth)));
+using uv = uint32_t __attribute__((vector_size(4 * kWidth)));
 
 template <typename T> struct Lanes;  // V: what one iteration handles; load/store n <= width
 template <> struct Lanes<double> {
@@ -28,9 +34,9 @@ template <> struct Lanes<double> {
   static void store(double* p, V v, int64_t) { *p = v; }
 };
 template <> struct Lanes<float> {
-  using V = f8;
-  static constexpr int64_t width = 8;
-  static V load(const float* p, int64_t n) {  // the row's tail (n < 8) padded with zeros
+  using V = fv;
+  static constexpr int64_t width = kWidth;
+  static V load(const float* p, int64_t n) {  // the row's tail (n < width) padded with zeros
     V v = {};
     if (n == width) std::memcpy(&v, p, sizeof(V));  // one unaligned vector load
     else std::memcpy(&v, p, n * sizeof(float));
@@ -42,14 +48,14 @@ template <> struct Lanes<float> {
   }
 };
 
-inline f8 splat(float c) { return f8{} + c; }
-inline f8 select(i8 mask, f8 a, f8 b) { return mask ? a : b; }
-inline f8 abs_of(f8 x) { return std::bit_cast<f8>(std::bit_cast<u8>(x) & 0x7fffffffu); }
-inline f8 with_sign_of(f8 magnitude, f8 x) {  // copysign
-  return std::bit_cast<f8>(std::bit_cast<u8>(magnitude) | (std::bit_cast<u8>(x) & 0x80000000u));
+inline fv splat(float c) { return fv{} + c; }
+inline fv select(iv mask, fv a, fv b) { return mask ? a : b; }
+inline fv abs_of(fv x) { return std::bit_cast<fv>(std::bit_cast<uv>(x) & 0x7fffffffu); }
+inline fv with_sign_of(fv magnitude, fv x) {  // copysign
+  return std::bit_cast<fv>(std::bit_cast<uv>(magnitude) | (std::bit_cast<uv>(x) & 0x80000000u));
 }
 
-// ---- Pointwise math: float32 approximations in 8 lanes, float64 exact. ----------------------
+// ---- Pointwise math: float32 approximations in kWidth lanes, float64 exact. ----------------------
 
 // e^x, after Cephes expf.c (S. L. Moshier, Cephes Math Library; also exp256_ps of avx_mathfun):
 // x = n ln2 + r with n = floor(x / ln2 + 0.5), |r| <= ln2 / 2 (ln2 split in two constants so
@@ -58,27 +64,27 @@ inline f8 with_sign_of(f8 magnitude, f8 x) {  // copysign
 // float in [-87, 88] against double. x is clamped to [-87, 88] first, so 2^n is a normal float
 // and no inf or denormal comes out (e^88 = 1.7e38, e^-87 = 1.6e-38); sigmoid and tanh saturate
 // long before. NaN passes the clamp (comparisons with NaN are false) and comes out NaN.
-[[gnu::always_inline]] inline f8 vexp(f8 x) {
+[[gnu::always_inline]] inline fv vexp(fv x) {
   x = select(x < -87.0f, splat(-87.0f), x);
   x = select(x > 88.0f, splat(88.0f), x);
   // n = k - 128, k the truncation of a positive number (x / ln2 + 128.5 >= 3); k - 1 = n + 127
   // is 2^n's biased exponent.
-  const i8 k = __builtin_convertvector(x * 1.44269504088896341f + 128.5f, i8);
-  const f8 n = __builtin_convertvector(k, f8) - 128.0f;
-  const f8 r = x - n * 0.693359375f - n * -2.12194440e-4f;
-  f8 p = splat(1.9875691500e-4f);
+  const iv k = __builtin_convertvector(x * 1.44269504088896341f + 128.5f, iv);
+  const fv n = __builtin_convertvector(k, fv) - 128.0f;
+  const fv r = x - n * 0.693359375f - n * -2.12194440e-4f;
+  fv p = splat(1.9875691500e-4f);
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  return p * std::bit_cast<f8>((std::bit_cast<u8>(k) - 1u) << 23);
+  return p * std::bit_cast<fv>((std::bit_cast<uv>(k) - 1u) << 23);
 }
 
 // 1 / (1 + e^-x): vexp's error plus two roundings, measured 1.5e-7 relative (every float in
 // [-87, 100]); 1 above x = 17, e^-87 ~ 0 below x = -87.
-[[gnu::always_inline]] inline f8 vsigmoid(f8 x) { return 1.0f / (1.0f + vexp(-x)); }
+[[gnu::always_inline]] inline fv vsigmoid(fv x) { return 1.0f / (1.0f + vexp(-x)); }
 inline double vsigmoid(double x) { return 1 / (1 + std::exp(-x)); }
 
 // tanh, after Cephes tanhf.c: for |x| < 0.625 the odd polynomial x + x^3 P(x^2) (Cephes'
@@ -86,17 +92,17 @@ inline double vsigmoid(double x) { return 1 / (1 + std::exp(-x)); }
 // 0.55 there, so the subtraction loses at most a bit). Both are computed, one selected per lane.
 // |x| is clamped to 10, where tanh rounds to 1 in float (at 9 it does not yet). Cephes states
 // 1.3e-7 peak relative error; measured 1.4e-7 relative, at most 1.2 ulp, over [-100, 100].
-[[gnu::always_inline]] inline f8 vtanh(f8 x) {
-  f8 a = abs_of(x);
+[[gnu::always_inline]] inline fv vtanh(fv x) {
+  fv a = abs_of(x);
   a = select(a > 10.0f, splat(10.0f), a);
-  const f8 s = x * x;
-  f8 p = splat(-5.70498872745e-3f);
+  const fv s = x * x;
+  fv p = splat(-5.70498872745e-3f);
   p = p * s + 2.06390887954e-2f;
   p = p * s - 5.37397155531e-2f;
   p = p * s + 1.33314422036e-1f;
   p = p * s - 3.33332819422e-1f;
-  const f8 small = x + x * s * p;
-  const f8 big = with_sign_of(1.0f - 2.0f / (vexp(a + a) + 1.0f), x);
+  const fv small = x + x * s * p;
+  const fv big = with_sign_of(1.0f - 2.0f / (vexp(a + a) + 1.0f), x);
   return select(a < 0.625f, small, big);
 }
 inline double vtanh(double x) { return std::tanh(x); }
