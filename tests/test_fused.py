@@ -64,20 +64,21 @@ LAYERS = {  # (input size, hidden size) -> layer
 
 @pytest.mark.parametrize(
     "lengths,hidden",
-    [([30, 3, 17, 1, 29], 16), ([30, 3, 17, 1, 29, 30, 12, 2, 25], 80)],
+    [([30, 3, 17, 1, 29], 16), ([30, 3, 17, 1, 29, 30, 12, 2, 25], 72)],
     ids=["one-thread", "team"],
 )
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("name", LAYERS)
 def test_cpp_equals_python_engine(name, dtype, training, lengths, hidden):
-    """Same outputs, final states and gradients, with ragged lengths; with the noise drawn from
-    the same seed (the C++ path draws its masks in the Python engine's order). The second size
-    runs float32's loops on a team of two threads, each with a slice of the 80 units that does
-    not fall on the kernel's tiles of 32 (8 x 80 x 80 multiply-adds a step: enough for two)."""
+    """Same outputs, final states and gradients, with ragged lengths over 31 steps; with the noise
+    drawn from the same seed (the C++ path draws its masks in the Python engine's order). The
+    second size runs float32's loops on a team of two threads (9 x 72 x 72 multiply-adds a step:
+    enough for two), each with a slice of the 72 units, one of them ending in a partial strip of
+    the kernel's 32 (AVX-512) or 16 (AVX2) columns."""
     torch.manual_seed(0)
     layer = LAYERS[name](8, hidden).to(dtype).train(training)
-    x = torch.randn(30, len(lengths), 8, dtype=dtype, requires_grad=True)
+    x = torch.randn(31, len(lengths), 8, dtype=dtype, requires_grad=True)
     lengths = torch.tensor(lengths)
     results = []
     threads = torch.get_num_threads()
@@ -91,11 +92,13 @@ def test_cpp_equals_python_engine(name, dtype, training, lengths, hidden):
                 loss = (out**2).sum() + sum(s.sum() * (k + 1) for k, s in enumerate(finals))
                 grads = torch.autograd.grad(loss, [x, *layer.parameters()])
             results.append((out, *finals, *grads))
+            if enabled and dtype == torch.float32 and not name.startswith(("ln-", "projected")):
+                assert fused.extension().last_team_size() == (2 if hidden == 72 else 1)
     finally:
         torch.set_num_threads(threads)
     tolerance = 1e-5 if dtype == torch.float32 else 1e-12
-    if name.startswith("ln-"):  # dividing by small standard deviations magnifies rounding 10x
-        tolerance *= 10
+    if name.startswith("ln-"):  # dividing by small standard deviations magnifies rounding
+        tolerance *= 30  # (float32 at 72 units: 1.1e-4 of the largest gradient)
     for a, b in zip(*results, strict=True):
         assert (a - b).abs().max() <= tolerance * b.abs().max().clamp_min(1)
 
@@ -394,6 +397,9 @@ def test_pooled_buffers_are_reused_without_stale_values():
     reference = torch.nn.GRU(8, 256)
     layer = rnnkit.GRU(8, 256, impl="bptt")
     layer.load_state_dict(reference.state_dict())
+    ext = fused.extension()
+    ext.set_pooled(False)  # frees the pool's blocks
+    ext.set_pooled(True)
     for _ in range(2):  # T * B * 4H floats: 48 MiB of cache
         x = torch.randn(96, 128, 8, requires_grad=True)
         results = []
@@ -403,3 +409,5 @@ def test_pooled_buffers_are_reused_without_stale_values():
             results.append((out, h_n, *torch.autograd.grad(loss, [x, *module.parameters()])))
         for ours, theirs in zip(*results, strict=True):
             assert (ours - theirs).abs().max() <= 1e-5 * theirs.abs().max()
+        del results
+        assert ext.pooled_bytes() >= 48 << 20  # the cache's block, freed, kept for the next call

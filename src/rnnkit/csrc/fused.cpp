@@ -410,14 +410,35 @@ class BufferPool {
   }
 
   void give(Block block) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    free_.push_back(block);
-    pooled_ += block.bytes;
-    while (pooled_ > kPoolLimit) {
-      pooled_ -= free_.front().bytes;
-      std::free(free_.front().data);
-      free_.erase(free_.begin());
+    std::vector<Block> evicted;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      free_.push_back(block);
+      pooled_ += block.bytes;
+      while (pooled_ > kPoolLimit) {
+        evicted.push_back(free_.front());
+        pooled_ -= free_.front().bytes;
+        free_.erase(free_.begin());
+      }
     }
+    for (const auto& b : evicted) std::free(b.data);
+  }
+
+  size_t clear() {  // frees every free block; returns the bytes freed
+    std::vector<Block> blocks;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      blocks.swap(free_);
+      pooled_ = 0;
+    }
+    size_t bytes = 0;
+    for (const auto& b : blocks) std::free(b.data), bytes += b.bytes;
+    return bytes;
+  }
+
+  size_t pooled() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return pooled_;
   }
 
  private:
@@ -433,12 +454,20 @@ BufferPool& pool() {
 
 bool g_pooled = true;
 
-void set_pooled(bool on) { g_pooled = on; }
+// Turning the pool off also frees its blocks.
+void set_pooled(bool on) {
+  g_pooled = on;
+  if (!on) pool().clear();
+}
 
-// at::empty, from the pool when big.
+// Bytes of free blocks the pool keeps (what `set_pooled(false)` would free).
+int64_t pooled_bytes() { return static_cast<int64_t>(pool().pooled()); }
+
+// at::empty, from the pool when big (such a tensor's storage cannot be resized in place; nothing
+// resizes the loops' outputs).
 Tensor buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
   const size_t bytes = c10::multiply_integers(sizes) * options.dtype().itemsize();
-  if (!g_pooled || bytes < kPoolFrom) return at::empty(sizes, options);
+  if (!g_pooled || bytes < kPoolFrom || bytes > kPoolLimit) return at::empty(sizes, options);
   const auto block = pool().take(bytes);
   return at::from_blob(block.data, sizes, [block](void*) { pool().give(block); }, options);
 }
@@ -544,6 +573,10 @@ struct Share {
 
 constexpr int64_t kTeamWork = int64_t(1) << 15;  // multiply-adds of a step from which 2 threads pay
 
+int64_t g_last_team = 0;  // threads of the last team loop (for the tests)
+
+int64_t last_team_size() { return g_last_team; }
+
 inline void team_wait() {
 #pragma omp barrier
 }
@@ -562,10 +595,14 @@ void on_team(int64_t H, int64_t work, const F& body) {
   const int64_t threads = std::min<int64_t>(at::get_num_threads(), tiles);
   if (work >= kTeamWork && threads > 1 && !at::in_parallel_region()) {
 #pragma omp parallel num_threads(threads)
-    body(share(omp_get_thread_num(), omp_get_num_threads()), team_wait);
+    {
+      if (omp_get_thread_num() == 0) g_last_team = omp_get_num_threads();
+      body(share(omp_get_thread_num(), omp_get_num_threads()), team_wait);
+    }
     return;
   }
 #endif
+  g_last_team = 1;
   body(share(0, 1), [] {});
 }
 
@@ -767,13 +804,14 @@ std::vector<Tensor> gru_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh, T
 // LSTM forward: gx (T, B, 4H) -> {states (T+1, B, H), cells (T+1, B, H), cache (T, B, 5H)}.
 // Each of these may be empty: rec_mask (B, H) multiplies h before the recurrent product
 // (variational recurrent dropout), keep_h and keep_c (T, B, H) are zoneout's keep masks (or its
-// rates tb evaluation), peephole (3H) the peephole weights w_ic | w_fc | w_oc.
+// rates at evaluation), peephole (3H) the peephole weights w_ic | w_fc | w_oc.
 std::vector<Tensor> lstm_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0, Tensor c0,
                                  Tensor mask, Tensor rec_mask, Tensor keep_h, Tensor keep_c,
                                  Tensor peephole) {
   const int64_t T = gx.size(0), B = gx.size(1), H = h0.size(1);
   gx = gx.contiguous(), keep_h = keep_h.contiguous(), keep_c = keep_c.contiguous();
-  peephole = peephole.contiguous(), rec_mask = rec_mask.contiguous();
+  peephole = peephole.contiguous();
+  if (rec_mask.numel()) rec_mask = rec_mask.expand({B, H}).contiguous();  // the team reads B x H
   auto states = buffer({T + 1, B, H}, gx.options());
   auto cells = buffer({T + 1, B, H}, gx.options());
   auto cache = buffer({T, B, 5 * H}, gx.options());
@@ -814,7 +852,8 @@ std::vector<Tensor> lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_c
                                   Tensor keep_h, Tensor keep_c, Tensor peephole) {
   const int64_t T = cache.size(0), B = cache.size(1), H = cells.size(2);
   keep_h = keep_h.contiguous(), keep_c = keep_c.contiguous();
-  peephole = peephole.contiguous(), rec_mask = rec_mask.contiguous();
+  peephole = peephole.contiguous();
+  if (rec_mask.numel()) rec_mask = rec_mask.expand({B, H}).contiguous();
   auto grad_pre = buffer({T, B, 4 * H}, cache.options());
   auto dc = grad_cn.contiguous().clone();
   const OutputGrad incoming(grad_out, B, H);
@@ -1212,6 +1251,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_tuned", &set_tuned);
   m.def("tune_malloc", &tune_malloc);
   m.def("set_pooled", &set_pooled);
+  m.def("pooled_bytes", &pooled_bytes);
+  m.def("last_team_size", &last_team_size);
   m.def("probe_onednn", &probe_onednn);
   m.def("matmul", &matmul);
 }
