@@ -47,7 +47,7 @@ def cell_loop(cell: rnnkit.Cell):
 
 def engine_path(layer: torch.nn.Module, x: torch.Tensor) -> str:
     """Which code computes an rnnkit layer: torch's kernel, the C++ loops or Python."""
-    if layer.uses_torch_kernel():
+    if layer.uses_torch_kernel(x):
         return "torch"
     cell = layer._cells[0]
     return "cpp" if fused.handles(x) and fused.supports(cell) else "python"

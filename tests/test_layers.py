@@ -183,9 +183,26 @@ def test_rnn_equals_a_loop_over_the_cell(nonlinearity):
 
 def test_auto_uses_torch_kernel_only_where_it_exists():
     assert rnnkit.LSTM(I, H).uses_torch_kernel()
-    assert rnnkit.RNN(I, H, nonlinearity="relu").uses_torch_kernel()
     assert not rnnkit.RNN(I, H, nonlinearity="sigmoid").uses_torch_kernel()
     assert not rnnkit.GRU(I, H, impl="bptt").uses_torch_kernel()
+    assert rnnkit.GRU(I, H, impl="torch").uses_torch_kernel()
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: rnnkit.GRU(I, H), lambda: rnnkit.RNN(I, H, nonlinearity="relu")]
+)
+def test_auto_runs_gru_and_elman_on_the_cpp_loops(make):
+    """torch runs GRU and Elman cells step by step (3-12x slower than the C++ loops on the CPU):
+    ``impl="auto"`` takes the loops for float32/float64 CPU inputs, torch's kernel for others
+    and when the loops are off, with the same results."""
+    layer = make().double()
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    assert not layer.uses_torch_kernel(x)
+    assert layer.uses_torch_kernel(x.to(torch.bfloat16))
+    with fused_enabled(False):
+        assert layer.uses_torch_kernel(x)
+        expected = layer(x)
+    torch.testing.assert_close(layer(x), expected, atol=1e-12, rtol=0)
     with pytest.raises(rnnkit.RnnkitError, match="impl='torch': torch has no fused kernel"):
         rnnkit.RNN(I, H, nonlinearity="sigmoid", impl="torch")(torch.randn(T, B, I))
 
@@ -221,3 +238,18 @@ def test_dropout_statistics():
     kept = seen != 0
     assert abs(kept.float().mean().item() - 0.7) < 0.04
     torch.testing.assert_close(seen[kept], torch.full_like(seen[kept], first.item() / 0.7))
+
+
+@pytest.mark.parametrize("loops", [True, False], ids=["cpp", "python"])
+def test_second_derivatives_through_the_engine_raise_a_clear_error(loops):
+    """The engine's backward is first-order only: asking for a graph of the gradient through it
+    (create_graph=True) raises (torch would otherwise leave the layer's part out of a second
+    derivative silently); torch's kernel computes it."""
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    with fused_enabled(loops), pytest.raises(rnnkit.RnnkitError, match="impl='torch'"):
+        layer = rnnkit.GRU(I, H, impl="bptt").double()
+        torch.autograd.grad(layer(x)[0].sum(), x, create_graph=True)
+    layer = rnnkit.GRU(I, H, impl="torch").double()
+    (grad,) = torch.autograd.grad(layer(x)[0].pow(2).sum(), x, create_graph=True)
+    grad.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0

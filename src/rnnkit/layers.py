@@ -132,11 +132,25 @@ class _RecurrentLayer(nn.Module):
             layer, direction = divmod(index, self.num_directions)
             cell.init_parameters(self._weights(layer, self._suffixes()[direction]))
 
-    def uses_torch_kernel(self) -> bool:
-        """True when forward runs torch's fused kernel rather than the BPTT engine."""
-        if self.impl == "auto":
-            return not self._beyond_torch() and self._torch_kernel() is not None
-        return self.impl == "torch"
+    def uses_torch_kernel(self, x: Tensor | None = None) -> bool:
+        """True when forward on input like ``x`` (default: a CPU float32 one) runs torch's fused
+        kernel rather than the BPTT engine. ``impl="auto"`` takes torch's kernel where it
+        computes the same thing, except for GRU and Elman layers that the engine's C++ loops
+        take (on the CPU, float32/float64): torch runs those cells step by step, 3-12x slower
+        than the loops here (docs/performance.md)."""
+        if self.impl != "auto":
+            return self.impl == "torch"
+        if self._beyond_torch() or self._torch_kernel() is None:
+            return False
+        return not self._loops_beat_torch(x)
+
+    def _loops_beat_torch(self, x: Tensor | None) -> bool:
+        """True for a GRU or Elman stack that the C++ loops run on input like ``x``."""
+        cell = self._cells[0]
+        if type(cell) not in (GRUCell, ElmanCell):
+            return False
+        probe = x if x is not None else torch.empty(0)
+        return fused.handles(probe) and fused.supports(cell)
 
     def _beyond_torch(self) -> bool:
         """True when an option asks for what torch's kernels do not compute."""
@@ -151,7 +165,7 @@ class _RecurrentLayer(nn.Module):
     def forward(self, input: Tensor, hx=None, lengths: Tensor | None = None):
         """See the module docstring for shapes. Returns (output, h_n), LSTM (output, (h_n, c_n))."""
         x, state0, lengths, unbatched = self._prepare(input, hx, lengths)
-        if self.uses_torch_kernel():
+        if self.uses_torch_kernel(x):
             output, final = self._forward_torch(x, state0, lengths)
         else:
             context, x, state0 = self._outside_autocast(x, state0)

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from rnnkit import fused
 from rnnkit.cells.base import Cell, State
+from rnnkit.errors import first_order_only
 
 
 class _BPTT(torch.autograd.Function):
@@ -71,7 +72,7 @@ class _BPTT(torch.autograd.Function):
         return (output, *(s.clone() for s in state))
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order_only
     def backward(ctx, grad_output, *grad_final):
         mask, recurrent_mask, weight_hh, h_in, *params = ctx.saved_tensors
         T, B, _ = h_in.shape

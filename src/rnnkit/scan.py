@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from torch.nn.functional import logsigmoid, softplus
 
 from rnnkit import fused
-from rnnkit.errors import RnnkitError
+from rnnkit.errors import RnnkitError, first_order_only
 from rnnkit.recurrence import lengths_to_mask, reverse_within_lengths
 
 CHUNK = 64  # steps per parallel scan; see `scan_log`
@@ -117,7 +117,7 @@ class _LinearScan(torch.autograd.Function):
         return h
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order_only
     def backward(ctx, grad_h: Tensor):
         a, h, h0 = ctx.saved_tensors
         ext = _kernels(grad_h, a, h, h0)
@@ -140,7 +140,7 @@ class _MinScan(torch.autograd.Function):
         return h
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order_only
     def backward(ctx, grad_h: Tensor):
         projected, h, h0, flat_mask = ctx.saved_tensors
         grad_p, grad_h0 = ctx.ext.min_scan_backward(grad_h, projected, h, h0, flat_mask, ctx.kind)

@@ -143,9 +143,14 @@ def config():
 
 
 def last_logged(run) -> int:
-    if not (run / "metrics.jsonl").exists():
+    """The last training step in the run's log, read while a process may be appending to it: a
+    line not yet ended by its newline is not read."""
+    path = run / "metrics.jsonl"
+    if not path.exists():
         return 0
-    return max((r["step"] for r in train_records(run)), default=0)
+    text = path.read_text()
+    records = map(json.loads, text[: text.rfind("\n") + 1].splitlines())
+    return max((r["step"] for r in records if r["split"] == "train"), default=0)
 
 
 def kill_when(run, pid: int, step: int, sig: int = signal.SIGKILL) -> None:
