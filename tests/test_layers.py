@@ -186,6 +186,8 @@ def test_auto_uses_torch_kernel_only_where_it_exists():
     assert not rnnkit.RNN(I, H, nonlinearity="sigmoid").uses_torch_kernel()
     assert not rnnkit.GRU(I, H, impl="bptt").uses_torch_kernel()
     assert rnnkit.GRU(I, H, impl="torch").uses_torch_kernel()
+    with pytest.raises(rnnkit.RnnkitError, match="impl='torch': torch has no fused kernel"):
+        rnnkit.RNN(I, H, nonlinearity="sigmoid", impl="torch")(torch.randn(T, B, I))
 
 
 @pytest.mark.parametrize(
@@ -203,8 +205,9 @@ def test_auto_runs_gru_and_elman_on_the_cpp_loops(make):
         assert layer.uses_torch_kernel(x)
         expected = layer(x)
     torch.testing.assert_close(layer(x), expected, atol=1e-12, rtol=0)
-    with pytest.raises(rnnkit.RnnkitError, match="impl='torch': torch has no fused kernel"):
-        rnnkit.RNN(I, H, nonlinearity="sigmoid", impl="torch")(torch.randn(T, B, I))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the engine computes in the weights' dtype
+        assert not layer.float().uses_torch_kernel(x.to(torch.bfloat16))
+        assert layer.to(torch.bfloat16).uses_torch_kernel(x.float())
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

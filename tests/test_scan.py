@@ -225,3 +225,15 @@ def test_linear_scan_and_min_layers_refuse_mismatched_inputs():
         linear_scan(torch.rand(5, 3, 4), torch.rand(5, 3, 4).double(), torch.rand(3, 4))
     with pytest.raises(RnnkitError, match="hx is torch.float64 but the input is torch.float32"):
         MinGRU(3, 4)(torch.rand(6, 2, 3), torch.zeros(1, 2, 4, dtype=torch.float64))
+
+
+def test_second_derivatives_raise_on_the_linear_scan_and_pass_on_the_log_scan():
+    """The linear scan's backward is first-order only: create_graph=True raises with the mode
+    that computes it; the log-space scan (torch's differentiable ops) does."""
+    x = torch.randn(9, 2, 3, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(RnnkitError, match="mode='log_scan'"):
+        torch.autograd.grad(MinGRU(3, 4).double()(x)[0].sum(), x, create_graph=True)
+    layer = MinGRU(3, 4, mode="log_scan").double()
+    (grad,) = torch.autograd.grad(layer(x)[0].pow(2).sum(), x, create_graph=True)
+    grad.sum().backward()
+    assert x.grad.abs().sum() > 0

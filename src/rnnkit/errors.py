@@ -15,21 +15,31 @@ class RnnkitError(ValueError):
     """
 
 
-def first_order_only(backward):
+LAYER_SECOND_ORDER = (
+    "for a second derivative through a recurrent layer use impl='torch' (LSTM, GRU and Elman "
+    "tanh/relu layers without rnnkit-only options)"
+)
+
+
+def first_order_only(advice: str):
     """Wraps the backward of one of the engine's autograd Functions (BPTT, the C++ loops, the
     scans), which computes first derivatives only. torch's `once_differentiable` alone would,
-    when the incoming gradients do not require grad, silently leave the RNN's part out of a
-    second derivative (``create_graph=True``); this raises instead."""
-    once = torch.autograd.function.once_differentiable(backward)
+    when the incoming gradients do not require grad, silently leave this part out of a second
+    derivative (``create_graph=True``); this raises instead, with ``advice`` on what computes
+    one."""
 
-    @functools.wraps(backward)
-    def checked(ctx, *grads):
-        if torch.is_grad_enabled():  # backward runs with grad mode on only for create_graph=True
-            raise RnnkitError(
-                "rnnkit's BPTT engine computes first derivatives only: for a second derivative "
-                "(create_graph=True) through a recurrent layer use impl='torch' (LSTM, GRU and "
-                "Elman tanh/relu layers without rnnkit-only options)"
-            )
-        return once(ctx, *grads)
+    def wrap(backward):
+        once = torch.autograd.function.once_differentiable(backward)
 
-    return checked
+        @functools.wraps(backward)
+        def checked(ctx, *grads):
+            if torch.is_grad_enabled():  # on in backward only for create_graph=True
+                raise RnnkitError(
+                    "rnnkit's engine computes first derivatives only (create_graph=True asked "
+                    f"for more): {advice}"
+                )
+            return once(ctx, *grads)
+
+        return checked
+
+    return wrap

@@ -44,7 +44,7 @@ from rnnkit.cells import (
     ProjectedLSTMCell,
 )
 from rnnkit.cells.base import Cell
-from rnnkit.errors import first_order_only
+from rnnkit.errors import LAYER_SECOND_ORDER, first_order_only
 
 _SOURCE = Path(__file__).parent / "csrc" / "fused.cpp"
 _NONLINEARITY = {"tanh": 0, "relu": 1, "sigmoid": 2}
@@ -306,7 +306,7 @@ class _FusedLSTM(torch.autograd.Function):
         return output, states[-1].clone(), cells[-1].clone()
 
     @staticmethod
-    @first_order_only
+    @first_order_only(LAYER_SECOND_ORDER)
     def backward(ctx, grad_output, grad_h_n, grad_c_n):
         weight_hh, states, cells, cache, flat_mask, rec, *keeps, peep = ctx.saved_tensors
         T, B, H = cache.shape[0], cache.shape[1], states.shape[2]
@@ -345,7 +345,7 @@ class _FusedProjectedLSTM(torch.autograd.Function):
         return output, states[-1].clone(), cells[-1].clone()
 
     @staticmethod
-    @first_order_only
+    @first_order_only(LAYER_SECOND_ORDER)
     def backward(ctx, grad_output, grad_h_n, grad_c_n):
         weight_hh, weight_hr, states, cells, cache, flat_mask = ctx.saved_tensors
         T, B, P, H = cache.shape[0], cache.shape[1], states.shape[2], cells.shape[2]
@@ -376,7 +376,7 @@ class _FusedLayerNormLSTM(torch.autograd.Function):
         return output, states[-1].clone(), cells[-1].clone()
 
     @staticmethod
-    @first_order_only
+    @first_order_only(LAYER_SECOND_ORDER)
     def backward(ctx, grad_output, grad_h_n, grad_c_n):
         weight_hh, states, cells, cache, stats, flat_mask, *params = ctx.saved_tensors
         T, B, H = cache.shape[0], cache.shape[1], states.shape[2]
@@ -411,7 +411,7 @@ class _FusedLoop(torch.autograd.Function):
         return output, states[-1].clone()
 
     @staticmethod
-    @first_order_only
+    @first_order_only(LAYER_SECOND_ORDER)
     def backward(ctx, grad_output, grad_h_n):
         weight_hh, states, cache, stats, flat_mask, *params = ctx.saved_tensors
         ext = extension()

@@ -19,7 +19,10 @@ Two implementations compute the same thing (``impl=``):
     "bptt"  rnnkit's engine (`rnnkit.recurrence`): explicit BPTT, any cell; every feature beyond
             torch runs on it.
     "torch" torch's fused kernel (oneDNN for LSTM on the CPU); only for torch's own cells.
-    "auto"  (default) "torch" where it exists for the configuration, else "bptt".
+    "auto"  (default) "torch" where it exists for the configuration, else "bptt"; GRU and Elman
+            layers on CPU float32/float64 inputs take "bptt" (its C++ loops are 3-12x faster
+            than torch's step-by-step kernels for these cells there). Second derivatives
+            (create_graph=True) need "torch": the engine's backward is first-order only.
 
 Beyond torch, on the engine: ``layer_norm`` (LSTM, GRU), ``peephole`` (LSTM), ``recurrent_init``,
 ``forget_bias`` (LSTM), and three regularisers active in training mode only:
@@ -133,11 +136,12 @@ class _RecurrentLayer(nn.Module):
             cell.init_parameters(self._weights(layer, self._suffixes()[direction]))
 
     def uses_torch_kernel(self, x: Tensor | None = None) -> bool:
-        """True when forward on input like ``x`` (default: a CPU float32 one) runs torch's fused
-        kernel rather than the BPTT engine. ``impl="auto"`` takes torch's kernel where it
-        computes the same thing, except for GRU and Elman layers that the engine's C++ loops
-        take (on the CPU, float32/float64): torch runs those cells step by step, 3-12x slower
-        than the loops here (docs/performance.md)."""
+        """True when forward on input like ``x`` (default: an input of torch's default dtype and
+        device) runs torch's fused kernel rather than the BPTT engine. ``impl="auto"`` takes
+        torch's kernel where it computes the same thing, except for GRU and Elman layers that
+        the engine's C++ loops take (on the CPU, float32/float64): torch runs those cells step
+        by step, 3-12x slower than the loops here (docs/performance.md). Asking may build the
+        C++ extension (about a minute, once per machine)."""
         if self.impl != "auto":
             return self.impl == "torch"
         if self._beyond_torch() or self._torch_kernel() is None:
@@ -145,11 +149,15 @@ class _RecurrentLayer(nn.Module):
         return not self._loops_beat_torch(x)
 
     def _loops_beat_torch(self, x: Tensor | None) -> bool:
-        """True for a GRU or Elman stack that the C++ loops run on input like ``x``."""
+        """True for a GRU or Elman stack that the C++ loops run on input like ``x``: under
+        autocast the engine computes in the weights' dtype (`_outside_autocast`)."""
         cell = self._cells[0]
         if type(cell) not in (GRUCell, ElmanCell):
             return False
         probe = x if x is not None else torch.empty(0)
+        if torch.is_autocast_enabled(probe.device.type):
+            weight = next(iter(self._parameters.values()))
+            probe = probe.new_empty(0, dtype=weight.dtype)
         return fused.handles(probe) and fused.supports(cell)
 
     def _beyond_torch(self) -> bool:

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from rnnkit import fused
 from rnnkit.cells.base import Cell, State
-from rnnkit.errors import first_order_only
+from rnnkit.errors import LAYER_SECOND_ORDER, first_order_only
 
 
 class _BPTT(torch.autograd.Function):
@@ -72,7 +72,7 @@ class _BPTT(torch.autograd.Function):
         return (output, *(s.clone() for s in state))
 
     @staticmethod
-    @first_order_only
+    @first_order_only(LAYER_SECOND_ORDER)
     def backward(ctx, grad_output, *grad_final):
         mask, recurrent_mask, weight_hh, h_in, *params = ctx.saved_tensors
         T, B, _ = h_in.shape

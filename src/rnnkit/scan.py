@@ -58,6 +58,8 @@ from rnnkit import fused
 from rnnkit.errors import RnnkitError, first_order_only
 from rnnkit.recurrence import lengths_to_mask, reverse_within_lengths
 
+_SECOND_ORDER = "for a second derivative through MinGRU or MinLSTM use mode='log_scan'"
+
 CHUNK = 64  # steps per parallel scan; see `scan_log`
 MODES = ("linear_scan", "log_scan")
 
@@ -117,7 +119,7 @@ class _LinearScan(torch.autograd.Function):
         return h
 
     @staticmethod
-    @first_order_only
+    @first_order_only(_SECOND_ORDER)
     def backward(ctx, grad_h: Tensor):
         a, h, h0 = ctx.saved_tensors
         ext = _kernels(grad_h, a, h, h0)
@@ -140,7 +142,7 @@ class _MinScan(torch.autograd.Function):
         return h
 
     @staticmethod
-    @first_order_only
+    @first_order_only(_SECOND_ORDER)
     def backward(ctx, grad_h: Tensor):
         projected, h, h0, flat_mask = ctx.saved_tensors
         grad_p, grad_h0 = ctx.ext.min_scan_backward(grad_h, projected, h, h0, flat_mask, ctx.kind)

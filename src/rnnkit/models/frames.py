@@ -42,7 +42,7 @@ class FrameModel(nn.Module):
         input_dropout: on the input frames (training only).
         head: "bernoulli" (independent keys) or "nade" (the keys of a frame jointly).
         nade_hidden: hidden units of the NADE head.
-        impl: the recurrent layer's implementation ("auto": torch's fused kernel where it exists).
+        impl: the recurrent layer's implementation ("auto": see `rnnkit.layers`).
         **options: passed to the recurrent layer (e.g. ``weight_dropout=0.3``, DropConnect).
     """
 

@@ -147,7 +147,7 @@ class TextEncoder(nn.Module):
         decoder_cell: its cell ("gru" or "lstm"), which sets the state's tensors.
             [default: ``cell``]
         padding_idx: the pad token id (its embedding stays zero).
-        impl: the recurrent layer's implementation ("auto": torch's fused kernel).
+        impl: the recurrent layer's implementation ("auto": see `rnnkit.layers`).
     """
 
     def __init__(

@@ -35,7 +35,7 @@ class SequenceModel(nn.Module):
         output_size: O (the vocabulary size for next-token prediction).
         num_layers: L.
         dropout: between recurrent layers and before the head (training only).
-        impl: the recurrent layer's implementation ("auto": torch's fused kernel where it exists).
+        impl: the recurrent layer's implementation ("auto": see `rnnkit.layers`).
         embedding_size: E; if set, inputs are token ids looked up in an embedding.
         **options: passed to the recurrent layer (e.g. ``forget_bias=1.0``, or
             ``bidirectional=True``: the head then reads both directions, 2H features).
