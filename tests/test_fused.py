@@ -411,3 +411,24 @@ def test_pooled_buffers_are_reused_without_stale_values():
             assert (ours - theirs).abs().max() <= 1e-5 * theirs.abs().max()
         del results
         assert ext.pooled_bytes() >= 48 << 20  # the cache's block, freed, kept for the next call
+
+
+def test_team_threads_flush_denormals_as_the_caller_does():
+    """torch.set_flush_denormal sets the calling thread's mode only; the team's other threads
+    take it over for the loop, so every unit is flushed alike (not only the caller's slice)."""
+    ext = fused.extension()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    gx = torch.full((3, 9, 72), 1e-39)  # a denormal float32, 0 when flushed
+    zeros, no_mask = torch.zeros(72), torch.empty(0, dtype=torch.bool)
+    try:
+        if not torch.set_flush_denormal(True):
+            pytest.skip("this CPU cannot flush denormals")
+        states = ext.elman_forward(gx, torch.zeros(72, 72), zeros, torch.zeros(9, 72), no_mask, 0)
+        assert ext.last_team_size() == 2
+        assert (states == 0).all()
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)
+    states = ext.elman_forward(gx, torch.zeros(72, 72), zeros, torch.zeros(9, 72), no_mask, 0)
+    assert (states[1:] > 0).all()  # kept without the flag

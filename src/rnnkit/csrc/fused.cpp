@@ -21,6 +21,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
 #include <algorithm>
 #include <malloc.h>
 #include <mutex>
@@ -581,6 +584,20 @@ inline void team_wait() {
 #pragma omp barrier
 }
 
+// A thread's floating-point mode (x86: MXCSR, whose flush-to-zero and denormals-are-zero bits
+// torch.set_flush_denormal sets, for the calling thread only). A team's threads compute in the
+// caller's mode: with their own, units on one thread would keep denormals that the caller's
+// thread flushes (a trained Elman RNN's vanishing gradients: microcode-slow arithmetic, and
+// results that depend on the thread count).
+struct FloatMode {
+#if defined(__x86_64__) || defined(__i386__)
+  unsigned csr = _mm_getcsr();
+  void apply() const { _mm_setcsr(csr); }
+#else
+  void apply() const {}
+#endif
+};
+
 // Runs body(share, wait) on every thread of a team that splits H units (float32 tiles), or on
 // this thread alone with every unit when a step's `work` is small; wait() waits for the team.
 template <typename F>
@@ -594,10 +611,14 @@ void on_team(int64_t H, int64_t work, const F& body) {
 #ifdef _OPENMP
   const int64_t threads = std::min<int64_t>(at::get_num_threads(), tiles);
   if (work >= kTeamWork && threads > 1 && !at::in_parallel_region()) {
+    const FloatMode caller;
 #pragma omp parallel num_threads(threads)
     {
+      const FloatMode own;
+      caller.apply();
       if (omp_get_thread_num() == 0) g_last_team = omp_get_num_threads();
       body(share(omp_get_thread_num(), omp_get_num_threads()), team_wait);
+      own.apply();
     }
     return;
   }
