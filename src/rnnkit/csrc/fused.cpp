@@ -562,6 +562,7 @@ struct OutputGrad {
 // W (G * H, K) packed per gate block: (G, J, K, kCols, kLanes), so that one tile range covers the
 // same units in every block.
 Tensor pack_gates(const Tensor& w, int64_t G) {
+  if (G == 1) return rnnkit_gemm::pack_weight(w).unsqueeze(0);
   const int64_t H = w.size(0) / G;
   std::vector<Tensor> blocks;
   for (int64_t g = 0; g < G; ++g) blocks.push_back(rnnkit_gemm::pack_weight(w.narrow(0, g * H, H)));
