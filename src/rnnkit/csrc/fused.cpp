@@ -569,11 +569,22 @@ Tensor pack_gates(const Tensor& w, int64_t G) {
   return at::stack(blocks);
 }
 
-// A thread's share of a team: column tiles [tile_begin, tile_end) and the units they cover.
+// A thread's share of a team: column tiles [tile_begin, tile_end) and the units they cover; the
+// thread's index in the team of `threads` (for passes split by rows instead).
 struct Share {
   int64_t tile_begin, tile_end;
   Units units;
+  int64_t thread, threads;
+
+  int64_t row_begin(int64_t B) const { return B * thread / threads; }
+  int64_t row_end(int64_t B) const { return B * (thread + 1) / threads; }
 };
+
+thread_local int64_t t_team_thread = -1;  // this thread's index in the running team, else -1
+
+// The index of the thread running a row pass, inside a team or an at::parallel_for (for sums
+// kept per thread).
+int64_t worker_index() { return t_team_thread >= 0 ? t_team_thread : at::get_thread_num(); }
 
 constexpr int64_t kTeamWork = int64_t(1) << 15;  // multiply-adds of a step from which 2 threads pay
 
@@ -607,7 +618,7 @@ void on_team(int64_t H, int64_t work, const F& body) {
   auto share = [&](int64_t id, int64_t n) {
     const int64_t begin = tiles * id / n, end = tiles * (id + 1) / n;
     const int64_t span = rnnkit_gemm::kSpan;
-    return Share{begin, end, Units(H, std::min(begin * span, H), std::min(end * span, H))};
+    return Share{begin, end, Units(H, std::min(begin * span, H), std::min(end * span, H)), id, n};
   };
 #ifdef _OPENMP
   const int64_t threads = std::min<int64_t>(at::get_num_threads(), tiles);
@@ -618,7 +629,9 @@ void on_team(int64_t H, int64_t work, const F& body) {
       const FloatMode own;
       caller.apply();
       if (omp_get_thread_num() == 0) g_last_team = omp_get_num_threads();
+      t_team_thread = omp_get_thread_num();
       body(share(omp_get_thread_num(), omp_get_num_threads()), team_wait);
+      t_team_thread = -1;
       own.apply();
     }
     return;
@@ -630,7 +643,8 @@ void on_team(int64_t H, int64_t work, const F& body) {
 
 // For t = 0 .. T-1: gh (B, G * H) = (h_t * rec_mask) @ W_hh^T + b_hh, then row(t, b, units) for
 // every row b. states (T + 1, B, H) holds h_0 and receives h_t from `row`; rec_mask (B, H), b_hh
-// may be empty. whole_rows: `row` needs every unit (no team).
+// may be empty. whole_rows: `row` needs every unit of its row (the layer norms): a team then
+// splits the row pass by rows, with a second barrier between the product and the rows.
 template <typename S, typename Row>
 void forward_loop(const Tensor& states, const Tensor& w_hh, const Tensor& b_hh,
                   const Tensor& rec_mask, Tensor& gh, bool whole_rows, const Row& row) {
@@ -638,7 +652,7 @@ void forward_loop(const Tensor& states, const Tensor& w_hh, const Tensor& b_hh,
   const int64_t G = w_hh.size(0) / H;
   const bool masked = rec_mask.numel() > 0;
   if constexpr (std::is_same_v<S, float>) {
-    if (tuned_for(states) && !whole_rows) {
+    if (tuned_for(states) && !(whole_rows && masked)) {
       auto h_in = masked ? at::empty({2, B, H}, states.options()) : states;  // h * rec_mask
       if (masked) h_in[0].copy_(states[0] * rec_mask);
       const auto packed = pack_gates(w_hh, G);
@@ -655,7 +669,12 @@ void forward_loop(const Tensor& states, const Tensor& w_hh, const Tensor& b_hh,
                                     share.tile_end, bias ? bias + g * H : nullptr, nullptr,
                                     out + g * H, G * H);
           }
-          for (int64_t b = 0; b < B; ++b) row(t, b, u);
+          if (whole_rows) {
+            wait();  // the rows read every unit's product
+            for (int64_t b = share.row_begin(B); b < share.row_end(B); ++b) row(t, b, Units(H));
+          } else {
+            for (int64_t b = 0; b < B; ++b) row(t, b, u);
+          }
           if (masked) {  // the next product's input, these units
             float* next = in + ((t + 1) % 2) * B * H;
             const float* h_new = s + (t + 1) * B * H;
@@ -684,7 +703,8 @@ void forward_loop(const Tensor& states, const Tensor& w_hh, const Tensor& b_hh,
 // For t = T-1 .. 0: row(t, b, units, d, keep) for every row b writes the step's gradients of
 // the pre-activations, grad_pre[t] (B, G * H), and keep (B, H), the share of dL/dh_{t-1} that
 // bypasses the product, from d = dL/dh_t (B, H); then dL/dh_{t-1} = keep + (grad_pre[t] @ W_hh)
-// * rec_mask (may be empty). dh holds dL/dh_T; returns dL/dh_0. whole_rows as in forward_loop.
+// * rec_mask (may be empty). dh holds dL/dh_T; returns dL/dh_0. whole_rows as in forward_loop
+// (a second barrier after the product: the next rows read every unit of dL/dh_{t-1}).
 template <typename S, typename Row>
 Tensor backward_loop(const Tensor& grad_pre, const Tensor& w_hh, const Tensor& rec_mask,
                      Tensor dh, bool whole_rows, const Row& row) {
@@ -693,7 +713,7 @@ Tensor backward_loop(const Tensor& grad_pre, const Tensor& w_hh, const Tensor& r
   const bool masked = rec_mask.numel() > 0;
   auto direct = at::empty_like(dh);
   if constexpr (std::is_same_v<S, float>) {
-    if (tuned_for(dh) && !whole_rows) {
+    if (tuned_for(dh) && !(whole_rows && masked)) {
       auto through = masked ? at::empty_like(dh) : dh;  // grad_pre[t] @ W_hh before the mask
       const auto packed = rnnkit_gemm::pack_weight(w_hh.t());  // N = H, K = G * H
       const float *p = packed.data_ptr<float>(), *dp = grad_pre.data_ptr<float>();
@@ -704,7 +724,13 @@ Tensor backward_loop(const Tensor& grad_pre, const Tensor& w_hh, const Tensor& r
         const Units u = share.units;
         for (int64_t t = T - 1, i = 0; t >= 0; --t, i ^= 1) {
           float *d = buffers[i], *keep = buffers[i ^ 1];
-          for (int64_t b = 0; b < B; ++b) row(t, b, u, d, keep);
+          if (whole_rows) {
+            for (int64_t b = share.row_begin(B); b < share.row_end(B); ++b) {
+              row(t, b, Units(H), d, keep);
+            }
+          } else {
+            for (int64_t b = 0; b < B; ++b) row(t, b, u, d, keep);
+          }
           wait();  // the product reads every unit of grad_pre[t]
           rnnkit_gemm::gemm_tiles(dp + t * B * G * H, B, G * H, p, H, share.tile_begin,
                                   share.tile_end, nullptr, masked ? nullptr : keep,
@@ -712,6 +738,7 @@ Tensor backward_loop(const Tensor& grad_pre, const Tensor& w_hh, const Tensor& r
           for (int64_t b = 0; masked && b < B; ++b) {
             for (int64_t j = b * H + u.begin; j < b * H + u.end; ++j) keep[j] += th[j] * m[j];
           }
+          if (whole_rows) wait();
         }
       });
       return T % 2 ? direct : dh;
@@ -1032,42 +1059,37 @@ std::vector<Tensor> ln_lstm_forward(Tensor gx, Tensor w_hh, Tensor h0, Tensor c0
   auto cache = buffer({T, B, 10 * H}, gx.options());
   auto stats = buffer({T, B, 2}, gx.options());
   auto raw = at::empty({B, 4 * H}, gx.options());
-  const auto packed = pack_for_steps(w_hh);
   states[0].copy_(h0), cells[0].copy_(c0);
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
-  for (int64_t t = 0; t < T; ++t) {
-    recurrent_product(raw, {states, t}, w_hh, packed, Tensor());
-    AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "ln_lstm_forward", [&] {
-      const LnParams<scalar_t> p{params[0].data_ptr<scalar_t>(), params[1].data_ptr<scalar_t>(),
-                                 params[2].data_ptr<scalar_t>(), params[3].data_ptr<scalar_t>()};
-      const int64_t BH = B * H;
-      const scalar_t* x = gx.data_ptr<scalar_t>() + t * 4 * BH;
-      const scalar_t* r = raw.data_ptr<scalar_t>();
-      scalar_t* h = states.data_ptr<scalar_t>() + t * BH;
-      scalar_t* c = cells.data_ptr<scalar_t>() + t * BH;
-      scalar_t* cch = cache.data_ptr<scalar_t>() + t * 10 * BH;
-      scalar_t* st = stats.data_ptr<scalar_t>() + t * B * 2;
-      for_rows(B, 10 * H, [&](int64_t b) {
-        const int64_t o = b * H;
-        if (valid(m, t, B, b)) {
-          ln_lstm_forward_row(x + 4 * o, r + 4 * o, c + o, p, h + BH + o, c + BH + o,
-                              cch + 10 * o, st + 2 * b, H);
-        } else {
-          std::copy(h + o, h + o + H, h + BH + o), std::copy(c + o, c + o + H, c + BH + o);
-          // zeros in the cache: the parameters' gradients sum over every row
-          std::fill(cch + 10 * o, cch + 10 * (o + H), scalar_t(0));
-          std::fill(st + 2 * b, st + 2 * b + 2, scalar_t(0));
-        }
-      });
-    });
-  }
+  AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "ln_lstm_forward", [&] {
+    const LnParams<scalar_t> p{params[0].data_ptr<scalar_t>(), params[1].data_ptr<scalar_t>(),
+                               params[2].data_ptr<scalar_t>(), params[3].data_ptr<scalar_t>()};
+    const int64_t BH = B * H;
+    const scalar_t *x = gx.data_ptr<scalar_t>(), *r = raw.data_ptr<scalar_t>();
+    scalar_t *h = states.data_ptr<scalar_t>(), *c = cells.data_ptr<scalar_t>();
+    scalar_t *cch = cache.data_ptr<scalar_t>(), *st = stats.data_ptr<scalar_t>();
+    auto row = [&](int64_t t, int64_t b, Units) {
+      const int64_t tb = t * BH + b * H;  // row b of step t's (B, H)
+      if (valid(m, t, B, b)) {
+        ln_lstm_forward_row(x + 4 * tb, r + 4 * b * H, c + tb, p, h + BH + tb, c + BH + tb,
+                            cch + 10 * tb, st + 2 * (t * B + b), H);
+      } else {
+        std::copy(h + tb, h + tb + H, h + BH + tb), std::copy(c + tb, c + tb + H, c + BH + tb);
+        // zeros in the cache: the parameters' gradients sum over every row
+        std::fill(cch + 10 * tb, cch + 10 * (tb + H), scalar_t(0));
+        std::fill(st + 2 * (t * B + b), st + 2 * (t * B + b) + 2, scalar_t(0));
+      }
+    };
+    forward_loop<scalar_t>(states, w_hh, Tensor(), Tensor(), raw, true, row);
+  });
   return {states, cells, cache, stats};
 }
 
-// LN-LSTM backward -> {grad_gx (T, B, 4H), grad_raw (T, B, 4H), grad_h0, grad_c0, gains (10H)}: gains holds the parameters' gradients, sums over steps and rows gathered
-// during the pass (per thread, then added; a pass of their own over the (T, B, 4H) products cost
-// a tenth of the layer): sum grad_gx * gh_hat (4H), sum grad_gx (4H), sum grad_norm * c_hat (H),
-// sum grad_norm (H).
+// LN-LSTM backward -> {grad_gx (T, B, 4H), grad_raw (T, B, 4H), grad_h0, grad_c0, gains (10H)}:
+// gains holds the parameters' gradients, sums over steps and rows gathered during the pass (per
+// thread, then added; a pass of their own over the (T, B, 4H) products cost a tenth of the
+// layer): sum grad_gx * gh_hat (4H), sum grad_gx (4H), sum grad_norm * c_hat (H), sum grad_norm
+// (H).
 std::vector<Tensor> ln_lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor w_hh,
                                      Tensor cells, Tensor cache, Tensor stats, Tensor mask,
                                      std::vector<Tensor> params) {
@@ -1076,53 +1098,45 @@ std::vector<Tensor> ln_lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor gra
   auto grad_gx = buffer({T, B, 4 * H}, cache.options());
   auto grad_raw = buffer({T, B, 4 * H}, cache.options());
   auto grad_norm = at::empty({B, H}, cache.options());  // of the cell's normalisation, a step
-  auto dh = grad_hn.contiguous().clone();
   auto dc = grad_cn.contiguous().clone();
-  auto direct = at::empty_like(dh);
-  const auto packed = pack_for_steps(w_hh.t());
   const OutputGrad incoming(grad_out, B, H);
   auto partial = at::zeros({at::get_num_threads(), 10 * H}, cache.options());  // per thread
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
-  for (int64_t t = T - 1; t >= 0; --t) {
-    AT_DISPATCH_FLOATING_TYPES(cache.scalar_type(), "ln_lstm_backward", [&] {
-      const LnParams<scalar_t> p{params[0].data_ptr<scalar_t>(), params[1].data_ptr<scalar_t>(),
-                                 params[2].data_ptr<scalar_t>(), params[3].data_ptr<scalar_t>()};
-      const int64_t BH = B * H;
-      const scalar_t* go = incoming.data<scalar_t>() + incoming.step(t);
-      const scalar_t* c = cells.data_ptr<scalar_t>() + t * BH;  // c_{t-1}
-      const scalar_t* cch = cache.data_ptr<scalar_t>() + t * 10 * BH;
-      const scalar_t* st = stats.data_ptr<scalar_t>() + t * B * 2;
-      const scalar_t* d = dh.data_ptr<scalar_t>();
-      scalar_t* dcp = dc.data_ptr<scalar_t>();
-      scalar_t* keep = direct.data_ptr<scalar_t>();
-      scalar_t* dg = grad_gx.data_ptr<scalar_t>() + t * 4 * BH;
-      scalar_t* dr = grad_raw.data_ptr<scalar_t>() + t * 4 * BH;
-      scalar_t* dn = grad_norm.data_ptr<scalar_t>();
-      for_rows(B, 10 * H, [&](int64_t b) {
-        const int64_t o = b * H;
-        if (valid(m, t, B, b)) {
-          ln_lstm_backward_row(d + o, go + o, dcp + o, cch + 10 * o, st + 2 * b, c + o, p,
-                               dg + 4 * o, dr + 4 * o, dn + o, H);
-          std::fill(keep + o, keep + o + H, scalar_t(0));
-          scalar_t* acc = partial.data_ptr<scalar_t>() + at::get_thread_num() * 10 * H;
-          const scalar_t *gh_hat = cch + 10 * o + 5 * H, *c_hat = cch + 10 * o + 9 * H;
-          for (int64_t j = 0; j < 4 * H; ++j) {
-            acc[j] += dg[4 * o + j] * gh_hat[j], acc[4 * H + j] += dg[4 * o + j];
-          }
-          for (int64_t j = 0; j < H; ++j) {
-            acc[8 * H + j] += dn[o + j] * c_hat[j], acc[9 * H + j] += dn[o + j];
-          }
-        } else {  // past the end: the state passed through unchanged
-          for (int64_t j = o; j < o + H; ++j) keep[j] = d[j] + go[j];
-          std::fill(dg + 4 * o, dg + 4 * (o + H), scalar_t(0));
-          std::fill(dr + 4 * o, dr + 4 * (o + H), scalar_t(0));
-        }
-      });
-    });
-    add_back_product(direct, {grad_raw, t}, w_hh, packed);
-    std::swap(dh, direct);
-  }
-  return {grad_gx, grad_raw, dh, dc, partial.sum(0)};
+  Tensor grad_h0;
+  AT_DISPATCH_FLOATING_TYPES(cache.scalar_type(), "ln_lstm_backward", [&] {
+    const LnParams<scalar_t> p{params[0].data_ptr<scalar_t>(), params[1].data_ptr<scalar_t>(),
+                               params[2].data_ptr<scalar_t>(), params[3].data_ptr<scalar_t>()};
+    const int64_t BH = B * H;
+    const scalar_t *go_all = incoming.data<scalar_t>(), *c = cells.data_ptr<scalar_t>();
+    const scalar_t *cch = cache.data_ptr<scalar_t>(), *st = stats.data_ptr<scalar_t>();
+    scalar_t *dcp = dc.data_ptr<scalar_t>(), *dn = grad_norm.data_ptr<scalar_t>();
+    scalar_t *dg = grad_gx.data_ptr<scalar_t>(), *dr = grad_raw.data_ptr<scalar_t>();
+    scalar_t* sums = partial.data_ptr<scalar_t>();
+    auto row = [&](int64_t t, int64_t b, Units, const scalar_t* d, scalar_t* keep) {
+      const int64_t o = b * H, tb = t * BH + o;
+      const scalar_t* go = go_all + incoming.step(t) + o;
+      if (!valid(m, t, B, b)) {  // past the end: the state passed through unchanged
+        for (int64_t j = 0; j < H; ++j) keep[o + j] = d[o + j] + go[j];
+        std::fill(dg + 4 * tb, dg + 4 * (tb + H), scalar_t(0));
+        std::fill(dr + 4 * tb, dr + 4 * (tb + H), scalar_t(0));
+        return;
+      }
+      ln_lstm_backward_row(d + o, go, dcp + o, cch + 10 * tb, st + 2 * (t * B + b), c + tb, p,
+                           dg + 4 * tb, dr + 4 * tb, dn + o, H);
+      std::fill(keep + o, keep + o + H, scalar_t(0));
+      scalar_t* acc = sums + worker_index() * 10 * H;
+      const scalar_t *gh_hat = cch + 10 * tb + 5 * H, *c_hat = cch + 10 * tb + 9 * H;
+      for (int64_t j = 0; j < 4 * H; ++j) {
+        acc[j] += dg[4 * tb + j] * gh_hat[j], acc[4 * H + j] += dg[4 * tb + j];
+      }
+      for (int64_t j = 0; j < H; ++j) {
+        acc[8 * H + j] += dn[o + j] * c_hat[j], acc[9 * H + j] += dn[o + j];
+      }
+    };
+    grad_h0 = backward_loop<scalar_t>(grad_raw, w_hh, Tensor(), grad_hn.contiguous().clone(),
+                                      true, row);
+  });
+  return {grad_gx, grad_raw, grad_h0, dc, partial.sum(0)};
 }
 
 // Elman forward: gx (T, B, H) -> states (T+1, B, H); nonlinearity 0 tanh, 1 relu, 2 sigmoid.
