@@ -14,7 +14,9 @@
 //
 // The pointwise passes (the *_row functions) run float32 in SIMD vectors (simd.h) with exp, tanh
 // and sigmoid as branch-free polynomials (Cephes'), where std::exp and std::tanh would be scalar
-// libm calls per element; float64 (gradcheck, tests) keeps the exact std:: functions.
+// libm calls per element; float64 (gradcheck, tests) keeps the exact std:: functions. Every loop
+// but the projected LSTM's walks its steps in `forward_loop` / `backward_loop` (float32: a team
+// of threads for the whole sequence, see there); the big buffers come from `buffer` (a pool).
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
