@@ -1,4 +1,5 @@
-"""The one exception type for mistakes a user can make (bad shapes, bad files, bad arguments)."""
+"""The one exception type for mistakes a user can make (bad shapes, bad files, bad arguments), and
+`first_order_only`, which raises it for a second derivative the engine cannot compute."""
 
 from __future__ import annotations
 
