@@ -661,7 +661,8 @@ void forward_loop(const Tensor& states, const Tensor& w_hh, const Tensor& b_hh,
       const float *p = packed.data_ptr<float>(), *m = masked ? rec_mask.data_ptr<float>() : nullptr;
       const int64_t block = packed.numel() / G;  // one gate block's packed weights
       const float* bias = b_hh.numel() ? b_hh.data_ptr<float>() : nullptr;
-      float *s = states.data_ptr<float>(), *in = h_in.data_ptr<float>(), *out = gh.data_ptr<float>();
+      float *s = states.data_ptr<float>(), *in = h_in.data_ptr<float>();
+      float* out = gh.data_ptr<float>();
       on_team(H, B * G * H * H, [&](Share share, auto wait) {
         const Units u = share.units;
         for (int64_t t = 0; t < T; ++t) {
@@ -786,6 +787,9 @@ std::vector<Tensor> gru_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0, 
     const scalar_t* x = gx.data_ptr<scalar_t>();
     scalar_t* r_h = gh.data_ptr<scalar_t>();
     scalar_t *s = states.data_ptr<scalar_t>(), *c = cache.data_ptr<scalar_t>();
+    const scalar_t* gain = norm ? ln[0].data_ptr<scalar_t>() : nullptr;
+    const scalar_t* shift = norm ? ln[1].data_ptr<scalar_t>() : nullptr;
+    scalar_t* st = stats.data_ptr<scalar_t>();
     auto row = [&](int64_t t, int64_t b, Units u) {
       const int64_t o = b * H, tb = (t * B + b) * H;  // row b of step t's (B, H)
       scalar_t* h_new = s + tb + B * H;
@@ -793,9 +797,8 @@ std::vector<Tensor> gru_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0, 
         std::copy(s + tb + u.begin, s + tb + u.end, h_new + u.begin);
         if (norm) std::fill(c + (t * B + b) * C, c + (t * B + b + 1) * C, scalar_t(0));
       } else if (norm) {
-        ln_gru_forward_row(x + 3 * tb, r_h + 3 * o, s + tb,
-                           ln[0].data_ptr<scalar_t>(), ln[1].data_ptr<scalar_t>(), h_new,
-                           c + (t * B + b) * C, stats.data_ptr<scalar_t>() + t * B + b, H);
+        ln_gru_forward_row(x + 3 * tb, r_h + 3 * o, s + tb, gain, shift, h_new,
+                           c + (t * B + b) * C, st + t * B + b, H);
       } else {
         gru_forward_row(x + 3 * tb, r_h + 3 * o, s + tb, h_new, c + (t * B + b) * C, u);
       }
@@ -825,6 +828,8 @@ std::vector<Tensor> gru_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh, T
     scalar_t *dx_all = grad_gx.data_ptr<scalar_t>(), *dr_all = grad_gh.data_ptr<scalar_t>();
     scalar_t* raw_all = norm ? grad_raw.data_ptr<scalar_t>() : nullptr;
     const scalar_t* cache_all = cache.data_ptr<scalar_t>();
+    const scalar_t* gain = norm ? ln[0].data_ptr<scalar_t>() : nullptr;
+    const scalar_t* st = stats.data_ptr<scalar_t>();
     auto row = [&](int64_t t, int64_t b, Units u, const scalar_t* d, scalar_t* keep) {
       const int64_t o = b * H, tb = (t * B + b) * H;
       const scalar_t* go = go_all + incoming.step(t) + o;
@@ -834,8 +839,7 @@ std::vector<Tensor> gru_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh, T
       if (valid(m, t, B, b)) {
         gru_backward_row(d + o, go, c, h + tb, keep + o, dx, dr, u);
         if (norm) {
-          normalise_backward_row(dr, ln[0].data_ptr<scalar_t>(), c + 4 * H,
-                                 stats.data_ptr<scalar_t>()[t * B + b], raw, 3 * H);
+          normalise_backward_row(dr, gain, c + 4 * H, st[t * B + b], raw, 3 * H);
         }
         return;
       }

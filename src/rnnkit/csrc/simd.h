@@ -55,7 +55,7 @@ inline fv with_sign_of(fv magnitude, fv x) {  // copysign
   return std::bit_cast<fv>(std::bit_cast<uv>(magnitude) | (std::bit_cast<uv>(x) & 0x80000000u));
 }
 
-// ---- Pointwise math: float32 approximations in kWidth lanes, float64 exact. ----------------------
+// ---- Pointwise math: float32 approximations in kWidth lanes, float64 exact. ------------------
 
 // e^x, after Cephes expf.c (S. L. Moshier, Cephes Math Library; also exp256_ps of avx_mathfun):
 // x = n ln2 + r with n = floor(x / ln2 + 0.5), |r| <= ln2 / 2 (ln2 split in two constants so
