@@ -10,6 +10,7 @@ from rnnkit.cells import (
     PeepholeLSTMCell,
     ProjectedLSTMCell,
 )
+from rnnkit.dropout import Dropout, dropout
 from rnnkit.errors import RnnkitError
 from rnnkit.layers import GRU, LSTM, RNN
 from rnnkit.recurrence import run_cell
@@ -20,6 +21,7 @@ __all__ = [
     "LSTM",
     "RNN",
     "Cell",
+    "Dropout",
     "ElmanCell",
     "GRUCell",
     "LSTMCell",
@@ -30,6 +32,7 @@ __all__ = [
     "PeepholeLSTMCell",
     "ProjectedLSTMCell",
     "RnnkitError",
+    "dropout",
     "run_cell",
 ]
 __version__ = "0.1.0"

@@ -48,7 +48,6 @@ from rnnkit.errors import LAYER_SECOND_ORDER, first_order_only
 
 _SOURCE = Path(__file__).parent / "csrc" / "fused.cpp"
 _NONLINEARITY = {"tanh": 0, "relu": 1, "sigmoid": 2}
-_SCAN_SOURCE = Path(__file__).parent / "csrc" / "scan.cpp"
 _state = {"enabled": os.environ.get("RNNKIT_FUSED", "1") != "0", "module": None, "failed": False}
 
 
@@ -131,22 +130,34 @@ def scan_extension():
     extension built on first use like `extension`; None if disabled (``RNNKIT_FUSED=0``,
     `fused_enabled(False)`) or if it cannot be built (then `rnnkit.scan` warns once and runs its
     Python loop)."""
+    return _small_extension("scan", "minGRU and minLSTM run it as a Python loop, which is slower")
+
+
+def dropout_extension():
+    """The dropout kernel (``csrc/dropout.cpp``), built and disabled like `scan_extension`;
+    without it `rnnkit.dropout` runs torch's dropout."""
+    return _small_extension("dropout", "dropout runs torch's, which draws its mask slower")
+
+
+def _small_extension(stem: str, fallback: str):
+    """The extension of ``csrc/{stem}.cpp``, built on first use; None if disabled or if it
+    cannot be built (then a warning, once, says what runs instead: ``fallback``)."""
     if not _state["enabled"]:
         return None
-    if _scan_state["module"] is None and not _scan_state["failed"]:
+    state = _small_states.setdefault(stem, {"module": None, "failed": False})
+    if state["module"] is None and not state["failed"]:
         try:
             from torch.utils.cpp_extension import load
 
-            _scan_state["module"] = _build(load, _SCAN_SOURCE, "rnnkit_scan")
+            state["module"] = _build(load, _SOURCE.parent / f"{stem}.cpp", f"rnnkit_{stem}")
         except Exception as err:
-            _scan_state["failed"] = True
+            state["failed"] = True
             warnings.warn(
-                f"rnnkit: the C++ linear scan could not be built ({err}); minGRU and minLSTM "
-                "run it as a Python loop, which is slower",
+                f"rnnkit: the C++ {stem} kernels could not be built ({err}); {fallback}",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-    return _scan_state["module"]
+    return state["module"]
 
 
 @contextlib.contextmanager
@@ -439,4 +450,4 @@ class _FusedLoop(torch.autograd.Function):
 _EMPTY_MASK = torch.empty(0, dtype=torch.bool)
 _EMPTY = torch.empty(0)  # an absent bias or cell state for the C++ functions (never read)
 _STEP_CODES = {LSTMCell: 4, GRUCell: 3, ElmanCell: None}
-_scan_state = {"module": None, "failed": False}
+_small_states: dict[str, dict] = {}  # stem -> {"module", "failed"}

@@ -53,6 +53,7 @@ from rnnkit.cells import (
     ProjectedLSTMCell,
 )
 from rnnkit.cells.projected import check_proj_size
+from rnnkit.dropout import dropout
 from rnnkit.errors import RnnkitError
 from rnnkit.recurrence import Zoneout, lengths_to_mask, reverse_within_lengths, run_cell
 
@@ -231,7 +232,7 @@ class _RecurrentLayer(nn.Module):
                 store.append(s)
             x = new[0]
             if self.dropout and self.training and layer < self.num_layers - 1:
-                x = nn.functional.dropout(x, self.dropout, training=True)
+                x = dropout(x, self.dropout)
         return x, tuple(torch.stack(f) for f in finals)
 
     def _stack_step(self, x: Tensor, state0: tuple[Tensor, ...]):
@@ -291,7 +292,7 @@ class _RecurrentLayer(nn.Module):
                     store.append(s)
             x = torch.cat(outputs, dim=-1) if self.bidirectional else outputs[0]
             if self.dropout and self.training and layer < self.num_layers - 1:
-                x = nn.functional.dropout(x, self.dropout, training=True)
+                x = dropout(x, self.dropout)
         return x, tuple(torch.stack(f) for f in finals)
 
     def _recurrent_noise(self, cell: Cell, h0: tuple[Tensor, ...]):
@@ -311,31 +312,42 @@ class _RecurrentLayer(nn.Module):
         return rates * cell.num_states if len(rates) == 1 else rates[: cell.num_states]
 
     def _forward_torch(self, x: Tensor, state0: tuple[Tensor, ...], lengths: Tensor | None):
+        """torch's fused kernel over the stack, one layer at a time when dropout between layers
+        applies (rnnkit's `dropout` draws the masks several times faster than torch's kernel)."""
         kernel = None if self._beyond_torch() else self._torch_kernel()
         if kernel is None:
             raise RnnkitError(
                 f"impl='torch': torch has no fused kernel for {self._config_name()}; "
                 "use impl='bptt' or impl='auto'"
             )
-        weights = [
-            w
-            for layer in range(self.num_layers)
-            for s in self._suffixes()
-            for w in self._weights(layer, s).values()
-            if w is not None
-        ]
-        hx = state0 if len(state0) > 1 else state0[0]
-        flags = (self.bias, self.num_layers, self.dropout, self.training, self.bidirectional)
-        if lengths is None:
-            output, *final = kernel(x, hx, weights, *flags, False)
-            return output, tuple(final)
-        packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
-        order = packed.sorted_indices.to(x.device)
-        hx = tuple(s.index_select(1, order) for s in state0)
-        hx = hx if len(hx) > 1 else hx[0]
-        data, *final = kernel(packed.data, packed.batch_sizes, hx, weights, *flags)
-        packed_out = packed._replace(data=data)
-        output, _ = pad_packed_sequence(packed_out, total_length=x.shape[0])
+        packed = None
+        if lengths is not None:
+            packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
+            order = packed.sorted_indices.to(x.device)
+            state0 = tuple(s.index_select(1, order) for s in state0)
+        split = bool(self.dropout and self.training and self.num_layers > 1)
+        layers = range(self.num_layers)
+        groups = [[layer] for layer in layers] if split else [layers]  # kernel calls
+        data, finals = x if packed is None else packed.data, []
+        for group in groups:
+            if finals:
+                data = dropout(data, self.dropout)
+            weights = [w for layer in group for s in self._suffixes()
+                       for w in self._weights(layer, s).values() if w is not None]  # fmt: skip
+            rows = slice(group[0] * self.num_directions, (group[-1] + 1) * self.num_directions)
+            hx = tuple(s[rows] for s in state0)
+            flags = (self.bias, len(group), 0.0 if split else self.dropout, self.training,
+                     self.bidirectional)  # fmt: skip
+            hx = hx if len(hx) > 1 else hx[0]
+            if packed is None:
+                data, *final = kernel(data, hx, weights, *flags, False)
+            else:
+                data, *final = kernel(data, packed.batch_sizes, hx, weights, *flags)
+            finals.append(final)
+        final = tuple(torch.cat(parts) for parts in zip(*finals)) if split else tuple(finals[0])
+        if packed is None:
+            return data, final
+        output, _ = pad_packed_sequence(packed._replace(data=data), total_length=x.shape[0])
         unorder = packed.unsorted_indices.to(x.device)
         return output, tuple(s.index_select(1, unorder) for s in final)
 

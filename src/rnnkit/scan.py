@@ -55,6 +55,7 @@ from torch import Tensor, nn
 from torch.nn.functional import logsigmoid, softplus
 
 from rnnkit import fused
+from rnnkit.dropout import dropout
 from rnnkit.errors import RnnkitError, first_order_only
 from rnnkit.recurrence import lengths_to_mask, reverse_within_lengths
 
@@ -248,7 +249,7 @@ class _MinRecurrence(nn.Module):
                 outputs.append(reverse_within_lengths(out, lengths) if direction else out)
             x = torch.cat(outputs, dim=-1)
             if self.dropout and self.training and layer < self.num_layers - 1:
-                x = nn.functional.dropout(x, self.dropout)
+                x = dropout(x, self.dropout)
         output = x.transpose(0, 1) if self.batch_first else x
         return output, torch.stack(finals)
 

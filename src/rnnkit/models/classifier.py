@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from rnnkit.dropout import Dropout
 from rnnkit.errors import RnnkitError
 from rnnkit.models.backbone import make_rnn
 
@@ -121,7 +122,7 @@ class SequenceClassifier(nn.Module):
         self.attention = None
         if pooling == "attention":
             self.attention = AdditiveAttention(width, attention_size or hidden_size)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.head = nn.Linear(width, num_classes)
 
     def encode(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from rnnkit.dropout import Dropout
 from rnnkit.errors import RnnkitError
 from rnnkit.models.backbone import make_rnn
 from rnnkit.models.heads import BernoulliHead, BinaryHead, NADEHead, check_sampling
@@ -64,7 +65,7 @@ class FrameModel(nn.Module):
             raise RnnkitError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
         self.keys = keys
         self.rnn = make_rnn(cell, keys + 1, hidden_size, num_layers, dropout, impl, **options)
-        self.in_drop, self.drop = nn.Dropout(input_dropout), nn.Dropout(dropout)
+        self.in_drop, self.drop = Dropout(input_dropout), Dropout(dropout)
         self.head: BinaryHead = (
             BernoulliHead(hidden_size, keys)
             if head == "bernoulli"

@@ -43,6 +43,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from rnnkit.dropout import Dropout
 from rnnkit.errors import RnnkitError
 from rnnkit.models.backbone import make_rnn
 
@@ -169,7 +170,7 @@ class TextEncoder(nn.Module):
         _check_cell(cell, "TextEncoder")
         _check_positive(vocab_size=vocab_size, embed=embed, hidden=hidden, layers=layers)
         self.embedding = nn.Embedding(vocab_size, embed, padding_idx=padding_idx)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.rnn = make_rnn(cell, embed, hidden, layers, dropout, impl, bidirectional=True)
         self.memory_size = 2 * hidden
         self.bridge = Bridge(
@@ -294,7 +295,7 @@ class AttentionDecoder(nn.Module):
         self.vocab_size, self.hidden, self.layers = vocab_size, hidden, layers
         self.memory_size, self.input_feeding = memory_size, input_feeding
         self.embedding = nn.Embedding(vocab_size, embed, padding_idx=padding_idx)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         rnn_input = embed + (hidden if input_feeding else 0)
         self.rnn = make_rnn(cell, rnn_input, hidden, layers, dropout)
         self.attention = Attention(hidden, memory_size, attention, attn_size)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from rnnkit.dropout import Dropout
 from rnnkit.errors import RnnkitError
 from rnnkit.models.backbone import make_rnn
 from rnnkit.models.heads import check_sampling, sample_logits
@@ -59,7 +60,7 @@ class SequenceModel(nn.Module):
         )
         features = input_size if embedding_size is None else embedding_size
         self.rnn = make_rnn(cell, features, hidden_size, num_layers, dropout, impl, **options)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         directions = 2 if options.get("bidirectional") else 1  # outputs (T, B, directions * H)
         self.head = nn.Linear(directions * hidden_size, output_size)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from rnnkit.dropout import Dropout
 from rnnkit.errors import RnnkitError
 from rnnkit.models.seq2seq import Bridge, Encoded, _check_positive
 
@@ -55,7 +56,7 @@ class ConvEncoder(nn.Module):
             blocks += [nn.Conv2d(width, out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
             width = out
         self.features = nn.Sequential(*blocks)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.bridge = Bridge(channels, decoder_hidden, decoder_layers, decoder_cell)
         self.image_size = None if image_size is None else tuple(int(s) for s in image_size)
         self.positions = None
