@@ -8,8 +8,7 @@ import torch
 
 import rnnkit
 from rnnkit import fused
-from rnnkit.dropout import Dropout, dropout
-from rnnkit.fused import fused_enabled
+from rnnkit.dropout import Dropout, dropout, keep_mask, torch_masks
 from rnnkit.models.sequence import SequenceModel
 
 
@@ -114,9 +113,9 @@ def test_a_probability_outside_zero_one_is_refused(p):
         dropout(torch.ones(3), p)
 
 
-def test_without_the_kernel_it_is_torchs_dropout():
+def test_within_torch_masks_it_is_torchs_dropout():
     x = torch.randn(50, 20)
-    with fused_enabled(False):
+    with torch_masks():
         ours = seeded(x, 0.3)
     torch.manual_seed(5)
     torch.testing.assert_close(ours, torch.nn.functional.dropout(x, 0.3), rtol=0, atol=0)
@@ -159,3 +158,14 @@ def test_models_use_it_and_keep_nn_dropouts_interface():
     torch.testing.assert_close(model(ids)[0], first, rtol=0, atol=0)
     model.eval()
     torch.testing.assert_close(model(ids)[0], model(ids)[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.2, 0.7, 1.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_keep_mask_is_ones_at_its_rate(keep, dtype):
+    """Zoneout's masks: exactly 1 with probability ``keep``, else exactly 0."""
+    torch.manual_seed(0)
+    mask = keep_mask((100, 30, 101), keep, torch.empty(0, dtype=dtype))
+    assert mask.shape == (100, 30, 101) and mask.dtype == dtype
+    assert set(mask.unique().tolist()) <= {0.0, 1.0}
+    assert abs(mask.double().mean().item() - keep) < 0.005

@@ -9,6 +9,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
+from rnnkit.dropout import torch_masks
 from rnnkit.fused import fused_enabled
 
 T, B, I, H = 6, 4, 3, 5
@@ -212,10 +213,10 @@ def test_auto_runs_gru_and_elman_on_the_cpp_loops(make):
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_dropout_between_layers_matches_torch_and_is_off_in_eval(cell):
-    """Without the C++ kernels rnnkit's dropout is torch's, so the masks are torch's too."""
+    """Within `torch_masks` rnnkit's dropout draws torch's masks: the same places."""
     ours, theirs = make_pair(cell, torch.float64, "bptt", num_layers=3, dropout=0.5)
     x = torch.randn(T, B, I, dtype=torch.float64)
-    with fused_enabled(False):
+    with torch_masks():
         torch.manual_seed(7)
         out = ours(x)[0]
     torch.manual_seed(7)

@@ -10,7 +10,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
 from rnnkit.cells import ProjectedLSTMCell
-from rnnkit.fused import fused_enabled
+from rnnkit.dropout import torch_masks
 from rnnkit.recurrence import lengths_to_mask, run_cell
 
 T, B, I, H, P = 5, 4, 3, 5, 2
@@ -183,7 +183,7 @@ def test_regularisers_run_on_the_engine_and_dropout_matches_torch():
     assert rnnkit.LSTM(I, H, proj_size=P).uses_torch_kernel()
     ours, theirs = make_pair("bptt", num_layers=3, dropout=0.5)
     x = torch.randn(T, B, I, dtype=torch.float64)
-    with fused_enabled(False):  # rnnkit's dropout is then torch's: the same masks
+    with torch_masks():  # rnnkit's dropout draws torch's masks: the same places
         torch.manual_seed(7)
         out = ours(x)[0]
     torch.manual_seed(7)

@@ -1,4 +1,5 @@
-"""Dropout with a fast, stateless mask: `dropout` and the drop-in module `Dropout`.
+"""Dropout with a fast, stateless mask: `dropout`, the drop-in module `Dropout`, and zoneout's
+`keep_mask`.
 
 torch's CPU dropout draws its mask with ``bernoulli_`` from the Mersenne Twister generator, about
 20 ns per element on two cores, which made the three dropouts of a language model's training
@@ -9,17 +10,41 @@ checkpoint's RNG state still resumes it exactly; the mask is recomputed in the b
 of stored. Same distribution as ``nn.Dropout`` (each element kept with probability 1 - p and
 scaled by 1 / (1 - p), to 2^-32), different draws.
 
-Runs where the kernel applies (CPU tensors, the extension built); anywhere else it is
-``nn.functional.dropout``.
+Runs where the kernel applies (CPU tensors, the extension built); anywhere else, and within
+`torch_masks`, it is ``nn.functional.dropout`` (and ``torch.rand`` for `keep_mask`).
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
 
 from rnnkit import fused
 from rnnkit.errors import RnnkitError
+
+_switch = {"kernel": True}
+
+
+@contextlib.contextmanager
+def torch_masks() -> Iterator[None]:
+    """Within the block, draw masks as torch does (``nn.functional.dropout``, ``torch.rand``):
+    under one seed the same masks as ``torch.nn``'s layers."""
+    before = _switch["kernel"]
+    _switch["kernel"] = False
+    try:
+        yield
+    finally:
+        _switch["kernel"] = before
+
+
+def _kernel(x: Tensor):
+    """The dropout extension if it takes ``x`` (a CPU tensor, not within `torch_masks`)."""
+    if not _switch["kernel"] or x.device.type != "cpu":
+        return None
+    return fused.dropout_extension()
 
 
 class _Dropout(torch.autograd.Function):
@@ -28,7 +53,7 @@ class _Dropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, p: float, seed: int) -> Tensor:
         ctx.p, ctx.seed = p, seed
-        return fused.dropout_extension().dropout(x, p, seed)
+        return fused.dropout_extension().masked_scale(x, p, seed, 1.0 / (1.0 - p))
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -45,10 +70,23 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
         raise RnnkitError(f"dropout probability must be in [0, 1], got {p}")
     if not training or p == 0.0:
         return x
-    if p == 1.0 or x.device.type != "cpu" or fused.dropout_extension() is None:
+    if p == 1.0 or _kernel(x) is None:
         return nn.functional.dropout(x, p, training=True)
-    seed = int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64))
-    return _Dropout.apply(x, p, seed)
+    return _Dropout.apply(x, p, _seed())
+
+
+def keep_mask(shape: tuple[int, ...], keep: float, like: Tensor) -> Tensor:
+    """A tensor of ``shape`` with ``like``'s dtype and device: 1 with probability ``keep``, else
+    0 (zoneout's masks). The kernel where `dropout` has it, else ``torch.rand(shape) < keep``."""
+    kernel = _kernel(like)
+    if not 0.0 < keep < 1.0 or kernel is None:
+        return torch.rand(shape, dtype=like.dtype, device=like.device).lt_(keep).to(like.dtype)
+    return kernel.masked_scale(torch.ones(shape, dtype=like.dtype), 1.0 - keep, _seed(), 1.0)
+
+
+def _seed() -> int:
+    """One draw from torch's default generator: the seed of a mask."""
+    return int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64))
 
 
 class Dropout(nn.Dropout):

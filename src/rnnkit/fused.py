@@ -130,20 +130,24 @@ def scan_extension():
     extension built on first use like `extension`; None if disabled (``RNNKIT_FUSED=0``,
     `fused_enabled(False)`) or if it cannot be built (then `rnnkit.scan` warns once and runs its
     Python loop)."""
+    if not _state["enabled"]:
+        return None
     return _small_extension("scan", "minGRU and minLSTM run it as a Python loop, which is slower")
 
 
 def dropout_extension():
-    """The dropout kernel (``csrc/dropout.cpp``), built and disabled like `scan_extension`;
-    without it `rnnkit.dropout` runs torch's dropout."""
+    """The dropout kernel (``csrc/dropout.cpp``), built like `scan_extension`; None with
+    ``RNNKIT_FUSED=0`` (not under `fused_enabled(False)`, which is about the time loops: see
+    `rnnkit.dropout.torch_masks`) or if it cannot be built. Without it `rnnkit.dropout` runs
+    torch's dropout."""
+    if os.environ.get("RNNKIT_FUSED", "1") == "0":
+        return None
     return _small_extension("dropout", "dropout runs torch's, which draws its mask slower")
 
 
 def _small_extension(stem: str, fallback: str):
-    """The extension of ``csrc/{stem}.cpp``, built on first use; None if disabled or if it
-    cannot be built (then a warning, once, says what runs instead: ``fallback``)."""
-    if not _state["enabled"]:
-        return None
+    """The extension of ``csrc/{stem}.cpp``, built on first use; None if it cannot be built
+    (then a warning, once, says what runs instead: ``fallback``)."""
     state = _small_states.setdefault(stem, {"module": None, "failed": False})
     if state["module"] is None and not state["failed"]:
         try:

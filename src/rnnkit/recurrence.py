@@ -32,6 +32,7 @@ from torch import Tensor
 
 from rnnkit import fused
 from rnnkit.cells.base import Cell, State
+from rnnkit.dropout import keep_mask
 from rnnkit.errors import LAYER_SECOND_ORDER, first_order_only
 
 
@@ -173,10 +174,7 @@ class Zoneout:
         the old value), drawn entry by entry; at evaluation the rates themselves."""
         if not self.training:
             return self.rates
-        return tuple(
-            torch.rand(steps, *s.shape, dtype=s.dtype, device=s.device).lt_(p).to(s.dtype)
-            for s, p in zip(state, self.rates)
-        )
+        return tuple(keep_mask((steps, *s.shape), p, s) for s, p in zip(state, self.rates))
 
 
 def lengths_to_mask(lengths: Tensor, steps: int) -> Tensor:

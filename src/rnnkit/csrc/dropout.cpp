@@ -8,8 +8,10 @@
 // between threads without changing, and is the same again for the same seed. The backward is the
 // same call on the gradient (the mask recomputed, never stored).
 //
-// dropout(x, p, seed): x (any shape, contiguous, float32/float64/bfloat16/float16), 0 <= p < 1
-//   -> x * keep_i / (1 - p), a new tensor of x's shape and dtype.
+// masked_scale(x, p, seed, scale): x (any shape, float32/float64/bfloat16/float16), 0 <= p < 1
+//   -> x_i * scale where element i is kept (probability 1 - p), else 0: a new contiguous tensor
+//   of x's shape and dtype. Dropout is scale = 1 / (1 - p); a zoneout keep mask is x = 1,
+//   scale = 1.
 #include <torch/extension.h>
 
 #include <ATen/Dispatch.h>
@@ -80,7 +82,7 @@ void drop_pairs(const scalar_t* x_, scalar_t* out_, int64_t n, int64_t begin, in
   }
 }
 
-Tensor dropout(const Tensor& x, double p, int64_t seed) {
+Tensor masked_scale(const Tensor& x, double p, int64_t seed, double scale) {
   TORCH_CHECK(x.device().is_cpu(), "rnnkit dropout kernel: CPU tensors only");
   TORCH_CHECK(p >= 0.0 && p < 1.0, "rnnkit dropout kernel: p must be in [0, 1), got ", p);
   const Tensor input = x.contiguous();
@@ -88,7 +90,6 @@ Tensor dropout(const Tensor& x, double p, int64_t seed) {
   const int64_t n = input.numel();
   const double cut = std::round(p * 4294967296.0);
   const uint32_t threshold = static_cast<uint32_t>(std::min(cut, 4294967295.0));
-  const double scale = 1.0 / (1.0 - threshold / 4294967296.0);  // 1 / the kept fraction
   const uint64_t start = static_cast<uint64_t>(seed);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "dropout", [&] {
     const scalar_t* src = input.const_data_ptr<scalar_t>();
@@ -102,4 +103,4 @@ Tensor dropout(const Tensor& x, double p, int64_t seed) {
 
 }  // namespace
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("dropout", &dropout); }
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("masked_scale", &masked_scale); }
