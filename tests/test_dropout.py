@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnkit
 from rnnkit import fused
-from rnnkit.dropout import Dropout, dropout, keep_mask, torch_masks
+from rnnkit.dropout import Dropout, dropout, keep_mask, locked_dropout, torch_masks
 from rnnkit.models.sequence import SequenceModel
 
 
@@ -169,3 +170,66 @@ def test_keep_mask_is_ones_at_its_rate(keep, dtype):
     assert mask.shape == (100, 30, 101) and mask.dtype == dtype
     assert set(mask.unique().tolist()) <= {0.0, 1.0}
     assert abs(mask.double().mean().item() - keep) < 0.005
+
+
+def test_locked_dropout_keeps_one_mask_per_sequence():
+    x = torch.ones(9, 4, 300)
+    torch.manual_seed(0)
+    y = locked_dropout(x, 0.4)
+    assert torch.equal(y, y[:1].expand_as(y))  # the same at every step
+    assert abs((y[0] != 0).float().mean().item() - 0.6) < 0.05
+    torch.testing.assert_close(y[y != 0], torch.full_like(y[y != 0], 1 / 0.6))
+    assert locked_dropout(x, 0.4, training=False) is x
+
+
+def test_locked_dropout_on_packed_rows_gives_each_sequence_its_mask():
+    x = torch.randn(6, 5, 7)
+    lengths = torch.tensor([3, 6, 1, 6, 4])
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    torch.manual_seed(3)
+    padded = locked_dropout(x, 0.5)
+    torch.manual_seed(3)
+    rows = locked_dropout(packed.data, 0.5, packed=packed)
+    expected = pack_padded_sequence(padded, lengths, enforce_sorted=False).data
+    torch.testing.assert_close(rows, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("ragged", [False, True], ids=["full", "lengths"])
+def test_locked_dropout_between_layers_on_both_paths(ragged, monkeypatch):
+    """torch's kernel (packed rows with lengths) and the engine (padded steps) give each
+    sequence the same mask: same outputs and gradients; the mask is the same at every step."""
+    torch.manual_seed(0)
+    options = {"num_layers": 2, "dropout": 0.5, "locked_dropout": True}
+    engine = rnnkit.LSTM(4, 6, impl="bptt", **options).double()
+    kernel = rnnkit.LSTM(4, 6, impl="torch", **options).double()
+    kernel.load_state_dict(engine.state_dict())
+    x = torch.randn(7, 5, 4, dtype=torch.float64)
+    lengths = torch.tensor([7, 3, 5, 1, 7]) if ragged else None
+    results = []
+    for layer in (engine, kernel):
+        torch.manual_seed(11)
+        out, (h, c) = layer(x, lengths=lengths)
+        grads = torch.autograd.grad(out.sum() + h.sum() + c.sum(), layer.parameters())
+        results.append((out, h, c, grads))
+    torch.testing.assert_close(results[0], results[1], rtol=1e-9, atol=1e-12)
+    seen = []
+    original = rnnkit.layers.locked_dropout
+
+    def spy(data, p, packed=None):
+        seen.append(original(data, p, packed=packed))
+        return seen[-1]
+
+    monkeypatch.setattr(rnnkit.layers, "locked_dropout", spy)
+    engine(x)
+    (dropped,) = [out == 0 for out in seen]
+    assert dropped.any() and torch.equal(dropped, dropped[:1].expand_as(dropped))
+
+
+def test_sequence_model_locks_its_head_dropout_too():
+    model = SequenceModel("lstm", 10, 300, 10, dropout=0.5, embedding_size=4, locked_dropout=True)
+    assert model.rnn.locked_dropout
+    seen = []
+    model.head.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    model(torch.randint(0, 10, (6, 3)))
+    dropped = seen[0] == 0
+    assert dropped.any() and torch.equal(dropped, dropped[:1].expand_as(dropped))

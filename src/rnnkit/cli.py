@@ -106,6 +106,11 @@ def train(ctx: click.Context, resume_run: str | None) -> None:
     help="DropConnect on the recurrent weights (runs rnnkit's engine, not torch's kernel).  "
     "[default: 0]",
 )
+@click.option(
+    "--locked-dropout/--no-locked-dropout",
+    default=None,
+    help="One dropout mask per sequence, the same at every step.  [default: off]",
+)
 @click.option("--seq-len", type=int, help="Time steps per training window.  [default: 128]")
 @click.option("--batch", type=int, help="Sequences per step.  [default: 64]")
 @click.option(

@@ -1,5 +1,5 @@
-"""Dropout with a fast, stateless mask: `dropout`, the drop-in module `Dropout`, and zoneout's
-`keep_mask`.
+"""Dropout with a fast, stateless mask: `dropout`, the drop-in module `Dropout`,
+`locked_dropout` (one mask per sequence) and zoneout's `keep_mask`.
 
 torch's CPU dropout draws its mask with ``bernoulli_`` from the Mersenne Twister generator, about
 20 ns per element on two cores, which made the three dropouts of a language model's training
@@ -21,6 +21,7 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from rnnkit import fused
 from rnnkit.errors import RnnkitError
@@ -73,6 +74,30 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     if p == 1.0 or _kernel(x) is None:
         return nn.functional.dropout(x, p, training=True)
     return _Dropout.apply(x, p, _seed())
+
+
+def locked_dropout(
+    x: Tensor, p: float, training: bool = True, packed: PackedSequence | None = None
+) -> Tensor:
+    """Dropout with one mask per sequence, the same at every step (variational dropout on a
+    layer's inputs or outputs, Gal & Ghahramani 2016; AWD-LSTM's LockedDropout).
+
+    x: (T, B, F), or the (N, F) data of ``packed`` (its rows step by step, each step's
+    sequences in ``packed.sorted_indices`` order: sequence b gets the same mask either way).
+    Returns a tensor of x's shape (x itself when not training or p is 0).
+    """
+    if not 0.0 <= p <= 1.0:
+        raise RnnkitError(f"dropout probability must be in [0, 1], got {p}")
+    if not training or p == 0.0:
+        return x
+    batch = x.shape[1] if packed is None else int(packed.batch_sizes[0])
+    mask = dropout(torch.ones(batch, x.shape[-1], dtype=x.dtype, device=x.device), p)  # (B, F)
+    if packed is None:
+        return x * mask
+    order = packed.sorted_indices
+    order = torch.arange(batch, device=x.device) if order is None else order.to(x.device)
+    rows = torch.cat([order[:n] for n in packed.batch_sizes.tolist()])  # (N,): each row's b
+    return x * mask[rows]
 
 
 def keep_mask(shape: tuple[int, ...], keep: float, like: Tensor) -> Tensor:

@@ -31,6 +31,9 @@ Beyond torch, on the engine: ``layer_norm`` (LSTM, GRU), ``peephole`` (LSTM), ``
     weight_dropout     DropConnect on weight_hh, one mask per forward call (Merity et al. 2018)
     zoneout            per step, each state unit keeps its previous value with this probability
                        (a pair (p_h, p_c) for LSTM; Krueger et al. 2017); its expectation in eval
+``locked_dropout=True`` makes ``dropout`` (between layers) draw one mask per sequence, the same
+at every step (variational dropout on the layers' outputs, Gal & Ghahramani 2016), on either
+path; by default a mask per element, as torch's.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import contextlib
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from rnnkit import fused
 from rnnkit.cells import (
@@ -53,7 +56,7 @@ from rnnkit.cells import (
     ProjectedLSTMCell,
 )
 from rnnkit.cells.projected import check_proj_size
-from rnnkit.dropout import dropout
+from rnnkit.dropout import dropout, locked_dropout
 from rnnkit.errors import RnnkitError
 from rnnkit.recurrence import Zoneout, lengths_to_mask, reverse_within_lengths, run_cell
 
@@ -77,6 +80,7 @@ class _RecurrentLayer(nn.Module):
         recurrent_dropout: float = 0.0,
         weight_dropout: float = 0.0,
         zoneout: float | tuple[float, float] = 0.0,
+        locked_dropout: bool = False,
         **cell_options,
     ) -> None:
         super().__init__()
@@ -98,7 +102,7 @@ class _RecurrentLayer(nn.Module):
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional, self.impl = bidirectional, impl
         self.recurrent_dropout, self.weight_dropout = recurrent_dropout, weight_dropout
-        self.zoneout = zoneout
+        self.zoneout, self.locked_dropout = zoneout, bool(locked_dropout)
         self.cell_options = cell_options
         self._cells: list[Cell] = []  # math only; the parameters live on the layer, torch-named
         for layer in range(num_layers):
@@ -292,7 +296,7 @@ class _RecurrentLayer(nn.Module):
                     store.append(s)
             x = torch.cat(outputs, dim=-1) if self.bidirectional else outputs[0]
             if self.dropout and self.training and layer < self.num_layers - 1:
-                x = dropout(x, self.dropout)
+                x = self._between_layers(x)
         return x, tuple(torch.stack(f) for f in finals)
 
     def _recurrent_noise(self, cell: Cell, h0: tuple[Tensor, ...]):
@@ -331,7 +335,7 @@ class _RecurrentLayer(nn.Module):
         data, finals = x if packed is None else packed.data, []
         for group in groups:
             if finals:
-                data = dropout(data, self.dropout)
+                data = self._between_layers(data, packed)
             weights = [w for layer in group for s in self._suffixes()
                        for w in self._weights(layer, s).values() if w is not None]  # fmt: skip
             rows = slice(group[0] * self.num_directions, (group[-1] + 1) * self.num_directions)
@@ -350,6 +354,13 @@ class _RecurrentLayer(nn.Module):
         output, _ = pad_packed_sequence(packed._replace(data=data), total_length=x.shape[0])
         unorder = packed.unsorted_indices.to(x.device)
         return output, tuple(s.index_select(1, unorder) for s in final)
+
+    def _between_layers(self, x: Tensor, packed: PackedSequence | None = None) -> Tensor:
+        """Dropout on a layer's output (T, B, F) (or ``packed``'s data) before the next layer:
+        a mask per element, or per sequence with ``locked_dropout``."""
+        if self.locked_dropout:
+            return locked_dropout(x, self.dropout, packed=packed)
+        return dropout(x, self.dropout)
 
     def _config_name(self) -> str:
         return type(self).__name__
@@ -506,6 +517,13 @@ class RNN(_RecurrentLayer):
 
     def _torch_cell(self):
         return {"tanh": torch.rnn_tanh_cell, "relu": torch.rnn_relu_cell}.get(self.nonlinearity)
+
+    def _between_layers(self, x: Tensor, packed: PackedSequence | None = None) -> Tensor:
+        """Dropout on a layer's output (T, B, F) (or ``packed``'s data) before the next layer:
+        a mask per element, or per sequence with ``locked_dropout``."""
+        if self.locked_dropout:
+            return locked_dropout(x, self.dropout, packed=packed)
+        return dropout(x, self.dropout)
 
     def _config_name(self) -> str:
         return f"RNN(nonlinearity={self.nonlinearity!r})"

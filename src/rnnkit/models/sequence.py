@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rnnkit.dropout import Dropout
+from rnnkit.dropout import Dropout, locked_dropout
 from rnnkit.errors import RnnkitError
 from rnnkit.models.backbone import make_rnn
 from rnnkit.models.heads import check_sampling, sample_logits
@@ -36,6 +36,8 @@ class SequenceModel(nn.Module):
         output_size: O (the vocabulary size for next-token prediction).
         num_layers: L.
         dropout: between recurrent layers and before the head (training only).
+        locked_dropout: that dropout with one mask per sequence, the same at every step
+            (`rnnkit.dropout.locked_dropout`), instead of one per element.
         impl: the recurrent layer's implementation ("auto": see `rnnkit.layers`).
         embedding_size: E; if set, inputs are token ids looked up in an embedding.
         **options: passed to the recurrent layer (e.g. ``forget_bias=1.0``, or
@@ -52,6 +54,7 @@ class SequenceModel(nn.Module):
         dropout: float = 0.0,
         impl: str = "auto",
         embedding_size: int | None = None,
+        locked_dropout: bool = False,
         **options,
     ) -> None:
         super().__init__()
@@ -59,8 +62,11 @@ class SequenceModel(nn.Module):
             None if embedding_size is None else nn.Embedding(input_size, embedding_size)
         )
         features = input_size if embedding_size is None else embedding_size
+        if locked_dropout:
+            options["locked_dropout"] = True
         self.rnn = make_rnn(cell, features, hidden_size, num_layers, dropout, impl, **options)
         self.drop = Dropout(dropout)
+        self.locked_dropout = locked_dropout
         directions = 2 if options.get("bidirectional") else 1  # outputs (T, B, directions * H)
         self.head = nn.Linear(directions * hidden_size, output_size)
 
@@ -76,7 +82,11 @@ class SequenceModel(nn.Module):
                 )
             x = self.embedding(x)  # (T, B, E)
         h, state = self.rnn(x, state, lengths=lengths)  # (T, B, H)
-        return self.head(self.drop(h)), state
+        if self.locked_dropout and h.dim() == 3:
+            h = locked_dropout(h, self.drop.p, self.training)
+        else:
+            h = self.drop(h)
+        return self.head(h), state
 
     @torch.no_grad()
     def stream(

@@ -55,6 +55,7 @@ class CharLMConfig:
     layers: int = 3
     dropout: float = 0.3
     weight_dropout: float = 0.0
+    locked_dropout: bool = False
     impl: str = "auto"
     seq_len: int = 128
     batch: int = 64
@@ -161,7 +162,7 @@ def build_model(cfg: CharLMConfig, vocab_size: int) -> SequenceModel:
     options = {"weight_dropout": cfg.weight_dropout} if cfg.weight_dropout else {}
     return SequenceModel(cfg.cell, vocab_size, cfg.hidden, vocab_size, num_layers=cfg.layers,
                          dropout=cfg.dropout, impl=cfg.impl, embedding_size=cfg.embed,
-                         **options)  # fmt: skip
+                         locked_dropout=cfg.locked_dropout, **options)  # fmt: skip
 
 
 def window_loss_sum(model: nn.Module, ids: Tensor, seq_len: int, batch: int) -> tuple[float, int]:
