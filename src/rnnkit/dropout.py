@@ -67,9 +67,7 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     x: any shape and floating dtype. Returns a tensor of x's shape (x itself when not training or
     p is 0).
     """
-    if not 0.0 <= p <= 1.0:
-        raise RnnkitError(f"dropout probability must be in [0, 1], got {p}")
-    if not training or p == 0.0:
+    if _unchanged(x, p, training):
         return x
     if p == 1.0 or _kernel(x) is None:
         return nn.functional.dropout(x, p, training=True)
@@ -86,9 +84,7 @@ def locked_dropout(
     sequences in ``packed.sorted_indices`` order: sequence b gets the same mask either way).
     Returns a tensor of x's shape (x itself when not training or p is 0).
     """
-    if not 0.0 <= p <= 1.0:
-        raise RnnkitError(f"dropout probability must be in [0, 1], got {p}")
-    if not training or p == 0.0:
+    if _unchanged(x, p, training):
         return x
     batch = x.shape[1] if packed is None else int(packed.batch_sizes[0])
     mask = dropout(torch.ones(batch, x.shape[-1], dtype=x.dtype, device=x.device), p)  # (B, F)
@@ -107,6 +103,13 @@ def keep_mask(shape: tuple[int, ...], keep: float, like: Tensor) -> Tensor:
     if not 0.0 < keep < 1.0 or kernel is None:
         return torch.rand(shape, dtype=like.dtype, device=like.device).lt_(keep).to(like.dtype)
     return kernel.masked_scale(torch.ones(shape, dtype=like.dtype), 1.0 - keep, _seed(), 1.0)
+
+
+def _unchanged(x: Tensor, p: float, training: bool) -> bool:
+    """True when dropout leaves x as it is (not training, or p = 0); refuses p outside [0, 1]."""
+    if not 0.0 <= p <= 1.0:
+        raise RnnkitError(f"dropout probability must be in [0, 1], got {p}")
+    return not training or p == 0.0
 
 
 def _seed() -> int:

@@ -283,9 +283,7 @@ class _RecurrentLayer(nn.Module):
                 x_dir = reverse_within_lengths(x, lengths) if direction else x
                 weights = self._weights(layer, suffix)
                 if self.weight_dropout and self.training:  # DropConnect, one mask per call
-                    weights["weight_hh"] = nn.functional.dropout(
-                        weights["weight_hh"], self.weight_dropout
-                    )
+                    weights["weight_hh"] = dropout(weights["weight_hh"], self.weight_dropout)
                 gx, w_hh, b_hh, params = cell.engine_inputs(x_dir, weights)
                 h0 = tuple(s[index] for s in state0)
                 out, final = run_cell(
@@ -303,8 +301,7 @@ class _RecurrentLayer(nn.Module):
         """The variational recurrent-dropout mask (one per sequence) and the zoneout rates."""
         mask = None
         if self.recurrent_dropout and self.training:
-            keep = 1.0 - self.recurrent_dropout
-            mask = torch.bernoulli(torch.full_like(h0[0], keep)).div_(keep)
+            mask = dropout(torch.ones_like(h0[0]), self.recurrent_dropout)  # 0 or 1 / (1 - p)
         rates = self._zoneout_rates(cell)
         return mask, None if rates is None else Zoneout(rates, self.training)
 
