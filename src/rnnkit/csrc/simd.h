@@ -48,7 +48,9 @@ template <> struct Lanes<float> {
   }
 };
 
-inline fv splat(float c) { return fv{} + c; }
+// c - 0 is c for every float (c + 0 is not: -0 + 0 = +0), so GCC emits a bare broadcast; fv{} + c
+// costs an add before it, on the ports the multiply-adds need.
+inline fv splat(float c) { return c - fv{}; }
 inline fv select(iv mask, fv a, fv b) { return mask ? a : b; }
 inline fv abs_of(fv x) { return std::bit_cast<fv>(std::bit_cast<uv>(x) & 0x7fffffffu); }
 inline fv with_sign_of(fv magnitude, fv x) {  // copysign

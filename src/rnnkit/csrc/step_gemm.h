@@ -61,7 +61,8 @@ inline void tile(const float* a, int64_t lda, const float* p, int64_t K, const f
       std::memcpy(&w[c], p + (kk * kCols + c) * kLanes, sizeof(fv));
     }
     for (int r = 0; r < R; ++r) {
-      const fv x = fv{} + a[r * lda + kk];
+      // a - 0 is a broadcast; fv{} + a would add first (-0 + 0 is +0) on the multiply-add ports
+      const fv x = a[r * lda + kk] - fv{};
       for (int64_t c = 0; c < kCols; ++c) acc[u][r][c] += x * w[c];
     }
   };
