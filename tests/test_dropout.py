@@ -3,6 +3,8 @@ its gradient, the fallback to torch's, and the layers and models that use it."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -110,8 +112,27 @@ def test_off_in_eval_and_at_zero_and_one():
 
 @pytest.mark.parametrize("p", [-0.1, 1.5])
 def test_a_probability_outside_zero_one_is_refused(p):
-    with pytest.raises(rnnkit.RnnkitError, match=r"dropout probability must be in \[0, 1\]"):
-        dropout(torch.ones(3), p)
+    for call in (lambda: dropout(torch.ones(3), p), lambda: Dropout(p)):
+        with pytest.raises(rnnkit.RnnkitError, match=r"dropout probability must be in \[0, 1\]"):
+            call()
+
+
+def test_bad_inputs_get_rnnkits_error():
+    with pytest.raises(rnnkit.RnnkitError, match="floating-point tensor, got torch.int64"):
+        dropout(torch.ones(3, dtype=torch.int64), 0.5)
+    with pytest.raises(rnnkit.RnnkitError, match=r"locked_dropout takes \(T, B, F\)"):
+        locked_dropout(torch.ones(5, 5), 0.5)
+    with pytest.raises(rnnkit.RnnkitError, match=r"keep probability must be in \[0, 1\]"):
+        keep_mask((4,), 1.5, torch.empty(0))
+
+
+def test_without_the_kernel_it_is_torchs_dropout(monkeypatch):
+    """RNNKIT_FUSED=0 or a failed build: torch's masks, under one seed the same as its own."""
+    x = torch.randn(50, 20)
+    monkeypatch.setattr(fused, "dropout_extension", lambda: None)
+    ours = seeded(x, 0.3)
+    torch.manual_seed(5)
+    torch.testing.assert_close(ours, torch.nn.functional.dropout(x, 0.3), rtol=0, atol=0)
 
 
 def test_within_torch_masks_it_is_torchs_dropout():
@@ -150,15 +171,35 @@ def test_torch_kernel_and_engine_agree_with_dropout_between_layers(cell, ragged,
 
 
 def test_models_use_it_and_keep_nn_dropouts_interface():
+    """The model's masks are the kernel's (not torch's under the same seed), reproducible."""
     model = SequenceModel("lstm", 10, 8, 10, num_layers=2, dropout=0.3, embedding_size=4)
     assert isinstance(model.drop, Dropout) and isinstance(model.drop, torch.nn.Dropout)
     ids = torch.randint(0, 10, (6, 3))
-    torch.manual_seed(2)
-    first = model(ids)[0]
-    torch.manual_seed(2)
-    torch.testing.assert_close(model(ids)[0], first, rtol=0, atol=0)
+    outputs = []
+    for masks in (contextlib.nullcontext(), contextlib.nullcontext(), torch_masks()):
+        torch.manual_seed(2)
+        with masks:
+            outputs.append(model(ids)[0])
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=0)
+    assert not torch.equal(outputs[2], outputs[0])
     model.eval()
     torch.testing.assert_close(model(ids)[0], model(ids)[0], rtol=0, atol=0)
+
+
+def test_recurrent_dropout_and_dropconnect_masks_come_from_the_kernel():
+    """Layers' masks: exactly 0 or 1 / (1 - p), different from torch's under the same seed."""
+    layer = rnnkit.LSTM(4, 200, recurrent_dropout=0.25)
+    mask, _ = layer._recurrent_noise(layer._cells[0], (torch.zeros(3, 200),))
+    torch.testing.assert_close(mask.unique(), torch.tensor([0.0, 1 / 0.75]))
+    x = torch.randn(5, 3, 4)
+    for options in ({"recurrent_dropout": 0.25}, {"weight_dropout": 0.25}):
+        layer = rnnkit.LSTM(4, 6, **options)
+        outputs = []
+        for masks in (contextlib.nullcontext(), torch_masks()):
+            torch.manual_seed(3)
+            with masks:
+                outputs.append(layer(x)[0])
+        assert not torch.equal(outputs[0], outputs[1]), options
 
 
 @pytest.mark.parametrize("keep", [0.0, 0.2, 0.7, 1.0])

@@ -33,7 +33,8 @@ Beyond torch, on the engine: ``layer_norm`` (LSTM, GRU), ``peephole`` (LSTM), ``
                        (a pair (p_h, p_c) for LSTM; Krueger et al. 2017); its expectation in eval
 ``locked_dropout=True`` makes ``dropout`` (between layers) draw one mask per sequence, the same
 at every step (variational dropout on the layers' outputs, Gal & Ghahramani 2016), on either
-path; by default a mask per element, as torch's.
+path (`step` sees one step per call, so in training it draws a new mask each call); by default a
+mask per element, as torch's.
 """
 
 from __future__ import annotations
@@ -326,7 +327,10 @@ class _RecurrentLayer(nn.Module):
             packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
             order = packed.sorted_indices.to(x.device)
             state0 = tuple(s.index_select(1, order) for s in state0)
-        split = bool(self.dropout and self.training and self.num_layers > 1)
+        # rnnkit's masks only on the CPU (elsewhere torch's kernel draws them itself)
+        split = bool(self.dropout and self.training and self.num_layers > 1) and (
+            self.locked_dropout or x.device.type == "cpu"
+        )
         layers = range(self.num_layers)
         groups = [[layer] for layer in layers] if split else [layers]  # kernel calls
         data, finals = x if packed is None else packed.data, []
@@ -438,6 +442,7 @@ class _RecurrentLayer(nn.Module):
             "impl": "auto",
             "recurrent_dropout": 0.0,
             "weight_dropout": 0.0,
+            "locked_dropout": False,
             "zoneout": 0.0,
         }
         for key, default in defaults.items():
@@ -514,13 +519,6 @@ class RNN(_RecurrentLayer):
 
     def _torch_cell(self):
         return {"tanh": torch.rnn_tanh_cell, "relu": torch.rnn_relu_cell}.get(self.nonlinearity)
-
-    def _between_layers(self, x: Tensor, packed: PackedSequence | None = None) -> Tensor:
-        """Dropout on a layer's output (T, B, F) (or ``packed``'s data) before the next layer:
-        a mask per element, or per sequence with ``locked_dropout``."""
-        if self.locked_dropout:
-            return locked_dropout(x, self.dropout, packed=packed)
-        return dropout(x, self.dropout)
 
     def _config_name(self) -> str:
         return f"RNN(nonlinearity={self.nonlinearity!r})"

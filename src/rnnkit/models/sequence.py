@@ -82,8 +82,9 @@ class SequenceModel(nn.Module):
                 )
             x = self.embedding(x)  # (T, B, E)
         h, state = self.rnn(x, state, lengths=lengths)  # (T, B, H)
-        if self.locked_dropout and h.dim() == 3:
-            h = locked_dropout(h, self.drop.p, self.training)
+        if self.locked_dropout:  # an unbatched (T, H) output is one sequence
+            rows = h if h.dim() == 3 else h.unsqueeze(1)
+            h = locked_dropout(rows, self.drop.p, self.training).view_as(h)
         else:
             h = self.drop(h)
         return self.head(h), state
