@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from types import ModuleType
 
 import torch
 from torch import Tensor, nn
@@ -41,7 +42,7 @@ def torch_masks() -> Iterator[None]:
         _switch["kernel"] = before
 
 
-def _kernel(x: Tensor):
+def _kernel(x: Tensor) -> ModuleType | None:
     """The dropout extension if it takes ``x`` (a CPU tensor, not within `torch_masks`)."""
     if not _switch["kernel"] or x.device.type != "cpu":
         return None
@@ -97,8 +98,9 @@ def locked_dropout(
         return x * mask
     order = packed.sorted_indices
     order = torch.arange(batch, device=x.device) if order is None else order.to(x.device)
-    rows = torch.cat([order[:n] for n in packed.batch_sizes.tolist()])  # (N,): each row's b
-    return x * mask[rows]
+    sizes = packed.batch_sizes.to(x.device)
+    present = torch.arange(batch, device=x.device) < sizes[:, None]  # (T, B): step t's rows
+    return x * mask[order.expand(len(sizes), batch)[present]]  # row n's sequence b, (N,)
 
 
 def keep_mask(shape: tuple[int, ...], keep: float, like: Tensor) -> Tensor:

@@ -30,6 +30,7 @@ import platform
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import Tensor
@@ -51,7 +52,7 @@ _NONLINEARITY = {"tanh": 0, "relu": 1, "sigmoid": 2}
 _state = {"enabled": os.environ.get("RNNKIT_FUSED", "1") != "0", "module": None, "failed": False}
 
 
-def extension():
+def extension() -> ModuleType | None:
     """The compiled extension, building it on first use; None if it cannot be built."""
     if _state["module"] is None and not _state["failed"]:
         try:
@@ -125,7 +126,7 @@ def _cpu_tag() -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
-def scan_extension():
+def scan_extension() -> ModuleType | None:
     """The linear-scan kernels of minGRU / minLSTM (``csrc/scan.cpp``), a separate small
     extension built on first use like `extension`; None if disabled (``RNNKIT_FUSED=0``,
     `fused_enabled(False)`) or if it cannot be built (then `rnnkit.scan` warns once and runs its
@@ -135,7 +136,7 @@ def scan_extension():
     return _small_extension("scan", "minGRU and minLSTM run it as a Python loop, which is slower")
 
 
-def dropout_extension():
+def dropout_extension() -> ModuleType | None:
     """The dropout kernel (``csrc/dropout.cpp``), built like `scan_extension`; None with
     ``RNNKIT_FUSED=0`` (not under `fused_enabled(False)`, which is about the time loops: see
     `rnnkit.dropout.torch_masks`) or if it cannot be built. Without it `rnnkit.dropout` runs
@@ -145,7 +146,7 @@ def dropout_extension():
     return _small_extension("dropout", "dropout runs torch's, which draws its mask slower")
 
 
-def _small_extension(stem: str, fallback: str):
+def _small_extension(stem: str, fallback: str) -> ModuleType | None:
     """The extension of ``csrc/{stem}.cpp``, built on first use; None if it cannot be built
     (then a warning, once, says what runs instead: ``fallback``)."""
     state = _small_states.setdefault(stem, {"module": None, "failed": False})
