@@ -20,6 +20,20 @@ def seeded(x: torch.Tensor, p: float, seed: int = 5) -> torch.Tensor:
     return dropout(x, p)
 
 
+def run_both(engine, kernel, x, lengths) -> list[tuple]:
+    """Both layers (kernel given engine's weights) under one seed: for each, (output, final
+    states, parameter gradients)."""
+    kernel.load_state_dict(engine.state_dict())
+    results = []
+    for layer in (engine, kernel):
+        torch.manual_seed(11)
+        out, state = layer(x, lengths=lengths)
+        states = state if isinstance(state, tuple) else (state,)
+        grads = torch.autograd.grad(out.sum() + sum(s.sum() for s in states), layer.parameters())
+        results.append((out, states, grads))
+    return results
+
+
 def test_the_kernel_is_built():
     assert fused.dropout_extension() is not None
 
@@ -155,16 +169,9 @@ def test_torch_kernel_and_engine_agree_with_dropout_between_layers(cell, ragged,
     torch.manual_seed(0)
     engine = getattr(rnnkit, cell)(4, 6, num_layers=3, dropout=0.4, impl="bptt").double()
     kernel = getattr(rnnkit, cell)(4, 6, num_layers=3, dropout=0.4, impl="torch").double()
-    kernel.load_state_dict(engine.state_dict())
     x = torch.randn(7, 5, 4, dtype=torch.float64)
     lengths = torch.tensor([7, 3, 5, 1, 7]) if ragged else None
-    results = []
-    for layer in (engine, kernel):
-        torch.manual_seed(11)
-        out, state = layer(x, lengths=lengths)
-        states = state if isinstance(state, tuple) else (state,)
-        grads = torch.autograd.grad((out.sum() + sum(s.sum() for s in states)), layer.parameters())
-        results.append((out, states, grads))
+    results = run_both(engine, kernel, x, lengths)
     torch.testing.assert_close(results[0], results[1], rtol=1e-9, atol=1e-12)
     torch.manual_seed(11)
     assert not torch.equal(kernel(x, lengths=lengths)[0], kernel.eval()(x, lengths=lengths)[0])
@@ -243,15 +250,9 @@ def test_locked_dropout_between_layers_on_both_paths(ragged, monkeypatch):
     options = {"num_layers": 2, "dropout": 0.5, "locked_dropout": True}
     engine = rnnkit.LSTM(4, 6, impl="bptt", **options).double()
     kernel = rnnkit.LSTM(4, 6, impl="torch", **options).double()
-    kernel.load_state_dict(engine.state_dict())
     x = torch.randn(7, 5, 4, dtype=torch.float64)
     lengths = torch.tensor([7, 3, 5, 1, 7]) if ragged else None
-    results = []
-    for layer in (engine, kernel):
-        torch.manual_seed(11)
-        out, (h, c) = layer(x, lengths=lengths)
-        grads = torch.autograd.grad(out.sum() + h.sum() + c.sum(), layer.parameters())
-        results.append((out, h, c, grads))
+    results = run_both(engine, kernel, x, lengths)
     torch.testing.assert_close(results[0], results[1], rtol=1e-9, atol=1e-12)
     seen = []
     original = rnnkit.layers.locked_dropout
