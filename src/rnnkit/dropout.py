@@ -116,9 +116,13 @@ def keep_mask(shape: tuple[int, ...], keep: float, like: Tensor) -> Tensor:
 
 def _unchanged(x: Tensor, p: float, training: bool) -> bool:
     """True when dropout leaves x as it is (not training, or p = 0); refuses p outside [0, 1]."""
+    _check_probability(p)
+    return not training or p == 0.0
+
+
+def _check_probability(p: float) -> None:
     if not 0.0 <= p <= 1.0:
         raise RnnkitError(f"dropout probability must be in [0, 1], got {p}")
-    return not training or p == 0.0
 
 
 def _seed() -> int:
@@ -130,8 +134,7 @@ class Dropout(nn.Dropout):
     """``nn.Dropout`` (same arguments and state) drawing its mask with `dropout`."""
 
     def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
-        if not 0.0 <= p <= 1.0:
-            raise RnnkitError(f"dropout probability must be in [0, 1], got {p}")
+        _check_probability(p)
         super().__init__(p, inplace)
 
     def forward(self, input: Tensor) -> Tensor:
