@@ -50,9 +50,9 @@ def test_unbatched_step_and_errors():
 
 
 STACKS = {
-    "lstm": lambda: rnnkit.LSTM(I, H, num_layers=3),
-    "gru": lambda: rnnkit.GRU(I, H, num_layers=3, bias=False),
-    "rnn-sigmoid": lambda: rnnkit.RNN(I, H, num_layers=3, nonlinearity="sigmoid"),
+    "lstm": lambda i, h: rnnkit.LSTM(i, h, num_layers=3),
+    "gru": lambda i, h: rnnkit.GRU(i, h, num_layers=3, bias=False),
+    "rnn-sigmoid": lambda i, h: rnnkit.RNN(i, h, num_layers=3, nonlinearity="sigmoid"),
 }
 
 
@@ -64,17 +64,19 @@ def _flat(result) -> tuple[torch.Tensor, ...]:
 @pytest.mark.parametrize("batch", [1, 4])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("name", STACKS)
-def test_cpp_stack_step_equals_the_layer_by_layer_step(name, dtype, batch, monkeypatch):
-    """Without autograd a plain stack steps in one C++ call (mat-vecs at B=1): the same numbers
-    as torch's cell functions layer by layer (taken with the C++ loops off, or with grad on)."""
+@pytest.mark.parametrize("sizes", [(I, H), (37, 203)])  # 203: units split over two threads
+def test_cpp_stack_step_equals_the_layer_by_layer_step(name, dtype, batch, sizes, monkeypatch):
+    """Without autograd a plain stack steps in one C++ call (float32 at B=1: rnnkit's own
+    mat-vecs, the units split over threads): the same numbers as torch's cell functions layer
+    by layer (taken with the C++ loops off, or with grad on)."""
     from rnnkit import fused
 
     calls = []
     real = fused.stack_step
     monkeypatch.setattr(fused, "stack_step", lambda *a: calls.append(1) or real(*a))
     torch.manual_seed(0)
-    layer = STACKS[name]().to(dtype).eval()
-    x = torch.randn(batch, I, dtype=dtype)
+    layer = STACKS[name](*sizes).to(dtype).eval()
+    x = torch.randn(batch, sizes[0], dtype=dtype)
     with torch.no_grad():
         state = layer.step(x)[1]
         fast = _flat(layer.step(x, state))
@@ -87,3 +89,28 @@ def test_cpp_stack_step_equals_the_layer_by_layer_step(name, dtype, batch, monke
     for a, b, c in zip(fast, slow, with_grad, strict=True):
         torch.testing.assert_close(a, b, atol=tolerance, rtol=tolerance)
         torch.testing.assert_close(a, c.detach(), atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.parametrize("cls", [rnnkit.LSTM, rnnkit.GRU, rnnkit.RNN])
+def test_forward_on_one_step_without_autograd_takes_the_step(cls, monkeypatch):
+    """A decoder's forward on one step goes through `step` without autograd (the loops' setup
+    costs more than a step at B=1) and gives torch.nn's numbers; with autograd it stays on the
+    loop (the output has a graph)."""
+    from rnnkit import fused
+
+    calls = []
+    real = fused.stack_step
+    monkeypatch.setattr(fused, "stack_step", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    layer = cls(37, 64, num_layers=2, batch_first=True).eval()
+    reference = getattr(torch.nn, cls.__name__)(37, 64, num_layers=2, batch_first=True).eval()
+    reference.load_state_dict(layer.state_dict())
+    x = torch.randn(3, 1, 37)
+    with torch.no_grad():
+        out, final = layer(x)
+        assert calls == [1] and out.shape == (3, 1, 64)
+        ref_out, ref_final = reference(x)
+    torch.testing.assert_close(out, ref_out, atol=1e-6, rtol=1e-5)
+    for mine, ref in zip(_flat((out, final))[1:], _flat((ref_out, ref_final))[1:], strict=True):
+        torch.testing.assert_close(mine, ref, atol=1e-6, rtol=1e-5)
+    assert layer(x)[0].requires_grad and calls == [1]

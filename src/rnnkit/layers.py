@@ -179,7 +179,10 @@ class _RecurrentLayer(nn.Module):
     def forward(self, input: Tensor, hx=None, lengths: Tensor | None = None):
         """See the module docstring for shapes. Returns (output, h_n), LSTM (output, (h_n, c_n))."""
         x, state0, lengths, unbatched = self._prepare(input, hx, lengths)
-        if self.uses_torch_kernel(x):
+        stepped = self._forward_one_step(x, state0) if x.shape[0] == 1 else None
+        if stepped is not None:
+            output, final = stepped
+        elif self.uses_torch_kernel(x):
             output, final = self._forward_torch(x, state0, lengths)
         else:
             context, x, state0 = self._outside_autocast(x, state0)
@@ -212,6 +215,18 @@ class _RecurrentLayer(nn.Module):
         if unbatched:
             x, final = x.squeeze(0), tuple(f.squeeze(1) for f in final)
         return x, (final[0] if len(final) == 1 else final)
+
+    def _forward_one_step(self, x: Tensor, state0: tuple[Tensor, ...]):
+        """A one-step sequence x (1, B, I) through `_stack_step` when that applies (no autograd,
+        a plain unidirectional stack): (output (1, B, H), the final state tuple), else None.
+        Decoders and generation loops call forward one step at a time, and the loops' setup
+        (packing the weights; torch's LSTM reorders them for oneDNN) costs several steps at B=1."""
+        if self.bidirectional:
+            return None
+        context, x, state0 = self._outside_autocast(x[0], state0)
+        with context:
+            stepped = self._stack_step(x, state0)
+        return None if stepped is None else (stepped[0][None], stepped[1])
 
     def _outside_autocast(self, x: Tensor, state0: tuple[Tensor, ...]):
         """(context, x, state0) for the engine, which computes in one dtype: under autocast

@@ -1212,6 +1212,83 @@ static Tensor affine(const Tensor& v, const Tensor& w, const Tensor& b) {
   return b.numel() ? at::addmm(b, v, w.t()) : at::mm(v, w.t());
 }
 
+// y[i] = w[i, :] . v + (b ? b[i] : 0) for the rows i in [begin, end) of w (rows of K floats), eight
+// rows at a time so that each load of v serves eight rows (a matrix-vector product is bound by
+// reading w once).
+void dot_rows(const float* w, int64_t K, const float* v, const float* b, float* y, int64_t begin,
+              int64_t end) {
+  using L = Lanes<float>;
+  constexpr int64_t kRows = 8;
+  int64_t i = begin;
+  for (; i + kRows <= end; i += kRows) {
+    fv sum[kRows] = {};
+    over_lanes<float>(K, [&](int64_t k, int64_t n) {
+      const fv x = L::load(v + k, n);
+      for (int64_t r = 0; r < kRows; ++r) sum[r] += L::load(w + (i + r) * K + k, n) * x;
+    });
+    for (int64_t r = 0; r < kRows; ++r) y[i + r] = hsum(sum[r]) + (b ? b[i + r] : 0.0f);
+  }
+  for (; i < end; ++i) {
+    fv sum{};
+    over_lanes<float>(K, [&](int64_t k, int64_t n) {
+      sum += L::load(w + i * K + k, n) * L::load(v + k, n);
+    });
+    y[i] = hsum(sum) + (b ? b[i] : 0.0f);
+  }
+}
+
+const float* bias_or_null(const Tensor& b) { return b.numel() ? b.data_ptr<float>() : nullptr; }
+
+// stack_step at B = 1 in float32, each layer in one parallel pass: a thread takes a fixed slice
+// of the units, computes the gate rows of those units (both products, its own rows of the weights:
+// each core reads the same part of the weights at every step, from its own cache) and then their
+// pointwise math. torch's mat-vecs would split each product anew and leave the gates to a third
+// pass. -> as stack_step.
+std::vector<Tensor> stack_step_single(Tensor x, Tensor h, Tensor c,
+                                      const std::vector<Tensor>& weights, int64_t cell) {
+  const int64_t L = h.size(0), H = h.size(2), G = cell == 4 ? 4 : cell == 3 ? 3 : 1;
+  auto h_new = at::empty_like(h);
+  auto c_new = c.numel() ? at::empty_like(c) : c;
+  auto scratch = at::empty({(2 * G + 5) * H}, h.options());  // gx (G H), gh (G H), a cache row
+  float *gx = scratch.data_ptr<float>(), *gh = gx + G * H, *cache = gh + G * H;
+  x = x.contiguous();
+  const float* in = x.data_ptr<float>();
+  const int64_t tiles = (H + kWidth - 1) / kWidth;
+  for (int64_t l = 0; l < L; ++l) {
+    const Tensor w_ih = weights[4 * l].contiguous(), w_hh = weights[4 * l + 1].contiguous();
+    const float *b_ih = bias_or_null(weights[4 * l + 2]), *b_hh = bias_or_null(weights[4 * l + 3]);
+    const int64_t I = w_ih.size(1);
+    const float* hp = h.data_ptr<float>() + l * H;
+    float* hn = h_new.data_ptr<float>() + l * H;
+    const FloatMode caller;
+    const int64_t grain = G * H * (I + H) >= kTeamWork ? 1 : tiles;
+    at::parallel_for(0, tiles, grain, [&](int64_t first, int64_t last) {
+      const FloatMode own;
+      caller.apply();
+      const Units u(H, first * kWidth, std::min(last * kWidth, H));
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t begin = g * H + u.begin, end = g * H + u.end;
+        dot_rows(w_ih.data_ptr<float>(), I, in, b_ih, gx, begin, end);
+        dot_rows(w_hh.data_ptr<float>(), H, hp, b_hh, gh, begin, end);
+      }
+      if (cell == 4) {
+        const float* cp = c.data_ptr<float>() + l * H;
+        float* cn = c_new.data_ptr<float>() + l * H;
+        lstm_forward_row<false, false>(gx, gh, hp, cp, hp, hp, hp, hn, cn, cache, u);
+      } else if (cell == 3) {
+        gru_forward_row(gx, gh, hp, hn, cache, u);
+      } else {
+        with_nonlinearity(cell, [&](auto nl) {
+          elman_forward_row<decltype(nl)::value>(gx, gh, hn, u);
+        });
+      }
+      own.apply();
+    });
+    in = hn;
+  }
+  return {h_new, c_new, h_new[L - 1]};
+}
+
 // One time step of L plain layers: x (B, I), h (L, B, H), c (L, B, H) for the LSTM (else empty),
 // weights w_ih, w_hh, b_ih, b_hh per layer (biases may be empty); cell 0, 1, 2: Elman with tanh,
 // relu, sigmoid; 3 GRU; 4 LSTM. -> {h' (L, B, H), c' (L, B, H) or empty, h' of the last layer}.
@@ -1219,6 +1296,9 @@ std::vector<Tensor> stack_step(Tensor x, Tensor h, Tensor c, std::vector<Tensor>
                                int64_t cell) {
   const int64_t L = h.size(0), B = h.size(1), H = h.size(2);
   h = h.contiguous(), c = c.contiguous();
+  if (B == 1 && tuned_for(h) && x.scalar_type() == at::kFloat) {
+    return stack_step_single(x, h, c, weights, cell);
+  }
   auto h_new = at::empty_like(h);
   auto c_new = c.numel() ? at::empty_like(c) : c;
   auto scratch = at::empty({B, 5 * H}, h.options());
