@@ -64,8 +64,12 @@ LAYERS = {  # (input size, hidden size) -> layer
 
 @pytest.mark.parametrize(
     "lengths,hidden",
-    [([30, 3, 17, 1, 29], 16), ([30, 3, 17, 1, 29, 30, 12, 2, 25], 72)],
-    ids=["one-thread", "team"],
+    [
+        ([30, 3, 17, 1, 29], 16),
+        ([30, 3, 17, 1, 29, 30, 12, 2, 25], 72),
+        ([30, 3, 17, 1, 29], 88),
+    ],
+    ids=["one-thread", "team-by-rows", "team-by-units"],
 )
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -73,9 +77,11 @@ LAYERS = {  # (input size, hidden size) -> layer
 def test_cpp_equals_python_engine(name, dtype, training, lengths, hidden):
     """Same outputs, final states and gradients, with ragged lengths over 31 steps; with the noise
     drawn from the same seed (the C++ path draws its masks in the Python engine's order). The
-    second size runs float32's loops on a team of two threads (9 x 72 x 72 multiply-adds a step:
-    enough for two), each with a slice of the 72 units, one of them ending in a partial strip of
-    the kernel's 32 (AVX-512) or 16 (AVX2) columns."""
+    second and third sizes run float32's loops on a team of two threads (9 x 72 x 72 and
+    5 x 88 x 88 multiply-adds a step: enough for two): the nine sequences split between them
+    (rows 0-7 and 8: two of the kernel's row tiles), the five (one row tile) split by units,
+    each thread with a slice of the 88, one of them ending in a partial strip of the kernel's
+    32 (AVX-512) or 16 (AVX2) columns."""
     torch.manual_seed(0)
     layer = LAYERS[name](8, hidden).to(dtype).train(training)
     x = torch.randn(31, len(lengths), 8, dtype=dtype, requires_grad=True)
@@ -93,7 +99,9 @@ def test_cpp_equals_python_engine(name, dtype, training, lengths, hidden):
                 grads = torch.autograd.grad(loss, [x, *layer.parameters()])
             results.append((out, *finals, *grads))
             if enabled and dtype == torch.float32 and name != "projected-lstm":
-                assert fused.extension().last_team_size() == (2 if hidden == 72 else 1)
+                ext = fused.extension()
+                assert ext.last_team_size() == (1 if hidden == 16 else 2)
+                assert ext.last_team_by_rows() == (hidden == 72)
     finally:
         torch.set_num_threads(threads)
     tolerance = 1e-5 if dtype == torch.float32 else 1e-12
