@@ -91,11 +91,19 @@ def test_cpp_stack_step_equals_the_layer_by_layer_step(name, dtype, batch, sizes
         torch.testing.assert_close(a, c.detach(), atol=tolerance, rtol=tolerance)
 
 
+def _count_steps(layer, monkeypatch) -> list:
+    """Record each call of the layer's `_step_layers` (step's path with autograd)."""
+    steps = []
+    real = layer._step_layers
+    monkeypatch.setattr(layer, "_step_layers", lambda *a: steps.append(1) or real(*a))
+    return steps
+
+
 @pytest.mark.parametrize("cls", [rnnkit.LSTM, rnnkit.GRU, rnnkit.RNN])
-def test_forward_on_one_step_without_autograd_takes_the_step(cls, monkeypatch):
-    """A decoder's forward on one step goes through `step` without autograd (the loops' setup
-    costs more than a step at B=1) and gives torch.nn's numbers; with autograd it stays on the
-    loop (the output has a graph)."""
+def test_forward_on_one_step_takes_the_step(cls, monkeypatch):
+    """A decoder's forward on one step goes through `step`'s paths (the loops' setup costs more
+    than a step): without autograd the C++ stack step, with it torch's cell functions; the
+    outputs, final states and gradients are torch.nn's."""
     from rnnkit import fused
 
     calls = []
@@ -107,10 +115,29 @@ def test_forward_on_one_step_without_autograd_takes_the_step(cls, monkeypatch):
     reference.load_state_dict(layer.state_dict())
     x = torch.randn(3, 1, 37)
     with torch.no_grad():
-        out, final = layer(x)
-        assert calls == [1] and out.shape == (3, 1, 64)
-        ref_out, ref_final = reference(x)
-    torch.testing.assert_close(out, ref_out, atol=1e-6, rtol=1e-5)
-    for mine, ref in zip(_flat((out, final))[1:], _flat((ref_out, ref_final))[1:], strict=True):
-        torch.testing.assert_close(mine, ref, atol=1e-6, rtol=1e-5)
-    assert layer(x)[0].requires_grad and calls == [1]
+        out = _flat(layer(x))
+        assert calls == [1] and out[0].shape == (3, 1, 64)
+    torch.testing.assert_close(out, _flat(reference(x)), atol=1e-6, rtol=1e-5)
+    steps = _count_steps(layer, monkeypatch)
+    mine, ref = _flat(layer(x)), _flat(reference(x))
+    assert steps == [1] and calls == [1]
+    grads = [
+        torch.autograd.grad(sum(t.sum() for t in outputs), list(module.parameters()))
+        for outputs, module in ((mine, layer), (ref, reference))
+    ]
+    torch.testing.assert_close(mine, ref, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "option", [{"recurrent_dropout": 0.3}, {"weight_dropout": 0.3}, {"zoneout": 0.2}]
+)
+def test_forward_on_one_step_keeps_training_noise_on_the_loop(option, monkeypatch):
+    """Recurrent dropout, DropConnect and zoneout, which `step` leaves out, keep a training
+    forward on one step on the full path; in evaluation (no noise) it takes the step."""
+    layer = rnnkit.LSTM(5, 8, **option)
+    steps = _count_steps(layer, monkeypatch)
+    layer(torch.randn(1, 2, 5))
+    assert steps == []
+    layer.eval()(torch.randn(1, 2, 5))
+    assert steps == [1]

@@ -169,8 +169,11 @@ class _RecurrentLayer(nn.Module):
     def _beyond_torch(self) -> bool:
         """True when an option asks for what torch's kernels do not compute."""
         plain = type(self._cells[0]) in (ElmanCell, LSTMCell, GRUCell, ProjectedLSTMCell)
-        regularised = self.recurrent_dropout or self.weight_dropout or any(_as_tuple(self.zoneout))
-        return not plain or bool(regularised)
+        return not plain or self._regularised()
+
+    def _regularised(self) -> bool:
+        """True with recurrent dropout, DropConnect or zoneout (noise that `step` leaves out)."""
+        return bool(self.recurrent_dropout or self.weight_dropout or any(_as_tuple(self.zoneout)))
 
     def _torch_kernel(self):
         """torch's fused function for this configuration, or None."""
@@ -217,16 +220,18 @@ class _RecurrentLayer(nn.Module):
         return x, (final[0] if len(final) == 1 else final)
 
     def _forward_one_step(self, x: Tensor, state0: tuple[Tensor, ...]):
-        """A one-step sequence x (1, B, I) through `_stack_step` when that applies (no autograd,
-        a plain unidirectional stack): (output (1, B, H), the final state tuple), else None.
-        Decoders and generation loops call forward one step at a time, and the loops' setup
-        (packing the weights; torch's LSTM reorders them for oneDNN) costs several steps at B=1."""
-        if self.bidirectional:
+        """A one-step sequence x (1, B, I) through `step`'s paths, which compute the same (a
+        unidirectional stack without training noise that `step` leaves out): (output (1, B, H),
+        the final state tuple), else None. Decoders and generation loops call forward one step
+        at a time, and the loops' setup (packing the weights; torch's LSTM reorders them for
+        oneDNN on every call) costs more than the step: 3-4x `step`'s time at (B, H) = (1, 512)."""
+        if self.bidirectional or (self.training and self._regularised()):
             return None
         context, x, state0 = self._outside_autocast(x[0], state0)
         with context:
             stepped = self._stack_step(x, state0)
-        return None if stepped is None else (stepped[0][None], stepped[1])
+            x, final = stepped if stepped is not None else self._step_layers(x, state0)
+        return x[None], final
 
     def _outside_autocast(self, x: Tensor, state0: tuple[Tensor, ...]):
         """(context, x, state0) for the engine, which computes in one dtype: under autocast
