@@ -566,11 +566,13 @@ struct OutputGrad {
 // W (G * H, K) packed per gate block: (G, J, K, kCols, kLanes), so that one tile range covers the
 // same units in every block.
 Tensor pack_gates(const Tensor& w, int64_t G) {
-  if (G == 1) return rnnkit_gemm::pack_weight(w).unsqueeze(0);
-  const int64_t H = w.size(0) / G;
-  std::vector<Tensor> blocks;
-  for (int64_t g = 0; g < G; ++g) blocks.push_back(rnnkit_gemm::pack_weight(w.narrow(0, g * H, H)));
-  return at::stack(blocks);
+  const int64_t H = w.size(0) / G, K = w.size(1), span = rnnkit_gemm::kSpan;
+  const int64_t J = (H + span - 1) / span;
+  auto packed = at::empty({G, J, K, rnnkit_gemm::kCols, rnnkit_gemm::kLanes}, w.options());
+  for (int64_t g = 0; g < G; ++g) {
+    rnnkit_gemm::pack_into(w.narrow(0, g * H, H), packed.data_ptr<float>() + g * J * K * span);
+  }
+  return packed;
 }
 
 // A thread's share of a team: the column tiles [tile_begin, tile_end) of the products and the
