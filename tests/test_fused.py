@@ -68,8 +68,9 @@ LAYERS = {  # (input size, hidden size) -> layer
         ([30, 3, 17, 1, 29], 16),
         ([30, 3, 17, 1, 29, 30, 12, 2, 25], 72),
         ([30, 3, 17, 1, 29], 88),
+        ([30, 3, 17, 1, 29, 30, 12, 2, 25, 31, 8, 19, 4, 27, 30, 6, 22], 48),
     ],
-    ids=["one-thread", "team-by-rows", "team-by-units"],
+    ids=["one-thread", "team-by-rows", "team-by-units", "team-by-rows-partial"],
 )
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -81,7 +82,8 @@ def test_cpp_equals_python_engine(name, dtype, training, lengths, hidden):
     5 x 88 x 88 multiply-adds a step: enough for two): the nine sequences split between them
     (rows 0-7 and 8: two of the kernel's row tiles), the five (one row tile) split by units,
     each thread with a slice of the 88, one of them ending in a partial strip of the kernel's
-    32 (AVX-512) or 16 (AVX2) columns."""
+    32 (AVX-512) or 16 (AVX2) columns. The fourth: 17 sequences, three row tiles, the last of
+    one row."""
     torch.manual_seed(0)
     layer = LAYERS[name](8, hidden).to(dtype).train(training)
     x = torch.randn(31, len(lengths), 8, dtype=dtype, requires_grad=True)
@@ -101,7 +103,7 @@ def test_cpp_equals_python_engine(name, dtype, training, lengths, hidden):
             if enabled and dtype == torch.float32 and name != "projected-lstm":
                 ext = fused.extension()
                 assert ext.last_team_size() == (1 if hidden == 16 else 2)
-                assert ext.last_team_by_rows() == (hidden == 72)
+                assert ext.last_team_by_rows() == (hidden in (72, 48))
     finally:
         torch.set_num_threads(threads)
     tolerance = 1e-5 if dtype == torch.float32 else 1e-12
@@ -305,9 +307,10 @@ def test_the_engine_computes_in_float32_under_bfloat16_autocast(make):
     torch.testing.assert_close(step_output, layer.step(x[0].detach())[0])
 
 
-def test_torchs_kernel_runs_in_bfloat16_under_autocast():
+@pytest.mark.parametrize("steps", [5, 1])
+def test_torchs_kernel_runs_in_bfloat16_under_autocast(steps):
     torch.manual_seed(0)
-    layer, x = rnnkit.LSTM(4, 6), torch.randn(5, 2, 4)
+    layer, x = rnnkit.LSTM(4, 6), torch.randn(steps, 2, 4)
     assert layer.uses_torch_kernel()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         output, state = layer(x)
@@ -330,6 +333,12 @@ def test_step_kernel_equals_torch(rows, n, k):
     torch.testing.assert_close(ext.packed_linear(a, packed, n, empty, empty), expected)
     got = ext.packed_linear(a, packed, n, bias, add)
     torch.testing.assert_close(got, expected + bias + add)
+    # the backward packs W^T (columns contiguous) and the loops gate blocks (a slice of W)
+    assert torch.equal(ext.pack_weight(w.t().contiguous().t()), packed)
+    wide = torch.randn(n + 3, k + 2)
+    assert torch.equal(
+        ext.pack_weight(wide[1 : n + 1, 2:]), ext.pack_weight(wide[1 : n + 1, 2:].contiguous())
+    )
 
 
 @pytest.mark.parametrize("m,k,n", [(3, 4, 5), (300, 200, 100)], ids=["small", "onednn"])

@@ -99,8 +99,9 @@ def _count_steps(layer, monkeypatch) -> list:
     return steps
 
 
+@pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("cls", [rnnkit.LSTM, rnnkit.GRU, rnnkit.RNN])
-def test_forward_on_one_step_takes_the_step(cls, monkeypatch):
+def test_forward_on_one_step_takes_the_step(cls, batch, monkeypatch):
     """A decoder's forward on one step goes through `step`'s paths (the loops' setup costs more
     than a step): without autograd the C++ stack step, with it torch's cell functions; the
     outputs, final states and gradients are torch.nn's."""
@@ -113,13 +114,18 @@ def test_forward_on_one_step_takes_the_step(cls, monkeypatch):
     layer = cls(37, 64, num_layers=2, batch_first=True).eval()
     reference = getattr(torch.nn, cls.__name__)(37, 64, num_layers=2, batch_first=True).eval()
     reference.load_state_dict(layer.state_dict())
-    x = torch.randn(3, 1, 37)
+    x = torch.randn(batch, 1, 37)
     with torch.no_grad():
-        out = _flat(layer(x))
-        assert calls == [1] and out[0].shape == (3, 1, 64)
-    torch.testing.assert_close(out, _flat(reference(x)), atol=1e-6, rtol=1e-5)
+        hx = reference(torch.randn(batch, 4, 37))[1]  # a carried state
+    with torch.no_grad():
+        out = _flat(layer(x, hx))
+        assert calls == [1] and out[0].shape == (batch, 1, 64)
+        expected = _flat(reference(x, hx))
+        torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-5)
+        out[0].mul_(0)  # the output is the caller's: the final state does not change with it
+        torch.testing.assert_close(out[1:], expected[1:], atol=1e-6, rtol=1e-5)
     steps = _count_steps(layer, monkeypatch)
-    mine, ref = _flat(layer(x)), _flat(reference(x))
+    mine, ref = _flat(layer(x, hx)), _flat(reference(x, hx))
     assert steps == [1] and calls == [1]
     grads = [
         torch.autograd.grad(sum(t.sum() for t in outputs), list(module.parameters()))
@@ -141,3 +147,15 @@ def test_forward_on_one_step_keeps_training_noise_on_the_loop(option, monkeypatc
     assert steps == []
     layer.eval()(torch.randn(1, 2, 5))
     assert steps == [1]
+
+
+def test_forward_on_one_step_keeps_impl_torch_and_autocast_on_torchs_kernel():
+    """``impl="torch"`` refuses what torch lacks at any length, and under autocast a one-step
+    forward computes in bfloat16 on torch's kernel as longer ones do."""
+    layer = rnnkit.LSTM(5, 8, layer_norm=True, impl="torch").eval()
+    for steps in (1, 2):
+        with pytest.raises(rnnkit.RnnkitError, match="impl='torch'"):
+            layer(torch.randn(steps, 2, 5))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output, (h, c) = rnnkit.LSTM(5, 8)(torch.randn(1, 2, 5))
+    assert output.dtype == h.dtype == torch.bfloat16

@@ -220,18 +220,25 @@ class _RecurrentLayer(nn.Module):
         return x, (final[0] if len(final) == 1 else final)
 
     def _forward_one_step(self, x: Tensor, state0: tuple[Tensor, ...]):
-        """A one-step sequence x (1, B, I) through `step`'s paths, which compute the same (a
-        unidirectional stack without training noise that `step` leaves out): (output (1, B, H),
-        the final state tuple), else None. Decoders and generation loops call forward one step
-        at a time, and the loops' setup (packing the weights; torch's LSTM reorders them for
-        oneDNN on every call) costs more than the step: 3-4x `step`'s time at (B, H) = (1, 512)."""
-        if self.bidirectional or (self.training and self._regularised()):
+        """A one-step sequence x (1, B, I) through `step`'s paths, which compute the same:
+        (output (1, B, H), the final state tuple), or None for what they do not cover (a
+        bidirectional stack, training noise that `step` leaves out, ``impl="torch"`` and
+        autocast, where torch's kernel computes and errs as it does on longer sequences).
+        Decoders and generation loops call forward one step at a time, and the loops' setup
+        (packing the weights; torch's LSTM reorders them for oneDNN on every call) costs more
+        than the step: 3-4x `step`'s time at (B, H) = (1, 512)."""
+        if (
+            self.bidirectional
+            or self.impl == "torch"
+            or torch.is_autocast_enabled(x.device.type)
+            or (self.training and self._regularised())
+        ):
             return None
-        context, x, state0 = self._outside_autocast(x[0], state0)
-        with context:
-            stepped = self._stack_step(x, state0)
-            x, final = stepped if stepped is not None else self._step_layers(x, state0)
-        return x[None], final
+        stepped = self._stack_step(x[0], state0)
+        if stepped is not None:  # its output is a view of its final h: not the caller's to share
+            return stepped[0][None].clone(), stepped[1]
+        output, final = self._step_layers(x[0], state0)
+        return output[None], final
 
     def _outside_autocast(self, x: Tensor, state0: tuple[Tensor, ...]):
         """(context, x, state0) for the engine, which computes in one dtype: under autocast
