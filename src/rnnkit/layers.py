@@ -213,8 +213,7 @@ class _RecurrentLayer(nn.Module):
         state0 = self._prepare_state(hx, x.shape[0], unbatched, x)
         context, x, state0 = self._outside_autocast(x, state0)
         with context:
-            stepped = self._stack_step(x, state0)
-            x, final = stepped if stepped is not None else self._step_layers(x, state0)
+            x, final = self._step_stack(x, state0)
         if unbatched:
             x, final = x.squeeze(0), tuple(f.squeeze(1) for f in final)
         return x, (final[0] if len(final) == 1 else final)
@@ -234,11 +233,14 @@ class _RecurrentLayer(nn.Module):
             or (self.training and self._regularised())
         ):
             return None
-        stepped = self._stack_step(x[0], state0)
-        if stepped is not None:  # its output is a view of its final h: not the caller's to share
-            return stepped[0][None].clone(), stepped[1]
-        output, final = self._step_layers(x[0], state0)
+        output, final = self._step_stack(x[0], state0)
         return output[None], final
+
+    def _step_stack(self, x: Tensor, state0: tuple[Tensor, ...]):
+        """One step of the stack, x (B, I): in one C++ call when `_stack_step` can, else layer by
+        layer -> (output (B, H or P), the final state tuple)."""
+        stepped = self._stack_step(x, state0)
+        return stepped if stepped is not None else self._step_layers(x, state0)
 
     def _outside_autocast(self, x: Tensor, state0: tuple[Tensor, ...]):
         """(context, x, state0) for the engine, which computes in one dtype: under autocast

@@ -1238,6 +1238,23 @@ static Tensor affine(const Tensor& v, const Tensor& w, const Tensor& b) {
   return b.numel() ? at::addmm(b, v, w.t()) : at::mm(v, w.t());
 }
 
+// The pointwise pass of one row of a plain cell's step (cell codes as in `stack_step`), units u:
+// gx, gh the row's two products (G H), h, c its state (c: the LSTM's, else unused), h_new and
+// c_new the new state, cache a scratch row (5 H).
+template <typename T>
+void step_row(int64_t cell, const T* gx, const T* gh, const T* h, const T* c, T* h_new, T* c_new,
+              T* cache, Units u) {
+  if (cell == 4) {
+    lstm_forward_row<false, false>(gx, gh, h, c, h, h, h, h_new, c_new, cache, u);
+  } else if (cell == 3) {
+    gru_forward_row(gx, gh, h, h_new, cache, u);
+  } else {
+    with_nonlinearity(cell, [&](auto nl) {
+      elman_forward_row<decltype(nl)::value>(gx, gh, h_new, u);
+    });
+  }
+}
+
 // y[i] = w[i, :] . v + (b ? b[i] : 0) for the rows i in [begin, end) of w (rows of K floats), eight
 // rows at a time so that each load of v serves eight rows (a matrix-vector product is bound by
 // reading w once).
@@ -1286,6 +1303,8 @@ std::vector<Tensor> stack_step_single(Tensor x, Tensor h, Tensor c,
     const int64_t I = w_ih.size(1);
     const float* hp = h.data_ptr<float>() + l * H;
     float* hn = h_new.data_ptr<float>() + l * H;
+    const float* cp = c.numel() ? c.data_ptr<float>() + l * H : hp;  // the LSTM's c, else unused
+    float* cn = c.numel() ? c_new.data_ptr<float>() + l * H : hn;
     const FloatMode caller;
     const int64_t grain = G * H * (I + H) >= kTeamWork ? 1 : tiles;
     at::parallel_for(0, tiles, grain, [&](int64_t first, int64_t last) {
@@ -1297,27 +1316,18 @@ std::vector<Tensor> stack_step_single(Tensor x, Tensor h, Tensor c,
         dot_rows(w_ih.data_ptr<float>(), I, in, b_ih, gx, begin, end);
         dot_rows(w_hh.data_ptr<float>(), H, hp, b_hh, gh, begin, end);
       }
-      if (cell == 4) {
-        const float* cp = c.data_ptr<float>() + l * H;
-        float* cn = c_new.data_ptr<float>() + l * H;
-        lstm_forward_row<false, false>(gx, gh, hp, cp, hp, hp, hp, hn, cn, cache, u);
-      } else if (cell == 3) {
-        gru_forward_row(gx, gh, hp, hn, cache, u);
-      } else {
-        with_nonlinearity(cell, [&](auto nl) {
-          elman_forward_row<decltype(nl)::value>(gx, gh, hn, u);
-        });
-      }
+      step_row(cell, gx, gh, hp, cp, hn, cn, cache, u);
       own.apply();
     });
     in = hn;
   }
-  return {h_new, c_new, h_new[L - 1]};
+  return {h_new, c_new, h_new[L - 1].clone()};
 }
 
 // One time step of L plain layers: x (B, I), h (L, B, H), c (L, B, H) for the LSTM (else empty),
 // weights w_ih, w_hh, b_ih, b_hh per layer (biases may be empty); cell 0, 1, 2: Elman with tanh,
-// relu, sigmoid; 3 GRU; 4 LSTM. -> {h' (L, B, H), c' (L, B, H) or empty, h' of the last layer}.
+// relu, sigmoid; 3 GRU; 4 LSTM. -> {h' (L, B, H), c' (L, B, H) or empty, h' of the last layer
+// (a copy: the caller may change it in place without changing the state)}.
 std::vector<Tensor> stack_step(Tensor x, Tensor h, Tensor c, std::vector<Tensor> weights,
                                int64_t cell) {
   const int64_t L = h.size(0), B = h.size(1), H = h.size(2);
@@ -1335,26 +1345,18 @@ std::vector<Tensor> stack_step(Tensor x, Tensor h, Tensor c, std::vector<Tensor>
       const scalar_t *a = gx.data_ptr<scalar_t>(), *r = gh.data_ptr<scalar_t>();
       const scalar_t* hp = h.data_ptr<scalar_t>() + l * B * H;
       scalar_t* hn = h_new.data_ptr<scalar_t>() + l * B * H;
+      const scalar_t* cp = c.numel() ? c.data_ptr<scalar_t>() + l * B * H : hp;
+      scalar_t* cn = c.numel() ? c_new.data_ptr<scalar_t>() + l * B * H : hn;
       scalar_t* sc = scratch.data_ptr<scalar_t>();
+      const int64_t G = w[1].size(0) / H;
       for (int64_t b = 0; b < B; ++b) {
         const int64_t o = b * H;
-        if (cell == 4) {
-          const scalar_t* cp = c.data_ptr<scalar_t>() + l * B * H;
-          scalar_t* cn = c_new.data_ptr<scalar_t>() + l * B * H;
-          lstm_forward_row<false, false>(a + 4 * o, r + 4 * o, hp + o, cp + o, hp, hp, hp,
-                                         hn + o, cn + o, sc + 5 * o, H);
-        } else if (cell == 3) {
-          gru_forward_row(a + 3 * o, r + 3 * o, hp + o, hn + o, sc + 4 * o, H);
-        } else {
-          with_nonlinearity(cell, [&](auto nl) {
-            elman_forward_row<decltype(nl)::value>(a + o, r + o, hn + o, H);
-          });
-        }
+        step_row(cell, a + G * o, r + G * o, hp + o, cp + o, hn + o, cn + o, sc + 5 * o, Units(H));
       }
     });
     x = h_new[l];
   }
-  return {h_new, c_new, x};
+  return {h_new, c_new, x.clone()};
 }
 
 // glibc's malloc hands buffers from 128 KiB up as fresh pages from the kernel (mmap) and gives
