@@ -113,6 +113,38 @@ def test_cpp_equals_python_engine(name, dtype, training, lengths, hidden):
         assert (a - b).abs().max() <= tolerance * b.abs().max().clamp_min(1)
 
 
+@pytest.mark.parametrize(
+    "loss",
+    [
+        lambda out: out.sum(),  # a gradient of stride 0 over steps, rows and units
+        lambda out: (out * torch.linspace(-1, 1, out.shape[-1], dtype=out.dtype)).sum(),
+        lambda out: (out * torch.arange(out.shape[0], dtype=out.dtype)[:, None, None]).sum(),
+        lambda out: (out * torch.arange(out.shape[1], dtype=out.dtype)[:, None]).sum(),
+        lambda out: (out[..., ::2] ** 2).sum(),  # units 2 apart
+    ],
+    ids=["everywhere", "per-unit", "per-step", "per-row", "strided-units"],
+)
+@pytest.mark.parametrize("lengths", [None, [9, 2, 5, 9]], ids=["full", "ragged"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", ["gru", "rnn", "lstm", "projected-lstm", "ln-lstm", "ln-gru"])
+def test_cpp_reads_broadcast_output_gradients(name, dtype, lengths, loss):
+    """The loops read a broadcast gradient of the outputs (stride 0 over steps, rows or both, as
+    out.sum() gives) as the slice it repeats, and the halves of a bidirectional output's
+    gradient in place (rows 2H apart): the same gradients as the Python engine."""
+    torch.manual_seed(0)
+    layer = LAYERS[name](8, 24).to(dtype)
+    x = torch.randn(9, 4, 8, dtype=dtype, requires_grad=True)
+    lengths = None if lengths is None else torch.tensor(lengths)
+    results = []
+    for enabled in (True, False):
+        with fused.fused_enabled(enabled):
+            out, _ = layer(x, lengths=lengths)
+            results.append(torch.autograd.grad(loss(out), [x, *layer.parameters()]))
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+    for a, b in zip(*results, strict=True):
+        assert (a - b).abs().max() <= tolerance * b.abs().max().clamp_min(1)
+
+
 def test_cpp_lstm_gradcheck_with_noise():
     """The LSTM loop's backward, with a recurrent mask, zoneout keeps and ragged lengths."""
     torch.manual_seed(0)

@@ -533,17 +533,30 @@ bool valid(const bool* mask, int64_t t, int64_t B, int64_t b) {
 }
 
 // The gradient of the outputs h_t, grad_out (T, B, H), or zeros when the outputs were not used
-// (grad_out empty), so the row passes need no branch for it: step t's (B, H) rows at
-// data() + step(t).
+// (grad_out empty), so the row passes need no branch for it: row b of step t at row(t, b).
 struct OutputGrad {
   Tensor values;
-  int64_t stride;
-  OutputGrad(const Tensor& grad_out, int64_t B, int64_t H)
-      : values(grad_out.numel() ? grad_out.contiguous() : at::zeros({B, H}, grad_out.options())),
-        stride(grad_out.numel() ? B * H : 0) {}
+  int64_t step_stride = 0, row_stride = 0;
+  OutputGrad(const Tensor& grad_out, int64_t B, int64_t H) {
+    if (!grad_out.numel()) {
+      values = at::zeros({H}, grad_out.options());
+      return;
+    }
+    // A broadcast gradient (stride 0 over steps or rows: output.sum()'s) is read as the one
+    // slice it repeats, not copied out T * B times; rows need only contiguous units.
+    Tensor g = grad_out;
+    const bool over_steps = g.stride(0) == 0, over_rows = g.stride(1) == 0;
+    if (over_steps) g = g.narrow(0, 0, 1);
+    if (over_rows) g = g.narrow(1, 0, 1);
+    if (g.stride(2) != 1 && g.size(2) > 1) g = g.contiguous();
+    values = g;
+    step_stride = over_steps ? 0 : g.stride(0);
+    row_stride = over_rows ? 0 : g.stride(1);
+  }
   template <typename T>
-  const T* data() const { return values.data_ptr<T>(); }
-  int64_t step(int64_t t) const { return t * stride; }
+  const T* row(int64_t t, int64_t b) const {  // the H units of row b at step t
+    return values.data_ptr<T>() + t * step_stride + b * row_stride;
+  }
 };
 
 // ---- The time loops of the classic cells. -------------------------------------------------------
@@ -850,7 +863,7 @@ std::vector<Tensor> gru_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh, T
   const OutputGrad incoming(grad_out, B, H);
   Tensor grad_h0;
   AT_DISPATCH_FLOATING_TYPES(cache.scalar_type(), "gru_backward", [&] {
-    const scalar_t *go_all = incoming.data<scalar_t>(), *h = states.data_ptr<scalar_t>();
+    const scalar_t* h = states.data_ptr<scalar_t>();
     scalar_t *dx_all = grad_gx.data_ptr<scalar_t>(), *dr_all = grad_gh.data_ptr<scalar_t>();
     scalar_t* raw_all = norm ? grad_raw.data_ptr<scalar_t>() : nullptr;
     const scalar_t* cache_all = cache.data_ptr<scalar_t>();
@@ -858,7 +871,7 @@ std::vector<Tensor> gru_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh, T
     const scalar_t* st = stats.data_ptr<scalar_t>();
     auto row = [&](int64_t t, int64_t b, Units u, const scalar_t* d, scalar_t* keep) {
       const int64_t o = b * H, tb = (t * B + b) * H;
-      const scalar_t* go = go_all + incoming.step(t) + o;
+      const scalar_t* go = incoming.row<scalar_t>(t, b);
       scalar_t *dx = dx_all + 3 * tb, *dr = dr_all + 3 * tb;
       scalar_t* raw = norm ? raw_all + 3 * tb : nullptr;
       const scalar_t* c = cache_all + (t * B + b) * C;
@@ -948,11 +961,10 @@ std::vector<Tensor> lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_c
     const scalar_t* kc = zone ? keep_c.data_ptr<scalar_t>() : nullptr;
     scalar_t *dcp = dc.data_ptr<scalar_t>(), *dp = grad_pre.data_ptr<scalar_t>();
     const scalar_t* peep = peephole.numel() ? peephole.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* go_all = incoming.data<scalar_t>();
     with_variant(zone, peep != nullptr, [&](auto z, auto p) {
       auto row = [&](int64_t t, int64_t b, Units u, const scalar_t* d, scalar_t* keep) {
         const int64_t o = b * H, tb = t * BH + o;
-        const scalar_t* go = go_all + incoming.step(t) + o;
+        const scalar_t* go = incoming.row<scalar_t>(t, b);
         if (valid(m, t, B, b)) {
           lstm_backward_row<decltype(z)::value, decltype(p)::value>(
               d + o, go, dcp + o, cch + 5 * tb, c + tb, zone ? kh + tb : kh, zone ? kc + tb : kc,
@@ -1040,15 +1052,15 @@ std::vector<Tensor> lstmp_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_
   const bool* mk = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   for (int64_t t = T - 1; t >= 0; --t) {
     AT_DISPATCH_FLOATING_TYPES(cache.scalar_type(), "lstmp_backward_h", [&] {
-      const scalar_t* go = incoming.data<scalar_t>() + incoming.step(t);
       const scalar_t* d = dh.data_ptr<scalar_t>();
       scalar_t* g = grad_h.data_ptr<scalar_t>() + t * B * P;
       scalar_t* keep = direct.data_ptr<scalar_t>();
       for (int64_t b = 0; b < B; ++b) {  // valid rows reach h' (then W_hr), others h_{t-1}
         const bool on = valid(mk, t, B, b);
-        for (int64_t j = b * P; j < (b + 1) * P; ++j) {
-          g[j] = on ? d[j] + go[j] : scalar_t(0);
-          keep[j] = on ? scalar_t(0) : d[j] + go[j];
+        const scalar_t* go = incoming.row<scalar_t>(t, b);
+        for (int64_t j = 0, o = b * P; j < P; ++j) {
+          g[o + j] = on ? d[o + j] + go[j] : scalar_t(0);
+          keep[o + j] = on ? scalar_t(0) : d[o + j] + go[j];
         }
       }
     });
@@ -1139,14 +1151,14 @@ std::vector<Tensor> ln_lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor gra
     const LnParams<scalar_t> p{params[0].data_ptr<scalar_t>(), params[1].data_ptr<scalar_t>(),
                                params[2].data_ptr<scalar_t>(), params[3].data_ptr<scalar_t>()};
     const int64_t BH = B * H;
-    const scalar_t *go_all = incoming.data<scalar_t>(), *c = cells.data_ptr<scalar_t>();
+    const scalar_t* c = cells.data_ptr<scalar_t>();
     const scalar_t *cch = cache.data_ptr<scalar_t>(), *st = stats.data_ptr<scalar_t>();
     scalar_t *dcp = dc.data_ptr<scalar_t>(), *dn = grad_norm.data_ptr<scalar_t>();
     scalar_t *dg = grad_gx.data_ptr<scalar_t>(), *dr = grad_raw.data_ptr<scalar_t>();
     scalar_t* sums = partial.data_ptr<scalar_t>();
     auto row = [&](int64_t t, int64_t b, Units, const scalar_t* d, scalar_t* keep) {
       const int64_t o = b * H, tb = t * BH + o;
-      const scalar_t* go = go_all + incoming.step(t) + o;
+      const scalar_t* go = incoming.row<scalar_t>(t, b);
       if (!valid(m, t, B, b)) {  // past the end: the state passed through unchanged
         for (int64_t j = 0; j < H; ++j) keep[o + j] = d[o + j] + go[j];
         std::fill(dg + 4 * tb, dg + 4 * (tb + H), scalar_t(0));
@@ -1209,11 +1221,10 @@ std::vector<Tensor> elman_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh,
   AT_DISPATCH_FLOATING_TYPES(states.scalar_type(), "elman_backward", [&] {
     const scalar_t* y = states.data_ptr<scalar_t>() + B * H;  // y[t]: h_t
     scalar_t* dp = grad_pre.data_ptr<scalar_t>();
-    const scalar_t* go = incoming.data<scalar_t>();
     with_nonlinearity(nonlinearity, [&](auto nl) {
       auto row = [&](int64_t t, int64_t b, Units u, const scalar_t* d, scalar_t* keep) {
         const int64_t o = b * H, tb = t * B * H + o;
-        const scalar_t* go_b = go + incoming.step(t) + o;
+        const scalar_t* go_b = incoming.row<scalar_t>(t, b);
         if (valid(m, t, B, b)) {
           elman_backward_row<decltype(nl)::value>(d + o, go_b, y + tb, dp + tb, u);
           std::fill(keep + o + u.begin, keep + o + u.end, scalar_t(0));
