@@ -145,6 +145,48 @@ def test_cpp_reads_broadcast_output_gradients(name, dtype, lengths, loss):
         assert (a - b).abs().max() <= tolerance * b.abs().max().clamp_min(1)
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: rnnkit.GRU(8, 24, impl="bptt"),
+        lambda: rnnkit.RNN(8, 24, impl="bptt"),
+        lambda: rnnkit.LSTM(8, 24, impl="bptt"),
+        lambda: rnnkit.LSTM(8, 24, proj_size=5, impl="bptt"),
+        lambda: rnnkit.LSTM(8, 24, layer_norm=True),
+    ],
+    ids=["gru", "rnn", "lstm", "projected-lstm", "ln-lstm"],
+)
+def test_cpp_outputs_are_their_own_tensors(make):
+    """Without autograd (or nothing to record) the outputs are the loop's buffer itself (no
+    copy), yet an in-place op on them changes neither the final state nor an earlier call's
+    outputs, and is allowed; with autograd an in-place op on the outputs leaves the backward's
+    saved states intact."""
+    torch.manual_seed(0)
+    layer = make()
+    x = torch.randn(9, 4, 8, requires_grad=True)
+    with torch.no_grad():
+        out, state = layer(x)
+        expected_out, expected_state = out.clone(), [s.clone() for s in _flat(state)]
+        out.add_(1)
+        assert all(torch.equal(s, e) for s, e in zip(_flat(state), expected_state, strict=True))
+        layer(torch.randn(9, 4, 8))  # may reuse freed buffers, not the one `out` holds
+        assert torch.equal(out, expected_out + 1)
+    out, _ = layer.requires_grad_(False)(x.detach())  # autograd on, nothing to record
+    out.add_(1)
+    layer.requires_grad_(True)
+    grads = []
+    for in_place in (True, False):
+        out, _ = layer(x)
+        out = out.mul_(2) if in_place else out * 2
+        grads.append(torch.autograd.grad((out**2).sum(), [x, *layer.parameters()]))
+    for a, b in zip(*grads, strict=True):
+        assert torch.equal(a, b)
+
+
+def _flat(state) -> list[torch.Tensor]:
+    return list(state) if isinstance(state, tuple) else [state]
+
+
 def test_cpp_lstm_gradcheck_with_noise():
     """The LSTM loop's backward, with a recurrent mask, zoneout keeps and ragged lengths."""
     torch.manual_seed(0)
@@ -158,7 +200,9 @@ def test_cpp_lstm_gradcheck_with_noise():
     keep_h, keep_c = ((torch.rand(T, B, H) < 0.3).double() for _ in range(2))
 
     def run(gx, weight, bias, h0, c0):
-        return fused._FusedLSTM.apply(gx, weight, bias, h0, c0, mask, rec, keep_h, keep_c, None)
+        return fused._FusedLSTM.apply(
+            True, gx, weight, bias, h0, c0, mask, rec, keep_h, keep_c, None
+        )
 
     assert torch.autograd.gradcheck(run, (gx, weight, bias, h0, c0))
 
@@ -175,7 +219,7 @@ def test_cpp_peephole_lstm_gradcheck():
     mask = (torch.arange(T)[:, None] < torch.tensor([5, 2, 4])[None, :]).unsqueeze(-1)
 
     def run(gx, weight, bias, h0, c0, peep):
-        return fused._FusedLSTM.apply(gx, weight, bias, h0, c0, mask, None, None, None, peep)
+        return fused._FusedLSTM.apply(True, gx, weight, bias, h0, c0, mask, None, None, None, peep)
 
     assert torch.autograd.gradcheck(run, (*inputs, randn(3 * H)))
 
@@ -193,7 +237,7 @@ def test_cpp_projected_lstm_gradcheck():
     mask = (torch.arange(T)[:, None] < torch.tensor([5, 2, 4])[None, :]).unsqueeze(-1)
 
     def run(gx, weight_hh, bias, weight_hr, h0, c0):
-        return fused._FusedProjectedLSTM.apply(gx, weight_hh, bias, weight_hr, h0, c0, mask)
+        return fused._FusedProjectedLSTM.apply(True, gx, weight_hh, bias, weight_hr, h0, c0, mask)
 
     assert torch.autograd.gradcheck(run, (*inputs, randn(B, H)))
 
@@ -230,7 +274,7 @@ def test_cpp_layer_norm_lstm_gradcheck():
     mask = (torch.arange(T)[:, None] < torch.tensor([5, 2, 4])[None, :]).unsqueeze(-1)
 
     def run(gx, weight, h0, c0, *params):
-        return fused._FusedLayerNormLSTM.apply(gx, weight, h0, c0, mask, *params)
+        return fused._FusedLayerNormLSTM.apply(True, gx, weight, h0, c0, mask, *params)
 
     assert torch.autograd.gradcheck(run, (*inputs, *params))
 
@@ -295,7 +339,7 @@ def test_cpp_layer_norm_gru_gradcheck():
     mask = (torch.arange(T)[:, None] < torch.tensor([5, 2, 4])[None, :]).unsqueeze(-1)
 
     def run(gx, weight, h0, *params):
-        return fused._FusedLoop.apply(3, gx, weight, None, h0, mask, *params)
+        return fused._FusedLoop.apply(True, 3, gx, weight, None, h0, mask, *params)
 
     assert torch.autograd.gradcheck(run, inputs)
 

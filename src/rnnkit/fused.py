@@ -240,21 +240,36 @@ def run_fused(
 ) -> tuple[Tensor, tuple[Tensor, ...]]:  # fmt: skip
     """As `rnnkit.recurrence.run_cell` for a cell that `supports`: (output (T, B, H), final
     state)."""
+    inputs = (gx, weight_hh, bias_hh, *state0, *params)
+    recording = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     if isinstance(cell, LayerNormLSTMCell):
-        output, h_n, c_n = _FusedLayerNormLSTM.apply(gx, weight_hh, *state0, mask, *params)
+        output, h_n, c_n = _FusedLayerNormLSTM.apply(recording, gx, weight_hh, *state0, mask,
+                                                     *params)  # fmt: skip
         return output, (h_n, c_n)
     if isinstance(cell, ProjectedLSTMCell):  # params: (weight_hr,)
-        output, h_n, c_n = _FusedProjectedLSTM.apply(gx, weight_hh, bias_hh, *params, *state0, mask)
+        output, h_n, c_n = _FusedProjectedLSTM.apply(recording, gx, weight_hh, bias_hh, *params,
+                                                     *state0, mask)  # fmt: skip
         return output, (h_n, c_n)
     if isinstance(cell, LSTMCell):  # plain or peephole (params: w_ic, w_fc, w_oc)
         keeps = _zoneout_keeps(zoneout, gx.shape[0], state0[0])
         peephole = torch.cat(params) if params else None
-        output, h_n, c_n = _FusedLSTM.apply(gx, weight_hh, bias_hh, *state0, mask,
+        output, h_n, c_n = _FusedLSTM.apply(recording, gx, weight_hh, bias_hh, *state0, mask,
                                             recurrent_mask, *keeps, peephole)  # fmt: skip
         return output, (h_n, c_n)
     code = 3 if isinstance(cell, GRUCell) else _NONLINEARITY[cell.nonlinearity]
-    output, h_n = _FusedLoop.apply(code, gx, weight_hh, bias_hh, state0[0], mask, *params)
+    output, h_n = _FusedLoop.apply(recording, code, gx, weight_hh, bias_hh, state0[0], mask,
+                                   *params)  # fmt: skip
     return output, (h_n,)
+
+
+def _outputs(states: Tensor, mask: Tensor | None, recording: bool) -> Tensor:
+    """A loop's outputs (T, B, H), h_1 .. h_T of states (T + 1, B, H), zero past each sequence's
+    end (mask (T, B, 1)): a tensor of their own when autograd keeps states for the backward (an
+    in-place op on the outputs must not change what the backward reads), else a view of states
+    (no copy: inference)."""
+    if mask is not None:
+        return states[1:] * mask
+    return states[1:].clone() if recording else states[1:]
 
 
 def step_code(cells: list[Cell]) -> int | None:
@@ -307,7 +322,9 @@ class _FusedLSTM(torch.autograd.Function):
     weights (3H: w_ic | w_fc | w_oc) may be None."""
 
     @staticmethod
-    def forward(ctx, gx, weight_hh, bias_hh, h0, c0, mask, recurrent_mask, keep_h, keep_c, peep):
+    def forward(
+        ctx, recording, gx, weight_hh, bias_hh, h0, c0, mask, recurrent_mask, keep_h, keep_c, peep
+    ):
         ext = extension()
         flat_mask = mask.squeeze(-1).contiguous() if mask is not None else _EMPTY_MASK
         rec = recurrent_mask if recurrent_mask is not None else _EMPTY
@@ -316,7 +333,7 @@ class _FusedLSTM(torch.autograd.Function):
         peep = peep if peep is not None else _EMPTY
         states, cells, cache = ext.lstm_forward(gx, weight_hh, bias, h0, c0, flat_mask, rec,
                                                 *keeps, peep)  # fmt: skip
-        output = states[1:] * mask if mask is not None else states[1:].clone()
+        output = _outputs(states, mask, recording)
         ctx.has_bias = bias_hh is not None
         ctx.save_for_backward(weight_hh, states, cells, cache, flat_mask, rec, *keeps, peep)
         return output, states[-1].clone(), cells[-1].clone()
@@ -342,20 +359,20 @@ class _FusedLSTM(torch.autograd.Function):
             seen = (cells[:-1], cells[:-1], cells[1:])
             grad_peep = torch.cat([(d * c).sum((0, 1)) for d, c in zip((d_i, d_f, d_o), seen)])
         grads = (grad_pre, grad_weight_hh, grad_bias_hh, grad_h0, grad_c0)
-        return *grads, None, None, None, None, grad_peep
+        return None, *grads, None, None, None, None, grad_peep
 
 
 class _FusedProjectedLSTM(torch.autograd.Function):
     """The LSTMP loop: weight_hh (4H, P), weight_hr (P, H), h0 (B, P), c0 (B, H)."""
 
     @staticmethod
-    def forward(ctx, gx, weight_hh, bias_hh, weight_hr, h0, c0, mask):
+    def forward(ctx, recording, gx, weight_hh, bias_hh, weight_hr, h0, c0, mask):
         flat_mask = mask.squeeze(-1).contiguous() if mask is not None else _EMPTY_MASK
         bias = bias_hh if bias_hh is not None else _EMPTY
         states, cells, cache = extension().lstmp_forward(
             gx, weight_hh, bias, weight_hr, h0, c0, flat_mask
         )
-        output = states[1:] * mask if mask is not None else states[1:].clone()
+        output = _outputs(states, mask, recording)
         ctx.has_bias = bias_hh is not None
         ctx.save_for_backward(weight_hh, weight_hr, states, cells, cache, flat_mask)
         return output, states[-1].clone(), cells[-1].clone()
@@ -375,19 +392,20 @@ class _FusedProjectedLSTM(torch.autograd.Function):
         flat = grad_pre.view(T * B, -1)
         grad_weight_hh = matmul(flat.t(), states[:-1].reshape(T * B, P))
         grad_bias_hh = flat.sum(0) if ctx.has_bias else None
-        return grad_pre, grad_weight_hh, grad_bias_hh, grad_weight_hr, grad_h0, grad_c0, None
+        grads = (grad_pre, grad_weight_hh, grad_bias_hh, grad_weight_hr, grad_h0, grad_c0)
+        return None, *grads, None
 
 
 class _FusedLayerNormLSTM(torch.autograd.Function):
     """The LN-LSTM loop; params ln_weight_hh, bias_hh (4H), ln_weight_c, ln_bias_c (H)."""
 
     @staticmethod
-    def forward(ctx, gx, weight_hh, h0, c0, mask, *params):
+    def forward(ctx, recording, gx, weight_hh, h0, c0, mask, *params):
         flat_mask = mask.squeeze(-1).contiguous() if mask is not None else _EMPTY_MASK
         states, cells, cache, stats = extension().ln_lstm_forward(
             gx, weight_hh, h0, c0, flat_mask, list(params)
         )
-        output = states[1:] * mask if mask is not None else states[1:].clone()
+        output = _outputs(states, mask, recording)
         ctx.save_for_backward(weight_hh, states, cells, cache, stats, flat_mask, *params)
         return output, states[-1].clone(), cells[-1].clone()
 
@@ -404,7 +422,7 @@ class _FusedLayerNormLSTM(torch.autograd.Function):
         )
         grad_weight_hh = matmul(grad_raw.view(T * B, -1).t(), states[:-1].reshape(T * B, H))
         grad_params = gains.split([4 * H, 4 * H, H, H])  # gathered in the C++ pass
-        return grad_gx, grad_weight_hh, grad_h0, grad_c0, None, *grad_params
+        return None, grad_gx, grad_weight_hh, grad_h0, grad_c0, None, *grad_params
 
 
 class _FusedLoop(torch.autograd.Function):
@@ -412,7 +430,7 @@ class _FusedLoop(torch.autograd.Function):
     bias_hh is then None); 0, 1, 2: Elman with tanh, relu, sigmoid."""
 
     @staticmethod
-    def forward(ctx, code, gx, weight_hh, bias_hh, h0, mask, *params):
+    def forward(ctx, recording, code, gx, weight_hh, bias_hh, h0, mask, *params):
         ext = extension()
         flat_mask = mask.squeeze(-1).contiguous() if mask is not None else _EMPTY_MASK
         bias = bias_hh if bias_hh is not None else _EMPTY
@@ -421,7 +439,7 @@ class _FusedLoop(torch.autograd.Function):
         else:
             states = ext.elman_forward(gx, weight_hh, bias, h0, flat_mask, code)
             cache, stats = None, None
-        output = states[1:] * mask if mask is not None else states[1:].clone()
+        output = _outputs(states, mask, recording)
         ctx.code, ctx.has_bias = code, bias_hh is not None
         ctx.save_for_backward(weight_hh, states, cache, stats, flat_mask, *params)
         return output, states[-1].clone()
@@ -449,7 +467,7 @@ class _FusedLoop(torch.autograd.Function):
         grad_params = ()
         if params:  # the normalisation's gain and shift
             grad_params = ((grad_gh * cache[..., 4 * H :]).sum((0, 1)), flat_gh.sum(0))
-        return None, grad_gx, grad_weight_hh, grad_bias_hh, grad_h0, None, *grad_params
+        return None, None, grad_gx, grad_weight_hh, grad_bias_hh, grad_h0, None, *grad_params
 
 
 _EMPTY_MASK = torch.empty(0, dtype=torch.bool)
