@@ -101,6 +101,37 @@ def test_layer_passes_gradcheck_with_lengths_and_both_directions(cls):
     assert torch.autograd.gradcheck(run, (x, *weights))
 
 
+@pytest.mark.parametrize(
+    "cell,folded",
+    [
+        (rnnkit.ElmanCell(3, 4), True),
+        (rnnkit.LSTMCell(3, 4), True),
+        (PeepholeLSTMCell(3, 4), True),
+        (rnnkit.ProjectedLSTMCell(3, 4, 2), True),
+        (rnnkit.GRUCell(3, 4), False),  # r multiplies b_hn, not b_in
+        (rnnkit.LSTMCell(3, 4, bias=False), False),
+    ],
+    ids=["elman", "lstm", "peephole", "projected", "gru", "no-bias"],
+)
+def test_engine_inputs_add_the_biases_where_only_their_sum_acts(cell, folded):
+    """Where the step reads gx + gh only, gx leaves bias_ih out and the engine's bias is
+    bias_ih + bias_hh (added once a step; one gradient sum for both); else each where it is."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    cell = cell.double()
+    weights = cell.named_weights()
+    gx, _, bias, _ = cell.engine_inputs(x, weights)
+    plain = x @ weights["weight_ih"].t()
+    if folded:
+        assert torch.equal(bias, weights["bias_ih"] + weights["bias_hh"])
+        assert torch.allclose(gx, plain, rtol=0, atol=1e-14)
+    elif cell.bias:
+        assert bias is weights["bias_hh"]
+        assert torch.allclose(gx, plain + weights["bias_ih"], rtol=0, atol=1e-14)
+    else:
+        assert bias is None
+
+
 def test_default_init_matches_torch_bounds():
     cell = rnnkit.GRUCell(I, 100)
     bound = 1 / 100**0.5

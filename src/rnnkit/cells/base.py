@@ -4,7 +4,8 @@ Shapes: B batch, I input size, H hidden size, G number of gate blocks (1 Elman, 
 
 A cell never computes its input projection inside the time loop: the engine
 (`rnnkit.recurrence`) asks the cell for its ``engine_inputs`` (by default
-``gx = x @ weight_ih.T + bias_ih`` for all time steps in one matrix product), computes
+``gx = x @ weight_ih.T + bias_ih`` for all time steps in one matrix product, or ``x @ weight_ih.T``
+with ``bias_ih`` moved into the step's bias where only the sum of the two biases acts), computes
 ``gh = h @ weight_hh.T + bias_hh`` each step, and leaves the cell only the pointwise math:
 
 - ``step(gx, gh, state, params) -> (new_state, cache)``
@@ -48,6 +49,8 @@ class Cell(nn.Module):
     num_gates: int = 1
     num_states: int = 1
     extra_parameters: tuple[str, ...] = ()  # beyond weight_ih, weight_hh, bias_ih, bias_hh
+    # The step reads gx + gh only, so bias_ih and bias_hh act through their sum (GRU: no)
+    biases_add: bool = True
 
     def __init__(
         self,
@@ -126,11 +129,16 @@ class Cell(nn.Module):
 
         Returns gx (T, B, G*H) for all steps (here one matrix product; autograd differentiates
         it), weight_hh (G*H, size of h), bias_hh (G*H,) or None, and the ``params`` of ``step``.
+        Where the biases act through their sum (`biases_add`), gx leaves bias_ih out and the
+        returned bias_hh is bias_ih + bias_hh: added once a step with the recurrent product, not
+        over all of gx first, and one sum over the steps' gradients serves both biases.
         """
         from rnnkit.fused import linear  # here: rnnkit.fused imports the cells
 
-        gx = linear(x, weights["weight_ih"], weights["bias_ih"])
-        return gx, weights["weight_hh"], weights["bias_hh"], ()
+        b_ih, b_hh = weights["bias_ih"], weights["bias_hh"]
+        if self.biases_add and b_ih is not None and b_hh is not None:
+            return linear(x, weights["weight_ih"]), weights["weight_hh"], b_ih + b_hh, ()
+        return linear(x, weights["weight_ih"], b_ih), weights["weight_hh"], b_hh, ()
 
     def step(self, gx: Tensor, gh: Tensor, state: State, params: tuple = ()) -> tuple[State, tuple]:
         """One time step from the projections gx, gh (B, G*H) and the state; see module doc."""
