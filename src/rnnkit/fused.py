@@ -346,13 +346,22 @@ class _FusedLSTM(torch.autograd.Function):
         grad_output, (grad_h_n, grad_c_n) = _incoming(
             grad_output, (grad_h_n, grad_c_n), flat_mask, states
         )
-        grad_pre, grad_h0, grad_c0 = extension().lstm_backward(
-            grad_output, grad_h_n, grad_c_n, weight_hh, cells, cache, flat_mask, rec, *keeps, peep
+        grad_pre, grad_h0, grad_c0, grad_bias_hh = extension().lstm_backward(
+            grad_output,
+            grad_h_n,
+            grad_c_n,
+            weight_hh,
+            cells,
+            cache,
+            flat_mask,
+            rec,
+            *keeps,
+            peep,
+            ctx.has_bias,
         )
         h_in = states[:-1] * rec if rec.numel() else states[:-1]
         flat = grad_pre.view(T * B, -1)
         grad_weight_hh = matmul(flat.t(), h_in.reshape(T * B, H))
-        grad_bias_hh = flat.sum(0) if ctx.has_bias else None
         grad_peep = None
         if peep.numel():  # d_i, d_f against c_{t-1}; d_o against c_t
             d_i, d_f, _, d_o = grad_pre.chunk(4, dim=-1)
@@ -452,20 +461,27 @@ class _FusedLoop(torch.autograd.Function):
         T, B, H = states.shape[0] - 1, states.shape[1], states.shape[2]
         grad_output, (grad_h_n,) = _incoming(grad_output, (grad_h_n,), flat_mask, states)
         if ctx.code == 3:
-            grad_gx, grad_gh, grad_raw, grad_h0 = ext.gru_backward(
-                grad_output, grad_h_n, weight_hh, states, cache, stats, flat_mask, params
+            grad_gx, grad_gh, grad_raw, grad_h0, grad_bias_hh = ext.gru_backward(
+                grad_output,
+                grad_h_n,
+                weight_hh,
+                states,
+                cache,
+                stats,
+                flat_mask,
+                params,
+                ctx.has_bias,
             )
         else:
-            grad_gx, grad_h0 = ext.elman_backward(
-                grad_output, grad_h_n, weight_hh, states, flat_mask, ctx.code
+            grad_gx, grad_h0, grad_bias_hh = ext.elman_backward(
+                grad_output, grad_h_n, weight_hh, states, flat_mask, ctx.code, ctx.has_bias
             )
             grad_gh = grad_raw = grad_gx
-        flat_gh = grad_gh.view(T * B, -1)
         through = grad_raw if params else grad_gh  # what multiplied W_hh h_{t-1}
         grad_weight_hh = matmul(through.view(T * B, -1).t(), states[:-1].reshape(T * B, H))
-        grad_bias_hh = flat_gh.sum(0) if ctx.has_bias else None
         grad_params = ()
         if params:  # the normalisation's gain and shift
+            flat_gh = grad_gh.view(T * B, -1)
             grad_params = ((grad_gh * cache[..., 4 * H :]).sum((0, 1)), flat_gh.sum(0))
         return None, None, grad_gx, grad_weight_hh, grad_bias_hh, grad_h0, None, *grad_params
 
