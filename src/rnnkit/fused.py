@@ -265,11 +265,17 @@ def run_fused(
 def _outputs(states: Tensor, mask: Tensor | None, recording: bool) -> Tensor:
     """A loop's outputs (T, B, H), h_1 .. h_T of states (T + 1, B, H), zero past each sequence's
     end (mask (T, B, 1)): a tensor of their own when autograd keeps states for the backward (an
-    in-place op on the outputs must not change what the backward reads), else a view of states
-    (no copy: inference)."""
+    in-place op on the outputs must not change what the backward reads), else states' memory
+    itself (no copy: inference), as a plain tensor rather than a view: autograd refuses in-place
+    ops with operands that need gradients on views made inside a custom Function's forward
+    (a frozen encoder's outputs, reentrant checkpointing's first pass)."""
     if mask is not None:
         return states[1:] * mask
-    return states[1:].clone() if recording else states[1:]
+    if recording:
+        return states[1:].clone()
+    view = states[1:]
+    alias = view.new_empty(0)
+    return alias.set_(view.untyped_storage(), view.storage_offset(), view.shape, view.stride())
 
 
 def step_code(cells: list[Cell]) -> int | None:

@@ -11,6 +11,9 @@ Forward, for one direction of one layer:
         gh_t = h_{t-1} @ W_hh^T + b_hh
         state_t = cell.step(gx_t, gh_t, state_{t-1})
 
+(For a cell with ``biases_add``, `Cell.engine_inputs` gives gx = x @ W_ih^T and b_ih + b_hh in
+the place of b_hh.)
+
 Backward walks the steps in reverse: at step t the gradient reaching ``h_t`` is the output's
 gradient plus what step t+1 sent back; ``cell.step_backward`` turns it into gradients of the
 step's pre-activations, and ``dgh_t @ W_hh`` carries it to ``h_{t-1}``. The shared weights get the

@@ -49,8 +49,10 @@ class Cell(nn.Module):
     num_gates: int = 1
     num_states: int = 1
     extra_parameters: tuple[str, ...] = ()  # beyond weight_ih, weight_hh, bias_ih, bias_hh
-    # The step reads gx + gh only, so bias_ih and bias_hh act through their sum (GRU: no)
-    biases_add: bool = True
+    # True where the step reads gx + gh only, so that bias_ih and bias_hh act through their sum
+    # (`engine_inputs` then adds them once); a new cell keeps each bias where it is unless it
+    # says so
+    biases_add: bool = False
 
     def __init__(
         self,

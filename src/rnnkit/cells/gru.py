@@ -21,7 +21,6 @@ class GRUCell(Cell):
 
     num_gates = 3
     num_states = 1
-    biases_add = False  # b_hn is multiplied by r
 
     def step(self, gx: Tensor, gh: Tensor, state: State, params: tuple = ()) -> tuple[State, tuple]:
         (h,) = state

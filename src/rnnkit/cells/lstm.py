@@ -26,6 +26,7 @@ class LSTMCell(Cell):
 
     num_gates = 4
     num_states = 2
+    biases_add = True  # the step reads gx + gh (so do the peephole and projected cells)
 
     def __init__(
         self,

@@ -468,8 +468,9 @@ void set_pooled(bool on) {
 // Bytes of free blocks the pool keeps (what `set_pooled(false)` would free).
 int64_t pooled_bytes() { return static_cast<int64_t>(pool().pooled()); }
 
-// at::empty, from the pool when big (such a tensor's storage cannot be resized in place; nothing
-// resizes the loops' outputs).
+// at::empty, from the pool when big (such a tensor's storage cannot grow in place: a user holds
+// one only as the outputs of a loop run without autograd, which `_outputs` in fused.py hands
+// over without a copy; resize_ beyond their size raises there).
 Tensor buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
   const size_t bytes = c10::multiply_integers(sizes) * options.dtype().itemsize();
   if (!g_pooled || bytes < kPoolFrom || bytes > kPoolLimit) return at::empty(sizes, options);
@@ -746,8 +747,9 @@ void forward_loop(const Tensor& states, const Tensor& w_hh, const Tensor& b_hh,
 // * rec_mask (may be empty). dh holds dL/dh_T; returns dL/dh_0. whole_rows as in forward_loop
 // (a second barrier after the product: the next rows read every unit of dL/dh_{t-1}).
 // bias_grad, if defined ((G * H,)), receives the sum of grad_pre over the steps and rows (the
-// gradient of b_hh), each row added in while the row pass has it in cache: a separate sum over
-// dim 0 ran at 6-8 GB/s here, 1.3 ms of a GRU's backward at (32, 100, 128, 256).
+// gradient of b_hh): on the team loops each thread adds its rows in while its row pass has them
+// in cache (a separate sum over dim 0 ran at 6-8 GB/s here, 1.3 ms of a GRU's backward at
+// (32, 100, 128, 256)); elsewhere (float64, RNNKIT_GEMM=aten) after each step's rows.
 // acc (G * H) += the units u of each gate block of rows [begin, end) of a (., G * H) array.
 template <typename S>
 void add_rows(double* acc, const S* rows, int64_t begin, int64_t end, int64_t G, int64_t H,
@@ -881,7 +883,7 @@ std::vector<Tensor> gru_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0, 
 // GRU backward: grad_out (T, B, H) of the outputs h_t (masked by the caller) or empty, grad_hn
 // (B, H), ln as in `gru_forward` -> {grad_gx, grad_gh (each T, B, 3H), grad_raw (T, B, 3H): the
 // gradient of the recurrent product before the normalisation (empty without it), grad_h0,
-// grad_b_hh (3H: grad_gh summed; empty unless `bias`, without ln)}.
+// grad_b_hh (3H: grad_gh summed; undefined (None) unless `bias`, without ln)}.
 std::vector<Tensor> gru_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh, Tensor states,
                                  Tensor cache, Tensor stats, Tensor mask, std::vector<Tensor> ln,
                                  bool bias) {
@@ -975,7 +977,7 @@ std::vector<Tensor> lstm_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0,
 
 // LSTM backward: grad_out (T, B, H) of the outputs h_t (masked by the caller) or empty, grad_hn
 // and grad_cn (B, H) -> {grad_pre (T, B, 4H) (both grad_gx and grad_gh), grad_h0, grad_c0,
-// grad_b_hh (4H: grad_pre summed; empty unless `bias`)}.
+// grad_b_hh (4H: grad_pre summed; undefined (None) unless `bias`)}.
 std::vector<Tensor> lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor w_hh,
                                   Tensor cells, Tensor cache, Tensor mask, Tensor rec_mask,
                                   Tensor keep_h, Tensor keep_c, Tensor peephole, bool bias) {
@@ -1247,7 +1249,7 @@ Tensor elman_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0, Tensor mask
 }
 
 // Elman backward -> {grad_pre (T, B, H) (both grad_gx and grad_gh), grad_h0 (B, H), grad_b_hh
-// (H: grad_pre summed; empty unless `bias`)}.
+// (H: grad_pre summed; undefined (None) unless `bias`)}.
 std::vector<Tensor> elman_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh, Tensor states,
                                    Tensor mask, int64_t nonlinearity, bool bias) {
   const int64_t T = states.size(0) - 1, B = states.size(1), H = states.size(2);
