@@ -776,8 +776,13 @@ Tensor backward_loop(const Tensor& grad_pre, const Tensor& w_hh, const Tensor& r
                      : Tensor();
   double* sums = bias_grad.defined() ? partial.data_ptr<double>() : nullptr;
   const S* all = grad_pre.data_ptr<S>();
-  auto finish = [&](const Tensor& result) {
-    if (sums) bias_grad.copy_(partial.sum(0));
+  auto finish = [&](const Tensor& result) {  // bias_grad = the threads' sums, added in order
+    S* out = sums ? bias_grad.data_ptr<S>() : nullptr;
+    for (int64_t j = 0; sums && j < G * H; ++j) {
+      double total = 0;
+      for (int64_t k = 0; k < partial.size(0); ++k) total += sums[k * G * H + j];
+      out[j] = static_cast<S>(total);
+    }
     return result;
   };
   if constexpr (std::is_same_v<S, float>) {
