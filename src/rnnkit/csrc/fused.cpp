@@ -741,15 +741,6 @@ void forward_loop(const Tensor& states, const Tensor& w_hh, const Tensor& b_hh,
   }
 }
 
-// For t = T-1 .. 0: row(t, b, units, d, keep) for every row b writes the step's gradients of
-// the pre-activations, grad_pre[t] (B, G * H), and keep (B, H), the share of dL/dh_{t-1} that
-// bypasses the product, from d = dL/dh_t (B, H); then dL/dh_{t-1} = keep + (grad_pre[t] @ W_hh)
-// * rec_mask (may be empty). dh holds dL/dh_T; returns dL/dh_0. whole_rows as in forward_loop
-// (a second barrier after the product: the next rows read every unit of dL/dh_{t-1}).
-// bias_grad, if defined ((G * H,)), receives the sum of grad_pre over the steps and rows (the
-// gradient of b_hh): on the team loops each thread adds its rows in while its row pass has them
-// in cache (a separate sum over dim 0 ran at 6-8 GB/s here, 1.3 ms of a GRU's backward at
-// (32, 100, 128, 256)); elsewhere (float64, RNNKIT_GEMM=aten) after each step's rows.
 // acc (G * H) += the units u of each gate block of rows [begin, end) of a (., G * H) array.
 template <typename S>
 void add_rows(double* acc, const S* rows, int64_t begin, int64_t end, int64_t G, int64_t H,
@@ -763,6 +754,15 @@ void add_rows(double* acc, const S* rows, int64_t begin, int64_t end, int64_t G,
   }
 }
 
+// For t = T-1 .. 0: row(t, b, units, d, keep) for every row b writes the step's gradients of
+// the pre-activations, grad_pre[t] (B, G * H), and keep (B, H), the share of dL/dh_{t-1} that
+// bypasses the product, from d = dL/dh_t (B, H); then dL/dh_{t-1} = keep + (grad_pre[t] @ W_hh)
+// * rec_mask (may be empty). dh holds dL/dh_T; returns dL/dh_0. whole_rows as in forward_loop
+// (a second barrier after the product: the next rows read every unit of dL/dh_{t-1}).
+// bias_grad, if defined ((G * H,)), receives the sum of grad_pre over the steps and rows (the
+// gradient of b_hh): on the team loops each thread adds its rows in while its row pass has them
+// in cache (a separate sum over dim 0 ran at 6-8 GB/s here, 1.3 ms of a GRU's backward at
+// (32, 100, 128, 256)); elsewhere (float64, RNNKIT_GEMM=aten) after each step's rows.
 template <typename S, typename Row>
 Tensor backward_loop(const Tensor& grad_pre, const Tensor& w_hh, const Tensor& rec_mask,
                      Tensor dh, bool whole_rows, const Row& row, Tensor bias_grad = Tensor()) {
