@@ -353,18 +353,8 @@ class _FusedLSTM(torch.autograd.Function):
             grad_output, (grad_h_n, grad_c_n), flat_mask, states
         )
         grad_pre, grad_h0, grad_c0, grad_bias_hh = extension().lstm_backward(
-            grad_output,
-            grad_h_n,
-            grad_c_n,
-            weight_hh,
-            cells,
-            cache,
-            flat_mask,
-            rec,
-            *keeps,
-            peep,
-            ctx.has_bias,
-        )
+            grad_output, grad_h_n, grad_c_n, weight_hh, cells, cache, flat_mask, rec, *keeps,
+            peep, ctx.has_bias)  # fmt: skip
         h_in = states[:-1] * rec if rec.numel() else states[:-1]
         flat = grad_pre.view(T * B, -1)
         grad_weight_hh = matmul(flat.t(), h_in.reshape(T * B, H))
@@ -468,16 +458,8 @@ class _FusedLoop(torch.autograd.Function):
         grad_output, (grad_h_n,) = _incoming(grad_output, (grad_h_n,), flat_mask, states)
         if ctx.code == 3:
             grad_gx, grad_gh, grad_raw, grad_h0, grad_bias_hh = ext.gru_backward(
-                grad_output,
-                grad_h_n,
-                weight_hh,
-                states,
-                cache,
-                stats,
-                flat_mask,
-                params,
-                ctx.has_bias,
-            )
+                grad_output, grad_h_n, weight_hh, states, cache, stats, flat_mask, params,
+                ctx.has_bias)  # fmt: skip
         else:
             grad_gx, grad_h0, grad_bias_hh = ext.elman_backward(
                 grad_output, grad_h_n, weight_hh, states, flat_mask, ctx.code, ctx.has_bias
