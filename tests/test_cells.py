@@ -108,26 +108,29 @@ def test_layer_passes_gradcheck_with_lengths_and_both_directions(cls):
         (rnnkit.LSTMCell(3, 4), True),
         (PeepholeLSTMCell(3, 4), True),
         (rnnkit.ProjectedLSTMCell(3, 4, 2), True),
-        (rnnkit.GRUCell(3, 4), False),  # r multiplies b_hn, not b_in
+        (rnnkit.GRUCell(3, 4), False),  # r multiplies b_hn, not b_in: b_ih a step parameter
+        (rnnkit.GRUCell(3, 4, bias=False), False),
         (rnnkit.LSTMCell(3, 4, bias=False), False),
     ],
-    ids=["elman", "lstm", "peephole", "projected", "gru", "no-bias"],
+    ids=["elman", "lstm", "peephole", "projected", "gru", "gru-no-bias", "no-bias"],
 )
 def test_engine_inputs_add_the_biases_where_only_their_sum_acts(cell, folded):
     """Where the step reads gx + gh only, gx leaves bias_ih out and the engine's bias is
-    bias_ih + bias_hh (added once a step; one gradient sum for both); else each where it is."""
+    bias_ih + bias_hh (added once a step; one gradient sum for both); the GRU's gx leaves it
+    out too, and its step adds it (a parameter of the step)."""
     torch.manual_seed(0)
     x = torch.randn(5, 2, 3, dtype=torch.float64)
     cell = cell.double()
     weights = cell.named_weights()
-    gx, _, bias, _ = cell.engine_inputs(x, weights)
+    gx, _, bias, params = cell.engine_inputs(x, weights)
     plain = x @ weights["weight_ih"].t()
     if folded:
         assert torch.equal(bias, weights["bias_ih"] + weights["bias_hh"])
         assert torch.allclose(gx, plain, rtol=0, atol=1e-14)
-    elif cell.bias:
+    elif isinstance(cell, rnnkit.GRUCell):
+        assert torch.allclose(gx, plain, rtol=0, atol=1e-14)
         assert bias is weights["bias_hh"]
-        assert torch.allclose(gx, plain + weights["bias_ih"], rtol=0, atol=1e-14)
+        assert params == ((weights["bias_ih"],) if cell.bias else ())
     else:
         assert bias is None
 

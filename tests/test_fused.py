@@ -344,7 +344,7 @@ def test_cpp_layer_norm_gru_gradcheck():
     mask = (torch.arange(T)[:, None] < torch.tensor([5, 2, 4])[None, :]).unsqueeze(-1)
 
     def run(gx, weight, h0, *params):
-        return fused._FusedLoop.apply(True, 3, gx, weight, None, h0, mask, *params)
+        return fused._FusedLoop.apply(True, 3, gx, weight, None, None, h0, mask, *params)
 
     assert torch.autograd.gradcheck(run, inputs)
 

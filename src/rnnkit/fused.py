@@ -257,8 +257,10 @@ def run_fused(
                                             recurrent_mask, *keeps, peephole)  # fmt: skip
         return output, (h_n, c_n)
     code = 3 if isinstance(cell, GRUCell) else _NONLINEARITY[cell.nonlinearity]
-    output, h_n = _FusedLoop.apply(recording, code, gx, weight_hh, bias_hh, state0[0], mask,
-                                   *params)  # fmt: skip
+    plain_gru = type(cell) is GRUCell  # params: (bias_ih,) or (); the LN-GRU's: its norms'
+    bias_ih, norms = (params[0] if params else None, ()) if plain_gru else (None, params)
+    output, h_n = _FusedLoop.apply(recording, code, gx, weight_hh, bias_hh, bias_ih, state0[0],
+                                   mask, *norms)  # fmt: skip
     return output, (h_n,)
 
 
@@ -431,16 +433,20 @@ class _FusedLayerNormLSTM(torch.autograd.Function):
 
 
 class _FusedLoop(torch.autograd.Function):
-    """code 3: GRU (with ``params`` ln_weight_hh, bias_hh (3H): the layer-normalised GRU, whose
-    bias_hh is then None); 0, 1, 2: Elman with tanh, relu, sigmoid."""
+    """code 3: GRU (bias_ih (3H) or None: added in the steps, not over gx first; with ``params``
+    ln_weight_hh, bias_hh (3H): the layer-normalised GRU, whose bias_hh is then None); 0, 1, 2:
+    Elman with tanh, relu, sigmoid (bias_ih None)."""
 
     @staticmethod
-    def forward(ctx, recording, code, gx, weight_hh, bias_hh, h0, mask, *params):
+    def forward(ctx, recording, code, gx, weight_hh, bias_hh, bias_ih, h0, mask, *params):
         ext = extension()
         flat_mask = mask.squeeze(-1).contiguous() if mask is not None else _EMPTY_MASK
         bias = bias_hh if bias_hh is not None else _EMPTY
+        ctx.has_bias_ih = bias_ih is not None
         if code == 3:
-            states, cache, stats = ext.gru_forward(gx, weight_hh, bias, h0, flat_mask, list(params))
+            bias_in = bias_ih if bias_ih is not None else _EMPTY
+            states, cache, stats = ext.gru_forward(gx, weight_hh, bias, h0, flat_mask,
+                                                   list(params), bias_in)  # fmt: skip
         else:
             states = ext.elman_forward(gx, weight_hh, bias, h0, flat_mask, code)
             cache, stats = None, None
@@ -456,10 +462,11 @@ class _FusedLoop(torch.autograd.Function):
         ext = extension()
         T, B, H = states.shape[0] - 1, states.shape[1], states.shape[2]
         grad_output, (grad_h_n,) = _incoming(grad_output, (grad_h_n,), flat_mask, states)
+        grad_bias_ih = None
         if ctx.code == 3:
-            grad_gx, grad_gh, grad_raw, grad_h0, grad_bias_hh = ext.gru_backward(
+            grad_gx, grad_gh, grad_raw, grad_h0, grad_bias_hh, grad_bias_ih = ext.gru_backward(
                 grad_output, grad_h_n, weight_hh, states, cache, stats, flat_mask, params,
-                ctx.has_bias)  # fmt: skip
+                ctx.has_bias, ctx.has_bias_ih)  # fmt: skip
         else:
             grad_gx, grad_h0, grad_bias_hh = ext.elman_backward(
                 grad_output, grad_h_n, weight_hh, states, flat_mask, ctx.code, ctx.has_bias
@@ -471,7 +478,8 @@ class _FusedLoop(torch.autograd.Function):
         if params:  # the normalisation's gain and shift
             flat_gh = grad_gh.view(T * B, -1)
             grad_params = ((grad_gh * cache[..., 4 * H :]).sum((0, 1)), flat_gh.sum(0))
-        return None, None, grad_gx, grad_weight_hh, grad_bias_hh, grad_h0, None, *grad_params
+        grads = (grad_gx, grad_weight_hh, grad_bias_hh, grad_bias_ih, grad_h0)
+        return None, None, *grads, None, *grad_params
 
 
 _EMPTY_MASK = torch.empty(0, dtype=torch.bool)

@@ -12,7 +12,7 @@ Forward, for one direction of one layer:
         state_t = cell.step(gx_t, gh_t, state_{t-1})
 
 (For a cell with ``biases_add``, `Cell.engine_inputs` gives gx = x @ W_ih^T and b_ih + b_hh in
-the place of b_hh.)
+the place of b_hh; the GRU's gives gx = x @ W_ih^T and b_ih as a parameter its step adds.)
 
 Backward walks the steps in reverse: at step t the gradient reaching ``h_t`` is the output's
 gradient plus what step t+1 sent back; ``cell.step_backward`` turns it into gradients of the

@@ -5,7 +5,8 @@ Shapes: B batch, I input size, H hidden size, G number of gate blocks (1 Elman, 
 A cell never computes its input projection inside the time loop: the engine
 (`rnnkit.recurrence`) asks the cell for its ``engine_inputs`` (by default
 ``gx = x @ weight_ih.T + bias_ih`` for all time steps in one matrix product, or ``x @ weight_ih.T``
-with ``bias_ih`` moved into the step's bias where only the sum of the two biases acts), computes
+with ``bias_ih`` moved into the step's bias where only the sum of the two biases acts; the GRU
+hands ``bias_ih`` to its step as a parameter instead), computes
 ``gh = h @ weight_hh.T + bias_hh`` each step, and leaves the cell only the pointwise math:
 
 - ``step(gx, gh, state, params) -> (new_state, cache)``

@@ -3,6 +3,11 @@
 r = sigmoid(gx_r + gh_r)    z = sigmoid(gx_z + gh_z)
 n = tanh(gx_n + r * gh_n)   where gh_n = h W_hn^T + b_hn
 h' = (1 - z) * n + z * h
+
+with gx = x W_i^T + b_i. The engine gets gx without b_i and b_i as the step's parameter
+(`GRUCell.engine_inputs`): each step adds it to its row of gx, so the time loops spare a pass
+over all of gx before the loop and one over its gradient after (b_i's gradient is the sum of
+gx's, which the C++ backward adds up as it writes them).
 """
 
 from __future__ import annotations
@@ -22,8 +27,22 @@ class GRUCell(Cell):
     num_gates = 3
     num_states = 1
 
+    def engine_inputs(
+        self, x: Tensor, weights: dict[str, Tensor | None]
+    ) -> tuple[Tensor, Tensor, Tensor | None, tuple[Tensor, ...]]:
+        """gx = x W_ih^T (T, B, 3H), weight_hh, bias_hh and ``params`` (bias_ih,), or () without
+        biases: `step` adds bias_ih (see the module docstring)."""
+        from rnnkit.fused import linear  # here: rnnkit.fused imports the cells
+
+        gx = linear(x, weights["weight_ih"])
+        b_ih = weights["bias_ih"]
+        return gx, weights["weight_hh"], weights["bias_hh"], (() if b_ih is None else (b_ih,))
+
     def step(self, gx: Tensor, gh: Tensor, state: State, params: tuple = ()) -> tuple[State, tuple]:
+        """gx, gh (B, 3H), params (bias_ih,) or () (bias_ih already in gx, or none)."""
         (h,) = state
+        if params:
+            gx = gx + params[0]
         x_r, x_z, x_n = gx.chunk(3, dim=1)
         h_r, h_z, h_n = gh.chunk(3, dim=1)
         r = torch.sigmoid(x_r + h_r)
@@ -42,4 +61,4 @@ class GRUCell(Cell):
         grad_z_pre = grad_h * (h - n) * z * (1 - z)
         grad_gx = torch.cat((grad_r_pre, grad_z_pre, grad_n_pre), dim=1)
         grad_gh = torch.cat((grad_r_pre, grad_z_pre, grad_n_pre * r), dim=1)
-        return grad_gx, grad_gh, (grad_h * z,), ()
+        return grad_gx, grad_gh, (grad_h * z,), ((grad_gx.sum(0),) if params else ())

@@ -61,17 +61,23 @@ inline double positive(double y) { return y > 0; }
 // ---- One batch row of each pass, `width` lanes per iteration. --------------------------------
 
 
-// GRU step forward: r, z, n and the new state from x (3H) = W_i x + b_i and gh (3H) = W_h h + b_h;
-// the cache row (4H) keeps r, z, n and W_hn h + b_hn for the backward.
+// GRU step forward: r, z, n and the new state from x (3H) = W_i x (+ b_i: bi (3H) unless null,
+// else in x) and gh (3H) = W_h h + b_h; the cache row (4H) keeps r, z, n and W_hn h + b_hn for
+// the backward.
 template <typename T>
-void gru_forward_row(const T* x, const T* gh, const T* h, T* h_new, T* cache, Units units) {
+void gru_forward_row(const T* x, const T* gh, const T* h, T* h_new, T* cache, Units units,
+                     const T* bi = nullptr) {
   const int64_t H = units.H;
   using L = Lanes<T>;
   over_lanes<T>(units, [&](int64_t j, int64_t n) {
-    const auto r = vsigmoid(L::load(x + j, n) + L::load(gh + j, n));
-    const auto z = vsigmoid(L::load(x + H + j, n) + L::load(gh + H + j, n));
+    auto in = [&](int64_t g) {  // the gate block g of W_i x + b_i
+      const auto v = L::load(x + g * H + j, n);
+      return bi ? v + L::load(bi + g * H + j, n) : v;
+    };
+    const auto r = vsigmoid(in(0) + L::load(gh + j, n));
+    const auto z = vsigmoid(in(1) + L::load(gh + H + j, n));
     const auto hn = L::load(gh + 2 * H + j, n);
-    const auto c = vtanh(L::load(x + 2 * H + j, n) + r * hn);
+    const auto c = vtanh(in(2) + r * hn);
     L::store(cache + j, r, n), L::store(cache + H + j, z, n);
     L::store(cache + 2 * H + j, c, n), L::store(cache + 3 * H + j, hn, n);
     L::store(h_new + j, (1 - z) * c + z * L::load(h + j, n), n);
@@ -759,29 +765,40 @@ void add_rows(double* acc, const S* rows, int64_t begin, int64_t end, int64_t G,
 // bypasses the product, from d = dL/dh_t (B, H); then dL/dh_{t-1} = keep + (grad_pre[t] @ W_hh)
 // * rec_mask (may be empty). dh holds dL/dh_T; returns dL/dh_0. whole_rows as in forward_loop
 // (a second barrier after the product: the next rows read every unit of dL/dh_{t-1}).
-// bias_grad, if defined ((G * H,)), receives the sum of grad_pre over the steps and rows (the
-// gradient of b_hh): on the team loops each thread adds its rows in while its row pass has them
-// in cache (a separate sum over dim 0 ran at 6-8 GB/s here, 1.3 ms of a GRU's backward at
-// (32, 100, 128, 256)); elsewhere (float64, RNNKIT_GEMM=aten) after each step's rows.
+// Each of `summed` (source, total), if total is defined ((G * H,)), receives the sum over the
+// steps and rows of its source, a (T, B, G * H) array the row pass writes (grad_pre or beside
+// it): the gradients of the biases. On the team loops each thread adds its rows in while its
+// row pass has them in cache (a separate sum over dim 0 ran at 6-8 GB/s here, 1.3 ms of a GRU's
+// backward at (32, 100, 128, 256)); elsewhere (float64, RNNKIT_GEMM=aten) after each step's rows.
+using Summed = std::vector<std::pair<Tensor, Tensor>>;
+
 template <typename S, typename Row>
 Tensor backward_loop(const Tensor& grad_pre, const Tensor& w_hh, const Tensor& rec_mask,
-                     Tensor dh, bool whole_rows, const Row& row, Tensor bias_grad = Tensor()) {
+                     Tensor dh, bool whole_rows, const Row& row, Summed summed = {}) {
   const int64_t T = grad_pre.size(0), B = grad_pre.size(1), H = dh.size(1);
   const int64_t G = w_hh.size(0) / H;
   const bool masked = rec_mask.numel() > 0;
   auto direct = at::empty_like(dh);
-  // one row of partial sums per thread (double: a few thousand float terms each)
-  auto partial = bias_grad.defined()
-                     ? at::zeros({at::get_num_threads(), G * H}, dh.options().dtype(at::kDouble))
-                     : Tensor();
-  double* sums = bias_grad.defined() ? partial.data_ptr<double>() : nullptr;
-  const S* all = grad_pre.data_ptr<S>();
-  auto finish = [&](const Tensor& result) {  // bias_grad = the threads' sums, added in order
-    S* out = sums ? bias_grad.data_ptr<S>() : nullptr;
-    for (int64_t j = 0; sums && j < G * H; ++j) {
-      double total = 0;
-      for (int64_t k = 0; k < partial.size(0); ++k) total += sums[k * G * H + j];
-      out[j] = static_cast<S>(total);
+  std::erase_if(summed, [](const auto& pair) { return !pair.second.defined(); });
+  const int64_t n_sums = static_cast<int64_t>(summed.size()), width = n_sums * G * H;
+  // one row of partial sums per thread and source (double: a few thousand float terms each)
+  auto partial = at::zeros({at::get_num_threads(), width}, dh.options().dtype(at::kDouble));
+  double* sums = n_sums ? partial.data_ptr<double>() : nullptr;
+  // adds rows [begin, end), units u of step t of every source into the sums at acc
+  auto add_step = [&](double* acc, int64_t t, int64_t begin, int64_t end, Units u) {
+    for (int64_t k = 0; k < n_sums; ++k) {
+      const S* source = summed[k].first.data_ptr<S>() + t * B * G * H;
+      add_rows(acc + k * G * H, source, begin, end, G, H, u);
+    }
+  };
+  auto finish = [&](const Tensor& result) {  // the totals: the threads' sums, added in order
+    for (int64_t k = 0; k < n_sums; ++k) {
+      S* out = summed[k].second.data_ptr<S>();
+      for (int64_t j = 0; j < G * H; ++j) {
+        double total = 0;
+        for (int64_t i = 0; i < partial.size(0); ++i) total += sums[i * width + k * G * H + j];
+        out[j] = static_cast<S>(total);
+      }
     }
     return result;
   };
@@ -798,16 +815,15 @@ Tensor backward_loop(const Tensor& grad_pre, const Tensor& w_hh, const Tensor& r
         const int64_t r0 = share.row_begin, r1 = share.row_end;
         for (int64_t t = T - 1, i = 0; t >= 0; --t, i ^= 1) {
           float *d = buffers[i], *keep = buffers[i ^ 1];
-          const S* step = all + t * B * G * H;
           if (whole_rows) {
             for (int64_t b = share.whole_begin; b < share.whole_end; ++b) {
               row(t, b, Units(H), d, keep);
             }
-            if (sums) add_rows(sums + worker_index() * G * H, step, share.whole_begin,
-                               share.whole_end, G, H, Units(H));
+            if (sums) add_step(sums + worker_index() * width, t, share.whole_begin,
+                               share.whole_end, Units(H));
           } else {
             for (int64_t b = r0; b < r1; ++b) row(t, b, u, d, keep);
-            if (sums) add_rows(sums + worker_index() * G * H, step, r0, r1, G, H, u);
+            if (sums) add_step(sums + worker_index() * width, t, r0, r1, u);
           }
           wait();  // the product reads every unit of grad_pre[t]
           const int64_t o = r0 * H;  // the first of these rows in a (B, H) buffer
@@ -829,7 +845,7 @@ Tensor backward_loop(const Tensor& grad_pre, const Tensor& w_hh, const Tensor& r
     const S* d = dh.data_ptr<S>();
     S* keep = direct.data_ptr<S>();
     for_rows(B, whole_rows ? w_hh.size(0) : H, [&](int64_t b) { row(t, b, Units(H), d, keep); });
-    if (sums) add_rows(sums, all + t * B * G * H, 0, B, G, H, Units(H));
+    if (sums) add_step(sums, t, 0, B, Units(H));
     if (masked) {
       through.zero_();
       add_back_product(through, {grad_pre, t}, w_hh, packed);
@@ -846,9 +862,9 @@ Tensor backward_loop(const Tensor& grad_pre, const Tensor& w_hh, const Tensor& r
 
 // GRU forward: gx (T, B, 3H) -> {states (T+1, B, H), cache (T, B, C), stats}. With ln = {w_hh,
 // b_hh} (each 3H) the layer-normalised GRU (`ln_gru_forward_row`; b_hh empty then): C = 7H and
-// stats (T, B, 1); else C = 4H and stats empty.
+// stats (T, B, 1); else C = 4H and stats empty. b_ih (3H) or empty: added to gx in the steps.
 std::vector<Tensor> gru_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0, Tensor mask,
-                                std::vector<Tensor> ln) {
+                                std::vector<Tensor> ln, Tensor b_ih) {
   const int64_t T = gx.size(0), B = gx.size(1), H = h0.size(1);
   const bool norm = !ln.empty();
   const int64_t C = norm ? 7 * H : 4 * H;
@@ -867,6 +883,7 @@ std::vector<Tensor> gru_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0, 
     const scalar_t* gain = norm ? ln[0].data_ptr<scalar_t>() : nullptr;
     const scalar_t* shift = norm ? ln[1].data_ptr<scalar_t>() : nullptr;
     scalar_t* st = stats.data_ptr<scalar_t>();
+    const scalar_t* bi = b_ih.numel() ? b_ih.data_ptr<scalar_t>() : nullptr;
     auto row = [&](int64_t t, int64_t b, Units u) {
       const int64_t o = b * H, tb = (t * B + b) * H;  // row b of step t's (B, H)
       scalar_t* h_new = s + tb + B * H;
@@ -877,7 +894,7 @@ std::vector<Tensor> gru_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0, 
         ln_gru_forward_row(x + 3 * tb, r_h + 3 * o, s + tb, gain, shift, h_new,
                            c + (t * B + b) * C, st + t * B + b, H);
       } else {
-        gru_forward_row(x + 3 * tb, r_h + 3 * o, s + tb, h_new, c + (t * B + b) * C, u);
+        gru_forward_row(x + 3 * tb, r_h + 3 * o, s + tb, h_new, c + (t * B + b) * C, u, bi);
       }
     };
     forward_loop<scalar_t>(states, w_hh, b_hh, Tensor(), gh, norm, row);
@@ -888,10 +905,11 @@ std::vector<Tensor> gru_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0, 
 // GRU backward: grad_out (T, B, H) of the outputs h_t (masked by the caller) or empty, grad_hn
 // (B, H), ln as in `gru_forward` -> {grad_gx, grad_gh (each T, B, 3H), grad_raw (T, B, 3H): the
 // gradient of the recurrent product before the normalisation (empty without it), grad_h0,
-// grad_b_hh (3H: grad_gh summed; undefined (None) unless `bias`, without ln)}.
+// grad_b_hh (3H: grad_gh summed; undefined (None) unless `bias`, without ln), grad_b_ih (3H:
+// grad_gx summed; undefined unless `bias_ih`, b_ih given to `gru_forward`)}.
 std::vector<Tensor> gru_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh, Tensor states,
                                  Tensor cache, Tensor stats, Tensor mask, std::vector<Tensor> ln,
-                                 bool bias) {
+                                 bool bias, bool bias_ih) {
   const int64_t T = cache.size(0), B = cache.size(1), H = states.size(2);
   const bool norm = !ln.empty();
   const int64_t C = norm ? 7 * H : 4 * H;
@@ -903,6 +921,7 @@ std::vector<Tensor> gru_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh, T
   const OutputGrad incoming(grad_out, B, H);
   Tensor grad_h0;
   auto grad_b_hh = bias && !norm ? at::empty({3 * H}, cache.options()) : Tensor();
+  auto grad_b_ih = bias_ih ? at::empty({3 * H}, cache.options()) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(cache.scalar_type(), "gru_backward", [&] {
     const scalar_t* h = states.data_ptr<scalar_t>();
     scalar_t *dx_all = grad_gx.data_ptr<scalar_t>(), *dr_all = grad_gh.data_ptr<scalar_t>();
@@ -931,9 +950,10 @@ std::vector<Tensor> gru_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh, T
       }
     };
     grad_h0 = backward_loop<scalar_t>(norm ? grad_raw : grad_gh, w_hh, Tensor(),
-                                      grad_hn.contiguous().clone(), norm, row, grad_b_hh);
+                                      grad_hn.contiguous().clone(), norm, row,
+                                      {{grad_gh, grad_b_hh}, {grad_gx, grad_b_ih}});
   });
-  return {grad_gx, grad_gh, grad_raw, grad_h0, grad_b_hh};
+  return {grad_gx, grad_gh, grad_raw, grad_h0, grad_b_hh, grad_b_ih};
 }
 
 // LSTM forward: gx (T, B, 4H) -> {states (T+1, B, H), cells (T+1, B, H), cache (T, B, 5H)}.
@@ -1020,7 +1040,7 @@ std::vector<Tensor> lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_c
         }
       };
       grad_h0 = backward_loop<scalar_t>(grad_pre, w_hh, rec_mask, grad_hn.contiguous().clone(),
-                                        false, row, grad_b_hh);
+                                        false, row, {{grad_pre, grad_b_hh}});
     });
   });
   return {grad_pre, grad_h0, dc, grad_b_hh};
@@ -1279,7 +1299,7 @@ std::vector<Tensor> elman_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh,
         }
       };
       grad_h0 = backward_loop<scalar_t>(grad_pre, w_hh, Tensor(), grad_hn.contiguous().clone(),
-                                        false, row, grad_b_hh);
+                                        false, row, {{grad_pre, grad_b_hh}});
     });
   });
   return {grad_pre, grad_h0, grad_b_hh};
