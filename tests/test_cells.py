@@ -101,6 +101,13 @@ def test_layer_passes_gradcheck_with_lengths_and_both_directions(cls):
     assert torch.autograd.gradcheck(run, (x, *weights))
 
 
+class _OwnGRUCell(rnnkit.GRUCell):
+    """A user's GRU variant whose step calls the GRU's without passing ``params`` on."""
+
+    def step(self, gx, gh, state, params=()):
+        return super().step(gx, gh, state)
+
+
 @pytest.mark.parametrize(
     "cell,folded",
     [
@@ -110,14 +117,16 @@ def test_layer_passes_gradcheck_with_lengths_and_both_directions(cls):
         (rnnkit.ProjectedLSTMCell(3, 4, 2), True),
         (rnnkit.GRUCell(3, 4), False),  # r multiplies b_hn, not b_in: b_ih a step parameter
         (rnnkit.GRUCell(3, 4, bias=False), False),
+        (_OwnGRUCell(3, 4), False),
         (rnnkit.LSTMCell(3, 4, bias=False), False),
     ],
-    ids=["elman", "lstm", "peephole", "projected", "gru", "gru-no-bias", "no-bias"],
+    ids=["elman", "lstm", "peephole", "projected", "gru", "gru-no-bias", "gru-subclass", "no-bias"],
 )
 def test_engine_inputs_add_the_biases_where_only_their_sum_acts(cell, folded):
     """Where the step reads gx + gh only, gx leaves bias_ih out and the engine's bias is
     bias_ih + bias_hh (added once a step; one gradient sum for both); the GRU's gx leaves it
-    out too, and its step adds it (a parameter of the step)."""
+    out too, and its step adds it (a parameter of the step); a subclass of the GRU keeps it in gx,
+    as its own step may call the GRU's without parameters."""
     torch.manual_seed(0)
     x = torch.randn(5, 2, 3, dtype=torch.float64)
     cell = cell.double()
@@ -127,10 +136,17 @@ def test_engine_inputs_add_the_biases_where_only_their_sum_acts(cell, folded):
     if folded:
         assert torch.equal(bias, weights["bias_ih"] + weights["bias_hh"])
         assert torch.allclose(gx, plain, rtol=0, atol=1e-14)
-    elif isinstance(cell, rnnkit.GRUCell):
+    elif type(cell) is rnnkit.GRUCell:
         assert torch.allclose(gx, plain, rtol=0, atol=1e-14)
         assert bias is weights["bias_hh"]
         assert params == ((weights["bias_ih"],) if cell.bias else ())
+    elif cell.bias:
+        assert bias is weights["bias_hh"] and params == ()
+        assert torch.allclose(gx, plain + weights["bias_ih"], rtol=0, atol=1e-14)
+        state = (torch.randn(2, 4, dtype=torch.float64),)
+        own = cell(x[0], state[0])  # its step drops params: b_ih must be in gx
+        expected = torch.gru_cell(x[0], state[0], *weights.values())
+        torch.testing.assert_close(own, expected)
     else:
         assert bias is None
 

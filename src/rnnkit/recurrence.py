@@ -141,7 +141,8 @@ def run_cell(
         weight_hh: (G*H, size of h); bias_hh: (G*H,) or None.
         state0: tuple of (B, size) tensors, the state before step 0 (sizes: `Cell.state_sizes`).
         mask: (T, B, 1) bool, True where t < length; None when every sequence has length T.
-        params: the cell's extra parameters used by its ``step`` (see `Cell.engine_inputs`).
+        params: the tensors ``step`` takes beyond gx, gh and the state (its extra parameters,
+            the plain GRU's bias_ih; see `Cell.engine_inputs`).
         recurrent_mask: multiplier of h, shaped as h, before the recurrent product at every step
             (variational recurrent dropout, Gal & Ghahramani 2016), or None.
         zoneout: per-step random preservation of state units (`Zoneout`), or None.

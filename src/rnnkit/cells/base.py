@@ -15,7 +15,8 @@ hands ``bias_ih`` to its step as a parameter instead), computes
 
 where ``state`` is a tuple whose first entry is the hidden state ``h``, each entry (B, its own size
 from ``state_sizes()``: H for the classic cells, P for h in `ProjectedLSTMCell`), ``params`` the
-tensors of the cell's ``extra_parameters`` that the step uses (empty for the classic cells),
+tensors the step uses beyond gx, gh and the state, as `engine_inputs` returns them (the cell's
+``extra_parameters``; the plain GRU's ``bias_ih``; empty for the Elman and LSTM cells),
 ``grad_state`` the gradient of the loss w.r.t. ``new_state``, and ``grad_state_direct`` the gradient
 w.r.t. the previous state *except* the path through ``gh`` (the engine adds
 ``grad_gh @ weight_hh``); an entry may be None, meaning zero. ``grad_params`` holds one step's

@@ -31,9 +31,12 @@ class GRUCell(Cell):
         self, x: Tensor, weights: dict[str, Tensor | None]
     ) -> tuple[Tensor, Tensor, Tensor | None, tuple[Tensor, ...]]:
         """gx = x W_ih^T (T, B, 3H), weight_hh, bias_hh and ``params`` (bias_ih,), or () without
-        biases: `step` adds bias_ih (see the module docstring)."""
+        biases: `step` adds bias_ih (see the module docstring). A subclass gets the base class's
+        gx = x W_ih^T + b_ih and no params: its own step may call this one without them."""
         from rnnkit.fused import linear  # here: rnnkit.fused imports the cells
 
+        if type(self) is not GRUCell:
+            return super().engine_inputs(x, weights)
         gx = linear(x, weights["weight_ih"])
         b_ih = weights["bias_ih"]
         return gx, weights["weight_hh"], weights["bias_hh"], (() if b_ih is None else (b_ih,))

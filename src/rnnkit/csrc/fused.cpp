@@ -868,7 +868,7 @@ std::vector<Tensor> gru_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0, 
   const int64_t T = gx.size(0), B = gx.size(1), H = h0.size(1);
   const bool norm = !ln.empty();
   const int64_t C = norm ? 7 * H : 4 * H;
-  gx = gx.contiguous();
+  gx = gx.contiguous(), b_ih = b_ih.contiguous();
   for (auto& p : ln) p = p.contiguous();
   auto states = buffer({T + 1, B, H}, gx.options());
   auto cache = buffer({T, B, C}, gx.options());
