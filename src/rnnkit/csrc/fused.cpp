@@ -657,8 +657,7 @@ void on_team(int64_t H, int64_t B, int64_t weights, const F& body) {
   const bool by_rows = blocks >= 2 && weights <= kOwnWeights;
   auto share = [&](int64_t id, int64_t n) {
     if (by_rows) {
-      const int64_t begin = std::min(B, blocks * id / n * rows);
-      const int64_t end = std::min(B, blocks * (id + 1) / n * rows);
+      const int64_t begin = B * id / n, end = B * (id + 1) / n;
       return Share{0, tiles, Units(H), begin, end, begin, end};
     }
     const int64_t begin = tiles * id / n, end = tiles * (id + 1) / n;
