@@ -70,28 +70,27 @@ inline torch::Tensor pack_weight(const torch::Tensor& w) {
   return packed;
 }
 
-// One tile: rows [0, R) of a and out, columns [0, kCols * kLanes) from the packed tile at p, of
+// One tile: rows [0, R) of a and out, columns [0, C * kLanes) from the packed tile at p (C <=
+// kCols vectors of its kCols: a last tile of a narrow W computes only the vectors it stores), of
 // which the first `cols` are stored. bias (per column) and add (per row, stride ld) may be
 // null. With few rows, U partial sums over alternating k keep enough multiply-adds in flight
 // (a chain of dependent ones waits 4 cycles each).
-template <int R>
+template <int R, int C>
 inline void tile(const float* a, int64_t lda, const float* p, int64_t K, const float* bias,
                  const float* add, float* out, int64_t ld, int64_t cols) {
-  constexpr int U = R * kCols >= 8 ? 1 : 8 / (R * kCols);
-  fv acc[U][R][kCols] = {};
+  constexpr int U = R * C >= 8 ? 1 : 8 / (R * C);
+  fv acc[U][R][C] = {};
   int64_t k = 0;
   auto accumulate = [&](int u, int64_t kk) {  // acc[u] += a[:, kk] (x) W[:, kk]
-    fv w[kCols];
+    fv w[C];
 #pragma GCC unroll 16
-    for (int64_t c = 0; c < kCols; ++c) {
-      std::memcpy(&w[c], p + (kk * kCols + c) * kLanes, sizeof(fv));
-    }
+    for (int c = 0; c < C; ++c) std::memcpy(&w[c], p + (kk * kCols + c) * kLanes, sizeof(fv));
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       // a - 0 is a broadcast; fv{} + a would add first (-0 + 0 is +0) on the multiply-add ports
       const fv x = a[r * lda + kk] - fv{};
 #pragma GCC unroll 16
-      for (int64_t c = 0; c < kCols; ++c) acc[u][r][c] += x * w[c];
+      for (int c = 0; c < C; ++c) acc[u][r][c] += x * w[c];
     }
   };
   for (; k + U <= K; k += U) {
@@ -100,9 +99,9 @@ inline void tile(const float* a, int64_t lda, const float* p, int64_t K, const f
   for (; k < K; ++k) accumulate(0, k);
   // A whole tile's epilogue in vectors, the same sums as the scalar one below (which, run on
   // every tile, cost the time loops 5-13% of their time here).
-  if (cols == kSpan) {
+  if (cols == C * kLanes) {
     for (int r = 0; r < R; ++r) {
-      for (int64_t c = 0; c < kCols; ++c) {
+      for (int c = 0; c < C; ++c) {
         fv sum = acc[0][r][c], b = {}, x = {};
         for (int u = 1; u < U; ++u) sum += acc[u][r][c];
         if (bias) std::memcpy(&b, bias + c * kLanes, sizeof(fv));
@@ -114,9 +113,9 @@ inline void tile(const float* a, int64_t lda, const float* p, int64_t K, const f
     return;
   }
   for (int r = 0; r < R; ++r) {
-    float row[kCols * kLanes];
-    fv sum[kCols];
-    for (int64_t c = 0; c < kCols; ++c) {
+    float row[C * kLanes];
+    fv sum[C];
+    for (int c = 0; c < C; ++c) {
       sum[c] = acc[0][r][c];
       for (int u = 1; u < U; ++u) sum[c] += acc[u][r][c];
     }
@@ -128,14 +127,14 @@ inline void tile(const float* a, int64_t lda, const float* p, int64_t K, const f
   }
 }
 
-// Calls f(std::integral_constant<int, R>) for R = rows, 1 <= rows <= kRows.
-template <int R = kRows, typename F>
-inline void with_rows(int64_t rows, const F& f) {
-  if constexpr (R == 1) {
+// Calls f(std::integral_constant<int, n>) for 1 <= n <= N.
+template <int N, typename F>
+inline void with_constant(int64_t n, const F& f) {
+  if constexpr (N == 1) {
     f(std::integral_constant<int, 1>{});
   } else {
-    if (rows == R) f(std::integral_constant<int, R>{});
-    else with_rows<R - 1>(rows, f);
+    if (n == N) f(std::integral_constant<int, N>{});
+    else with_constant<N - 1>(n, f);
   }
 }
 
@@ -147,12 +146,16 @@ inline void gemm_tiles(const float* a, int64_t B, int64_t K, const float* packed
                        float* out, int64_t ld) {
   for (int64_t t = tile_begin; t < tile_end; ++t) {
     const int64_t n0 = t * kSpan, cols = std::min(kSpan, N - n0);
+    const int64_t vectors = (cols + kLanes - 1) / kLanes;  // of the tile's kCols that hold columns
     const float* pt = packed + t * kCols * K * kLanes;
     const float* bt = bias ? bias + n0 : nullptr;
     for (int64_t b = 0; b < B; b += kRows) {
       const float* add_b = add ? add + b * ld + n0 : nullptr;
-      with_rows(std::min(kRows, B - b), [&](auto rows) {
-        tile<decltype(rows)::value>(a + b * K, K, pt, K, bt, add_b, out + b * ld + n0, ld, cols);
+      with_constant<kRows>(std::min(kRows, B - b), [&](auto rows) {
+        with_constant<kCols>(vectors, [&](auto vecs) {
+          constexpr int R = decltype(rows)::value, C = decltype(vecs)::value;
+          tile<R, C>(a + b * K, K, pt, K, bt, add_b, out + b * ld + n0, ld, cols);
+        });
       });
     }
   }
