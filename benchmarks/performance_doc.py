@@ -100,15 +100,21 @@ def generated(repeats: int) -> list[str]:
     return out
 
 
+def around(page: str) -> tuple[str, str]:
+    """The page before the generated part's BEGIN marker and after its END marker."""
+    head, rest = page.split(BEGIN)
+    _, tail = rest.split(END)
+    return head, tail
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("docs/performance.md"))
     args = parser.parse_args()
-    page = args.out.read_text()
-    head, rest = page.split(BEGIN)
-    _, tail = rest.split(END)
+    around(args.out.read_text())  # the markers are there, before minutes of benchmarks
     body = "\n".join(generated(args.repeats))
+    head, tail = around(args.out.read_text())  # read again: edits made meanwhile are kept
     args.out.write_text(f"{head}{BEGIN}\n{body}\n{END}{tail}")
     print(f"wrote {args.out}")
 
