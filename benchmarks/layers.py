@@ -6,7 +6,8 @@ For each cell and shape (B, T, I, H), one layer, float32, all in one process: th
 forward and of forward+backward for rnnkit with each ``impl``, ``torch.nn`` and a Python loop of
 ``rnnkit`` cell steps under autograd, their ratio to ``torch.nn``, and GFLOP/s of the matrix
 products (forward 2*T*B*G*H*(I+H) flops, forward+backward three times that). The variants of a
-shape are timed in turn, round after round (`median_times`).
+shape are timed in turn, round after round (`round_robin`). For issue 8's bar, rnnkit's layer
+against ``nn.LSTM``: their GFLOP/s ratio and the page faults of a call of each.
 """
 
 from __future__ import annotations
@@ -79,6 +80,21 @@ def round_robin(fns: dict, x: torch.Tensor, backward: bool, repeats: int) -> dic
     return times
 
 
+def page_faults_per_call(fn, x: torch.Tensor, calls: int = 3) -> float | None:
+    """Minor page faults of one forward+backward call, averaged over ``calls`` (None where the
+    platform does not count them). A reference that faults in fresh pages every call (at
+    (32, 100, 128, 256) here: ``nn.LSTM``'s buffer of about 32 MB in a fresh process, none once
+    the process's heap has room for it) runs 25-30% slower than it can (docs/performance.md)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        one_call(fn, x, True)
+    return round((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls)
+
+
 def median_ratio(times: list[float], reference: list[float]) -> float:
     """The median over rounds of one variant's time over the reference's in the same round."""
     return statistics.median(t / r for t, r in zip(times, reference, strict=True))
@@ -129,6 +145,8 @@ def bench_shape(cell: str, shape: tuple[int, int, int, int], repeats: int) -> di
     for name, times in (("rnnkit_bptt", paired), ("rnnkit_torch", both)):
         ratio = median_ratio(times[lstm], times[name]) * gates / 4  # GFLOP/s: time x work ratio
         result[name]["gflops_ratio_to_torch_lstm"] = round(ratio, 2)
+    for name, fn in pair.items():
+        result[name]["page_faults_per_call"] = page_faults_per_call(fn, x)
     return result
 
 
