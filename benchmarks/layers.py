@@ -80,7 +80,7 @@ def round_robin(fns: dict, x: torch.Tensor, backward: bool, repeats: int) -> dic
     return times
 
 
-def page_faults_per_call(fn, x: torch.Tensor, calls: int = 3) -> float | None:
+def page_faults_per_call(fn, x: torch.Tensor, calls: int = 3) -> int | None:
     """Minor page faults of one forward+backward call, averaged over ``calls`` (None where the
     platform does not count them). A reference that faults in fresh pages every call (at
     (32, 100, 128, 256) here: ``nn.LSTM``'s buffer of about 32 MB in a fresh process, none once
