@@ -7,12 +7,15 @@ forward and of forward+backward for rnnkit with each ``impl``, ``torch.nn`` and 
 ``rnnkit`` cell steps under autograd, their ratio to ``torch.nn``, and GFLOP/s of the matrix
 products (forward 2*T*B*G*H*(I+H) flops, forward+backward three times that). The variants of a
 shape are timed in turn, round after round (`round_robin`). For issue 8's bar, rnnkit's layer
-against ``nn.LSTM``: their GFLOP/s ratio and the page faults of a call of each.
+against ``nn.LSTM``: their GFLOP/s ratio and the page faults of a call of each. Unless
+``--allocator as-is``, the process keeps its freed memory (`settle_allocator`), so every variant
+is timed at its arithmetic's speed, not at its allocator's.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import platform
 import statistics
@@ -95,6 +98,21 @@ def page_faults_per_call(fn, x: torch.Tensor, calls: int = 3) -> int | None:
     return round((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls)
 
 
+def settle_allocator() -> bool:
+    """Keep every buffer of this process on glibc's heap and freed memory there for the next
+    call: no variant then faults in fresh pages on a call. Without it, ``nn.LSTM`` at these
+    shapes faults in 32-450 MB a call or none, depending on what ran before it in the process
+    (docs/performance.md), which moved the bar's ratio by up to 30%. Returns whether the
+    allocator took the settings (False off glibc)."""
+    fused.extension()  # first: its own malloc settings (`fused._configure`) would replace these
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h; a threshold of -1: never trim
+    return mallopt(m_mmap_max, 0) == 1 and mallopt(m_trim_threshold, -1) == 1
+
+
 def median_ratio(times: list[float], reference: list[float]) -> float:
     """The median over rounds of one variant's time over the reference's in the same round."""
     return statistics.median(t / r for t, r in zip(times, reference, strict=True))
@@ -157,7 +175,14 @@ def main() -> None:
     parser.add_argument(
         "--shapes", nargs="+", default=[",".join(map(str, s)) for s in SHAPES], help="B,T,I,H"
     )
+    parser.add_argument(
+        "--allocator",
+        choices=["settled", "as-is"],
+        default="settled",
+        help="settled: freed memory stays in the process (see settle_allocator)",
+    )
     args = parser.parse_args()
+    settled = args.allocator == "settled" and settle_allocator()
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes]
     results = [bench_shape(c, s, args.repeats) for c in args.cells for s in shapes]
     document = {
@@ -166,6 +191,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
         "dtype": "float32",
+        "allocator_settled": settled,
         "results": results,
     }
     print(json.dumps(document, indent=1))
