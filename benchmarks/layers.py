@@ -107,7 +107,7 @@ def settle_allocator() -> bool:
     fused.extension()  # first: its own malloc settings (`fused._configure`) would replace these
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # no C library by that call, or no mallopt
         return False
     m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h; a threshold of -1: never trim
     return mallopt(m_mmap_max, 0) == 1 and mallopt(m_trim_threshold, -1) == 1
