@@ -25,8 +25,10 @@ namespace rnnkit_gemm {
 // look best. Unrolled, on an Intel Xeon (Sapphire Rapids, AVX-512; its peak 130 GFLOP/s a core)
 // at 48 x 256 x 768, one thread: 8 x 2 84-97 GFLOP/s, 4 x 4 91-125, 8 x 3 102-128, 6 x 4 103-105;
 // two threads: 8 x 2 149-150, 6 x 4 169-171, and the GRU and Elman layers 2-5% faster with 6 x 4
-// (8 x 3's 48 columns do not divide the usual widths). Built for AVX2 only, 6 x 2 ran at 80-90
-// GFLOP/s, MKL at 70-120 on an AMD CPU.
+// (8 x 3's 48 columns do not divide the usual widths). With a copy of the weights per thread
+// (`weights_for` in fused.cpp), two threads of 16 rows each: 6 x 4 187-214, 8 x 3 183-205, 4 x 4
+// 158-197, 8 x 2 148-204. Built for AVX2 only, 6 x 2 ran at 80-90 GFLOP/s, MKL at 70-120 on an
+// AMD CPU.
 #if defined(__AVX512F__)
 using fv = float __attribute__((vector_size(64)));  // one AVX-512 register
 constexpr int64_t kRows = 6;
