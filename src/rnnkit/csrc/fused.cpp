@@ -78,8 +78,8 @@ void gru_forward_row(const T* x, const T* gh, const T* h, T* h_new, T* cache, Un
     const auto z = vsigmoid(in(1) + L::load(gh + H + j, n));
     const auto hn = L::load(gh + 2 * H + j, n);
     const auto c = vtanh(in(2) + r * hn);
-    L::store(cache + j, r, n), L::store(cache + H + j, z, n);
-    L::store(cache + 2 * H + j, c, n), L::store(cache + 3 * H + j, hn, n);
+    L::stream(cache + j, r, n), L::stream(cache + H + j, z, n);
+    L::stream(cache + 2 * H + j, c, n), L::stream(cache + 3 * H + j, hn, n);
     L::store(h_new + j, (1 - z) * c + z * L::load(h + j, n), n);
   });
 }
@@ -125,8 +125,9 @@ void lstm_forward_row(const T* x, const T* gh, const T* h, const T* c, const T* 
     const auto cn = f * cp + i * g;
     if constexpr (P) a_o = a_o + L::load(peep + 2 * H + j, n) * cn;
     const auto o = vsigmoid(a_o), tc = vtanh(cn);
-    L::store(cache + j, i, n), L::store(cache + H + j, f, n), L::store(cache + 2 * H + j, g, n);
-    L::store(cache + 3 * H + j, o, n), L::store(cache + 4 * H + j, tc, n);
+    L::stream(cache + j, i, n), L::stream(cache + H + j, f, n);
+    L::stream(cache + 2 * H + j, g, n), L::stream(cache + 3 * H + j, o, n);
+    L::stream(cache + 4 * H + j, tc, n);
     if constexpr (Z) {
       const auto zh = L::load(kh + j, n), zc = L::load(kc + j, n);
       L::store(h_new + j, zh * L::load(h + j, n) + (1 - zh) * (o * tc), n);
@@ -348,6 +349,7 @@ void for_rows(int64_t rows, int64_t row_size, const F& body) {
   const int64_t grain = std::max<int64_t>(1, 1024 / std::max<int64_t>(row_size, 1));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) body(b);
+    streamed_stores_done();
   });
 }
 
@@ -743,6 +745,7 @@ void forward_loop(const Tensor& states, const Tensor& w_hh, const Tensor& b_hh,
           }
           wait();
         }
+        streamed_stores_done();
       });
       return;
     }

@@ -6,6 +6,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 namespace rnnkit_simd {
 
@@ -32,6 +35,7 @@ template <> struct Lanes<double> {
   static constexpr int64_t width = 1;
   static V load(const double* p, int64_t) { return *p; }
   static void store(double* p, V v, int64_t) { *p = v; }
+  static void stream(double* p, V v, int64_t) { *p = v; }
 };
 template <> struct Lanes<float> {
   using V = fv;
@@ -46,7 +50,28 @@ template <> struct Lanes<float> {
     if (n == width) std::memcpy(p, &v, sizeof(V));
     else std::memcpy(p, &v, n * sizeof(float));
   }
+  // A store for what the backward reads (a loop's cache) and no step reads again: a whole,
+  // aligned vector goes straight to memory (a non-temporal store), neither reading the line
+  // first nor pushing the step's operands out of the caches. A thread calls
+  // `streamed_stores_done` before another thread reads them.
+  static void stream(float* p, V v, int64_t n) {
+    if (n == width && reinterpret_cast<uintptr_t>(p) % sizeof(V) == 0) {
+#if defined(__AVX512F__)
+      return _mm512_stream_ps(p, std::bit_cast<__m512>(v));
+#elif defined(__AVX__)
+      return _mm256_stream_ps(p, std::bit_cast<__m256>(v));
+#endif
+    }
+    store(p, v, n);
+  }
 };
+
+// Makes this thread's non-temporal stores (`Lanes::stream`) visible to the other threads.
+inline void streamed_stores_done() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_sfence();
+#endif
+}
 
 // c - 0 is c for every float (c + 0 is not: -0 + 0 = +0), so GCC emits a bare broadcast; fv{} + c
 // costs an add before it, on the ports the multiply-adds need.
