@@ -195,7 +195,7 @@ def test_auto_uses_torch_kernel_only_where_it_exists():
     "make", [lambda: rnnkit.GRU(I, H), lambda: rnnkit.RNN(I, H, nonlinearity="relu")]
 )
 def test_auto_runs_gru_and_elman_on_the_cpp_loops(make):
-    """torch runs GRU and Elman cells step by step (3-12x slower than the C++ loops on the CPU):
+    """torch runs GRU and Elman cells step by step (1.4-14x slower than the C++ loops on the CPU):
     ``impl="auto"`` takes the loops for float32/float64 CPU inputs, torch's kernel for others
     and when the loops are off, with the same results."""
     layer = make().double()

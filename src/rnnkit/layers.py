@@ -20,7 +20,7 @@ Two implementations compute the same thing (``impl=``):
             torch runs on it.
     "torch" torch's fused kernel (oneDNN for LSTM on the CPU); only for torch's own cells.
     "auto"  (default) "torch" where it exists for the configuration, else "bptt"; GRU and Elman
-            layers on CPU float32/float64 inputs take "bptt" (its C++ loops are 3-12x faster
+            layers on CPU float32/float64 inputs take "bptt" (its C++ loops are 1.4-14x faster
             than torch's step-by-step kernels for these cells there). Second derivatives
             (create_graph=True) need "torch": the engine's backward is first-order only.
 
@@ -146,7 +146,7 @@ class _RecurrentLayer(nn.Module):
         device) runs torch's fused kernel rather than the BPTT engine. ``impl="auto"`` takes
         torch's kernel where it computes the same thing, except for GRU and Elman layers that
         the engine's C++ loops take (on the CPU, float32/float64): torch runs those cells step
-        by step, 3-12x slower than the loops here (docs/performance.md). Asking may build the
+        by step, 1.4-14x slower than the loops here (docs/performance.md). Asking may build the
         C++ extension (about a minute, once per machine)."""
         if self.impl != "auto":
             return self.impl == "torch"
