@@ -344,7 +344,28 @@ def test_cpp_layer_norm_gru_gradcheck():
     mask = (torch.arange(T)[:, None] < torch.tensor([5, 2, 4])[None, :]).unsqueeze(-1)
 
     def run(gx, weight, h0, *params):
-        return fused._FusedLoop.apply(True, 3, gx, weight, None, None, h0, mask, *params)
+        return fused._FusedLoop.apply(True, 3, gx, weight, None, None, h0, mask, None, *params)
+
+    assert torch.autograd.gradcheck(run, inputs)
+
+
+@pytest.mark.parametrize("code", [0, 1, 2, 3])
+def test_cpp_loop_on_input_gradcheck(code):
+    """The loop with the input projection inside its autograd node (`run_on_input`: Elman with
+    tanh, relu, sigmoid; GRU): gradients of x, both weights, both biases and h0, ragged lengths."""
+    torch.manual_seed(0)
+    T, B, I, H = 5, 3, 2, 4
+    G = 3 if code == 3 else 1
+
+    def randn(*shape):
+        return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+
+    inputs = (randn(T, B, I), randn(G * H, I), randn(G * H, H), randn(G * H), randn(G * H))
+    inputs += (randn(B, H),)
+    mask = (torch.arange(T)[:, None] < torch.tensor([5, 2, 4])[None, :]).unsqueeze(-1)
+
+    def run(x, w_ih, w_hh, b_ih, b_hh, h0):
+        return fused._FusedLoop.apply(True, code, x, w_hh, b_hh, b_ih, h0, mask, w_ih)
 
     assert torch.autograd.gradcheck(run, inputs)
 

@@ -260,7 +260,28 @@ def run_fused(
     plain_gru = type(cell) is GRUCell  # params: (bias_ih,) or (); the LN-GRU's: its norms'
     bias_ih, norms = (params[0] if params else None, ()) if plain_gru else (None, params)
     output, h_n = _FusedLoop.apply(recording, code, gx, weight_hh, bias_hh, bias_ih, state0[0],
-                                   mask, *norms)  # fmt: skip
+                                   mask, None, *norms)  # fmt: skip
+    return output, (h_n,)
+
+
+def takes_input(cell: Cell, x: Tensor, noisy: bool) -> bool:
+    """True if `run_on_input` runs this cell over input like ``x``: a plain Elman or GRU cell
+    without recurrent dropout or zoneout, on a loop of the extension."""
+    return not noisy and type(cell) in (ElmanCell, GRUCell) and handles(x) and supports(cell)
+
+
+def run_on_input(
+    cell: Cell, x: Tensor, weights: dict[str, Tensor | None], state0: tuple[Tensor], mask
+) -> tuple[Tensor, tuple[Tensor]]:
+    """`Cell.engine_inputs` then `run_fused` for a cell that `takes_input`, in one autograd node:
+    x (T, B, I), the cell's weights by name, state0 (h0 (B, H),), mask (T, B, 1) or None ->
+    (output (T, B, H), (h_n,)). A layer call then records one node instead of the projection's,
+    the biases' sum and the loop's (docs/performance.md, fix 17)."""
+    w_ih, w_hh, b_ih, b_hh = (weights[k] for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+    inputs = (x, w_ih, w_hh, b_ih, b_hh, state0[0])
+    recording = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    code = 3 if type(cell) is GRUCell else _NONLINEARITY[cell.nonlinearity]
+    output, h_n = _FusedLoop.apply(recording, code, x, w_hh, b_hh, b_ih, state0[0], mask, w_ih)
     return output, (h_n,)
 
 
@@ -435,34 +456,42 @@ class _FusedLayerNormLSTM(torch.autograd.Function):
 class _FusedLoop(torch.autograd.Function):
     """code 3: GRU (bias_ih (3H) or None: added in the steps, not over gx first; with ``params``
     ln_weight_hh, bias_hh (3H): the layer-normalised GRU, whose bias_hh is then None); 0, 1, 2:
-    Elman with tanh, relu, sigmoid (bias_ih None)."""
+    Elman with tanh, relu, sigmoid (bias_ih, if given, added with bias_hh). With weight_ih,
+    ``gx`` is the input x (T, B, I) and the input projection gx = x @ weight_ih^T runs here, its
+    gradients too: one autograd node for a layer where `run_cell` makes three (`run_on_input`)."""
 
     @staticmethod
-    def forward(ctx, recording, code, gx, weight_hh, bias_hh, bias_ih, h0, mask, *params):
+    def forward(ctx, recording, code, gx, weight_hh, bias_hh, bias_ih, h0, mask, weight_ih,
+                *params):  # fmt: skip
         ext = extension()
+        x = None
+        if weight_ih is not None:
+            x = gx.reshape(-1, gx.shape[-1])
+            gx = matmul(x, weight_ih.t()).view(*gx.shape[:2], -1)
         flat_mask = mask.squeeze(-1).contiguous() if mask is not None else _EMPTY_MASK
-        bias = bias_hh if bias_hh is not None else _EMPTY
         ctx.has_bias_ih = bias_ih is not None
         if code == 3:
-            bias_in = bias_ih if bias_ih is not None else _EMPTY
+            bias, bias_in = (_EMPTY if b is None else b for b in (bias_hh, bias_ih))
             states, cache, stats = ext.gru_forward(gx, weight_hh, bias, h0, flat_mask,
                                                    list(params), bias_in)  # fmt: skip
         else:
+            if bias_ih is not None:  # an Elman layer has both biases or neither
+                bias_hh = bias_hh + bias_ih
+            bias = _EMPTY if bias_hh is None else bias_hh
             states = ext.elman_forward(gx, weight_hh, bias, h0, flat_mask, code)
             cache, stats = None, None
         output = _outputs(states, mask, recording)
         ctx.code, ctx.has_bias = code, bias_hh is not None
-        ctx.save_for_backward(weight_hh, states, cache, stats, flat_mask, *params)
+        ctx.save_for_backward(weight_hh, states, cache, stats, flat_mask, x, weight_ih, *params)
         return output, states[-1].clone()
 
     @staticmethod
     @first_order_only(LAYER_SECOND_ORDER)
     def backward(ctx, grad_output, grad_h_n):
-        weight_hh, states, cache, stats, flat_mask, *params = ctx.saved_tensors
+        weight_hh, states, cache, stats, flat_mask, x, weight_ih, *params = ctx.saved_tensors
         ext = extension()
         T, B, H = states.shape[0] - 1, states.shape[1], states.shape[2]
         grad_output, (grad_h_n,) = _incoming(grad_output, (grad_h_n,), flat_mask, states)
-        grad_bias_ih = None
         if ctx.code == 3:
             grad_gx, grad_gh, grad_raw, grad_h0, grad_bias_hh, grad_bias_ih = ext.gru_backward(
                 grad_output, grad_h_n, weight_hh, states, cache, stats, flat_mask, params,
@@ -472,14 +501,20 @@ class _FusedLoop(torch.autograd.Function):
                 grad_output, grad_h_n, weight_hh, states, flat_mask, ctx.code, ctx.has_bias
             )
             grad_gh = grad_raw = grad_gx
+            grad_bias_ih = grad_bias_hh.clone() if ctx.has_bias_ih else None
         through = grad_raw if params else grad_gh  # what multiplied W_hh h_{t-1}
         grad_weight_hh = matmul(through.view(T * B, -1).t(), states[:-1].reshape(T * B, H))
         grad_params = ()
         if params:  # the normalisation's gain and shift
             flat_gh = grad_gh.view(T * B, -1)
             grad_params = ((grad_gh * cache[..., 4 * H :]).sum((0, 1)), flat_gh.sum(0))
+        grad_weight_ih = None
+        if weight_ih is not None:  # grad_gx becomes the gradients of x and weight_ih
+            flat = grad_gx.view(T * B, -1)
+            grad_weight_ih = matmul(flat.t(), x) if ctx.needs_input_grad[8] else None
+            grad_gx = matmul(flat, weight_ih).view(T, B, -1) if ctx.needs_input_grad[2] else None
         grads = (grad_gx, grad_weight_hh, grad_bias_hh, grad_bias_ih, grad_h0)
-        return None, None, *grads, None, *grad_params
+        return None, None, *grads, None, grad_weight_ih, *grad_params
 
 
 _EMPTY_MASK = torch.empty(0, dtype=torch.bool)

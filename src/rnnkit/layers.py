@@ -314,11 +314,13 @@ class _RecurrentLayer(nn.Module):
                 weights = self._weights(layer, suffix)
                 if self.weight_dropout and self.training:  # DropConnect, one mask per call
                     weights["weight_hh"] = dropout(weights["weight_hh"], self.weight_dropout)
-                gx, w_hh, b_hh, params = cell.engine_inputs(x_dir, weights)
                 h0 = tuple(s[index] for s in state0)
-                out, final = run_cell(
-                    cell, gx, w_hh, b_hh, h0, mask, params, *self._recurrent_noise(cell, h0)
-                )
+                noise = self._recurrent_noise(cell, h0)
+                if fused.takes_input(cell, x_dir, noisy=any(n is not None for n in noise)):
+                    out, final = fused.run_on_input(cell, x_dir, weights, h0, mask)
+                else:
+                    gx, w_hh, b_hh, params = cell.engine_inputs(x_dir, weights)
+                    out, final = run_cell(cell, gx, w_hh, b_hh, h0, mask, params, *noise)
                 outputs.append(reverse_within_lengths(out, lengths) if direction else out)
                 for store, s in zip(finals, final):
                     store.append(s)
