@@ -18,7 +18,7 @@ import statistics
 import torch
 
 import rnnkit
-from benchmarks.layers import median_ratio, round_robin
+from benchmarks.layers import median_ratio, round_robin, settle_allocator
 
 FEATURES = {
     "torch.nn.LSTM": lambda i, h: torch.nn.LSTM(i, h),
@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--shape", default="32,100,128,256", help="B,T,I,H")
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
+    settled = settle_allocator()  # no variant faults in fresh pages on a call (benchmarks.layers)
     B, T, I, H = (int(v) for v in args.shape.split(","))
     x = torch.randn(T, B, I, requires_grad=True)
     layers = {name: make(I, H).train() for name, make in FEATURES.items()}
@@ -55,6 +56,7 @@ def main() -> None:
         "I": I,
         "H": H,
         "threads": torch.get_num_threads(),
+        "allocator_settled": settled,
         "forward_backward_ms": {k: round(1e3 * v, 1) for k, v in times.items()},
         "ratio_to_torch_lstm": {
             k: round(median_ratio(v, rounds["torch.nn.LSTM"]), 2) for k, v in rounds.items()

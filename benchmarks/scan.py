@@ -19,7 +19,7 @@ import statistics
 import torch
 
 import rnnkit
-from benchmarks.layers import median_ratio, round_robin
+from benchmarks.layers import median_ratio, round_robin, settle_allocator
 from rnnkit import fused
 
 
@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--log-scan", action="store_true", help="also time mode='log_scan'")
     args = parser.parse_args()
+    settled = settle_allocator()  # no variant faults in fresh pages on a call (benchmarks.layers)
     H = args.hidden
     x = torch.randn(args.steps, args.batch, H, requires_grad=True)
     layers = {
@@ -61,6 +62,7 @@ def main() -> None:
         "B": args.batch,
         "H": H,
         "threads": torch.get_num_threads(),
+        "allocator_settled": settled,
         "forward_backward_ms": {k: round(v, 1) for k, v in times.items()},
         "speedup_over_rnnkit_gru": {k: round(median_ratio(gru, v), 2) for k, v in rounds.items()},
     }
