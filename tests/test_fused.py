@@ -349,6 +349,19 @@ def test_cpp_layer_norm_gru_gradcheck():
     assert torch.autograd.gradcheck(run, inputs)
 
 
+@pytest.mark.parametrize("make", [rnnkit.RNN, rnnkit.GRU])
+def test_plain_layers_record_one_node(make):
+    """A plain Elman or GRU layer runs its input projection inside the loop's autograd node
+    (`run_on_input`): the weights and biases are leaves of that node itself, not of a projection
+    or a sum of the biases (docs/performance.md, fix 17)."""
+    layer = make(4, 6, impl="bptt")
+    output, _ = layer(torch.randn(5, 2, 4))
+    assert type(output.grad_fn).__name__ == "_FusedLoopBackward"
+    leaves = {id(f.variable) for f, _ in output.grad_fn.next_functions if f is not None
+              and hasattr(f, "variable")}  # fmt: skip
+    assert {id(p) for p in layer.parameters()} <= leaves
+
+
 @pytest.mark.parametrize("code", [0, 1, 2, 3])
 def test_cpp_loop_on_input_gradcheck(code):
     """The loop with the input projection inside its autograd node (`run_on_input`: Elman with
