@@ -240,8 +240,7 @@ def run_fused(
 ) -> tuple[Tensor, tuple[Tensor, ...]]:  # fmt: skip
     """As `rnnkit.recurrence.run_cell` for a cell that `supports`: (output (T, B, H), final
     state)."""
-    inputs = (gx, weight_hh, bias_hh, *state0, *params)
-    recording = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    recording = _recording(gx, weight_hh, bias_hh, *state0, *params)
     if isinstance(cell, LayerNormLSTMCell):
         output, h_n, c_n = _FusedLayerNormLSTM.apply(recording, gx, weight_hh, *state0, mask,
                                                      *params)  # fmt: skip
@@ -278,11 +277,15 @@ def run_on_input(
     (output (T, B, H), (h_n,)). A layer call then records one node instead of the projection's,
     the biases' sum and the loop's (docs/performance.md, fix 17)."""
     w_ih, w_hh, b_ih, b_hh = (weights[k] for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-    inputs = (x, w_ih, w_hh, b_ih, b_hh, state0[0])
-    recording = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    recording = _recording(x, w_ih, w_hh, b_ih, b_hh, state0[0])
     code = 3 if type(cell) is GRUCell else _NONLINEARITY[cell.nonlinearity]
     output, h_n = _FusedLoop.apply(recording, code, x, w_hh, b_hh, b_ih, state0[0], mask, w_ih)
     return output, (h_n,)
+
+
+def _recording(*inputs: Tensor | None) -> bool:
+    """True if autograd records a loop over these inputs (None: an absent tensor)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
 
 
 def _outputs(states: Tensor, mask: Tensor | None, recording: bool) -> Tensor:
