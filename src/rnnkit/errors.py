@@ -44,3 +44,12 @@ def first_order_only(advice: str):
         return checked
 
     return wrap
+
+
+def shorten(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, for quoting a user's input in an error
+    message (a 200 MB CSV cell must not become a 200 MB "one-line" error)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 20]}...({len(text)} characters)"
