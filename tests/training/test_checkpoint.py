@@ -61,8 +61,10 @@ def test_a_truncated_file_is_detected_by_readers_too(tmp_path):
     latest.write_bytes(data[: len(data) // 2])
     assert "truncated" in ckpt.verify_checkpoint(latest.parent)
     with pytest.warns(UserWarning, match="optimizer.safetensors has .* bytes, .* were written"):
-        assert ckpt.recover(run).name == "step-00000004"  # what `rnnkit sample` etc. call
-    assert ckpt.read_tensors(run / ckpt.MODEL)[1]["step"] == 4
+        assert ckpt.latest_checkpoint(run).name == "step-00000004"  # what readers load
+    with pytest.warns(UserWarning, match="step-00000008 is damaged"):
+        assert ckpt.read_tensors(ckpt.weights_file(run))[1]["step"] == 4
+    assert ckpt.read_tensors(run / ckpt.MODEL)[1]["step"] == 8  # readers change nothing
 
 
 def test_a_full_disk_fails_the_save_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -161,7 +163,10 @@ def test_refuses_what_is_not_a_run_of_this_format(tmp_path):
     with pytest.raises(RnnkitError, match="format version 99, this rnnkit reads version 1"):
         Trainer(SumTask(), None, run, resume=True)
     (run / "config.json").write_text("{not json")
-    with pytest.raises(RnnkitError, match="the run is damaged"):
+    with pytest.raises(RnnkitError, match="config.json is not valid JSON"):
+        ckpt.read_config(run)
+    (run / "config.json").write_text(json.dumps({**config, "task": ["charlm"]}))
+    with pytest.raises(RnnkitError, match="'task' must be a str, not \\['charlm'\\]"):
         ckpt.read_config(run)
 
 

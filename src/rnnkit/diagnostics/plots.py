@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.diagnostics.gradient_flow import fit_decay
-from rnnkit.training.checkpoint import atomic_write_bytes
+from rnnkit.io import atomic_write_bytes
 
 
 def _figure(panels: int, height: float = 4.2):

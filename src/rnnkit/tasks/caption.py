@@ -32,6 +32,7 @@ from rnnkit.data import images as fm
 from rnnkit.data.images import SIDE
 from rnnkit.data.tokens import BOS, EOS, PAD, UNK, pad_ids
 from rnnkit.errors import RnnkitError
+from rnnkit.io import atomic_write_bytes, atomic_write_json, read_json
 from rnnkit.models.seq2seq import AttentionDecoder, Seq2Seq, target_loss, teacher_forced_loss
 from rnnkit.models.vision import ConvEncoder
 from rnnkit.tasks.common import settings_from_dict, train_task
@@ -183,7 +184,7 @@ class Caption:
         return asdict(self.cfg)
 
     def save_assets(self, run_dir: Path) -> None:
-        ckpt.atomic_write_json(run_dir / VOCAB, self.vocab.words)
+        atomic_write_json(run_dir / VOCAB, self.vocab.words)
 
     def build_model(self) -> Seq2Seq:
         return build_model(self.cfg, len(self.vocab))
@@ -277,9 +278,9 @@ def load_run(run_dir: str | Path, checkpoint: str = "best"):
     cfg = settings_from_dict(CaptionConfig, config["task_config"], NAME)
     if not (run_dir / VOCAB).is_file():
         raise RnnkitError(f"{run_dir / VOCAB} is missing; the run is incomplete")
-    vocab = Vocabulary(ckpt.read_json(run_dir / VOCAB))
-    model = build_model(cfg, len(vocab))
-    return load_weights(model, run_dir, checkpoint), vocab, cfg
+    vocab = Vocabulary(read_json(run_dir / VOCAB))
+    model = load_weights(lambda: build_model(cfg, len(vocab)), run_dir, checkpoint)
+    return model, vocab, cfg
 
 
 def check_image(pixels: np.ndarray, cfg: CaptionConfig, path: str | Path) -> np.ndarray:
@@ -352,9 +353,9 @@ def test_report(task: Caption, run_dir: Path, checkpoint: str = "best") -> dict[
     report = {f"test_{k}": v for k, v in score_captions(outputs, scenes.labels).items()}
     report.update(test_size=len(scenes), beam=cfg.beam, checkpoint=checkpoint,
                   decode_seconds=round(time.time() - started, 1))  # fmt: skip
-    ckpt.atomic_write_json(run_dir / "test.json", report)
+    atomic_write_json(run_dir / "test.json", report)
     rows = [f"{o}\t{r}" for o, r in zip(outputs, scenes.captions)]
-    ckpt.atomic_write_bytes(run_dir / "test-captions.txt", "\n".join(rows).encode() + b"\n")
+    atomic_write_bytes(run_dir / "test-captions.txt", "\n".join(rows).encode() + b"\n")
     shown = min(8, len(scenes))
     plot_captioned_images(scenes.pixels[:shown], outputs[:shown], run_dir / "examples.png",
                           f"test scenes: predicted (beam {cfg.beam}) / true caption",

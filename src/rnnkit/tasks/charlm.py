@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from rnnkit.data.text import Vocab, read_text, split_train_valid
 from rnnkit.errors import RnnkitError
+from rnnkit.io import atomic_write_json
 from rnnkit.models.sequence import SequenceModel
 from rnnkit.tasks.common import settings_from_dict, train_task
 from rnnkit.training import checkpoint as ckpt
@@ -122,7 +123,7 @@ class CharLM:
         return asdict(self.cfg)
 
     def save_assets(self, run_dir: Path) -> None:
-        ckpt.atomic_write_json(run_dir / VOCAB, self.vocab.to_json())
+        atomic_write_json(run_dir / VOCAB, self.vocab.to_json())
 
     def build_model(self) -> SequenceModel:
         return build_model(self.cfg, len(self.vocab))
@@ -236,15 +237,10 @@ def load_run(
     config = ckpt.read_config(run_dir)
     if config.get("task") != NAME:
         raise RnnkitError(f"{run_dir} is a {config.get('task')!r} run, not a charlm run")
-    ckpt.recover(run_dir)
     cfg = settings_from_dict(CharLMConfig, config["task_config"], NAME)
     vocab = Vocab.load(run_dir / VOCAB)
-    model = build_model(cfg, len(vocab))
-    names = {"last": ckpt.MODEL, "best": ckpt.BEST}
-    if checkpoint not in names:
-        raise RnnkitError(f"checkpoint must be 'last' or 'best', got {checkpoint!r}")
-    ckpt.load_model_weights(model, run_dir / names[checkpoint])
-    return model.eval(), vocab, cfg
+    model = ckpt.load_trained(lambda: build_model(cfg, len(vocab)), run_dir, checkpoint)
+    return model, vocab, cfg
 
 
 # --- what the command line calls --------------------------------------------------------------

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
 from rnnkit.errors import RnnkitError
+from rnnkit.io import atomic_write_json
 from rnnkit.models.backbone import CELLS
 from rnnkit.models.classifier import POOLINGS, SequenceClassifier
 from rnnkit.tasks.common import train_task
@@ -194,16 +195,10 @@ def evaluate_split(model: nn.Module, split: Split, num_classes: int) -> tuple[fl
     return total / max(1, len(split)), accuracy, confusion
 
 
-def load_weights(model: nn.Module, run_dir: Path, checkpoint: str) -> nn.Module:
-    """Load ``checkpoint`` ("best", falling back to the last if never evaluated, or "last")."""
-    if checkpoint not in ("best", "last"):
-        raise RnnkitError(f"checkpoint must be 'last' or 'best', got {checkpoint!r}")
-    ckpt.recover(run_dir)
-    path = run_dir / (ckpt.BEST if checkpoint == "best" else ckpt.MODEL)
-    if not path.is_file():
-        path = run_dir / ckpt.MODEL
-    ckpt.load_model_weights(model, path)
-    return model.eval()
+def load_weights(build: Callable[[], nn.Module], run_dir: Path, checkpoint: str) -> nn.Module:
+    """The model ``build()`` makes with the weights of ``checkpoint`` ("best", falling back
+    to the last if never evaluated, or "last"); see `rnnkit.training.checkpoint.load_trained`."""
+    return ckpt.load_trained(build, run_dir, checkpoint)
 
 
 def test_report(task: ClassifyTask, run_dir: Path, checkpoint: str = "best") -> dict[str, Any]:
@@ -211,12 +206,12 @@ def test_report(task: ClassifyTask, run_dir: Path, checkpoint: str = "best") -> 
     ``confusion.png`` into the run and returns the report."""
     from rnnkit.diagnostics.plots import plot_confusion
 
-    model = load_weights(task.build_model(), run_dir, checkpoint)
+    model = load_weights(task.build_model, run_dir, checkpoint)
     loss, accuracy, confusion = evaluate_split(model, task.data["test"], len(task.classes))
     report = {"test_loss": loss, "test_accuracy": accuracy, "test_size": len(task.data["test"]),
               "checkpoint": checkpoint, "classes": task.classes,
               "confusion": confusion.tolist()}  # fmt: skip
-    ckpt.atomic_write_json(run_dir / "test.json", report)
+    atomic_write_json(run_dir / "test.json", report)
     title = f"{run_dir.name}: test accuracy {100 * accuracy:.1f}%"
     plot_confusion(confusion, task.classes, run_dir / "confusion.png", title)
     return report
@@ -265,7 +260,7 @@ def partitioned(
                "std_accuracy": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
                "cpu_seconds": sum(r["cpu_seconds"] for r in results.values())}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    ckpt.atomic_write_json(out / "summary.json", summary)
+    atomic_write_json(out / "summary.json", summary)
     return summary
 
 

@@ -106,13 +106,9 @@ def run_gradient_norms(run_dir: str | Path, checkpoint: str = "last", seed: int 
         raise RnnkitError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
     task = module.load_task(run_dir)
     torch.manual_seed(config["train"]["seed"])  # as the trainer does before build_model
-    model = task.build_model()
+    model = ckpt.build_checked(task.build_model, run_dir)
     if checkpoint != "init":
-        ckpt.recover(run_dir)
-        name = ckpt.MODEL if checkpoint == "last" else ckpt.BEST
-        if not (run_dir / name).is_file():
-            raise RnnkitError(f"{run_dir} has no {name} yet; train it first or use --at init")
-        ckpt.load_model_weights(model, run_dir / name)
+        ckpt.load_model_weights(model, ckpt.weights_file(run_dir, checkpoint))
     batch = _float64(task.train_batch(0, torch.Generator().manual_seed(seed)))
     model = model.double()  # float32 underflows: 0.6 per step is 1e-44 after 200 steps
     return hidden_gradient_norms(model, lambda m: task.loss(m, batch, None).loss)

@@ -38,6 +38,7 @@ from rnnkit.data.timeseries import (
     season_of,
 )
 from rnnkit.errors import RnnkitError
+from rnnkit.io import atomic_write_json, read_json
 from rnnkit.models.forecaster import ForecastNet
 from rnnkit.models.heads import GaussianHead
 from rnnkit.tasks.backtest import backtest, rolling_origins
@@ -178,8 +179,8 @@ class ForecastTask:
         return asdict(self.cfg)
 
     def save_assets(self, run_dir: Path) -> None:
-        ckpt.atomic_write_json(run_dir / SCALER, self.scalers.to_dict())
-        ckpt.atomic_write_json(run_dir / HISTORY, history_to_dict(self.series, self.cfg))
+        atomic_write_json(run_dir / SCALER, self.scalers.to_dict())
+        atomic_write_json(run_dir / HISTORY, history_to_dict(self.series, self.cfg))
 
     def build_model(self) -> nn.Module:
         return build_model(self.cfg)
@@ -309,11 +310,9 @@ class Forecaster:
         if config.get("task") != NAME:
             raise RnnkitError(f"{run_dir} is a {config.get('task')!r} run, not a forecast run")
         self = cls(train=config["train"], **config["task_config"])
-        self.scalers = Scalers.from_dict(ckpt.read_json(run_dir / SCALER))
-        self.history = history_from_dict(ckpt.read_json(run_dir / HISTORY), self.cfg)
-        self.model = build_model(self.cfg)
-        ckpt.load_model_weights(self.model, run_dir / ckpt.MODEL)
-        self.model.eval()
+        self.scalers = Scalers.from_dict(read_json(run_dir / SCALER))
+        self.history = history_from_dict(read_json(run_dir / HISTORY), self.cfg)
+        self.model = ckpt.load_trained(lambda: build_model(self.cfg), run_dir)
         return self
 
     def predict(self, n: int, series: TimeSeries | None = None, level: float = 0.9) -> pd.DataFrame:

@@ -35,6 +35,7 @@ from rnnkit.data.music import (
     transpose_roll,
 )
 from rnnkit.errors import RnnkitError
+from rnnkit.io import atomic_write_bytes
 from rnnkit.models.frames import HEADS, FrameModel
 from rnnkit.models.heads import bernoulli_nll
 from rnnkit.tasks.common import settings_from_dict, train_task
@@ -178,16 +179,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[FrameModel,
     config = ckpt.read_config(run_dir)
     if config.get("task") != NAME:
         raise RnnkitError(f"{run_dir} is a {config.get('task')!r} run, not a music run")
-    ckpt.recover(run_dir)
     cfg = settings_from_dict(MusicConfig, config["task_config"], NAME)
-    if checkpoint not in ("best", "last"):
-        raise RnnkitError(f"checkpoint must be 'last' or 'best', got {checkpoint!r}")
-    path = run_dir / (ckpt.BEST if checkpoint == "best" else ckpt.MODEL)
-    if checkpoint == "best" and not path.is_file():
-        path = run_dir / ckpt.MODEL
-    model = build_model(cfg)
-    ckpt.load_model_weights(model, path)
-    return model.eval(), cfg
+    return ckpt.load_trained(lambda: build_model(cfg), run_dir, checkpoint), cfg
 
 
 # --- what the command line calls --------------------------------------------------------------
@@ -253,10 +246,10 @@ def compose(
     generator = torch.Generator().manual_seed(seed)
     roll = model.generate(frames, primer, temperature=temperature, generator=generator)[:, 0]
     n0 = 0 if primer is None else primer.shape[0]
-    ckpt.atomic_write_bytes(out_path, midi_bytes(roll, tempo, cfg.steps_per_quarter))
+    atomic_write_bytes(out_path, midi_bytes(roll, tempo, cfg.steps_per_quarter))
     png = out_path.with_suffix(".png")
     title = f"{Path(run_dir).name}: {frames} frames composed" + (f" after {prime}" if prime else "")
-    ckpt.atomic_write_bytes(png, roll_png(roll, title, prime=n0))
+    atomic_write_bytes(png, roll_png(roll, title, prime=n0))
     onsets = torch.cat([roll[:1], (roll[1:] - roll[:-1]).clamp(min=0)]).sum()
     return {"midi": str(out_path), "png": str(png), "prime_frames": n0, "frames": frames,
             "notes": int(onsets)}  # fmt: skip

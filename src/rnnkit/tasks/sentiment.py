@@ -23,6 +23,7 @@ import torch
 from rnnkit.data.labelled import read_labelled
 from rnnkit.data.text import Vocab, tokenize_words
 from rnnkit.errors import RnnkitError
+from rnnkit.io import atomic_write_json
 from rnnkit.tasks import classify
 from rnnkit.tasks.classify import ClassifierSettings, ClassifyTask, Split
 from rnnkit.tasks.common import settings_from_dict
@@ -113,7 +114,7 @@ def make_task(cfg: SentimentConfig) -> ClassifyTask:
     }
 
     def save_vocab(run_dir: Path) -> None:
-        ckpt.atomic_write_json(run_dir / VOCAB, vocab.to_json())
+        atomic_write_json(run_dir / VOCAB, vocab.to_json())
 
     model_input = {"vocab_size": len(vocab), "embed": cfg.embed}
     augment = word_dropout(vocab.index[vocab.unk], cfg.word_dropout) if cfg.word_dropout else None
@@ -157,11 +158,16 @@ def load_run(run_dir: str | Path, checkpoint: str = "best"):
     if config.get("task") != NAME:
         raise RnnkitError(f"{run_dir} is a {config.get('task')!r} run, not a sentiment run")
     saved = dict(config["task_config"])
-    classes = saved.pop("classes")
+    classes = saved.pop("classes", None)
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        raise RnnkitError(f"{run_dir}/config.json has no list of class names; the run is damaged")
     cfg = settings_from_dict(SentimentConfig, saved, NAME)
     vocab = Vocab.load(run_dir / VOCAB)
-    model = classify.build_classifier(cfg, len(classes), vocab_size=len(vocab), embed=cfg.embed)
-    return classify.load_weights(model, run_dir, checkpoint), vocab, cfg, classes
+
+    def build() -> torch.nn.Module:
+        return classify.build_classifier(cfg, len(classes), vocab_size=len(vocab), embed=cfg.embed)
+
+    return classify.load_weights(build, run_dir, checkpoint), vocab, cfg, classes
 
 
 def predict(run_dir: str, text: str, explain: bool = False, checkpoint: str = "best") -> str:

@@ -115,8 +115,9 @@ def load_run(run_dir: str | Path, checkpoint: str = "best"):
         raise RnnkitError(f"{run_dir} is a {config.get('task')!r} run, not a {NAME} run")
     saved = {k: v for k, v in config["task_config"].items() if k != "classes"}
     cfg = settings_from_dict(SpeechConfig, saved, NAME)
-    model = classify.build_classifier(cfg, 10, features=cfg.feature_config().size)
-    return classify.load_weights(model, run_dir, checkpoint), cfg
+    size = cfg.feature_config().size
+    build = lambda: classify.build_classifier(cfg, 10, features=size)  # noqa: E731
+    return classify.load_weights(build, run_dir, checkpoint), cfg
 
 
 def predict(run_dir: str, wav: str, explain: bool = False, checkpoint: str = "best") -> str:

@@ -29,6 +29,7 @@ from rnnkit.data.parallel import read_lines, read_parallel
 from rnnkit.data.subword import Subword
 from rnnkit.data.tokens import BOS, EOS, PAD, pad_ids
 from rnnkit.errors import RnnkitError
+from rnnkit.io import atomic_write_bytes, atomic_write_json
 from rnnkit.models.seq2seq import (
     AttentionDecoder,
     Seq2Seq,
@@ -166,8 +167,8 @@ class Translate:
         return asdict(self.cfg)
 
     def save_assets(self, run_dir: Path) -> None:
-        ckpt.atomic_write_bytes(run_dir / SRC_SPM, self.src_spm.model)
-        ckpt.atomic_write_bytes(run_dir / TGT_SPM, self.tgt_spm.model)
+        atomic_write_bytes(run_dir / SRC_SPM, self.src_spm.model)
+        atomic_write_bytes(run_dir / TGT_SPM, self.tgt_spm.model)
 
     def build_model(self) -> Seq2Seq:
         return build_model(self.cfg, len(self.src_spm), len(self.tgt_spm))
@@ -274,8 +275,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best"):
         raise RnnkitError(f"{run_dir} is a {config.get('task')!r} run, not a translate run")
     cfg = settings_from_dict(TranslateConfig, config["task_config"], NAME)
     src_spm, tgt_spm = Subword.load(run_dir / SRC_SPM), Subword.load(run_dir / TGT_SPM)
-    model = build_model(cfg, len(src_spm), len(tgt_spm))
-    return load_weights(model, run_dir, checkpoint), src_spm, tgt_spm, cfg
+    model = load_weights(lambda: build_model(cfg, len(src_spm), len(tgt_spm)), run_dir, checkpoint)
+    return model, src_spm, tgt_spm, cfg
 
 
 def translate(
@@ -335,8 +336,8 @@ def test_report(task: Translate, run_dir: Path, checkpoint: str = "best") -> dic
     report = {f"test_{k}": v for k, v in bleu(outputs, [t for _, t in pairs]).items()}
     report.update(test_size=len(pairs), beam=cfg.beam, checkpoint=checkpoint,
                   decode_seconds=round(time.time() - started, 1))  # fmt: skip
-    ckpt.atomic_write_json(run_dir / "test.json", report)
-    ckpt.atomic_write_bytes(run_dir / "test-translations.txt", "\n".join(outputs).encode() + b"\n")
+    atomic_write_json(run_dir / "test.json", report)
+    atomic_write_bytes(run_dir / "test-translations.txt", "\n".join(outputs).encode() + b"\n")
     return report
 
 

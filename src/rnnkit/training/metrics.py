@@ -14,11 +14,12 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from rnnkit.training.checkpoint import atomic_write_bytes, write_error
+from rnnkit.io import append_text, atomic_write_bytes, json_line, read_bytes
 
 
 class MetricsLog:
@@ -28,14 +29,10 @@ class MetricsLog:
         self.path, self.enabled = path, enabled  # disabled: a process that does not write
 
     def write(self, record: dict[str, Any]) -> None:
-        """Append ``record`` as one line (RnnkitError if the disk is full or read-only)."""
-        if not self.enabled:
-            return
-        try:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record, sort_keys=True) + "\n")
-        except OSError as err:
-            raise write_error(self.path, err) from None
+        """Append ``record`` as one line of strict JSON (NaN and infinities as null;
+        RnnkitError if the disk is full or read-only)."""
+        if self.enabled:
+            append_text(self.path, json_line(record))
 
     def read(self) -> list[dict[str, Any]]:
         return read_metrics(self.path)
@@ -45,20 +42,30 @@ class MetricsLog:
         if not self.enabled:
             return
         kept = [r for r in self.read() if r["step"] <= step]
-        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept)
-        atomic_write_bytes(self.path, text.encode())
+        atomic_write_bytes(self.path, "".join(json_line(r) for r in kept).encode())
+
+
+#: the largest ``metrics.jsonl`` read (a line per logged step: millions of steps)
+MAX_METRICS_BYTES = 1 << 30
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """All records of a ``metrics.jsonl`` (a torn last line, from a kill, is ignored)."""
-    if not path.exists():
+    """The records of a ``metrics.jsonl``: objects with an integer ``step`` and a string
+    ``split`` (anything else, such as a torn last line from a kill, is skipped)."""
+    if not os.path.lexists(path):
         return []
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in read_bytes(path, MAX_METRICS_BYTES).decode("utf-8", "replace").splitlines():
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
             continue
+        if (
+            isinstance(record, dict)
+            and type(record.get("step")) is int
+            and isinstance(record.get("split"), str)
+        ):
+            records.append(record)
     return records
 
 
@@ -67,8 +74,8 @@ def plot_loss_curve(records: list[dict[str, Any]], path: Path, title: str = "") 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    train = [(r["step"], r["loss"]) for r in records if r["split"] == "train"]
-    valid = [(r["step"], r["loss"]) for r in records if r["split"] == "valid"]
+    train = [(r["step"], r["loss"]) for r in records if r["split"] == "train" and _number(r)]
+    valid = [(r["step"], r["loss"]) for r in records if r["split"] == "valid" and _number(r)]
     fig = Figure(figsize=(7, 4.2), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -85,6 +92,12 @@ def plot_loss_curve(records: list[dict[str, Any]], path: Path, title: str = "") 
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     atomic_write_bytes(path, buf.getvalue())
+
+
+def _number(record: dict[str, Any]) -> bool:
+    """Whether ``record`` has a finite number as its loss (null where it was NaN)."""
+    loss = record.get("loss")
+    return isinstance(loss, (int, float)) and not isinstance(loss, bool) and math.isfinite(loss)
 
 
 class Progress:

@@ -14,7 +14,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from rnnkit.errors import RnnkitError
+from rnnkit.errors import RnnkitError, shorten
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -45,17 +45,25 @@ def parse_duration(value: str | float | int) -> float:
     return seconds
 
 
+#: the largest settings file read (a few lines of ``key = value``)
+MAX_TOML_BYTES = 1 << 20
+
+
 def read_toml(path: str | Path) -> dict[str, Any]:
     """The settings of a TOML file, keys with dashes turned into underscores."""
     path = Path(path)
     if not path.is_file():
         raise RnnkitError(f"config file {path} does not exist; check the path")
+    if path.stat().st_size > MAX_TOML_BYTES:
+        raise RnnkitError(f"config file {path} is larger than {MAX_TOML_BYTES} bytes; not settings")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as err:
         raise RnnkitError(f"config file {path} is not UTF-8 (byte offset {err.start})") from None
     except tomllib.TOMLDecodeError as err:
         raise RnnkitError(f"config file {path} is not valid TOML: {err}") from None
+    except RecursionError:
+        raise RnnkitError(f"config file {path} is nested too deeply; write flat settings") from None
     return {key.replace("-", "_"): value for key, value in data.items()}
 
 
@@ -113,8 +121,29 @@ def check_types(cls: type, values: dict[str, Any], what: str) -> None:
         if name in hints and not _fits(value, hints[name]):
             shown = getattr(hints[name], "__name__", None) or str(hints[name])
             raise RnnkitError(
-                f"{what} setting {name} = {value!r} is not of type {shown.replace('typing.', '')}"
+                f"{what} setting {name} = {shorten(value)} is not of type "
+                f"{shown.replace('typing.', '')}"
             )
+        limit = MAX_LAYERS if name in LAYER_SETTINGS else MAX_INT
+        if _largest_int(value) > limit:
+            raise RnnkitError(
+                f"{what} setting {name} = {shorten(value)} is larger than {limit:,}, the most "
+                "rnnkit accepts; use a smaller value"
+            )
+
+
+#: the largest integer a setting may hold (sizes, counts, seeds)
+MAX_INT = 1 << 53
+#: the most layers a model may stack (each is a module: a million would take minutes to build)
+MAX_LAYERS = 64
+LAYER_SETTINGS = ("layers", "num_layers", "decoder_layers", "encoder_layers", "stages")
+
+
+def _largest_int(value: Any) -> int:
+    """The largest magnitude of the integers in ``value`` (one, or a flat list of them)."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    ints = [abs(v) for v in items if isinstance(v, int) and not isinstance(v, bool)]
+    return max(ints, default=0)
 
 
 def _fits(value: Any, hint: Any) -> bool:

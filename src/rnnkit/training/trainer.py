@@ -66,6 +66,7 @@ Example::
 from __future__ import annotations
 
 import math
+import os
 import signal
 import threading
 import time
@@ -73,13 +74,14 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import torch
 from torch import Tensor, nn
 
 import rnnkit
-from rnnkit.errors import RnnkitError
+from rnnkit.errors import RnnkitError, shorten
+from rnnkit.io import check_writable, json_bytes, read_bytes, read_json
 from rnnkit.training import checkpoint as ckpt
 from rnnkit.training import distributed
 from rnnkit.training.metrics import MetricsLog, Progress, plot_loss_curve
@@ -310,8 +312,13 @@ class Trainer:
             self.world.barrier()
         self.config = self._resolve_config(config)
         self.config.check(task.steps_per_epoch)
+        self._lock: BinaryIO | None = None  # the run's training lock (rank 0)
         if self.world.writer:
-            ckpt.check_writable(self.run_dir)
+            check_writable(self.run_dir)
+            self._lock = ckpt.lock_run(self.run_dir)
+            if not resume and ckpt.is_run(self.run_dir):  # another trainer was quicker
+                self.close()
+                raise RnnkitError(f"{self.run_dir} already holds a run; resume it (--resume)")
         self.total_steps = self.config.total_steps(task.steps_per_epoch)
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.world.writer)
         self.counters = _Progress()
@@ -337,7 +344,9 @@ class Trainer:
                     f"{self.run_dir} already holds a run; resume it (--resume) or choose another "
                     "output directory (--out)"
                 )
-            if self.run_dir.exists() and (not self.run_dir.is_dir() or any(self.run_dir.iterdir())):
+            if self.run_dir.exists() and (
+                not self.run_dir.is_dir() or set(os.listdir(self.run_dir)) - {ckpt.LOCK}
+            ):
                 raise RnnkitError(f"{self.run_dir} exists and is not an empty directory")
             return config or TrainConfig()
         saved = ckpt.read_config(self.run_dir)
@@ -359,7 +368,7 @@ class Trainer:
 
     def _setup(self) -> None:
         torch.manual_seed(self.config.seed)
-        self.model = self.task.build_model()
+        self.model = ckpt.build_checked(self.task.build_model, self.run_dir, strict=False)
         self._device = next(self.model.parameters()).device
         wanted = self.config.precision  # resolved once: "auto" asks the hardware
         self._bf16 = wanted == "bf16" or (wanted == "auto" and native_bf16(self._device))
@@ -406,7 +415,7 @@ class Trainer:
             ckpt.MODEL: ckpt.tensors_to_bytes(model_sd, {"step": self.counters.step}),
             ckpt.OPTIMIZER: ckpt.optimizer_to_bytes(self.optimizer),
             ckpt.TRAINER_TENSORS: ckpt.tensors_to_bytes(tensors, {"step": self.counters.step}),
-            ckpt.TRAINER_STATE: ckpt.json_bytes(state),
+            ckpt.TRAINER_STATE: json_bytes(state),
         }
         if self._best_bytes is not None:
             files[ckpt.BEST] = self._best_bytes
@@ -419,33 +428,49 @@ class Trainer:
         """Restore the newest valid checkpoint (the top-level files of a run saved before
         ``checkpoints/`` existed)."""
         if self.world.writer:
-            source = ckpt.recover(self.run_dir, clean=True) or self.run_dir
+            source = ckpt.recover(self.run_dir) or self.run_dir
         else:  # rank 0 has recovered the run: only read it
             source = ckpt.latest_checkpoint(self.run_dir) or self.run_dir
-        if not (source / ckpt.TRAINER_STATE).is_file():  # killed before its first checkpoint
+        if not os.path.lexists(source / ckpt.TRAINER_STATE):  # killed before its first checkpoint
             warnings.warn(f"{self.run_dir} has no checkpoint yet: from step 0", stacklevel=2)
             if self.world.writer:
                 self.task.save_assets(self.run_dir)
             self._saved_step = 0
             self.metrics.truncate_after(0)
             return
-        state = ckpt.read_json(source / ckpt.TRAINER_STATE)
+        state = read_json(source / ckpt.TRAINER_STATE)
         ckpt.load_model_weights(self.model, source / ckpt.MODEL)
         ckpt.load_optimizer(self.optimizer, source / ckpt.OPTIMIZER)
-        if (source / ckpt.BEST).is_file():
-            self._best_bytes = (source / ckpt.BEST).read_bytes()
+        if os.path.lexists(source / ckpt.BEST):
+            self._best_bytes = read_bytes(source / ckpt.BEST, ckpt.state_bytes(self.model) << 1)
         tensors, _ = ckpt.read_tensors(source / ckpt.TRAINER_TENSORS)
+        try:
+            self._restore(state, tensors)
+        except RnnkitError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, RecursionError) as err:
+            raise RnnkitError(
+                f"the trainer state of {source} is damaged ({shorten(str(err))}); train anew"
+            ) from None
+        self._saved_step = self.counters.step
+        self.metrics.truncate_after(self.counters.step)
+
+    def _restore(self, state: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+        """Counters, RNG states and carried state from a checkpoint's trainer files."""
+        counters = {k: state[k] for k in ("step", "elapsed", "best_loss", "bad_evals")}
+        check_types(_Progress, counters, "trainer.json")
+        if counters["step"] < 0 or counters["bad_evals"] < 0:
+            raise ValueError("negative counters")
         torch.set_rng_state(tensors["rng.torch"])
         self.data_rng.set_state(tensors["rng.data"])
         self.carried = ckpt.unflatten_state(tensors, state["carried_spec"])
-        self.counters = _Progress(
-            step=state["step"],
-            elapsed=state["elapsed"],
-            best_loss=state["best_loss"],
-            bad_evals=state["bad_evals"],
-        )
-        self._saved_step = self.counters.step
-        self.metrics.truncate_after(self.counters.step)
+        self.counters = _Progress(**counters)
+
+    def close(self) -> None:
+        """Release the run's training lock (done by `fit`; for a trainer never fitted)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -454,7 +479,14 @@ class Trainer:
         self._stop_reason = self._stop_reason or reason
 
     def fit(self) -> FitResult:
-        """Train until a budget, early stopping, Ctrl-C or `request_stop`; see `FitResult`."""
+        """Train until a budget, early stopping, Ctrl-C or `request_stop`; see `FitResult`.
+        The run's lock is released at the end."""
+        try:
+            return self._fit()
+        finally:
+            self.close()
+
+    def _fit(self) -> FitResult:
         cfg, c = self.config, self.counters
         shown = cfg.progress if self.world.writer else "none"
         progress = Progress(shown, self.total_steps, cfg.max_time, c.step, c.elapsed)
@@ -465,6 +497,9 @@ class Trainer:
         try:
             while not self._should_stop(time.perf_counter() - start):
                 step_start = time.perf_counter()
+                # a signal waits for the step (and its logging, checkpoint) to end; not in the
+                # process's first step, which may build the C++ kernels or wait for their lock
+                self._in_step = self._step_seconds > 0
                 record = self._train_step()
                 if record is None:  # diverged, step not applied
                     break
@@ -477,7 +512,9 @@ class Trainer:
                 if c.step % cfg.log_every == 0 and window.steps:
                     self._log_train(window.flush(c.elapsed), progress, board)
                 if c.step % cfg.eval_every == 0:
+                    self._in_step = False  # an evaluation may be long: a signal aborts it
                     self._evaluate(progress, board, full=False)
+                    self._in_step = True
                 if self._checkpoint_due():
                     self.save_checkpoint()
                 if window.steps == 0:  # tokens/s counts training only
@@ -490,6 +527,7 @@ class Trainer:
         reason = self._stop_reason or "budget"
         stopped = reason in ("interrupted", "paused", "diverged")
         final = {} if stopped else self._evaluate(progress, board, True)
+        reason = self._stop_reason or reason  # a final evaluation that is not finite: diverged
         if reason != "diverged" and self._saved_step != c.step:
             self.save_checkpoint()
         self._plot()
@@ -586,6 +624,18 @@ class Trainer:
         self.metrics.write(record)
         return record
 
+    def _nonfinite_eval(self, step: int, result: dict[str, float]) -> None:
+        """A validation loss that is NaN/inf at ``step``: as ``on_nonfinite`` says, raise, or
+        stop without saving these weights, or (skip) go on; never kept as the best model."""
+        what = f"validation {' '.join(f'{k} {v}' for k, v in result.items())} at step {step}"
+        policy = self.config.on_nonfinite
+        if policy == "raise":
+            raise RnnkitError(f"{what} is not finite; the last checkpoint is intact")
+        if policy == "stop":
+            self.request_stop("diverged")
+        else:
+            warnings.warn(f"{what} is not finite; not kept as the best model", stacklevel=3)
+
     def learning_rate(self, step: int, elapsed: float) -> float:
         """Linear warm-up over ``warmup_steps``, then cosine decay to ``min_lr_ratio * lr``
         over the step budget (max_steps / max_epochs), or over ``max_time`` seconds when there
@@ -616,6 +666,8 @@ class Trainer:
         if full:
             record["final"] = True
         self.metrics.write(record)
+        if not math.isfinite(result["loss"]) or not math.isfinite(result.get(cfg.monitor, 0.0)):
+            self._nonfinite_eval(c.step, result)
         if board is not None:
             for key, value in result.items():
                 board.add_scalar(f"valid/{key}", value, c.step)
@@ -666,14 +718,17 @@ class Trainer:
         plot_loss_curve(self.metrics.read(), self.run_dir / "loss.png", title=self.task.name)
 
     def _install_sigint(self, progress: Progress) -> Callable[[], None]:
-        """First Ctrl-C (or SIGTERM): finish the step, save, stop. A second Ctrl-C aborts."""
+        """Ctrl-C (or SIGTERM) in a step (`fit` sets ``_in_step``): finish the step, save, stop.
+        Outside one (an evaluation, the first step), or once a stop is requested: abort at once
+        (KeyboardInterrupt naming the signal, e.g. "SIGTERM"; the CLI exits 130 or 143)."""
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self._in_step = False
 
         def handler(signum, frame):
-            if self._stop_reason == "interrupted":
-                raise KeyboardInterrupt
+            if not self._in_step or self._stop_reason is not None:
+                raise KeyboardInterrupt(signal.Signals(signum).name)
             progress.message(
                 "interrupted: saving a checkpoint after this step (Ctrl-C again aborts)"
             )
