@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from rnnkit.errors import RnnkitError, shorten
+from rnnkit.errors import RnnkitError
 
 #: the largest JSON file of a run read (configs, manifests, trainer state, vocabularies)
 MAX_JSON_BYTES = 64 << 20
@@ -249,11 +249,11 @@ def lock_file(path: Path, what: str) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
         os.close(fd)
         raise RnnkitError(
-            f"{what} is in use by process {shorten(holder, 40)} (lock {path}); wait for it to "
-            "finish or stop it, then try again"
+            f"{what} is in use by process {holder if holder.isdigit() else '?'} (lock {path}); "
+            "wait for it to finish or stop it, then try again"
         ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

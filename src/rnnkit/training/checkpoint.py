@@ -565,10 +565,18 @@ def load_trained(
     build: Callable[[], nn.Module], run_dir: str | os.PathLike, which: str = "last"
 ) -> nn.Module:
     """The model of a trained run, in eval mode: ``build()`` (its size checked first, see
-    `build_checked`) loaded with the weights `weights_file` chooses; writes nothing."""
-    path = weights_file(run_dir, which)
+    `build_checked`) loaded with the weights `weights_file` chooses; writes nothing, and
+    chooses again if a trainer pruned the checkpoint meanwhile."""
     model = build_checked(build, run_dir)
-    load_model_weights(model, path)
+    for _ in range(2):  # a trainer may prune the checkpoint chosen meanwhile: choose again
+        path = weights_file(run_dir, which)
+        try:
+            load_model_weights(model, path)
+            return model.eval()
+        except RnnkitError:
+            if os.path.lexists(path):
+                raise
+    load_model_weights(model, weights_file(run_dir, which))
     return model.eval()
 
 
