@@ -14,28 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from conftest import TEXT, cli
 from test_trainer import SumTask, quiet
 
-from rnnkit.cli import main
 from rnnkit.errors import RnnkitError
 from rnnkit.training import Trainer
 from rnnkit.training import checkpoint as ckpt
-
-TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 4
-SMALL = ["--hidden", "16", "--layers", "1", "--embed", "8", "--seq-len", "16", "--batch", "4"]
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory) -> Path:
-    """A charlm run of 8 steps with checkpoints at steps 4 and 8 (copy it before changing it)."""
-    root = tmp_path_factory.mktemp("untrusted")
-    (root / "text.txt").write_text(TEXT)
-    args = ["train", "charlm", "--text", root / "text.txt", *SMALL, "--progress", "none"]
-    every = ["--checkpoint-every", "4", "--eval-every", "4"]
-    result = cli(*args, "--max-steps", "8", *every, "--out", root / "run")
-    assert result.exit_code == 0, result.output
-    return root / "run"
 
 
 @pytest.fixture
@@ -44,10 +28,6 @@ def run(trained_run, tmp_path) -> Path:
     (tmp_path / "home").mkdir()
     shutil.copytree(trained_run, tmp_path / "home" / "run")
     return tmp_path / "home" / "run"
-
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def one_line_error(result, pattern: str) -> None:
@@ -206,7 +186,7 @@ def test_a_reader_polling_a_training_run_never_disturbs_it(tmp_path):
     code = (
         "import sys; sys.path.insert(0, sys.argv[2]);"
         "from test_trainer import SumTask, quiet; from rnnkit.training import Trainer;"
-        "Trainer(SumTask(), quiet(max_steps=400, checkpoint_every=1), sys.argv[1],"
+        "Trainer(SumTask(), quiet(max_steps=40, checkpoint_every=1), sys.argv[1],"
         " resume=True).fit()"
     )
     tests = str(Path(__file__).parent)
@@ -216,7 +196,7 @@ def test_a_reader_polling_a_training_run_never_disturbs_it(tmp_path):
         model = ckpt.load_trained(SumTask().build_model, run)
         reads += model is not None
     assert trainer.returncode == 0 and reads > 5
-    assert json.loads((run / ckpt.TRAINER_STATE).read_text())["step"] == 400
+    assert json.loads((run / ckpt.TRAINER_STATE).read_text())["step"] == 40
 
 
 def test_a_nonfinite_validation_loss_is_never_kept(tmp_path):

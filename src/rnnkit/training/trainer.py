@@ -368,7 +368,7 @@ class Trainer:
 
     def _setup(self) -> None:
         torch.manual_seed(self.config.seed)
-        self.model = ckpt.build_checked(self.task.build_model, self.run_dir, strict=False)
+        self.model = ckpt.build_checked(self.task.build_model, self.run_dir, strict=self.resume)
         self._device = next(self.model.parameters()).device
         wanted = self.config.precision  # resolved once: "auto" asks the hardware
         self._bf16 = wanted == "bf16" or (wanted == "auto" and native_bf16(self._device))
