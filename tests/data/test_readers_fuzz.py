@@ -4,6 +4,7 @@ RnnkitError; any other exception, or an example slower than the deadline, fails.
 
 from __future__ import annotations
 
+import gzip
 import json
 import tempfile
 import warnings
@@ -12,12 +13,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rnnkit.data import audio, labelled, music, text, timeseries
+from rnnkit.data import audio, images, labelled, music, subword, text, timeseries
 from rnnkit.errors import RnnkitError
+from rnnkit.tasks import nab
 from rnnkit.training import checkpoint as ckpt
 from rnnkit.training import options
 
@@ -71,6 +74,16 @@ def test_read_text(data, encoding):
     loads_or_refuses(lambda p: text.read_text(p, encoding), data, "a.txt")
 
 
+GZIP = st.binary(max_size=300).map(lambda b: gzip.compress(b, mtime=0))
+
+
+@FUZZ
+@given(st.one_of(GZIP, st.tuples(GZIP, EDITS).map(lambda g: mutate(*g)),
+                 GZIP.flatmap(lambda g: st.integers(0, len(g)).map(lambda n: g[:n]))))  # fmt: skip
+def test_read_text_gzip(data):
+    loads_or_refuses(text.read_text, data, "a.txt.gz")
+
+
 @FUZZ
 @given(st.one_of(csv_text(","), st.binary(max_size=200)))
 def test_read_labelled_csv(data):
@@ -89,13 +102,41 @@ JSON_VALUE = st.recursive(
     | st.dictionaries(st.sampled_from(["unit", "tokens", "unk", "files", "bytes"]), inner,
                       max_size=3),
 )  # fmt: skip
-JSON_BYTES = st.one_of(st.binary(max_size=200), JSON_VALUE.map(lambda v: json.dumps(v).encode()))
+DEEP_JSON = st.integers(1, 5000).flatmap(
+    lambda n: st.sampled_from([b"[" * n, b"[" * n + b"]" * n, b'{"a":' * n + b"1" + b"}" * n])
+)  # nesting past Python's recursion limit, closed or not
+JSON_BYTES = st.one_of(
+    st.binary(max_size=200), JSON_VALUE.map(lambda v: json.dumps(v).encode()), DEEP_JSON
+)
 
 
 @FUZZ
 @given(JSON_BYTES)
 def test_vocab_load(data):
     loads_or_refuses(text.Vocab.load, data, "vocab.json")
+
+
+WINDOWS = st.dictionaries(
+    st.sampled_from(["c/a.csv", "x"]),
+    st.lists(st.lists(st.one_of(st.sampled_from(["2014-01-01", "2014-01-02 10:00", "", "x"]),
+                                st.integers(), st.none()), max_size=3), max_size=3)
+    | JSON_VALUE,
+)  # fmt: skip
+
+
+@FUZZ
+@given(st.one_of(JSON_BYTES, WINDOWS.map(lambda v: json.dumps(v).encode())))
+def test_nab_read_windows(data):
+    loads_or_refuses(lambda p: nab.read_windows(p, "c/a.csv"), data, "windows.json")
+
+
+@FUZZ
+@given(JSON_VALUE)
+def test_scaler_from_dict(data):
+    try:
+        timeseries.Scaler.from_dict(data)
+    except RnnkitError as err:
+        assert "\n" not in str(err)
 
 
 # --- CSV time series -------------------------------------------------------------------------
@@ -151,6 +192,32 @@ MIDI = music.midi_bytes(torch.eye(88)[:12:3].repeat_interleave(2, 0), tempo=90)
                  st.integers(0, len(MIDI)).map(lambda n: MIDI[:n])), st.integers(1, 4))  # fmt: skip
 def test_read_midi(data, steps_per_quarter):
     loads_or_refuses(lambda p: music.read_midi(p, steps_per_quarter), data, "a.mid")
+
+
+def valid_idx() -> bytes:
+    header = bytes([0, 0, 0x08, 3]) + np.array([2, 3, 4], ">u4").tobytes()
+    return gzip.compress(header + bytes(range(24)), mtime=0)
+
+
+IDX = valid_idx()
+
+
+@FUZZ
+@given(st.one_of(st.binary(max_size=200), EDITS.map(lambda e: mutate(IDX, e)),
+                 st.integers(0, len(IDX)).map(lambda n: IDX[:n])))  # fmt: skip
+def test_read_idx(data):
+    loads_or_refuses(images.read_idx, data, "train-images-idx3-ubyte.gz")
+
+
+SPM = subword.Subword.learn(["the cat sat on the mat", "a dog ran"] * 5, 300).model
+
+
+@pytest.mark.filterwarnings("ignore:Generating overly large repr")  # the 250 kB model
+@FUZZ
+@given(st.one_of(st.binary(max_size=200), EDITS.map(lambda e: mutate(SPM, e)),
+                 st.integers(0, len(SPM)).map(lambda n: SPM[:n])))  # fmt: skip
+def test_subword_load(data):
+    loads_or_refuses(subword.Subword.load, data, "src.spm")
 
 
 # --- run files and settings --------------------------------------------------------------------

@@ -34,6 +34,8 @@ FSDD = "../shared/data/speech/fsdd/recordings"
 _FSDD_NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")
 _PCM = {1: np.uint8, 2: np.int16, 4: np.int32}
 MIN_RATE, MAX_RATE = 1000, 384_000  # sample rates (Hz) a WAV file may declare
+MAX_WAV_BYTES = 1 << 30
+"""Bytes of one WAV file (1 GiB, three hours of 16-bit mono at 48 kHz): an FSDD digit is 10 kB."""
 
 
 def read_wav(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
@@ -42,11 +44,15 @@ def read_wav(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise RnnkitError(f"audio file {path} does not exist; check the path")
+    size = path.stat().st_size
+    if size > MAX_WAV_BYTES:
+        raise RnnkitError(f"{path} holds {size:,} bytes, more than the {MAX_WAV_BYTES:,} rnnkit "
+                          "reads from one recording; cut it into shorter recordings")  # fmt: skip
     try:
         with wave.open(str(path), "rb") as f:
             channels, width, rate = f.getnchannels(), f.getsampwidth(), f.getframerate()
             declared = f.getnframes()
-            data = f.readframes(declared)
+            data = f.readframes(min(declared, size))  # a header may declare more than is there
     except (wave.Error, EOFError, RuntimeError, ValueError, OverflowError, struct.error) as err:
         raise RnnkitError(f"{path} is not a readable PCM WAV file ({err or 'empty'}); give a "
                           "mono 16-bit PCM .wav (e.g. convert with: sox in.x -c 1 out.wav)"

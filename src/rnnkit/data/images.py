@@ -23,13 +23,14 @@ fixed, small vocabulary (`caption_vocabulary`) with the ids of `rnnkit.data.subw
 from __future__ import annotations
 
 import functools
-import gzip
 import io
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from rnnkit.data.bounded import message_of, read_capped
 from rnnkit.data.tokens import BOS, EOS, PAD, UNK  # noqa: F401 (re-exported)
 from rnnkit.errors import RnnkitError
 
@@ -38,6 +39,8 @@ INSTALL_HINT = "install it with `apt-get install dataset-fashion-mnist`, or give
 CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
            "bag", "ankle boot")  # fmt: skip
 SPLITS = {"train": "train", "test": "t10k"}
+MAX_IDX_BYTES = 256 << 20
+"""Bytes of one IDX file after decompression (256 MiB): Fashion-MNIST's largest is 47 MB."""
 SIDE = 28  # pixels of one Fashion-MNIST picture (square)
 
 SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")
@@ -48,21 +51,26 @@ def read_idx(path: str | Path) -> np.ndarray:
     """An IDX file (MNIST's format; gzip'd or not) as a numpy array of its shape and type."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError) as err:
-        raise RnnkitError(f"cannot read {path}: {err}") from None
+        with open(path, "rb") as f:
+            gzipped = f.read(2) == b"\x1f\x8b"
+    except OSError as err:
+        raise RnnkitError(f"cannot read {path}: {message_of(err)}") from None
+    raw = read_capped(path, MAX_IDX_BYTES, "give Fashion-MNIST's own files",
+                      compression=".gz" if gzipped else "plain")  # fmt: skip
     if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in _IDX_TYPES:
         raise RnnkitError(f"{path} is not an IDX file (bad magic number)")
     ndim = raw[3]
     header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise RnnkitError(f"{path} is cut short inside its header (a truncated download?)")
     shape = tuple(int(d) for d in np.frombuffer(raw[4:header], ">u4")) if ndim else ()
     dtype = np.dtype(_IDX_TYPES[raw[2]])
-    if len(raw) - header != dtype.itemsize * int(np.prod(shape)):
+    if len(raw) - header != dtype.itemsize * math.prod(shape):
         raise RnnkitError(f"{path}: {len(raw) - header} data bytes do not fit the shape {shape} "
                           "of its header (a truncated download?)")  # fmt: skip
-    return np.frombuffer(raw, dtype, offset=header).reshape(shape)
+    out = np.frombuffer(raw, dtype, offset=header).reshape(shape)
+    out.flags.writeable = False  # shared by the cache of `_load`
+    return out
 
 
 def _find(folder: Path, stem: str) -> Path:
@@ -203,7 +211,7 @@ def write_image(path: str | Path, pixels: np.ndarray) -> Path:
     """Write grayscale pixels (H, W) uint8 as an 8-bit grayscale PNG (read back exactly)."""
     from PIL import Image
 
-    from rnnkit.training.checkpoint import atomic_write_bytes
+    from rnnkit.io import atomic_write_bytes
 
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)).save(buffer, "PNG")

@@ -21,8 +21,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from rnnkit.data.bounded import list_names, message_of
 from rnnkit.data.text import read_text
-from rnnkit.errors import RnnkitError
+from rnnkit.errors import RnnkitError, shorten
 
 
 @dataclass
@@ -43,7 +44,7 @@ class LabelledTexts:
         single = sorted(c for c, n in counts.items() if n < 2)
         if single:
             raise RnnkitError(
-                f"{source}: class(es) {', '.join(map(repr, single))} have a single "
+                f"{source}: class(es) {list_names(single, quote=True)} have a single "
                 "example; give at least two per class (or drop the class)"
             )
         classes = sorted(counts)
@@ -78,13 +79,12 @@ def _table(path: Path, text_col: str, label_col: str, encoding: str) -> list[tup
     try:
         fieldnames = reader.fieldnames or []
     except csv.Error as err:
-        raise RnnkitError(f"{path}: the header is not valid CSV/TSV ({err})") from None
+        raise RnnkitError(f"{path}: the header is not valid CSV/TSV ({message_of(err)})") from None
     missing = [c for c in (text_col, label_col) if c not in fieldnames]
     if missing:
         raise RnnkitError(
-            f"{path} has no column(s) {', '.join(map(repr, missing))}; its columns are "
-            f"{', '.join(map(repr, fieldnames))}: name them with --text-col and "
-            "--label-col"
+            f"{path} has no column(s) {', '.join(map(shorten, missing))}; its columns are "
+            f"{list_names(fieldnames, quote=True)}: name them with --text-col and --label-col"
         )
     pairs = []
     try:
@@ -95,7 +95,8 @@ def _table(path: Path, text_col: str, label_col: str, encoding: str) -> list[tup
                                   " fill it in or delete the row")  # fmt: skip
             pairs.append((text, label))
     except csv.Error as err:
-        raise RnnkitError(f"{path}, line {reader.line_num}: not valid CSV/TSV ({err})") from None
+        raise RnnkitError(f"{path}, line {reader.line_num}: not valid CSV/TSV "
+                          f"({message_of(err)})") from None  # fmt: skip
     return pairs
 
 

@@ -21,7 +21,6 @@ back into a playable MIDI file (a held run of ones is one note) and `roll_png` d
 from __future__ import annotations
 
 import io
-import json
 import os
 import random
 import warnings
@@ -32,13 +31,25 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from rnnkit.errors import RnnkitError
+from rnnkit.data.bounded import load_json, message_of, read_capped
+from rnnkit.errors import RnnkitError, shorten
 
 KEYS = 88
 LOWEST = 21  # MIDI pitch of key 0 (A0); key 87 is 108 (C8)
 SPLITS = ("train", "valid", "test")
 MIDI_SUFFIXES = (".mid", ".midi")
 DRUM_CHANNEL = 9  # General MIDI percussion (channel 10 counted from 1)
+
+MAX_FRAMES = 100_000
+"""Frames of one piece (a roll of 35 MB): a real piece has some thousands (an hour at 120 beats
+per minute and 4 steps per quarter note is 28,800). Checked from the note times before the roll
+is built, so a 37-byte MIDI file whose one note lasts 2^28 ticks is refused, not allocated."""
+MAX_TOTAL_FRAMES = 5_000_000
+"""Frames of all the pieces of one data set (1.8 GB of rolls): the JSB chorales have 25,000; a
+folder of tiny MIDI files each just under `MAX_FRAMES` is refused before it fills memory."""
+MAX_MIDI_BYTES = 8 << 20
+"""Bytes of one MIDI file (8 MiB, about 2 million events, 0.7 GB once parsed by mido): a piano
+piece of MAESTRO is well under 1 MB."""
 
 
 @dataclass
@@ -92,32 +103,46 @@ def read_jsb_json(path: str | os.PathLike) -> MusicData:
     """The pieces of a JSB-chorales-style JSON file, one frame per quarter note.
 
     Raises:
-        RnnkitError: the file is missing or not JSON, lacks a split, a split is empty, or a
-            piece is not a list of frames of integer MIDI pitches (the message says where).
+        RnnkitError: the file is missing, not JSON (or larger than
+            `rnnkit.data.bounded.MAX_JSON_BYTES`), lacks a split, a split is empty, a piece is
+            not a list of frames of integer MIDI pitches (the message says where), or a piece
+            or the whole set is longer than `MAX_FRAMES` / `MAX_TOTAL_FRAMES`.
     """
     path = Path(path)
     if not path.is_file():
         raise RnnkitError(f"music file {path} does not exist; give the JSB chorales JSON file")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RnnkitError(f"{path} is not valid JSON ({err}); give the JSB chorales JSON") from None
+    doc = load_json(path, "give the JSB chorales JSON")
     if not isinstance(doc, dict) or any(not isinstance(doc.get(s), list) for s in SPLITS):
         raise RnnkitError(
             f"{path} must hold a JSON object with lists 'train', 'valid' and 'test' of pieces "
             "(each a list of frames, each a list of MIDI pitches)"
         )
-    splits, dropped = {}, 0
+    splits, dropped, total = {}, 0, 0
     for name in SPLITS:
         if not doc[name]:
             raise RnnkitError(f"{path}: split {name!r} has no pieces")
         splits[name] = []
         for i, piece in enumerate(doc[name]):
-            roll, n = roll_from_pitches(_check_piece(piece, f"{path}: {name}[{i}]"))
+            where = f"{path}: {name}[{i}]"
+            total = _count_frames(len(piece) if isinstance(piece, list) else 0, total, where)
+            roll, n = roll_from_pitches(_check_piece(piece, where))
             splits[name].append(roll)
             dropped += n
     _warn_dropped(dropped, str(path))
     return MusicData(**splits, source=str(path))
+
+
+def _count_frames(frames: int, total: int, where: str, fix: str = "cut it into parts") -> int:
+    """``total + frames``, after checking a piece of ``frames`` frames against `MAX_FRAMES` and
+    the new total against `MAX_TOTAL_FRAMES` (RnnkitError naming ``where``)."""
+    if frames > MAX_FRAMES:
+        raise RnnkitError(f"{where} would be {frames:,} frames long, more than the {MAX_FRAMES:,} "
+                          f"rnnkit reads per piece; {fix}")  # fmt: skip
+    if total + frames > MAX_TOTAL_FRAMES:
+        raise RnnkitError(f"{where} takes the pieces past {MAX_TOTAL_FRAMES:,} frames in all, "
+                          "more than rnnkit reads in one data set; give fewer or shorter "
+                          "pieces")  # fmt: skip
+    return total + frames
 
 
 def _check_piece(piece: object, where: str) -> list[list[int]]:
@@ -132,7 +157,8 @@ def _check_piece(piece: object, where: str) -> list[list[int]]:
             for p in frame
         )
         if not ok:
-            raise RnnkitError(f"{where}[{t}] is not a list of integer MIDI pitches: {frame!r}")
+            raise RnnkitError(f"{where}[{t}] is not a list of integer MIDI pitches: "
+                              f"{shorten(frame)}")  # fmt: skip
         frames.append([int(p) for p in frame])
     return frames
 
@@ -147,19 +173,43 @@ def read_midi(path: str | os.PathLike, steps_per_quarter: int = 1) -> Tensor:
     its start to its end, each rounded to the nearest frame boundary, and at least one frame.
 
     Raises:
-        RnnkitError: the file is missing, not a MIDI file, or has no (pitched) notes.
+        RnnkitError: the file is missing, not a MIDI file (or larger than `MAX_MIDI_BYTES`),
+            has no (pitched) notes, or would be longer than `MAX_FRAMES`.
     """
+    notes, frames = midi_piece(path, steps_per_quarter)
+    _count_frames(frames, 0, str(path), _SHORTER)
+    return _roll_of(notes, frames)
+
+
+_SHORTER = "check its note times, cut the piece or lower --steps-per-quarter"
+
+
+def midi_piece(
+    path: str | os.PathLike, steps_per_quarter: int = 1
+) -> tuple[list[tuple[int, int, int]], int]:
+    """The notes of a MIDI file within the 88 keys as (key 0..87, first frame, end frame), and
+    the length T of its roll in frames, without building the roll (see `read_midi`)."""
+    if steps_per_quarter < 1:
+        raise RnnkitError(f"steps per quarter note must be >= 1, got {steps_per_quarter}")
     midi = _open_midi(Path(path))
+    if midi.ticks_per_beat < 1:
+        raise RnnkitError(f"{path} counts time in SMPTE frames, not ticks per quarter note; "
+                          "export it again with ticks per quarter note")  # fmt: skip
     notes = _midi_notes(midi, path)
     step = midi.ticks_per_beat / steps_per_quarter
-    kept = [(p, round(s / step), round(e / step)) for p, s, e in notes
+    kept = [(p - LOWEST, round(s / step), round(e / step)) for p, s, e in notes
             if LOWEST <= p < LOWEST + KEYS]  # fmt: skip
     _warn_dropped(len(notes) - len(kept), str(path))
     if not kept:
         raise RnnkitError(f"{path} has no notes within the 88 piano keys; nothing to learn from")
-    roll = torch.zeros(max(max(start + 1, end) for _, start, end in kept), KEYS)
-    for pitch, start, end in kept:
-        roll[start : max(start + 1, end), pitch - LOWEST] = 1.0
+    return kept, max(max(start + 1, end) for _, start, end in kept)
+
+
+def _roll_of(notes: list[tuple[int, int, int]], frames: int) -> Tensor:
+    """The roll (frames, 88) of notes (key, first frame, end frame) from `midi_piece`."""
+    roll = torch.zeros(frames, KEYS)
+    for key, start, end in notes:
+        roll[start : max(start + 1, end), key] = 1.0
     return roll
 
 
@@ -168,10 +218,11 @@ def _open_midi(path: Path):
 
     if not path.is_file():
         raise RnnkitError(f"MIDI file {path} does not exist; check the path")
+    data = read_capped(path, MAX_MIDI_BYTES, "give a shorter piece", compression="plain")
     try:
-        return mido.MidiFile(path)
+        return mido.MidiFile(file=io.BytesIO(data))
     except (OSError, EOFError, ValueError, KeyError, IndexError) as err:
-        raise RnnkitError(f"{path} is not a readable MIDI file ({err})") from None
+        raise RnnkitError(f"{path} is not a readable MIDI file ({message_of(err)})") from None
 
 
 def _midi_notes(midi, path: str | os.PathLike) -> list[tuple[int, int, int]]:
@@ -221,7 +272,11 @@ def read_midi_folder(folder: str | os.PathLike, steps_per_quarter: int = 1) -> M
             f"{folder} holds {len(files)} MIDI file(s); at least 3 are needed for the "
             "train/valid/test split"
         )
-    rolls = [read_midi(f, steps_per_quarter) for f in files]
+    rolls, total = [], 0
+    for path in files:
+        notes, frames = midi_piece(path, steps_per_quarter)
+        total = _count_frames(frames, total, str(path), _SHORTER)
+        rolls.append(_roll_of(notes, frames))
     order = list(range(len(rolls)))
     random.Random(0).shuffle(order)
     held = max(1, len(rolls) // 10)

@@ -14,8 +14,13 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from rnnkit.data.bounded import read_capped
 from rnnkit.data.tokens import BOS, EOS, PAD, UNK  # noqa: F401 (re-exported)
 from rnnkit.errors import RnnkitError
+
+MAX_SUBWORD_BYTES = 64 << 20
+"""Bytes of one SentencePiece model file (64 MiB): rnnkit's models of 8,000 to 32,000 pieces are
+0.2 to 1 MB, the largest published ones (250,000 pieces) about 5 MB."""
 
 
 class Subword:
@@ -50,15 +55,29 @@ class Subword:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Subword:
+        """The model stored at ``path`` by a training run.
+
+        Raises:
+            RnnkitError: missing, larger than `MAX_SUBWORD_BYTES`, not a SentencePiece model,
+                or one without rnnkit's fixed ids (0 pad, 1 unknown, 2 begin, 3 end).
+        """
         path = Path(path)
         if not path.is_file():
             raise RnnkitError(f"{path} is missing; the run is incomplete")
+        fix = "the run is damaged; train again"
+        model = read_capped(path, MAX_SUBWORD_BYTES, fix, compression="plain")
         try:
-            return cls(path.read_bytes())
-        except RuntimeError:
-            raise RnnkitError(
-                f"{path} is damaged (not a SentencePiece model); the run is incomplete"
-            ) from None
+            subword = cls(bytes(model)) if model else None
+        except (RuntimeError, ValueError):  # ValueError: a piece that is not UTF-8
+            subword = None
+        if subword is None:
+            raise RnnkitError(f"{path} is not a SentencePiece model; {fix}")
+        ids = [subword.processor.pad_id(), subword.processor.unk_id(),
+               subword.processor.bos_id(), subword.processor.eos_id()]  # fmt: skip
+        if ids != [PAD, UNK, BOS, EOS] or len(subword) <= EOS:
+            raise RnnkitError(f"{path} is a SentencePiece model without rnnkit's ids (pad, "
+                              f"unknown, begin, end = 0, 1, 2, 3); {fix}")  # fmt: skip
+        return subword
 
     def __len__(self) -> int:
         return self.processor.get_piece_size()

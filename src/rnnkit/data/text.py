@@ -12,8 +12,8 @@ A vocabulary turns text into a 1-D tensor of token ids and back. It is stored in
 
 from __future__ import annotations
 
-import gzip
-import json
+import codecs
+import functools
 import os
 import re
 import unicodedata
@@ -24,50 +24,63 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rnnkit.errors import RnnkitError
+from rnnkit.data.bounded import load_json, read_capped
+from rnnkit.errors import RnnkitError, shorten
 
+MAX_TEXT_BYTES = 1 << 30
+"""Bytes of one text file after decompression (1 GiB): enwik9 (10^9 bytes) fits, tiny-shakespeare
+is 1 MB, Multi30k 4 MB. Decoded, the text takes 1 to 4 times as much memory."""
 UNK = "<unk>"
 _WORD = re.compile(r"\w+|[^\w\s]|\n")
 
 
 def read_text(path: str | os.PathLike, encoding: str = "utf-8") -> str:
-    """The whole text of ``path`` (decompressed first if the name ends in ``.gz``).
+    """The whole text of ``path`` (decompressed first if the name ends in .gz, .bz2 or .xz).
 
     Raises:
-        RnnkitError: the file is missing, a directory, empty, binary (a NUL byte), or not valid
-            in ``encoding`` (the message names the byte offset and suggests ``--encoding``).
+        RnnkitError: the file is missing, a directory, empty, larger than `MAX_TEXT_BYTES`
+            (after decompression), binary (a NUL byte; a compressed file is refused at its first
+            binary chunk, before the rest is inflated), or not valid in ``encoding`` (the message
+            names the byte offset and suggests ``--encoding``).
     """
     path = Path(path)
     if not path.exists():
         raise RnnkitError(f"text file {path} does not exist; check the path")
     if path.is_dir():
         raise RnnkitError(f"{path} is a directory; give a text file")
-    data = path.read_bytes()
-    if path.suffix == ".gz":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as err:
-            raise RnnkitError(
-                f"{path} is not a readable gzip file ({err}); check the file"
-            ) from None
+    try:
+        codecs.lookup(encoding)
+    except (LookupError, ValueError):
+        raise RnnkitError(_unknown_encoding(encoding)) from None
+    plain = encoding.lower().replace("-", "").replace("_", "") in ("utf8", "ascii")
+    check = functools.partial(_refuse_nul, path) if plain else None
+    data = read_capped(path, MAX_TEXT_BYTES, "split it into smaller files", check)
     if not data:
         raise RnnkitError(f"text file {path} is empty; give a file with some text in it")
-    nul = data.find(b"\x00")
-    if nul >= 0 and encoding.lower().replace("-", "").replace("_", "") in ("utf8", "ascii"):
-        raise RnnkitError(
-            f"{path} looks binary (a NUL byte at byte offset {nul}); give a plain-text file"
-        )
     try:
-        codecs_ok = data.decode(encoding)
-    except LookupError:
-        raise RnnkitError(f"unknown encoding {encoding!r}; try utf-8 or latin-1") from None
+        return data.decode(encoding)
+    except LookupError:  # a codec that is not a text encoding, such as rot13
+        raise RnnkitError(_unknown_encoding(encoding)) from None
     except UnicodeDecodeError as err:
         raise RnnkitError(
             f"{path} is not valid {encoding}: byte 0x{data[err.start]:02x} at byte offset "
             f"{err.start} ({err.reason}); convert the file to UTF-8 or pass --encoding "
             "(e.g. --encoding latin-1)"
         ) from None
-    return codecs_ok
+
+
+def _unknown_encoding(encoding: str) -> str:
+    return f"unknown encoding {shorten(encoding)}; try utf-8 or latin-1"
+
+
+def _refuse_nul(path: Path, chunk: bytes, offset: int) -> None:
+    """RnnkitError if ``chunk`` (at byte ``offset`` of the file's text) holds a NUL byte."""
+    nul = chunk.find(b"\x00")
+    if nul >= 0:
+        raise RnnkitError(
+            f"{path} looks binary (a NUL byte at byte offset {offset + nul}); give a plain-text "
+            "file"
+        )
 
 
 def tokenize_words(text: str) -> list[str]:
@@ -80,7 +93,7 @@ class Vocab:
 
     def __init__(self, unit: str, tokens: list[str], unk: str | None = None) -> None:
         if unit not in ("char", "word"):
-            raise RnnkitError(f"unit must be 'char' or 'word', got {unit!r}")
+            raise RnnkitError(f"unit must be 'char' or 'word', got {shorten(unit)}")
         self.unit, self.tokens, self.unk = unit, list(tokens), unk
         self.index = {t: i for i, t in enumerate(self.tokens)}
 
@@ -147,18 +160,38 @@ class Vocab:
         return {"unit": self.unit, "tokens": self.tokens, "unk": self.unk}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Vocab:
-        return cls(data["unit"], data["tokens"], data.get("unk"))
+    def from_json(cls, data: Any) -> Vocab:
+        """The vocabulary stored as ``data`` (see the module docstring).
+
+        Raises:
+            RnnkitError: ``data`` is not of that shape (the message says what is wrong).
+        """
+        if not isinstance(data, dict) or data.get("unit") not in ("char", "word"):
+            raise RnnkitError("a vocabulary must be an object with 'unit' 'char' or 'word'")
+        tokens, unk = data.get("tokens"), data.get("unk")
+        if not isinstance(tokens, list) or not tokens:
+            raise RnnkitError("'tokens' must be a non-empty list")
+        for i, token in enumerate(tokens):
+            if not isinstance(token, str) or (data["unit"] == "char" and len(token) != 1):
+                kind = "a single character" if data["unit"] == "char" else "a string"
+                raise RnnkitError(f"token {i} is {shorten(token)}, not {kind}")
+        if len(set(tokens)) < len(tokens):
+            raise RnnkitError("a token appears twice in 'tokens'")
+        if unk is not None and unk not in tokens:
+            raise RnnkitError(f"'unk' {shorten(unk)} is not one of the tokens")
+        return cls(data["unit"], tokens, unk)
 
     @classmethod
     def load(cls, path: Path) -> Vocab:
-        """Read ``vocab.json``; a missing or damaged file is a user error."""
+        """Read ``vocab.json``; a missing or damaged file is a user error (one line)."""
         if not path.is_file():
             raise RnnkitError(f"{path} is missing; the run is incomplete")
+        fix = "the run is damaged; train again"
+        data = load_json(path, fix)
         try:
-            return cls.from_json(json.loads(path.read_text(encoding="utf-8")))
-        except (ValueError, KeyError, TypeError) as err:
-            raise RnnkitError(f"{path} is damaged ({err}); the run is incomplete") from None
+            return cls.from_json(data)
+        except RnnkitError as err:
+            raise RnnkitError(f"{path}: {err}; {fix}") from None
 
 
 def split_train_valid(text: str, valid_fraction: float) -> tuple[str, str]:

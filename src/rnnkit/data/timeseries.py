@@ -16,6 +16,8 @@ filled by an explicit policy (``fill``):
 
 from __future__ import annotations
 
+import io
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -26,8 +28,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rnnkit.errors import RnnkitError
+from rnnkit.data.bounded import DECOMPRESSED, list_names, message_of, read_capped
+from rnnkit.errors import RnnkitError, shorten
 
+MAX_CSV_BYTES = 256 << 20
+"""Bytes of one CSV file after decompression (256 MiB): a NAB series is 0.1 to 1 MB, a year of
+one-minute readings of ten columns about 40 MB. pandas needs several times the file's size."""
+MAX_TIMESTAMP_CHARS = 64
+"""Characters of one cell of the time column: "2024-01-31T12:00:00.000000+05:30" is 32, and
+pandas' mixed-format parser takes minutes over a 2 MB cell."""
 FILL_POLICIES = ("refuse", "interpolate", "ffill")
 CALENDAR = ("month", "dayofweek", "hour")
 _PERIODS = {"month": 12, "dayofweek": 7, "hour": 24}
@@ -67,7 +76,7 @@ class TimeSeries:
         try:
             ts = pd.Timestamp(timestamp)
         except (ValueError, TypeError):
-            raise RnnkitError(f"cannot parse {timestamp!r} as a timestamp") from None
+            raise RnnkitError(f"cannot parse {shorten(timestamp)} as a timestamp") from None
         return int(self.index.searchsorted(ts))
 
     def future_index(self, n: int) -> pd.DatetimeIndex:
@@ -100,10 +109,14 @@ def read_csv(
     path = Path(path)
     if not path.is_file():
         raise RnnkitError(f"CSV file {path} does not exist; check the path")
+    if path.suffix.lower() in (".zip", ".zst", ".tar"):
+        raise RnnkitError(f"{path}: rnnkit reads CSV files plain or compressed as "
+                          f"{', '.join(DECOMPRESSED)}; decompress it first")  # fmt: skip
+    data = read_capped(path, MAX_CSV_BYTES, "give fewer rows or columns")
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(io.BytesIO(data), compression=None)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise RnnkitError(f"cannot read {path} as CSV: {str(err).strip()}") from None
+        raise RnnkitError(f"cannot read {path} as CSV: {message_of(err)}") from None
     if frame.empty:
         raise RnnkitError(f"{path} has a header but no data rows; give a CSV with data")
     return from_frame(frame, time_col, targets, covariates, fill, str(path), regular)
@@ -178,23 +191,32 @@ def _choose_targets(
     columns = [str(c) for c in frame.columns]
     for name in [time_col, *(targets or []), *covariates]:
         if name not in columns:
-            shown = ", ".join(c if c.isprintable() else repr(c) for c in columns)  # one line
-            raise RnnkitError(f"{source} has no column {name!r}; its columns are {shown}")
+            raise RnnkitError(f"{source} has no column {shorten(name)}; its columns are "
+                              f"{list_names(columns)}")  # fmt: skip
     targets = list(targets) if targets else [c for c in columns if c not in (time_col, *covariates)]
     if not targets:
-        raise RnnkitError(f"{source} has no target column besides {time_col!r}; name one")
+        raise RnnkitError(f"{source} has no target column besides {shorten(time_col)}; name one")
     return targets
 
 
 def _parse_times(column: pd.Series, time_col: str, source: str) -> pd.DatetimeIndex:
+    lengths = column.map(lambda v: len(v) if isinstance(v, str) else 0).to_numpy()
+    if len(lengths) and lengths.max() > MAX_TIMESTAMP_CHARS:
+        row = int(lengths.argmax())
+        raise RnnkitError(
+            f"{source}, data row {row + 1}: the time column holds {shorten(column.iloc[row])}, "
+            f"too long for a timestamp (> {MAX_TIMESTAMP_CHARS} characters); use ISO dates "
+            "such as 2024-01-31 12:00"
+        )
     bad = column.isna()
     parsed = pd.to_datetime(column, errors="coerce", format="mixed")
     bad |= parsed.isna()
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise RnnkitError(
-            f"{source}: cannot parse {column.iloc[row]!r} in time column {time_col!r} as a "
-            f"timestamp (data row {row + 1}); use ISO dates such as 2024-01-31 or 2024-01-31 12:00"
+            f"{source}: cannot parse {shorten(column.iloc[row])} in time column "
+            f"{shorten(time_col)} as a timestamp (data row {row + 1}); use ISO dates such as "
+            "2024-01-31 or 2024-01-31 12:00"
         )
     return pd.DatetimeIndex(parsed)
 
@@ -205,8 +227,8 @@ def _numeric(data: pd.DataFrame, source: str) -> pd.DataFrame:
     if bad.to_numpy().any():
         row, col = (int(i[0]) for i in np.nonzero(bad.to_numpy()))
         raise RnnkitError(
-            f"{source}: column {data.columns[col]!r} holds the non-numeric value "
-            f"{data.iloc[row, col]!r} (data row {row + 1}); fix it or leave the cell empty"
+            f"{source}: column {shorten(data.columns[col])} holds the non-numeric value "
+            f"{shorten(data.iloc[row, col])} (data row {row + 1}); fix it or leave the cell empty"
         )
     return out.reset_index(drop=True)
 
@@ -323,8 +345,27 @@ class Scaler:
         return {"mean": self.mean, "std": self.std, "log": self.log}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Scaler:
-        return cls(list(data["mean"]), list(data["std"]), bool(data["log"]))
+    def from_dict(cls, data: Any) -> Scaler:
+        """The scaler stored by `to_dict`; RnnkitError if ``data`` is not of that shape."""
+        ok = isinstance(data, dict) and isinstance(data.get("log"), bool)
+        mean, std = (data.get(k) if ok else None for k in ("mean", "std"))
+        ok = ok and isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std)
+        ok = ok and all(_finite(m) and _finite(s) and s > 0 for m, s in zip(mean, std))
+        if not ok:
+            raise RnnkitError("a run's scaler is damaged (it must hold lists 'mean' and 'std' "
+                              "of numbers, std > 0, and 'log' true or false); train again"
+                              )  # fmt: skip
+        return cls([float(m) for m in mean], [float(s) for s in std], data["log"])
+
+
+def _finite(value: object) -> bool:
+    """Whether ``value`` is a finite int or float (bools are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def make_windows(

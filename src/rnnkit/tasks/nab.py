@@ -25,7 +25,6 @@ score (`best_threshold`); a threshold chosen without labels is scored as it is.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable
@@ -35,7 +34,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rnnkit.errors import RnnkitError
+from rnnkit.data.bounded import load_json
+from rnnkit.errors import RnnkitError, shorten
 
 #: NAB's application profiles: weights of a true positive, a false positive, a false negative
 PROFILES = {
@@ -58,17 +58,38 @@ def probation_length(rows: int) -> int:
 
 def read_windows(path: str | os.PathLike, key: str) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
     """The windows of series ``key`` (e.g. "realKnownCause/nyc_taxi.csv") in NAB's
-    ``combined_windows.json``."""
+    ``combined_windows.json``: an object from series names to lists of [start, end] timestamps.
+
+    Raises:
+        RnnkitError: the file is missing, not JSON of that shape (the message says where), or
+            has no windows for ``key``.
+    """
     path = Path(path)
+    fix = "give NAB's combined_windows.json"
     if not path.is_file():
-        raise RnnkitError(f"windows file {path} does not exist; give NAB's combined_windows.json")
-    try:
-        windows = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise RnnkitError(f"{path} is not valid JSON ({err})") from None
+        raise RnnkitError(f"windows file {path} does not exist; {fix}")
+    windows = load_json(path, fix)
+    if not isinstance(windows, dict):
+        raise RnnkitError(f"{path} must hold a JSON object from series names to windows; {fix}")
     if key not in windows:
-        raise RnnkitError(f"{path} has no windows for {key!r}; name the series as category/file")
-    return [(pd.Timestamp(a), pd.Timestamp(b)) for a, b in windows[key]]
+        raise RnnkitError(f"{path} has no windows for {shorten(key)}; name the series as "
+                          "category/file")  # fmt: skip
+    if not isinstance(windows[key], list):
+        raise RnnkitError(f"{path}: the windows of {shorten(key)} are not a list; {fix}")
+    return [_window(w, f"{path}: window {i} of {shorten(key)}") for i, w in enumerate(windows[key])]
+
+
+def _window(window: object, where: str) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """A [start, end] pair of timestamp strings as Timestamps, or RnnkitError naming ``where``."""
+    pair = isinstance(window, list) and len(window) == 2 and all(isinstance(t, str) for t in window)
+    try:
+        stamps = [pd.Timestamp(t) for t in window] if pair else []
+    except (ValueError, OverflowError):  # pandas' parse errors are ValueErrors
+        stamps = []
+    if len(stamps) != 2 or any(pd.isna(t) or t.tzinfo is not None for t in stamps):
+        raise RnnkitError(f"{where} is {shorten(window)}, not [start, end] timestamps such as "
+                          '["2014-01-01 00:00:00", "2014-01-02 00:00:00"]')  # fmt: skip
+    return stamps[0], stamps[1]
 
 
 @dataclass
