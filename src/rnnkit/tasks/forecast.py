@@ -37,7 +37,7 @@ from rnnkit.data.timeseries import (
     read_csv,
     season_of,
 )
-from rnnkit.errors import RnnkitError
+from rnnkit.errors import RnnkitError, shorten
 from rnnkit.io import atomic_write_json, read_json
 from rnnkit.models.forecaster import ForecastNet
 from rnnkit.models.heads import GaussianHead
@@ -123,9 +123,12 @@ class Scalers:
         return {"targets": self.targets.to_dict(), "covariates": cov}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Scalers:
+    def from_dict(cls, data: Any) -> Scalers:
+        """The scalers stored by `to_dict`; RnnkitError if ``data`` is not of that shape."""
+        if not isinstance(data, dict):
+            raise RnnkitError("a run's scalers are damaged (not a JSON object); train again")
         cov = data.get("covariates")
-        return cls(Scaler.from_dict(data["targets"]), cov and Scaler.from_dict(cov))
+        return cls(Scaler.from_dict(data.get("targets")), cov and Scaler.from_dict(cov))
 
 
 def build_model(cfg: ForecastConfig) -> ForecastNet:
@@ -217,12 +220,21 @@ def history_to_dict(series: TimeSeries, cfg: ForecastConfig) -> dict[str, Any]:
             "covariates": cov}  # fmt: skip
 
 
-def history_from_dict(data: dict[str, Any], cfg: ForecastConfig) -> TimeSeries:
-    """Inverse of `history_to_dict`: the stored rows as a `TimeSeries`."""
-    cov = data.get("covariates")
-    return TimeSeries(pd.DatetimeIndex(data["index"]), np.asarray(data["values"], np.float64),
-                      list(cfg.targets), cfg.freq, None if cov is None else np.asarray(cov),
-                      list(cfg.covariates))  # fmt: skip
+def history_from_dict(data: Any, cfg: ForecastConfig) -> TimeSeries:
+    """Inverse of `history_to_dict`: the stored rows as a `TimeSeries` (RnnkitError if
+    ``data`` is not of that shape)."""
+    try:
+        cov = data.get("covariates")
+        values = np.asarray(data["values"], np.float64)
+        cov = None if cov is None else np.asarray(cov, np.float64)
+        return TimeSeries(pd.DatetimeIndex(data["index"]), values, list(cfg.targets), cfg.freq,
+                          cov, list(cfg.covariates))  # fmt: skip
+    except RnnkitError:
+        raise
+    except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as err:
+        raise RnnkitError(
+            f"a run's history is damaged ({shorten(str(err))}); train again"
+        ) from None
 
 
 @contextmanager
