@@ -4,6 +4,7 @@ issue; docs/reliability.md maps them to the guarantees."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import TEXT, cli
 from test_trainer import SumTask, quiet
 
@@ -221,3 +223,45 @@ def test_metrics_lines_of_any_shape_are_skipped(run):
         f.write('{"step": 1}\n[1, 2]\n{"step": "x", "split": "train"}\nNaN\n' + "[" * 50_000 + "\n")
     result = cli("train", "charlm", "--resume", run, "--max-steps", "10")
     assert result.exit_code == 0, result.output
+
+
+def rewrite_in_checkpoint(run: Path, name: str, data: bytes) -> None:
+    """Replace ``name`` in every checkpoint of ``run`` (and at its top) with ``data``, its
+    manifests updated, as someone crafting a run would."""
+    for folder in [run, *sorted((run / ckpt.CHECKPOINTS).glob("step-*"))]:
+        (folder / name).unlink()
+        (folder / name).write_bytes(data)
+        manifest = json.loads((folder / ckpt.MANIFEST).read_text())
+        entry = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        manifest["files"][name] = entry
+        (folder / ckpt.MANIFEST).unlink()
+        (folder / ckpt.MANIFEST).write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    "state, pattern",
+    [
+        ({"step": "x"}, "trainer.json setting step = 'x' is not of type int"),
+        ({"step": -3}, "negative counters"),
+        ({"carried_spec": [[["nope"]]]}, "the trainer state of .* is damaged"),
+        ({"best_loss": {"a": 1}}, "best_loss"),
+    ],
+)
+def test_a_crafted_trainer_state_is_one_line(tmp_path, state, pattern):
+    run = tmp_path / "run"
+    Trainer(SumTask(), quiet(max_steps=4, checkpoint_every=2), run).fit()
+    saved = json.loads((run / ckpt.TRAINER_STATE).read_text())
+    rewrite_in_checkpoint(run, ckpt.TRAINER_STATE, json.dumps({**saved, **state}).encode())
+    with pytest.raises(RnnkitError, match=pattern):
+        Trainer(SumTask(), None, run, resume=True)
+
+
+def test_optimizer_state_of_the_wrong_shapes_is_refused_before_a_step(tmp_path):
+    run = tmp_path / "run"
+    Trainer(SumTask(), quiet(max_steps=4, checkpoint_every=2), run).fit()
+    tensors, meta = ckpt.read_tensors(run / ckpt.OPTIMIZER)
+    name = next(k for k in tensors if k.endswith("exp_avg"))
+    tensors[name] = torch.zeros(tensors[name].numel() + 1)
+    rewrite_in_checkpoint(run, ckpt.OPTIMIZER, ckpt.tensors_to_bytes(tensors, meta))
+    with pytest.raises(RnnkitError, match=f"does not fit the optimizer.*{name}"):
+        Trainer(SumTask(), None, run, resume=True)
