@@ -13,7 +13,9 @@ from rnnkit.errors import RnnkitError
 
 class _Group(click.Group):
     """A click group that turns an `RnnkitError` into one line on stderr and exit status 2,
-    and shows warnings (e.g. notes dropped from a MIDI file) as one line each."""
+    Ctrl-C (or a SIGTERM that training turned into KeyboardInterrupt("SIGTERM")) into
+    "interrupted" and status 130 (143), and shows warnings (e.g. notes dropped from a MIDI
+    file) as one line each."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -23,6 +25,9 @@ class _Group(click.Group):
         except RnnkitError as err:
             click.echo(f"error: {' '.join(str(err).splitlines())}", err=True)  # one line
             sys.exit(2)
+        except KeyboardInterrupt as err:
+            click.echo("interrupted", err=True)
+            sys.exit(143 if err.args == ("SIGTERM",) else 130)  # 128 + the signal's number
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -6,7 +6,8 @@ product (about ten pointwise kernels, each a few microseconds of dispatch), and 
 LSTM through oneDNN. The extension runs the same algorithm as `rnnkit.recurrence` (hoisted input
 product, one GEMM per step, BPTT with the weight gradients gathered after the loop) with each
 step's pointwise math fused into one pass. It is compiled with `torch.utils.cpp_extension` on
-first use (about a minute, cached under ~/.cache/torch_extensions) and covers exactly the
+first use (about a minute, cached under ~/.cache/torch_extensions; processes building at once
+take turns on a lock that dies with its holder, `_build_lock`) and covers exactly the
 classic cells, the peephole LSTM and the layer-normalised LSTM and GRU, and for the LSTM also
 recurrent dropout and zoneout (their masks drawn in Python as the Python engine draws them, so
 both paths give the same numbers under one seed); every other configuration runs the Python
@@ -27,6 +28,7 @@ import contextlib
 import hashlib
 import os
 import platform
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +36,11 @@ from types import ModuleType
 
 import torch
 from torch import Tensor
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no build lock (`_build_lock`)
+    fcntl = None
 
 from rnnkit.cells import (
     ElmanCell,
@@ -109,12 +116,83 @@ def _build(load, source: Path = _SOURCE, stem: str = "rnnkit_fused"):
     ]
     for index, (suffix, extra) in enumerate(attempts):
         links = [f for f in extra if f == "-fopenmp"]
+        name = f"{stem}_{suffix}"
         try:
-            return load(name=f"{stem}_{suffix}", sources=sources, extra_cflags=[*flags, *extra],
-                        extra_ldflags=links, verbose=False)  # fmt: skip
+            with _build_lock(_build_directory(name)):
+                return load(name=name, sources=sources, extra_cflags=[*flags, *extra],
+                            extra_ldflags=links, verbose=False)  # fmt: skip
         except Exception:
             if index == len(attempts) - 1:
                 raise
+
+
+def _build_directory(name: str) -> Path:
+    """Where torch's `load` builds extension ``name`` (``TORCH_EXTENSIONS_DIR`` or its cache)."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    return Path(_get_build_directory(name, False))
+
+
+@contextlib.contextmanager
+def _build_lock(build_dir: Path) -> Iterator[None]:
+    """Hold the build lock of ``build_dir``: an exclusive `fcntl.flock` on its
+    ``rnnkit-build.lock``, which the kernel releases when its holder dies (torch's own lock, a
+    marker file named ``lock``, outlives a killed process, and torch then waits for it forever).
+    Holding ours, no other rnnkit process is inside torch's `load` here, so a ``lock`` marker
+    found then is stale: it is removed, with a warning. Without ``fcntl`` (Windows): no lock."""
+    if fcntl is None:  # pragma: no cover - not POSIX
+        yield
+        return
+    build_dir.mkdir(parents=True, exist_ok=True)
+    path = build_dir / _LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        _acquire(fd, path)
+        try:
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # named in the waiters' warning
+            _remove_stale_marker(build_dir / "lock")
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _acquire(fd: int, path: Path) -> None:
+    """Lock ``fd`` exclusively. While another process holds it, say so (one warning) and try
+    again every 0.1 s, each try non-blocking, so that a signal is handled at once."""
+    if _try_lock(fd):
+        return
+    holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    who = f"process {holder}" if holder.isdigit() else "another process"
+    warnings.warn(
+        f"rnnkit: waiting for {who} to finish building the C++ kernels ({path})",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    while not _try_lock(fd):
+        time.sleep(0.1)
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _remove_stale_marker(marker: Path) -> None:
+    """Remove torch's build marker ``marker`` if present (called holding the build lock)."""
+    try:
+        marker.unlink()
+    except FileNotFoundError:
+        return
+    warnings.warn(
+        f"rnnkit: removed a stale build lock left by a killed process ({marker})",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 
 
 def _cpu_tag() -> str:
@@ -524,3 +602,4 @@ _EMPTY_MASK = torch.empty(0, dtype=torch.bool)
 _EMPTY = torch.empty(0)  # an absent bias or cell state for the C++ functions (never read)
 _STEP_CODES = {LSTMCell: 4, GRUCell: 3, ElmanCell: None}
 _small_states: dict[str, dict] = {}  # stem -> {"module", "failed"}
+_LOCK_FILE = "rnnkit-build.lock"  # in each extension's build directory: `_build_lock`
