@@ -73,7 +73,7 @@ def test_a_waiter_names_the_holder_once_and_proceeds_when_it_releases(tmp_path):
             waited = time.monotonic() - start
     assert proc.wait(timeout=10) == 0
     assert [str(w.message) for w in caught] == [
-        f"rnnkit: waiting for process {proc.pid} to finish building the C++ kernels "
+        f"rnnkit: waiting for process {proc.pid} to finish checking or building the C++ kernels "
         f"({tmp_path / 'rnnkit-build.lock'})"
     ]
     assert caught[0].category is RuntimeWarning

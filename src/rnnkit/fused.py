@@ -166,7 +166,7 @@ def _acquire(fd: int, path: Path) -> None:
     holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
     who = f"process {holder}" if holder.isdigit() else "another process"
     warnings.warn(
-        f"rnnkit: waiting for {who} to finish building the C++ kernels ({path})",
+        f"rnnkit: waiting for {who} to finish checking or building the C++ kernels ({path})",
         RuntimeWarning,
         stacklevel=2,
     )
