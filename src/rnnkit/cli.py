@@ -896,5 +896,12 @@ def caption_(run, image, example, seed, beam, plot, checkpoint) -> None:
     click.echo(caption.caption(run, image, example, beam, plot, seed, checkpoint))
 
 
+# --- data (the data-set registry) ----------------------------------------------------------------
+
+from rnnkit.cli_data import data  # noqa: E402  (a click group only; the registry loads in it)
+
+main.add_command(data)
+
+
 if __name__ == "__main__":
     main()
