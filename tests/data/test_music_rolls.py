@@ -12,8 +12,6 @@ import torch
 from rnnkit.data import music
 from rnnkit.errors import RnnkitError
 
-JSB = Path(__file__).resolve().parents[3] / "shared/data/music/jsb-chorales-quarter.json"
-
 
 def roll_of(*frames: list[int]) -> torch.Tensor:
     return music.roll_from_pitches(frames)[0]
@@ -37,13 +35,13 @@ def write_midi(path: Path, notes: list[tuple[int, int, int]], channel: int = 0, 
     return path
 
 
-@pytest.mark.skipif(not JSB.is_file(), reason=f"JSB chorales not found at {JSB}")
-def test_jsb_chorales_official_split():
-    data = music.read_jsb_json(JSB)
+def test_jsb_chorales_official_split(dataset):
+    jsb = dataset("jsb-chorales") / "jsb-chorales-quarter.json"
+    data = music.read_jsb_json(jsb)
     assert [len(data.train), len(data.valid), len(data.test)] == [229, 76, 77]
     frames = sum(r.shape[0] for r in data.test)
     assert frames == 4725 and all(r.shape[1] == 88 for r in data.test)
-    doc = json.loads(JSB.read_text())
+    doc = json.loads(jsb.read_text())
     assert music.pitches_from_roll(data.train[0]) == [sorted(f) for f in doc["train"][0]]
 
 

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from rnnkit.data.text import UNK, Vocab, read_text, split_train_valid
 from rnnkit.errors import RnnkitError
-
-SHAKESPEARE = Path(__file__).resolve().parents[2] / ".." / "shared/data/text/tinyshakespeare.txt"
 
 
 def test_read_text_errors_say_what_and_where(tmp_path):
@@ -62,9 +58,8 @@ def test_split_train_valid():
         split_train_valid("abc", 1.0)
 
 
-@pytest.mark.skipif(not SHAKESPEARE.is_file(), reason=f"reference data absent: {SHAKESPEARE}")
-def test_tinyshakespeare_reads_as_documented():
-    text = read_text(SHAKESPEARE)
+def test_tinyshakespeare_reads_as_documented(dataset):
+    text = read_text(dataset("tiny-shakespeare") / "tinyshakespeare.txt")
     assert len(text) == 1_115_394 and len(Vocab.build(text)) == 65
     train, valid = split_train_valid(text, 0.1)
     assert len(valid) == 111_539 and train + valid == text

@@ -143,14 +143,11 @@ def test_calendar_features():
         calendar_features(index, ["week"])
 
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
-@pytest.mark.skipif(not DATA.is_dir(), reason=f"shared data sets not found at {DATA}")
-def test_reads_the_shared_series():
-    airline = read_csv(DATA / "timeseries" / "airline-passengers.csv", "Month", ["Passengers"])
+def test_reads_the_real_series(dataset):
+    airline = read_csv(dataset("airline-passengers") / "airline-passengers.csv", "Month",
+                       ["Passengers"])  # fmt: skip
     assert len(airline) == 144 and airline.freq == "MS" and airline.values[0, 0] == 112
-    nab = DATA / "anomaly" / "nab" / "realKnownCause"
+    nab = dataset("nab") / "realKnownCause"
     with pytest.raises(RnnkitError, match="621 gap"):
         read_csv(nab / "ambient_temperature_system_failure.csv", "timestamp")
     with pytest.raises(RnnkitError, match="12 duplicated"):

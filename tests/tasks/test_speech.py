@@ -21,7 +21,6 @@ def tone(freq: float, seconds: float = 0.3, rate: int = 8000) -> np.ndarray:
 LOOP = ["--max-steps", "4", "--eval-every", "2", "--log-every", "2", "--warmup", "1",
         "--progress", "none"]  # fmt: skip
 SMALL = ["--hidden", "8", "--layers", "1", "--batch", "4", *LOOP]
-FSDD = Path(__file__).resolve().parents[3] / "shared/data/speech/fsdd/recordings"
 
 
 @pytest.fixture(scope="module")
@@ -105,11 +104,10 @@ def test_missing_data_is_a_clear_error(tmp_path):
     assert result.exit_code == 2 and "no files named like 3_jackson_12.wav" in result.output
 
 
-@pytest.mark.skipif(not FSDD.is_dir(), reason=f"FSDD not found at {FSDD}")
-def test_real_fsdd_names_and_standard_split():
+def test_real_fsdd_names_and_standard_split(dataset):
     from rnnkit.data import audio
 
-    found = audio.fsdd_recordings(FSDD)
+    found = audio.fsdd_recordings(dataset("fsdd") / "recordings")
     train, test = audio.fsdd_split(found, "standard")
     assert len(found) == 2500 and len(test) == 250 and len(train) == 2250
     assert audio.read_wav(found[0].path, 8000).ndim == 1

@@ -13,25 +13,27 @@ from rnnkit.cli import main
 from rnnkit.data.parallel import read_parallel
 from rnnkit.errors import RnnkitError
 
-MULTI30K = Path(__file__).resolve().parents[3] / "shared" / "data" / "translation" / "multi30k"
 TINY = ["--src-vocab", "400", "--tgt-vocab", "400", "--embed", "8", "--hidden", "8",
         "--decoder-hidden", "16", "--batch", "8", "--beam", "2", "--max-steps", "4",
         "--eval-every", "2", "--log-every", "2", "--warmup", "1", "--progress", "none"]  # fmt: skip
 
 
-def lines(name: str, count: int) -> list[str]:
-    with gzip.open(MULTI30K / name, "rt", encoding="utf-8") as f:
+def lines(path: Path, count: int) -> list[str]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
         return [next(f).rstrip("\n") for _ in range(count)]
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> dict[str, Path]:
+def corpus(tmp_path_factory, dataset) -> dict[str, Path]:
+    """180 sentence pairs of Multi30k's validation files (the data set through the registry)."""
+    multi30k = dataset("multi30k")
     folder = tmp_path_factory.mktemp("multi30k")
     files = {}
     for split, count in (("train", 160), ("val", 20)):
         for lang in ("en", "de"):
+            sentences = lines(multi30k / f"val.{lang}.gz", count)
             files[f"{split}.{lang}"] = folder / f"{split}.{lang}"
-            files[f"{split}.{lang}"].write_text("\n".join(lines(f"val.{lang}.gz", count)) + "\n")
+            files[f"{split}.{lang}"].write_text("\n".join(sentences) + "\n")
     return files
 
 
