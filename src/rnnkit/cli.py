@@ -94,7 +94,8 @@ def train(ctx: click.Context, resume_run: str | None) -> None:
 
 
 @train.command("charlm")
-@click.option("--text", help="Text file to learn: the first 90% trains, the last 10% validates.")
+@click.option("--text", help="Text file to learn (or a data set: tiny-shakespeare): the first "
+              "90% trains, the last 10% validates.")  # fmt: skip
 @click.option("--config", "config_file", help="TOML file of settings named like the flags.")
 @click.option("--out", help="Run directory to create.  [default: runs/charlm-DATE-TIME]")
 @click.option("--resume", help="Continue the run in this directory from its last checkpoint.")
@@ -146,7 +147,8 @@ def train_charlm(config_file: str | None, out: str | None, resume: str | None, *
 
     \b
     Examples:
-      rnnkit train charlm --text ../shared/data/text/tinyshakespeare.txt --out runs/shakespeare
+      rnnkit data fetch tiny-shakespeare            # once: the data set, sha256 checked
+      rnnkit train charlm --text tiny-shakespeare --out runs/shakespeare
       rnnkit train charlm --text notes.txt --cell gru --hidden 256 --max-time 5m
       rnnkit train charlm --config charlm.toml --seed 2     # flags override the file
       rnnkit train charlm --resume runs/shakespeare --max-time 20m
@@ -208,11 +210,22 @@ def sample(run: str, prompt, length, temperature, top_k, top_p, seed, checkpoint
     click.echo()
 
 
+def _named_data(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A file or folder option that also takes a data set of the registry: ``jsb-chorales``
+    (its main file) or ``nab/realKnownCause/nyc_taxi.csv`` (a file in it)."""
+    if not value:
+        return value
+    from rnnkit.data import registry
+
+    return registry.resolve(value)
+
+
 @main.command("eval")
 @click.argument("run")
-@click.option("--text", help="charlm: the text file to score (required).")
+@click.option("--text", callback=_named_data, help="charlm: the text file to score (required).")
 @click.option("--encoding", help="charlm: encoding of the text file.  [default: utf-8]")
-@click.option("--data", help="music: a JSON file or MIDI folder to score.  [default: the run's]")
+@click.option("--data", callback=_named_data,
+              help="music: a JSON file or MIDI folder to score.  [default: the run's]")  # fmt: skip
 @click.option(
     "--split",
     type=click.Choice(["all", "train", "valid", "test"]),
@@ -230,7 +243,7 @@ def eval_(run: str, **options) -> None:
 
     \b
     Examples:
-      rnnkit eval runs/shakespeare --text ../shared/data/text/tinyshakespeare.txt --split valid
+      rnnkit eval runs/shakespeare --text tiny-shakespeare --split valid
       rnnkit eval runs/chorales                  # music: NLL per frame on the test split
     """
     module = _task_of(run, "evaluate_file")
@@ -418,7 +431,9 @@ def diagnose_weight_grads(runs: tuple[str, ...], out: str | None) -> None:
 def _csv_options(function):
     """The options `forecast` and `detect` share: the CSV, its columns, gaps, the model."""
     options = [
-        click.option("--csv", "csv_path", required=True, help="CSV file with a time column."),
+        click.option("--csv", "csv_path", required=True, callback=_named_data,
+                     help="CSV file with a time column, or a data set's (airline-passengers, "
+                     "nab/realKnownCause/nyc_taxi.csv)."),
         click.option("--time-col", required=True, help="Name of the time column."),
         click.option("--target", "targets", multiple=True, help="Target column (repeatable)."),
         click.option("--fill", type=click.Choice(["refuse", "interpolate", "ffill"]),
@@ -467,7 +482,8 @@ def forecast(csv_path, time_col, targets, horizon, out, max_steps, lr, seed, lik
 
     \b
     Examples:
-      rnnkit forecast --csv ../shared/data/timeseries/airline-passengers.csv --time-col Month \\
+      rnnkit data fetch airline-passengers
+      rnnkit forecast --csv airline-passengers --time-col Month \\
           --target Passengers --horizon 6 --log --mode autoregressive --calendar month \\
           --backtest-start 1959-01 --out runs/airline
     """
@@ -527,7 +543,8 @@ def _loop_options(**defaults):
 
 
 @train.command("music")
-@click.option("--data", help="JSB chorales JSON (train/valid/test) or a folder of MIDI files.")
+@click.option("--data", help="JSB chorales JSON (train/valid/test), a folder of MIDI files, or a "
+              "data set.  [default: jsb-chorales]")  # fmt: skip
 @click.option("--config", "config_file", help="TOML file of settings named like the flags.")
 @click.option("--out", help="Run directory to create.  [default: runs/music-DATE-TIME]")
 @click.option("--resume", help="Continue the run in this directory from its last checkpoint.")
@@ -557,8 +574,9 @@ def train_music(config_file: str | None, out: str | None, resume: str | None, **
 
     \b
     Examples:
-      rnnkit train music --data ../shared/data/music/jsb-chorales-quarter.json --out runs/jsb
-      rnnkit train music --data ../shared/data/music/jsb-chorales-quarter.json --head nade
+      rnnkit data fetch jsb-chorales                # once: the data set, sha256 checked
+      rnnkit train music --out runs/jsb             # --data jsb-chorales
+      rnnkit train music --head nade
       rnnkit train music --data my_midi_folder/ --steps-per-quarter 2 --max-time 10m
     """
     from rnnkit.tasks import music
@@ -597,7 +615,8 @@ def compose(run: str, out: str, frames, tempo, prime, temperature, seed, checkpo
 @_csv_options
 @click.option("--rows-as-steps", is_flag=True,
               help="Take the rows in file order as the steps (irregular times).")  # fmt: skip
-@click.option("--windows", help="NAB combined_windows.json: shade and score the labelled windows.")
+@click.option("--windows", callback=_named_data,
+              help="NAB combined_windows.json: shade and score the labelled windows.")  # fmt: skip
 @click.option("--series-key", help="The series' key in --windows.  [default: FOLDER/FILE.csv]")
 @click.option("--train-fraction", type=float, help="Early part that trains.  [default: 0.15]")
 @click.option("--accumulate", type=int, help="Rows averaged into a score.  [default: 20]")
@@ -612,9 +631,10 @@ def detect(csv_path, time_col, targets, out, max_steps, lr, seed, rows_as_steps,
 
     \b
     Examples:
-      rnnkit detect --csv ../shared/data/anomaly/nab/realKnownCause/nyc_taxi.csv \\
+      rnnkit data fetch nab
+      rnnkit detect --csv nab/realKnownCause/nyc_taxi.csv \\
           --time-col timestamp --target value --rows-as-steps \\
-          --windows ../shared/data/anomaly/nab/combined_windows.json --out runs/nyc
+          --windows nab/combined_windows.json --out runs/nyc
     """
     from rnnkit.tasks import anomaly
 
@@ -651,7 +671,8 @@ def _classifier_options(function):
 
 
 @train.command("sentiment")
-@click.option("--data", help="MR folder (rt-polarity.pos/.neg), a CSV/TSV, or a folder per class.")
+@click.option("--data", help="MR folder (rt-polarity.pos/.neg), a CSV/TSV, a folder per class, "
+              "or a data set.  [default: mr]")  # fmt: skip
 @click.option("--text-col", help="CSV/TSV: the text column.  [default: text]")
 @click.option("--label-col", help="CSV/TSV: the label column.  [default: label]")
 @click.option("--encoding", help="Encoding of the files.  [default: utf-8]")
@@ -668,8 +689,9 @@ def train_sentiment(config_file, out, resume, cv, **flags) -> None:
 
     \b
     Examples:
-      rnnkit train sentiment --data ../shared/data/sentiment --out runs/mr
-      rnnkit train sentiment --data ../shared/data/sentiment --cv --out runs/mr-cv
+      rnnkit data fetch mr                          # once: the data set, sha256 checked
+      rnnkit train sentiment --out runs/mr          # --data mr
+      rnnkit train sentiment --cv --out runs/mr-cv
       rnnkit train sentiment --data reviews.csv --text-col review --label-col stars
     """
     from rnnkit.tasks import classify, sentiment
@@ -679,7 +701,8 @@ def train_sentiment(config_file, out, resume, cv, **flags) -> None:
 
 
 @train.command("speech-digits")
-@click.option("--data", help="FSDD recordings folder ({digit}_{speaker}_{index}.wav).")
+@click.option("--data", help="FSDD recordings folder ({digit}_{speaker}_{index}.wav) or a data "
+              "set.  [default: fsdd]")  # fmt: skip
 @click.option("--split", help="standard (index 0-4 tests) or speaker:NAME.  [default: standard]")
 @click.option("--loso", is_flag=True, help="Leave one speaker out, each in turn; mean and std.")
 @click.option("--features", type=click.Choice(["mfcc", "logmel"]), help="[default: mfcc]")
@@ -693,8 +716,9 @@ def train_speech_digits(config_file, out, resume, loso, **flags) -> None:
 
     \b
     Examples:
-      rnnkit train speech-digits --data ../shared/data/speech/fsdd/recordings --out runs/fsdd
-      rnnkit train speech-digits --data ../shared/data/speech/fsdd/recordings --loso
+      rnnkit data fetch fsdd                        # once: the data set, sha256 checked
+      rnnkit train speech-digits --out runs/fsdd    # --data fsdd
+      rnnkit train speech-digits --loso
     """
     from rnnkit.tasks import classify, speech
 
@@ -703,7 +727,8 @@ def train_speech_digits(config_file, out, resume, loso, **flags) -> None:
 
 
 @train.command("speech-ctc")
-@click.option("--data", help="FSDD recordings folder ({digit}_{speaker}_{index}.wav).")
+@click.option("--data", help="FSDD recordings folder ({digit}_{speaker}_{index}.wav) or a data "
+              "set.  [default: fsdd]")  # fmt: skip
 @click.option("--config", "config_file", help="TOML file of settings named like the flags.")
 @click.option("--out", help="Run directory.  [default: runs/speech-ctc-DATE-TIME]")
 @click.option("--resume", help="Continue the run in this directory.")
@@ -722,7 +747,7 @@ def train_speech_ctc(config_file, out, resume, **flags) -> None:
 
     \b
     Examples:
-      rnnkit train speech-ctc --data ../shared/data/speech/fsdd/recordings --out runs/ctc
+      rnnkit train speech-ctc --out runs/ctc        # --data fsdd (rnnkit data fetch fsdd)
     """
     from rnnkit.tasks import speech_ctc
 
@@ -741,7 +766,7 @@ def predict(run: str, input: str, explain: bool, checkpoint: str) -> None:
     \b
     Examples:
       rnnkit predict runs/mr "an oddly moving film" --explain
-      rnnkit predict runs/fsdd ../shared/data/speech/fsdd/recordings/7_lucas_3.wav
+      rnnkit predict runs/fsdd "$(rnnkit data path fsdd)/recordings/7_lucas_3.wav"
     """
     click.echo(_task_of(run, "predict").predict(run, input, explain, checkpoint))
 
@@ -795,10 +820,11 @@ def train_translate(config_file, out, resume, **flags) -> None:  # fmt: skip
 
     \b
     Examples:
-      D=../shared/data/translation/multi30k
-      rnnkit train translate --src $D/train.en.gz --tgt $D/train.de.gz \\
-        --valid-src $D/val.en.gz --valid-tgt $D/val.de.gz \\
-        --test-src $D/test_2016_flickr.en.gz --test-tgt $D/test_2016_flickr.de.gz --out runs/en-de
+      rnnkit data fetch multi30k                    # once: the data set, sha256 checked
+      rnnkit train translate --src multi30k/train.en.gz --tgt multi30k/train.de.gz \\
+        --valid-src multi30k/val.en.gz --valid-tgt multi30k/val.de.gz \\
+        --test-src multi30k/test_2016_flickr.en.gz --test-tgt multi30k/test_2016_flickr.de.gz \\
+        --out runs/en-de
     """
     from rnnkit.tasks import translate
 
@@ -828,7 +854,8 @@ def translate_(run, text, file, ref, beam, plot, checkpoint) -> None:
 
 
 @train.command("caption")
-@click.option("--data", help="Fashion-MNIST folder (IDX files, gzip'd or not).  "
+@click.option("--data", help="Fashion-MNIST folder (IDX files, gzip'd or not), or the data "
+              "set fashion-mnist.  "
               "[default: /usr/share/datasets/fashion-mnist, from apt-get install "
               "dataset-fashion-mnist]")  # fmt: skip
 @click.option("--config", "config_file", help="TOML file of settings named like the flags.")

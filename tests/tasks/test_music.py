@@ -103,15 +103,30 @@ def test_compose_continues_a_primer(run, tmp_path):
         music.compose(str(run), str(tmp_path / "no/such/dir/x.mid"))
 
 
-def test_resume_continues_and_refuses_a_changed_model(jsb, tmp_path):
+def test_resume_continues_and_refuses_a_changed_model(jsb, tmp_path, monkeypatch):
     out = str(tmp_path / "run")
     music.train({"data": str(jsb), **TINY, **QUIET, "max_steps": 4}, out=out)
     with pytest.raises(RnnkitError, match="cannot change --hidden when resuming"):
         music.train({"hidden": 99}, resume=out)
     resumed = music.train({"data": str(jsb), "max_steps": 6, "progress": "none"}, resume=out)
     assert resumed.step == 6
-    with pytest.raises(RnnkitError, match="no music to train on: give --data"):
+    monkeypatch.setenv("RNNKIT_DATA", str(tmp_path / "empty"))  # the default data set: absent
+    with pytest.raises(RnnkitError, match="data set 'jsb-chorales' is not here; fetch it with "
+                       "`rnnkit data fetch jsb-chorales`"):  # fmt: skip
         music.train({"max_steps": 1}, out=str(tmp_path / "other"))
+    with pytest.raises(RnnkitError, match="no music to train on: give --data"):
+        music.train({"data": "", "max_steps": 1}, out=str(tmp_path / "other"))
+
+
+def test_the_default_data_is_the_jsb_data_set_of_the_registry(dataset, tmp_path):
+    """`rnnkit data import jsb-chorales FILE`, then `rnnkit train music` without --data."""
+    jsb = dataset("jsb-chorales")  # imported into the session's $RNNKIT_DATA (or skipped)
+    args = ["--hidden", "8", "--batch", "4", "--max-steps", "2", "--eval-every", "2",
+            "--log-every", "1", "--warmup", "1", "--progress", "none"]  # fmt: skip
+    result = CliRunner().invoke(main, ["train", "music", *args, "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["task_config"]["data"] == str(jsb / "jsb-chorales-quarter.json")
 
 
 def write_song(path: Path, pitches: list[int]) -> None:

@@ -30,7 +30,8 @@ from torch import Tensor
 
 from rnnkit.errors import RnnkitError
 
-FSDD = "../shared/data/speech/fsdd/recordings"
+#: the registry's name of the Free Spoken Digit Dataset (`--data fsdd`: its recordings folder)
+FSDD = "fsdd"
 _FSDD_NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")
 _PCM = {1: np.uint8, 2: np.int16, 4: np.int32}
 MIN_RATE, MAX_RATE = 1000, 384_000  # sample rates (Hz) a WAV file may declare
@@ -189,7 +190,7 @@ def fsdd_recordings(folder: str | os.PathLike) -> list[Recording]:
     folder = Path(folder)
     if not folder.is_dir():
         raise RnnkitError(f"{folder} is not a folder; give the FSDD recordings folder "
-                          f"(e.g. {FSDD})")  # fmt: skip
+                          f"(or the registry's data set: --data {FSDD})")  # fmt: skip
     found = []
     for path in sorted(folder.iterdir()):
         match = _FSDD_NAME.match(path.name)

@@ -14,6 +14,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from rnnkit.data import registry
 from rnnkit.errors import RnnkitError
 from rnnkit.training import checkpoint as ckpt
 from rnnkit.training.options import TRAIN_KEYS, check_types, merge_settings, parse_duration
@@ -54,7 +55,9 @@ def train_task(
         default_train: the task's training-loop defaults.
         flags: command-line values (None: not given), named like the dataclass fields and
             `TRAIN_KEYS`.
-        paths: settings that name files; stored as absolute paths.
+        paths: settings that name files or folders; stored as absolute paths. A value (or, for
+            a new run, the default) that is not an existing path may name a data set of the
+            registry (``jsb-chorales``, ``nab/realKnownCause/nyc_taxi.csv``: `registry.resolve`).
     """
     task_keys = {f.name for f in fields(settings_cls)}
     values = merge_settings(config_file, flags, task_keys | set(TRAIN_KEYS))
@@ -62,9 +65,13 @@ def train_task(
         values["max_time"] = parse_duration(values["max_time"])
     task_values = {k: v for k, v in values.items() if k in task_keys}
     train_values = {TRAIN_KEYS[k]: v for k, v in values.items() if k in TRAIN_KEYS}
+    defaults = {f.name: f.default for f in fields(settings_cls)}
     for key in paths:
-        if task_values.get(key):
-            task_values[key] = str(Path(task_values[key]).expanduser().resolve())
+        value = task_values.get(key)
+        if key not in task_values and resume is None:
+            value = defaults.get(key)  # e.g. music's "jsb-chorales"
+        if value and isinstance(value, str):
+            task_values[key] = str(Path(registry.resolve(value)).expanduser().resolve())
     if resume is None:
         task = make_task(settings_from_dict(settings_cls, task_values, name))
         config = TrainConfig.from_dict({**asdict(default_train), **train_values})

@@ -43,14 +43,13 @@ from rnnkit.training import checkpoint as ckpt
 from rnnkit.training.trainer import FitResult, StepOutput, TrainConfig
 
 NAME = "music"
-JSB = "../shared/data/music/jsb-chorales-quarter.json"
 
 
 @dataclass
 class MusicConfig:
     """Everything that rebuilds the data pipeline and the model (stored in config.json)."""
 
-    data: str = ""
+    data: str = "jsb-chorales"  # a data set of the registry, or a file or folder
     steps_per_quarter: int = 1
     cell: str = "lstm"
     hidden: int = 256
@@ -67,8 +66,8 @@ class MusicConfig:
     def check(self) -> None:
         if not self.data:
             raise RnnkitError(
-                "no music to train on: give --data FILE.json or a folder of MIDI files "
-                f"(e.g. {JSB})"
+                "no music to train on: give --data FILE.json, a folder of MIDI files or a "
+                "data set (jsb-chorales)"
             )
         if self.head not in HEADS:
             raise RnnkitError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")

@@ -31,7 +31,6 @@ from rnnkit.training import checkpoint as ckpt
 from rnnkit.training.trainer import TrainConfig
 
 NAME = "sentiment"
-MR = "../shared/data/sentiment"
 VOCAB = "vocab.json"
 
 
@@ -39,7 +38,7 @@ VOCAB = "vocab.json"
 class SentimentConfig(ClassifierSettings):
     """Everything that rebuilds the data split and the model (stored in config.json)."""
 
-    data: str = ""
+    data: str = "mr"  # a data set of the registry, or a file or folder
     text_col: str = "text"
     label_col: str = "label"
     encoding: str = "utf-8"
@@ -60,8 +59,8 @@ class SentimentConfig(ClassifierSettings):
     def check(self) -> None:
         self.check_model()
         if not self.data:
-            raise RnnkitError(f"no texts to train on: give --data (a CSV/TSV file or a folder, "
-                              f"e.g. {MR})")  # fmt: skip
+            raise RnnkitError("no texts to train on: give --data (a CSV/TSV file, a folder or a "
+                              "data set: mr)")  # fmt: skip
         if self.folds < 2 or not 0 <= self.fold < self.folds:
             raise RnnkitError(f"need folds >= 2 and 0 <= fold < folds, got fold {self.fold} of "
                               f"{self.folds}")  # fmt: skip

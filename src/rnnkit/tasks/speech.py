@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from rnnkit.data import audio
+from rnnkit.data import audio, registry
 from rnnkit.errors import RnnkitError
 from rnnkit.tasks import classify
 from rnnkit.tasks.classify import ClassifierSettings, ClassifyTask, Split
@@ -34,7 +34,7 @@ DIGITS = [str(d) for d in range(10)]
 class SpeechConfig(ClassifierSettings):
     """Everything that rebuilds the data split, the features and the model (config.json)."""
 
-    data: str = ""
+    data: str = audio.FSDD  # a data set of the registry, or a recordings folder
     split: str = "standard"
     features: str = "mfcc"
     sample_rate: int = 8000
@@ -50,7 +50,7 @@ class SpeechConfig(ClassifierSettings):
     def check(self) -> None:
         self.check_model()
         if not self.data:
-            raise RnnkitError(f"no recordings: give --data (e.g. {audio.FSDD})")
+            raise RnnkitError(f"no recordings: give --data (a folder, or {audio.FSDD})")
         self.feature_config().check()
 
     def feature_config(self) -> audio.FeatureConfig:
@@ -101,7 +101,8 @@ def train(
         return run({}, out)
     if resume is not None or flags.get("split") is not None:
         raise RnnkitError("--loso trains one run per speaker anew: drop --resume and --split")
-    speakers = sorted({r.speaker for r in audio.fsdd_recordings(flags.get("data") or "")})
+    folder = registry.resolve(flags.get("data") or SpeechConfig.data)
+    speakers = sorted({r.speaker for r in audio.fsdd_recordings(folder)})
     base = Path(out) if out else Path("runs") / classify.stamp("speech-loso")
     splits = {f"speaker-{s}": f"speaker:{s}" for s in speakers}
     return classify.partitioned(splits, "split", base, run)

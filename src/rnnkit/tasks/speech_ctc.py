@@ -39,7 +39,7 @@ VALID_SEED, TEST_SEED = 1_000_003, 2_000_003
 class CTCConfig:
     """Everything that rebuilds the data, the features and the model (config.json)."""
 
-    data: str = ""
+    data: str = audio.FSDD  # a data set of the registry, or a recordings folder
     sample_rate: int = 8000
     n_mels: int = 40
     stack: int = 3
@@ -57,7 +57,7 @@ class CTCConfig:
 
     def check(self) -> None:
         if not self.data:
-            raise RnnkitError(f"no recordings: give --data (e.g. {audio.FSDD})")
+            raise RnnkitError(f"no recordings: give --data (a folder, or {audio.FSDD})")
         if not 1 <= self.min_digits <= self.max_digits:
             raise RnnkitError(f"need 1 <= min_digits <= max_digits, got {self.min_digits}, "
                               f"{self.max_digits}")  # fmt: skip

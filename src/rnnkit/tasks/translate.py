@@ -43,7 +43,6 @@ from rnnkit.training.trainer import StepOutput, TrainConfig
 
 NAME = "translate"
 SRC_SPM, TGT_SPM = "src.spm", "tgt.spm"
-MULTI30K = "../shared/data/translation/multi30k"
 
 
 @dataclass
@@ -79,8 +78,9 @@ class TranslateConfig:
 
     def check(self) -> None:
         if not (self.src and self.tgt):
-            raise RnnkitError(f"give the parallel training files --src and --tgt (e.g. "
-                              f"{MULTI30K}/train.en.gz and train.de.gz)")  # fmt: skip
+            raise RnnkitError("give the parallel training files --src and --tgt (e.g. --src "
+                              "multi30k/train.en.gz --tgt multi30k/train.de.gz, files of the "
+                              "registry's data set multi30k)")  # fmt: skip
         if bool(self.valid_src) != bool(self.valid_tgt) or bool(self.test_src) != bool(
             self.test_tgt
         ):
