@@ -81,8 +81,7 @@ def fetch(names: tuple[str, ...], mirror: str | None, progress: bool | None) -> 
         if here:
             click.echo(f"{name} is already here: {folder}")
         else:
-            click.echo(f"fetched {name} ({len(ds.files)} files, {_size(ds.size)}, sha256 "
-                       f"verified) into {folder}")  # fmt: skip
+            click.echo(f"fetched {name} ({_count(ds)}, sha256 verified) into {folder}")
 
 
 @data.command("import")
@@ -102,8 +101,7 @@ def import_(name: str, path: str) -> None:
 
     ds = registry.get(name)
     folder = registry.import_data(name, path)
-    click.echo(f"imported {name} ({len(ds.files)} files, {_size(ds.size)}, sha256 verified) "
-               f"into {folder}")  # fmt: skip
+    click.echo(f"imported {name} ({_count(ds)}, sha256 verified) into {folder}")
 
 
 @data.command()
@@ -118,6 +116,11 @@ def path(name: str) -> None:
     from rnnkit.data import registry
 
     click.echo(str(registry.path(name)))
+
+
+def _count(ds) -> str:
+    """``2 files, 1.2 MB``."""
+    return f"{len(ds.files)} file{'' if len(ds.files) == 1 else 's'}, {_size(ds.size)}"
 
 
 def _size(n: float) -> str:

@@ -190,7 +190,7 @@ _FASHION_FILES = (
 
 _FSDD = f"{_GITHUB}/Jakobovski/free-spoken-digit-dataset/master"
 #: `DataSet.manifest_sha256` of FSDD's 2,500 recordings, guarding the manifest shipped beside
-#: this module (``find recordings -type f | LC_ALL=C sort | xargs sha256sum | sha256sum``)
+#: this module (``find * -type f | LC_ALL=C sort | xargs sha256sum | sha256sum`` in its folder)
 FSDD_MANIFEST_SHA256 = "7ba4deefab61dff3c84d150938fd6fbfdde820d54cf5f15cc96bbc3018c4f679"
 _JBROWNLEE = f"{_GITHUB}/jbrownlee/Datasets/master"
 
