@@ -60,7 +60,7 @@ def test_the_lock_dies_with_its_holder(tmp_path):
         with _build_lock(tmp_path):
             taken = time.monotonic() - start
             assert (tmp_path / "rnnkit-build.lock").read_text() == f"{os.getpid()}\n"
-    assert taken < 0.05
+    assert taken < 5  # a wait would last the holder's 600 s
     assert (tmp_path / "rnnkit-build.lock").read_text() == ""  # no PID left once released
 
 
@@ -77,7 +77,7 @@ def test_a_waiter_names_the_holder_once_and_proceeds_when_it_releases(tmp_path):
         f"({tmp_path / 'rnnkit-build.lock'})"
     ]
     assert caught[0].category is RuntimeWarning
-    assert 0.5 < waited < 5
+    assert 0.5 < waited < 30  # the holder keeps it 1 s
 
 
 def test_a_stale_torch_marker_does_not_hang_the_next_build(tmp_path):
@@ -153,4 +153,4 @@ def test_a_signal_ends_a_command_waiting_for_the_lock(tmp_path, charlm_run, sig)
         assert code == -signal.SIGTERM and rest == ""
     else:
         assert code == 130 and rest == "interrupted\n"
-    assert took < 1
+    assert took < 10  # the holder keeps the lock 600 s

@@ -44,7 +44,7 @@ def torch_masks() -> Iterator[None]:
 
 def _kernel(x: Tensor) -> ModuleType | None:
     """The dropout extension if it takes ``x`` (a CPU tensor, not within `torch_masks`)."""
-    if not _switch["kernel"] or x.device.type != "cpu":
+    if not _switch["kernel"] or x.device.type != "cpu" or fused.exporting(x):
         return None
     return fused.dropout_extension()
 

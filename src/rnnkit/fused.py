@@ -36,6 +36,7 @@ from types import ModuleType
 
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
 
 try:
     import fcntl
@@ -57,6 +58,21 @@ from rnnkit.errors import LAYER_SECOND_ORDER, first_order_only
 _SOURCE = Path(__file__).parent / "csrc" / "fused.cpp"
 _NONLINEARITY = {"tanh": 0, "relu": 1, "sigmoid": 2}
 _state = {"enabled": os.environ.get("RNNKIT_FUSED", "1") != "0", "module": None, "failed": False}
+
+
+def exporting(x: Tensor) -> bool:
+    """True while a graph is recorded rather than computed: ``torch.jit`` tracing, ONNX export,
+    ``torch.export`` and ``torch.compile`` (or a meta or fake tensor), where only operators
+    torch knows can be recorded."""
+    return bool(
+        torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.onnx.is_in_onnx_export()
+        or torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+        or x.device.type == "meta"
+        or is_fake(x)
+    )
 
 
 def extension() -> ModuleType | None:

@@ -228,6 +228,11 @@ class _MinRecurrence(nn.Module):
 
     def forward(self, input: Tensor, hx: Tensor | None = None, lengths: Tensor | None = None):
         x = input.transpose(0, 1) if self.batch_first else input
+        if fused.exporting(x):
+            raise RnnkitError(
+                f"{type(self).__name__} cannot be exported or compiled yet: its scan is not an "
+                "operator an exporter can record (ONNX has no logcumsumexp); run it in PyTorch"
+            )
         if x.dim() != 3 or x.shape[-1] != self.input_size:
             raise RnnkitError(
                 f"{type(self).__name__}: input must have shape (T, B, {self.input_size}), "

@@ -84,6 +84,8 @@ def signal_and_wait(proc: subprocess.Popen, sig: int) -> tuple[int, float, str, 
     begin = time.monotonic()
     proc.send_signal(sig)
     first = proc.stderr.readline()
+    while first.startswith("warning: rnnkit: waiting for"):  # another test process builds
+        first = proc.stderr.readline()
     took = time.monotonic() - begin
     out, err = proc.communicate(timeout=30)
     return proc.returncode, took, out, first + err
@@ -97,7 +99,7 @@ def test_a_signal_outside_a_step_ends_the_command_at_once(tmp_path, where, sig):
     assert code == (143 if sig == signal.SIGTERM else 130)
     assert err == "interrupted\n"  # one line, no traceback
     assert out == ""  # fit did not return
-    assert took < 1
+    assert took < 10  # the nap lasts 60 s
 
 
 def test_sigterm_in_a_step_finishes_it_and_saves_a_checkpoint(tmp_path):
@@ -114,4 +116,4 @@ def test_a_second_sigterm_in_a_step_aborts(tmp_path):
     proc.send_signal(signal.SIGTERM)  # asks to stop after the step
     code, took, out, err = signal_and_wait(proc, signal.SIGTERM)
     assert code == 143 and err == "interrupted\n" and out == ""
-    assert took < 1
+    assert took < 10  # the step's nap lasts 60 s

@@ -1,0 +1,86 @@
+"""Export is real or refused, never silent: every layer either records a graph that follows its
+input (checked in ONNX Runtime against PyTorch at other sequence lengths and batch sizes than
+the example's) or raises RnnkitError; torch.export, torch.compile and torch.jit.trace likewise."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import rnnkit
+from rnnkit.errors import RnnkitError
+
+ort = pytest.importorskip("onnxruntime", reason="the export extra: pip install onnxruntime")
+
+EXPORTED = {
+    "gru": lambda: rnnkit.GRU(8, 16),
+    "rnn_relu": lambda: rnnkit.RNN(8, 16, nonlinearity="relu", num_layers=2),
+    "lstm_bidirectional": lambda: rnnkit.LSTM(8, 16, num_layers=2, bidirectional=True),
+    "gru_impl_bptt": lambda: rnnkit.GRU(8, 16, impl="bptt", batch_first=True),
+}
+REFUSED = {
+    "layer_norm_lstm": lambda: rnnkit.LSTM(8, 16, layer_norm=True),
+    "peephole_lstm": lambda: rnnkit.LSTM(8, 16, peephole=True),
+    "zoneout_gru": lambda: rnnkit.GRU(8, 16, zoneout=0.1),
+    "min_gru": lambda: rnnkit.MinGRU(8, 16),
+    "min_lstm_log_scan": lambda: rnnkit.MinLSTM(8, 16, mode="log_scan"),
+}
+
+
+def onnx_session(layer: torch.nn.Module, example: torch.Tensor):
+    """The layer exported by the TorchScript-based exporter, time and batch dynamic."""
+    buffer = io.BytesIO()
+    axes = {"x": {0: "T", 1: "B"}, "y": {0: "T", 1: "B"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(layer, (example,), buffer, dynamo=False, input_names=["x"],
+                          output_names=["y"], dynamic_axes=axes)  # fmt: skip
+    return ort.InferenceSession(buffer.getvalue())
+
+
+@pytest.mark.parametrize("name", EXPORTED)
+def test_onnx_export_follows_the_input_at_other_lengths_and_batches(name):
+    torch.manual_seed(0)
+    layer = EXPORTED[name]().eval()
+    session = onnx_session(layer, torch.randn(7, 3, 8))
+    assert [i.name for i in session.get_inputs()] == ["x"]  # not a constant graph
+    for steps in (12, 30):
+        for batch in (2, 5):
+            x = torch.randn(steps, batch, 8)
+            with torch.no_grad():
+                expected = layer(x)[0].numpy()
+            got = session.run(["y"], {"x": x.numpy()})[0]
+            np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_what_cannot_be_exported_is_refused_in_one_line(name):
+    layer = REFUSED[name]().eval()
+    with pytest.raises(RnnkitError, match="cannot be exported or compiled yet"):
+        onnx_session(layer, torch.randn(7, 3, 8))
+    with pytest.raises(RnnkitError, match="cannot be exported or compiled yet"):
+        torch.jit.trace(layer, (torch.randn(7, 3, 8),))
+
+
+def test_torch_export_compile_and_trace_of_the_default_gru_equal_eager():
+    torch.manual_seed(0)
+    layer = rnnkit.GRU(8, 16).eval()
+    x, other = torch.randn(7, 3, 8), torch.randn(7, 3, 8)
+    with torch.no_grad():
+        exported = torch.export.export(layer, (x,)).module()
+        torch.testing.assert_close(exported(other)[0], layer(other)[0])
+        compiled = torch.compile(layer, fullgraph=True)
+        torch.testing.assert_close(compiled(other)[0], layer(other)[0])
+        traced = torch.jit.trace(layer, (x,))
+        longer = torch.randn(19, 3, 8)
+        torch.testing.assert_close(traced(longer)[0], layer(longer)[0])
+
+
+def test_dropout_records_torch_dropout_under_tracing():
+    layer = rnnkit.Dropout(0.5).train()
+    traced = torch.jit.trace(layer, (torch.ones(4, 6),), check_trace=False)
+    assert "aten::dropout" in str(traced.graph) or "aten::feature_dropout" in str(traced.graph)
