@@ -12,7 +12,7 @@ from rnnkit.cells import (
 )
 from rnnkit.dropout import Dropout, dropout
 from rnnkit.errors import RnnkitError
-from rnnkit.layers import GRU, LSTM, RNN
+from rnnkit.layers import GRU, LSTM, RNN, Recurrent
 from rnnkit.recurrence import run_cell
 from rnnkit.scan import MinGRU, MinLSTM
 
@@ -20,6 +20,7 @@ __all__ = [
     "GRU",
     "LSTM",
     "RNN",
+    "Recurrent",
     "Cell",
     "Dropout",
     "ElmanCell",

@@ -1,4 +1,5 @@
-"""Layers RNN, LSTM, GRU: torch.nn-compatible, stacked, bidirectional, with ``lengths``.
+"""Layers RNN, LSTM, GRU: torch.nn-compatible, stacked, bidirectional, with ``lengths``; and
+`Recurrent`, the same layer for any cell (RNN, LSTM and GRU are its specialisations).
 
 Shape legend: T sequence length, B batch, I ``input_size``, H ``hidden_size``,
 D = 2 if bidirectional else 1, L ``num_layers``.
@@ -40,6 +41,7 @@ mask per element, as torch's.
 from __future__ import annotations
 
 import contextlib
+import inspect
 
 import torch
 from torch import Tensor, nn
@@ -58,17 +60,31 @@ from rnnkit.cells import (
 )
 from rnnkit.cells.projected import check_proj_size
 from rnnkit.dropout import dropout, locked_dropout
-from rnnkit.errors import RnnkitError
+from rnnkit.errors import RnnkitError, shorten
 from rnnkit.recurrence import Zoneout, lengths_to_mask, reverse_within_lengths, run_cell
 
 IMPLS = ("auto", "bptt", "torch")
 
 
-class _RecurrentLayer(nn.Module):
-    """Shared machinery of RNN, LSTM and GRU; subclasses name the cell and torch's kernel."""
+class Recurrent(nn.Module):
+    """A layer of any cell (a `rnnkit.cells.Cell` subclass, yours or rnnkit's), as Keras's
+    ``RNN(cell)`` or Flax's ``nn.RNN(cell)``: stacked, bidirectional, with ``lengths``, dropout
+    between layers, the regularisers and `step` streaming; shapes as in the module docstring.
+    RNN, LSTM and GRU are its specialisations (they name their cell and torch's kernel).
+
+    ``Recurrent(cell_class, input_size, hidden_size, ...)`` builds one cell per layer and
+    direction as ``cell_class(size_in, hidden_size, bias=bias, **cell_kwargs)`` and holds its
+    parameters under the cell's names with ``_l{k}`` (and ``_reverse``): ``weight_ih_l0``,
+    ``leak_l1_reverse``. A cell of yours must define ``step`` and ``step_backward``; it runs on
+    rnnkit's Python engine (``impl="bptt"``, checked by ``torch.autograd.gradcheck``: see
+    docs/layers.md, "Your own cell"). The layer holds and trains the parameters the cell
+    names (`Cell.parameter_names`): a parameter beyond weight_ih, weight_hh, bias_ih and bias_hh
+    belongs in its ``extra_parameters``.
+    """
 
     def __init__(
         self,
+        cell_class: type[Cell],
         input_size: int,
         hidden_size: int,
         num_layers: int = 1,
@@ -82,12 +98,21 @@ class _RecurrentLayer(nn.Module):
         weight_dropout: float = 0.0,
         zoneout: float | tuple[float, float] = 0.0,
         locked_dropout: bool = False,
-        **cell_options,
+        **cell_kwargs,
     ) -> None:
         super().__init__()
-        if "proj_size" in cell_options:
+        cell_options = cell_kwargs
+        if "proj_size" in cell_options and isinstance(self, (RNN, GRU)):
             raise RnnkitError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        _check_cell_class(cell_class)
+        self.cell_class = cell_class
         _check_sizes(input_size, hidden_size, num_layers, impl)
+        if impl == "torch" and type(self)._torch_kernel is Recurrent._torch_kernel:
+            raise RnnkitError(
+                f"Recurrent({cell_class.__name__}): impl='torch' is for torch's own layers "
+                "(rnnkit.RNN, LSTM, GRU); any other cell runs on rnnkit's engine: use "
+                "impl='bptt' or impl='auto'"
+            )
         rates = {
             "dropout": dropout,
             "recurrent_dropout": recurrent_dropout,
@@ -124,7 +149,20 @@ class _RecurrentLayer(nn.Module):
         return ("", "_reverse") if self.bidirectional else ("",)
 
     def _make_cell(self, input_size: int, hidden_size: int, bias: bool, **options) -> Cell:
-        raise NotImplementedError
+        """One cell of the stack, ``cell_class(input_size, hidden_size, bias=bias, **options)``
+        (RNN, LSTM and GRU choose among their cells instead)."""
+        cls = self.cell_class
+        try:
+            inspect.signature(cls).bind(input_size, hidden_size, bias=bias, **options)
+        except TypeError as err:
+            raise RnnkitError(
+                f"Recurrent({cls.__name__}): cannot build the cell as {cls.__name__}(input_size, "
+                f"hidden_size, bias=..., **cell_kwargs) with cell_kwargs {sorted(options)}: "
+                f"{err}; give its __init__ that signature, or pass its own arguments as keywords"
+            ) from None
+        cell = cls(input_size, hidden_size, bias=bias, **options)
+        _check_cell_parameters(cell)
+        return cell
 
     def _output_size(self) -> int:
         """Features of h per direction (the cells' first state)."""
@@ -395,6 +433,8 @@ class _RecurrentLayer(nn.Module):
         return dropout(x, self.dropout)
 
     def _config_name(self) -> str:
+        if type(self) is Recurrent:
+            return f"Recurrent({self.cell_class.__name__})"
         return type(self).__name__
 
     def _check_input(self, input: Tensor, dims: tuple[int, int], shapes: str) -> None:
@@ -462,6 +502,8 @@ class _RecurrentLayer(nn.Module):
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
+        if type(self) is Recurrent:
+            s = f"{self.cell_class.__name__}, {s}"
         if getattr(self, "proj_size", 0):
             s += f", proj_size={self.proj_size}"
         defaults = {
@@ -486,6 +528,49 @@ class _RecurrentLayer(nn.Module):
 
 def _as_tuple(value: float | tuple[float, ...]) -> tuple[float, ...]:
     return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+
+def _check_cell_class(cell_class) -> None:
+    """Refuse what is not a `Cell` subclass with its own ``step`` and ``step_backward``."""
+    if not (isinstance(cell_class, type) and issubclass(cell_class, Cell)):
+        what = (
+            f"an instance of {type(cell_class).__name__}; pass the class itself and its "
+            "arguments as keywords"
+            if isinstance(cell_class, nn.Module)
+            else shorten(cell_class)
+        )
+        raise RnnkitError(
+            f"Recurrent: cell_class must be a subclass of rnnkit.cells.Cell, got {what}"
+        )
+    name = cell_class.__name__
+    if cell_class.step is Cell.step:
+        raise RnnkitError(
+            f"Recurrent({name}): {name} defines no step; write "
+            f"{name}.step(gx, gh, state, params) -> (new_state, cache) (docs/layers.md, "
+            "'Your own cell')"
+        )
+    if cell_class.step_backward is Cell.step_backward:
+        raise RnnkitError(
+            f"Recurrent({name}): {name} defines no step_backward, which the engine's "
+            f"backward calls at every step; write {name}.step_backward(grad_state, cache, "
+            "params) -> (grad_gx, grad_gh, grad_state_direct, grad_params) by hand and check it "
+            "with torch.autograd.gradcheck (docs/layers.md, 'Your own cell')"
+        )
+
+
+def _check_cell_parameters(cell: Cell) -> None:
+    """Refuse a cell whose parameters differ from those it names (`Cell.parameter_names`):
+    the layer holds, initialises and hands to the engine only the named ones."""
+    name = type(cell).__name__
+    named = cell.parameter_names()
+    stray = [n for n, _ in cell.named_parameters() if n not in named]
+    if stray:
+        raise RnnkitError(
+            f"Recurrent({name}): {name} has parameter(s) {', '.join(stray)} that it does not "
+            "list in extra_parameters, so the layer would neither hold nor train them; list "
+            "them in extra_parameters with their shapes in extra_parameter_shapes (the engine "
+            "hands them to step as params)"
+        )
 
 
 def _check_rates(rates: dict[str, float]) -> None:
@@ -528,7 +613,7 @@ def _check_lengths(name: str, lengths, batch: int, steps: int) -> Tensor:
     return lengths.long()
 
 
-class RNN(_RecurrentLayer):
+class RNN(Recurrent):
     """Elman RNN layer, as ``torch.nn.RNN`` plus ``nonlinearity="sigmoid"``, ``lengths``,
     ``recurrent_init`` ("default" | "orthogonal" | "identity") and ``impl``.
 
@@ -536,7 +621,7 @@ class RNN(_RecurrentLayer):
     """
 
     def __init__(self, *args, nonlinearity: str = "tanh", **kwargs) -> None:
-        super().__init__(*args, nonlinearity=nonlinearity, **kwargs)
+        super().__init__(ElmanCell, *args, nonlinearity=nonlinearity, **kwargs)
 
     @property
     def nonlinearity(self) -> str:
@@ -555,7 +640,7 @@ class RNN(_RecurrentLayer):
         return f"RNN(nonlinearity={self.nonlinearity!r})"
 
 
-class LSTM(_RecurrentLayer):
+class LSTM(Recurrent):
     """LSTM layer, as ``torch.nn.LSTM`` (``proj_size`` included: `ProjectedLSTMCell`) plus
     ``lengths``, ``recurrent_init``, ``forget_bias``, ``layer_norm`` (`LayerNormLSTMCell`),
     ``peephole`` (`PeepholeLSTMCell`), the regularisers and ``impl``. hx and the final state are
@@ -578,8 +663,9 @@ class LSTM(_RecurrentLayer):
             check_proj_size(proj_size, hidden_size)
         self.proj_size = proj_size  # read by _make_cell, during super().__init__
         super().__init__(
-            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, **kwargs
-        )
+            LSTMCell, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+            bidirectional, **kwargs,
+        )  # fmt: skip
 
     def _make_cell(
         self, input_size, hidden_size, bias, layer_norm=False, peephole=False, **options
@@ -603,9 +689,25 @@ class LSTM(_RecurrentLayer):
         return torch.lstm_cell
 
 
-class GRU(_RecurrentLayer):
+class GRU(Recurrent):
     """GRU layer, as ``torch.nn.GRU`` plus ``lengths``, ``recurrent_init``, ``layer_norm``
     (`LayerNormGRUCell`), the regularisers and ``impl``."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        **kwargs,
+    ) -> None:
+        super().__init__(
+            GRUCell, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+            bidirectional, **kwargs,
+        )  # fmt: skip
 
     def _make_cell(self, input_size, hidden_size, bias, layer_norm=False, **options) -> Cell:
         cls = LayerNormGRUCell if layer_norm else GRUCell

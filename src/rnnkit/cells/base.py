@@ -78,7 +78,14 @@ class Cell(nn.Module):
         self.weight_hh = nn.Parameter(torch.empty(gh, self.state_sizes()[0]))  # h feeds W_hh
         self.bias_ih = nn.Parameter(torch.empty(gh)) if bias else None
         self.bias_hh = nn.Parameter(torch.empty(gh)) if bias else None
-        for name, shape in self.extra_parameter_shapes().items():
+        shapes = self.extra_parameter_shapes()
+        unshaped = [name for name in self.extra_parameters if name not in shapes]
+        if unshaped:
+            raise RnnkitError(
+                f"{type(self).__name__}: extra_parameters {', '.join(unshaped)} have no shape; "
+                "return each one's shape from extra_parameter_shapes()"
+            )
+        for name, shape in shapes.items():
             self.register_parameter(name, nn.Parameter(torch.empty(shape)))
         self.reset_parameters()
 
@@ -132,17 +139,19 @@ class Cell(nn.Module):
         """What the engine needs to run this cell over x (T, B, I), given the parameters by name.
 
         Returns gx (T, B, G*H) for all steps (here one matrix product; autograd differentiates
-        it), weight_hh (G*H, size of h), bias_hh (G*H,) or None, and the ``params`` of ``step``.
-        Where the biases act through their sum (`biases_add`), gx leaves bias_ih out and the
-        returned bias_hh is bias_ih + bias_hh: added once a step with the recurrent product, not
-        over all of gx first, and one sum over the steps' gradients serves both biases.
+        it), weight_hh (G*H, size of h), bias_hh (G*H,) or None, and the ``params`` of ``step``
+        (here the ``extra_parameters``, in their order). Where the biases act through their sum
+        (`biases_add`), gx leaves bias_ih out and the returned bias_hh is bias_ih + bias_hh:
+        added once a step with the recurrent product, not over all of gx first, and one sum over
+        the steps' gradients serves both biases.
         """
         from rnnkit.fused import linear  # here: rnnkit.fused imports the cells
 
         b_ih, b_hh = weights["bias_ih"], weights["bias_hh"]
+        params = tuple(weights[n] for n in self.extra_parameters)  # () for the classic cells
         if self.biases_add and b_ih is not None and b_hh is not None:
-            return linear(x, weights["weight_ih"]), weights["weight_hh"], b_ih + b_hh, ()
-        return linear(x, weights["weight_ih"], b_ih), weights["weight_hh"], b_hh, ()
+            return linear(x, weights["weight_ih"]), weights["weight_hh"], b_ih + b_hh, params
+        return linear(x, weights["weight_ih"], b_ih), weights["weight_hh"], b_hh, params
 
     def step(self, gx: Tensor, gh: Tensor, state: State, params: tuple = ()) -> tuple[State, tuple]:
         """One time step from the projections gx, gh (B, G*H) and the state; see module doc."""
