@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import warnings
 
@@ -61,6 +62,8 @@ def main() -> None:
     Examples:
       rnnkit demo                      # the long-term memory lab, ~5 minutes
     """
+    # an application may tune its process: malloc keeps the loops' buffers (rnnkit.tune_process)
+    os.environ.setdefault("RNNKIT_MALLOC", "tuned")
 
 
 @main.group(cls=_Group, invoke_without_command=True)

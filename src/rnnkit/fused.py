@@ -57,7 +57,12 @@ from rnnkit.errors import LAYER_SECOND_ORDER, first_order_only
 
 _SOURCE = Path(__file__).parent / "csrc" / "fused.cpp"
 _NONLINEARITY = {"tanh": 0, "relu": 1, "sigmoid": 2}
-_state = {"enabled": os.environ.get("RNNKIT_FUSED", "1") != "0", "module": None, "failed": False}
+_state = {
+    "enabled": os.environ.get("RNNKIT_FUSED", "1") != "0",
+    "module": None,
+    "failed": False,
+    "tune_process": False,
+}
 
 
 def exporting(x: Tensor) -> bool:
@@ -95,16 +100,25 @@ def extension() -> ModuleType | None:
 
 
 def _configure(module) -> None:
-    """The process-wide settings of the loops: products through oneDNN and rnnkit's kernel
-    unless ``RNNKIT_GEMM=aten``; glibc's malloc keeping buffers up to 32 MiB in its heap and the
-    loops' bigger buffers kept in a pool between calls, unless ``RNNKIT_MALLOC=default`` (see
-    ``tune_malloc`` and ``BufferPool`` in ``csrc/fused.cpp``)."""
+    """The loops' settings: products through oneDNN and rnnkit's kernel unless
+    ``RNNKIT_GEMM=aten``; the loops' bigger buffers kept in a pool of their own between calls
+    unless ``RNNKIT_MALLOC=default`` (``BufferPool`` in ``csrc/fused.cpp``). Nothing of the
+    process changes unless it asked (`tune_process`)."""
     module.set_tuned(os.environ.get("RNNKIT_GEMM", "tuned") != "aten")
     module.probe_onednn()  # big float32 products on oneDNN only where it runs (AVX-512 here)
-    tuned_memory = os.environ.get("RNNKIT_MALLOC", "tuned") != "default"
-    module.set_pooled(tuned_memory)
-    if tuned_memory:
+    module.set_pooled(os.environ.get("RNNKIT_MALLOC", "tuned") != "default")
+    if _state["tune_process"] or os.environ.get("RNNKIT_MALLOC") == "tuned":
         module.tune_malloc()
+
+
+def tune_process() -> None:
+    """Opt in to tuning glibc's malloc for the whole process: buffers up to 32 MiB kept in its
+    heap rather than mapped afresh on every call (``mallopt``; docs/performance.md measures
+    what it saves). A library never does this on its own; the ``rnnkit`` command line does,
+    and so may an application (or set ``RNNKIT_MALLOC=tuned``)."""
+    _state["tune_process"] = True
+    if _state["module"] is not None:
+        _state["module"].tune_malloc()
 
 
 def _build(load, source: Path = _SOURCE, stem: str = "rnnkit_fused"):
