@@ -12,6 +12,7 @@ from rnnkit.cells import (
 )
 from rnnkit.dropout import Dropout, dropout
 from rnnkit.errors import RnnkitError
+from rnnkit.fused import tune_process
 from rnnkit.layers import GRU, LSTM, RNN, Recurrent
 from rnnkit.recurrence import run_cell
 from rnnkit.scan import MinGRU, MinLSTM
@@ -35,5 +36,6 @@ __all__ = [
     "RnnkitError",
     "dropout",
     "run_cell",
+    "tune_process",
 ]
 __version__ = "0.1.0"

@@ -220,7 +220,11 @@ class Recurrent(nn.Module):
     def forward(self, input: Tensor, hx=None, lengths: Tensor | None = None):
         """See the module docstring for shapes. Returns (output, h_n), LSTM (output, (h_n, c_n))."""
         x, state0, lengths, unbatched = self._prepare(input, hx, lengths)
-        stepped = self._forward_one_step(x, state0) if x.shape[0] == 1 else None
+        stepped = None
+        if fused.exporting(x):
+            stepped = self._forward_export(x, state0, lengths)
+        elif x.shape[0] == 1:
+            stepped = self._forward_one_step(x, state0)
         if stepped is not None:
             output, final = stepped
         elif self.uses_torch_kernel(x):
@@ -234,6 +238,20 @@ class Recurrent(nn.Module):
         elif self.batch_first:
             output = output.transpose(0, 1)
         return output, (final[0] if len(final) == 1 else final)
+
+    def _forward_export(self, x: Tensor, state0: tuple[Tensor, ...], lengths: Tensor | None):
+        """Forward while an exporter or compiler records the graph: through torch's fused
+        kernel, which every exporter knows, where it computes this configuration; otherwise
+        refused (the engine's loops are not operators an exporter can record, and a loop of
+        steps would record one sequence length)."""
+        if self._beyond_torch() or self._torch_kernel() is None:
+            raise RnnkitError(
+                f"{self._config_name()} cannot be exported or compiled yet: only layers that "
+                "torch's own kernels compute (LSTM, GRU, RNN tanh/relu without layer_norm, "
+                "peephole, recurrent_dropout, weight_dropout or zoneout) record a graph that "
+                "follows the input; export such a layer, or run this one in PyTorch"
+            )
+        return self._forward_torch(x, state0, lengths)
 
     def step(self, input: Tensor, hx=None):
         """One time step for streaming and generation, without the time-loop machinery.
