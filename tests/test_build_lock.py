@@ -80,14 +80,15 @@ def test_a_waiter_names_the_holder_once_and_proceeds_when_it_releases(tmp_path):
     assert 0.5 < waited < 30  # the holder keeps it 1 s
 
 
-def test_a_stale_torch_marker_does_not_hang_the_next_build(tmp_path):
+def test_a_stale_torch_marker_does_not_hang_the_next_build(tmp_path, monkeypatch):
     """A process killed inside torch's `load` leaves ``lock`` in the build directory; torch
     alone then waits forever. The next build removes it, says so, and builds."""
     (tmp_path / "tiny.cpp").write_text(TINY)
-    extensions = tmp_path / "extensions"
+    monkeypatch.setenv("RNNKIT_KERNELS", str(tmp_path / "extensions"))
     name = f"rnnkit_tiny_{fused._cpu_tag()}"
-    (extensions / name).mkdir(parents=True)
-    (extensions / name / "lock").touch()  # what SIGKILL inside torch's build leaves
+    directory = fused._build_directory(name)  # RNNKIT_KERNELS/torch-VERSION-pyXY-CPU/name
+    directory.mkdir(parents=True)
+    (directory / "lock").touch()  # what SIGKILL inside torch's build leaves
     build = f"""
 import warnings
 from pathlib import Path
@@ -97,15 +98,14 @@ warnings.simplefilter("always")
 module = fused._build(load, Path({str(tmp_path / "tiny.cpp")!r}), "rnnkit_tiny")
 print(Path(module.__file__).parent.name)
 """
-    env = {"TORCH_EXTENSIONS_DIR": str(extensions)}
-    proc = python(build, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = python(build, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         out, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
     assert proc.returncode == 0, err
     assert out == f"{name}\n"
-    marker = extensions / name / "lock"
+    marker = directory / "lock"
     assert f"rnnkit: removed a stale build lock left by a killed process ({marker})" in err
     assert not marker.exists()
 
@@ -125,13 +125,13 @@ def charlm_run(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_ends_a_command_waiting_for_the_lock(tmp_path, charlm_run, sig):
+def test_a_signal_ends_a_command_waiting_for_the_lock(tmp_path, charlm_run, sig, monkeypatch):
     """`rnnkit sample` while another process builds the kernels: one line says whom it waits
     for; SIGTERM ends it at once (no handler: the default action), Ctrl-C with one line."""
-    extensions = tmp_path / "extensions"
-    held = holder(extensions / f"rnnkit_fused_{fused._cpu_tag()}", 600)
+    monkeypatch.setenv("RNNKIT_KERNELS", str(tmp_path / "extensions"))
+    held = holder(fused._build_directory(f"rnnkit_fused_{fused._cpu_tag()}"), 600)
     command = [sys.executable, "-m", "rnnkit.cli", "sample", str(charlm_run), "--length", "5"]
-    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(extensions)}
+    env = dict(os.environ)  # RNNKIT_KERNELS: the empty folder above
     env.pop("RNNKIT_FUSED", None)
     proc = subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)  # fmt: skip

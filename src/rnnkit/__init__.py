@@ -1,21 +1,38 @@
-"""rnnkit: recurrent neural networks with explicit BPTT and torch-compatible layers."""
+"""rnnkit: recurrent neural networks with explicit BPTT and torch-compatible layers.
 
-from rnnkit.cells import (
-    Cell,
-    ElmanCell,
-    GRUCell,
-    LayerNormGRUCell,
-    LayerNormLSTMCell,
-    LSTMCell,
-    PeepholeLSTMCell,
-    ProjectedLSTMCell,
-)
-from rnnkit.dropout import Dropout, dropout
-from rnnkit.errors import RnnkitError
-from rnnkit.fused import tune_process
-from rnnkit.layers import GRU, LSTM, RNN, Recurrent
-from rnnkit.recurrence import run_cell
-from rnnkit.scan import MinGRU, MinLSTM
+The public names load on first use (PEP 562), so that importing ``rnnkit`` (or running
+``rnnkit --help``) does not import torch; ``from rnnkit import GRU`` works as usual.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+#: public name -> the module that defines it
+_WHERE = {
+    "Cell": "rnnkit.cells",
+    "ElmanCell": "rnnkit.cells",
+    "GRUCell": "rnnkit.cells",
+    "LayerNormGRUCell": "rnnkit.cells",
+    "LayerNormLSTMCell": "rnnkit.cells",
+    "LSTMCell": "rnnkit.cells",
+    "PeepholeLSTMCell": "rnnkit.cells",
+    "ProjectedLSTMCell": "rnnkit.cells",
+    "Dropout": "rnnkit.dropout",
+    "dropout": "rnnkit.dropout",
+    "RnnkitError": "rnnkit.errors",
+    "tune_process": "rnnkit.fused",
+    "GRU": "rnnkit.layers",
+    "LSTM": "rnnkit.layers",
+    "RNN": "rnnkit.layers",
+    "Recurrent": "rnnkit.layers",
+    "run_cell": "rnnkit.recurrence",
+    "MinGRU": "rnnkit.scan",
+    "MinLSTM": "rnnkit.scan",
+}
 
 __all__ = [
     "GRU",
@@ -38,4 +55,36 @@ __all__ = [
     "run_cell",
     "tune_process",
 ]
-__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """Load public ``name`` from its module the first time it is asked for."""
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module 'rnnkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(where), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the names as plain imports
+    from rnnkit.cells import (
+        Cell,
+        ElmanCell,
+        GRUCell,
+        LayerNormGRUCell,
+        LayerNormLSTMCell,
+        LSTMCell,
+        PeepholeLSTMCell,
+        ProjectedLSTMCell,
+    )
+    from rnnkit.dropout import Dropout, dropout
+    from rnnkit.errors import RnnkitError
+    from rnnkit.fused import tune_process
+    from rnnkit.layers import GRU, LSTM, RNN, Recurrent
+    from rnnkit.recurrence import run_cell
+    from rnnkit.scan import MinGRU, MinLSTM

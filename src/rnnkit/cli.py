@@ -929,8 +929,10 @@ def caption_(run, image, example, seed, beam, plot, checkpoint) -> None:
 # --- data (the data-set registry) ----------------------------------------------------------------
 
 from rnnkit.cli_data import data  # noqa: E402  (a click group only; the registry loads in it)
+from rnnkit.cli_kernels import kernels  # noqa: E402  (likewise: torch loads in its commands)
 
 main.add_command(data)
+main.add_command(kernels)
 
 
 if __name__ == "__main__":

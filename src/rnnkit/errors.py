@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import functools
 
-import torch
-
 
 class RnnkitError(ValueError):
     """A user's mistake, with a message that says what was wrong and how to fix it.
@@ -28,6 +26,8 @@ def first_order_only(advice: str):
     when the incoming gradients do not require grad, silently leave this part out of a second
     derivative (``create_graph=True``); this raises instead, with ``advice`` on what computes
     one."""
+
+    import torch  # here, not at the top: the CLI imports this module for --help
 
     def wrap(backward):
         once = torch.autograd.function.once_differentiable(backward)

@@ -5,9 +5,11 @@ Why C++: at the sizes RNNs are trained at on a CPU, a Python step costs as much 
 product (about ten pointwise kernels, each a few microseconds of dispatch), and torch runs only
 LSTM through oneDNN. The extension runs the same algorithm as `rnnkit.recurrence` (hoisted input
 product, one GEMM per step, BPTT with the weight gradients gathered after the loop) with each
-step's pointwise math fused into one pass. It is compiled with `torch.utils.cpp_extension` on
-first use (about a minute, cached under ~/.cache/torch_extensions; processes building at once
-take turns on a lock that dies with its holder, `_build_lock`) and covers exactly the
+step's pointwise math fused into one pass. ``rnnkit kernels build`` compiles it (with
+`torch.utils.cpp_extension`) ahead of time into `kernels_dir` (``$RNNKIT_KERNELS`` or
+~/.cache/rnnkit/kernels, one folder per torch, Python and CPU); else the first use does (about
+a minute, said in one warning before and one after; processes building at once take turns on a
+lock that dies with its holder, `_build_lock`) and covers exactly the
 classic cells, the peephole LSTM and the layer-normalised LSTM and GRU, and for the LSTM also
 recurrent dropout and zoneout (their masks drawn in Python as the Python engine draws them, so
 both paths give the same numbers under one seed); every other configuration runs the Python
@@ -18,7 +20,8 @@ Matrix products (float32): each step's on rnnkit's packed kernel (``csrc/step_ge
 ones outside the loop (`matmul`, `linear`) on oneDNN's matmul where torch runs it, float64 and
 ``RNNKIT_GEMM=aten`` on ``at::mm``; see docs/performance.md for why and what each costs.
 
-If the build fails, rnnkit warns once and runs the Python engine; ``RNNKIT_FUSED=0`` turns the
+If the build fails, rnnkit warns once and runs the Python engine (without a C++ compiler: one
+warning for all three extensions); ``RNNKIT_FUSED=0`` turns the
 extension off, and `fused_enabled(False)` does so in-process (the tests run both paths).
 """
 
@@ -28,6 +31,8 @@ import contextlib
 import hashlib
 import os
 import platform
+import shutil
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -90,12 +95,13 @@ def extension() -> ModuleType | None:
             _configure(_state["module"])
         except Exception as err:  # a missing compiler must not stop training: warn, fall back
             _state["failed"] = True
-            warnings.warn(
+            message = _failure_message(
+                err,
                 f"rnnkit: the C++ time loops could not be built ({err}); running the Python "
                 "engine, which is slower (most for GRU and Elman cells)",
-                RuntimeWarning,
-                stacklevel=2,
             )
+            if message:
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
     return _state["module"]
 
 
@@ -121,7 +127,7 @@ def tune_process() -> None:
         _state["module"].tune_malloc()
 
 
-def _build(load, source: Path = _SOURCE, stem: str = "rnnkit_fused"):
+def _build(load, source: Path = _SOURCE, stem: str = "rnnkit_fused", announce: bool = True):
     """Compile for this machine's CPU (so GCC vectorises the pointwise passes with its widest
     SIMD); if the compiler rejects ``-march=native``, compile for the generic target instead,
     and without OpenMP if it has none.
@@ -134,6 +140,10 @@ def _build(load, source: Path = _SOURCE, stem: str = "rnnkit_fused"):
     shared between machines never loads a binary built for another CPU's instruction set. torch
     rebuilds when a source or a flag changes, not a header: the hash of the headers in ``csrc``
     rides along as a macro so that editing one rebuilds too.
+
+    A build (nothing built yet, or a source newer than the binary) is announced (``announce``)
+    by a warning before it starts and one with the seconds it took; without a compiler, it
+    raises `NoCompiler` at once.
     """
     sources = [str(source)]
     headers = b"".join(p.read_bytes() for p in sorted(source.parent.glob("*.h")))
@@ -144,23 +154,99 @@ def _build(load, source: Path = _SOURCE, stem: str = "rnnkit_fused"):
         ("generic", ["-fopenmp"]),
         ("serial", []),  # no OpenMP (e.g. clang without libomp): at::parallel_for runs serially
     ]
+    started = None
     for index, (suffix, extra) in enumerate(attempts):
         links = [f for f in extra if f == "-fopenmp"]
         name = f"{stem}_{suffix}"
+        directory = _build_directory(name)
         try:
-            with _build_lock(_build_directory(name)):
-                return load(name=name, sources=sources, extra_cflags=[*flags, *extra],
-                            extra_ldflags=links, verbose=False)  # fmt: skip
+            with _build_lock(directory):
+                if started is None and not is_built(name, source):
+                    missing = _missing_tools()
+                    if missing:
+                        raise NoCompiler(f"no {missing} found to build its C++ kernels")
+                    if announce:
+                        warnings.warn(
+                            f"rnnkit: building its C++ kernels ({stem}) for this CPU, once (about "
+                            "a minute; `rnnkit kernels build` builds them all ahead of time)",
+                            RuntimeWarning,
+                            stacklevel=2,
+                        )
+                    started = time.monotonic()
+                module = load(name=name, sources=sources, extra_cflags=[*flags, *extra],
+                              extra_ldflags=links, build_directory=str(directory),
+                              verbose=False)  # fmt: skip
+        except NoCompiler:
+            raise
         except Exception:
             if index == len(attempts) - 1:
                 raise
+            continue
+        if started is not None and announce:
+            warnings.warn(
+                f"rnnkit: built the C++ kernels ({stem}) in {time.monotonic() - started:.0f} s",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return module
+
+
+class NoCompiler(RuntimeError):
+    """No C++ compiler (or no ninja) to build a kernel that is not built yet."""
+
+
+def kernels_dir() -> Path:
+    """The folder of this torch's, Python's and CPU's builds: ``$RNNKIT_KERNELS`` or the user's
+    cache (``$XDG_CACHE_HOME``, default ~/.cache) ``/rnnkit/kernels``, then
+    ``torch-VERSION-pyXY-CPUTAG``. Not ``TORCH_EXTENSIONS_DIR``: a build made ahead of time is
+    found whatever that says."""
+    root = os.environ.get("RNNKIT_KERNELS")
+    if not root:
+        cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        root = Path(cache) / "rnnkit" / "kernels"
+    python = f"py{sys.version_info.major}{sys.version_info.minor}"
+    return Path(root) / f"torch-{torch.__version__}-{python}-{_cpu_tag()}"
 
 
 def _build_directory(name: str) -> Path:
-    """Where torch's `load` builds extension ``name`` (``TORCH_EXTENSIONS_DIR`` or its cache)."""
-    from torch.utils.cpp_extension import _get_build_directory
+    """Where torch's `load` builds extension ``name``: `kernels_dir` / ``name``."""
+    return kernels_dir() / name
 
-    return Path(_get_build_directory(name, False))
+
+def is_built(name: str, source: Path) -> bool:
+    """True if extension ``name`` (of ``source``) has a binary no older than its sources."""
+    binary = _build_directory(name) / f"{name}.so"
+    try:
+        built = binary.stat().st_mtime
+    except OSError:
+        return False
+    sources = [source, *source.parent.glob("*.h")]
+    return all(p.stat().st_mtime <= built for p in sources if p.exists())
+
+
+def _missing_tools() -> str | None:
+    """What a build needs and this machine lacks: the C++ compiler (``$CXX``, else ``c++``) or
+    ninja; None if both are here."""
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        return f"C++ compiler ({compiler})"
+    from torch.utils.cpp_extension import is_ninja_available
+
+    return None if is_ninja_available() else "ninja"
+
+
+def _failure_message(err: Exception, message: str) -> str | None:
+    """The warning of a failed build: ``message``; for a missing compiler, one warning in all
+    (the first), saying what runs instead of every kernel."""
+    if not isinstance(err, NoCompiler):
+        return message
+    if _build_state["compiler_warned"]:
+        return None
+    _build_state["compiler_warned"] = True
+    return (
+        f"rnnkit: {err}; running torch's kernels and rnnkit's Python code instead, which is "
+        "slower (install a C++ compiler, then run `rnnkit kernels build`)"
+    )
 
 
 @contextlib.contextmanager
@@ -265,11 +351,11 @@ def _small_extension(stem: str, fallback: str) -> ModuleType | None:
             state["module"] = _build(load, _SOURCE.parent / f"{stem}.cpp", f"rnnkit_{stem}")
         except Exception as err:
             state["failed"] = True
-            warnings.warn(
-                f"rnnkit: the C++ {stem} kernels could not be built ({err}); {fallback}",
-                RuntimeWarning,
-                stacklevel=3,
+            message = _failure_message(
+                err, f"rnnkit: the C++ {stem} kernels could not be built ({err}); {fallback}"
             )
+            if message:
+                warnings.warn(message, RuntimeWarning, stacklevel=3)
     return state["module"]
 
 
@@ -632,4 +718,5 @@ _EMPTY_MASK = torch.empty(0, dtype=torch.bool)
 _EMPTY = torch.empty(0)  # an absent bias or cell state for the C++ functions (never read)
 _STEP_CODES = {LSTMCell: 4, GRUCell: 3, ElmanCell: None}
 _small_states: dict[str, dict] = {}  # stem -> {"module", "failed"}
+_build_state = {"compiler_warned": False}  # `_failure_message`
 _LOCK_FILE = "rnnkit-build.lock"  # in each extension's build directory: `_build_lock`

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -275,6 +276,13 @@ def test_tensorboard_is_optional(tmp_path):
     else:
         Trainer(SumTask(), quiet(tensorboard=True, max_steps=2), tmp_path / "r").fit()
         assert list((tmp_path / "r" / "tensorboard").iterdir())
+
+
+def test_a_missing_tensorboard_fails_before_the_run_folder_is_made(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # unimportable
+    with pytest.raises(RnnkitError, match="pip install tensorboard"):
+        Trainer(SumTask(), quiet(tensorboard=True, max_steps=2), tmp_path / "r")
+    assert not (tmp_path / "r").exists()
 
 
 class ProbeTask(SumTask):

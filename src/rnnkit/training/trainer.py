@@ -314,6 +314,8 @@ class Trainer:
         self.config.check(task.steps_per_epoch)
         self._lock: BinaryIO | None = None  # the run's training lock (rank 0)
         if self.world.writer:
+            if self.config.tensorboard:
+                _summary_writer()  # a missing package fails before the run folder is made
             check_writable(self.run_dir)
             self._lock = ckpt.lock_run(self.run_dir)
             if not resume and ckpt.is_run(self.run_dir):  # another trainer was quicker
@@ -773,10 +775,15 @@ class _Window:
 
 
 def _tensorboard(run_dir: Path):
+    return _summary_writer()(str(run_dir / "tensorboard"))
+
+
+def _summary_writer():
+    """torch's TensorBoard `SummaryWriter` class; RnnkitError if the package is missing."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise RnnkitError(
             "TensorBoard logging needs the tensorboard package: pip install tensorboard"
         ) from None
-    return SummaryWriter(str(run_dir / "tensorboard"))
+    return SummaryWriter
