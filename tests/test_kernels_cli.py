@@ -163,3 +163,19 @@ def test_without_a_compiler_one_warning_and_torch_paths(kernels_home, monkeypatc
     report = CliRunner().invoke(main, ["kernels"]).output
     assert "C++ compiler: none (no-such-compiler-rnnkit not found)" in report
     assert "GRU, RNN (Elman): torch's kernel" in report
+
+
+def test_the_demo_builds_before_it_times(tmp_path, monkeypatch):
+    from rnnkit.tasks import memory_demo
+
+    calls = []
+    monkeypatch.setattr(memory_demo, "prepare_kernels", lambda: calls.append("prepare"))
+
+    def train_one(*args, **kwargs):
+        calls.append("train")  # the timed part
+        raise RuntimeError("enough")
+
+    monkeypatch.setattr(memory_demo, "_train_one", train_one)
+    with pytest.raises(RuntimeError, match="enough"):
+        memory_demo.run_demo(tmp_path / "demo", quick=True, echo=lambda line: None)
+    assert calls == ["prepare", "train"]

@@ -35,6 +35,11 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     click.echo(f"warning: {message}", err=True)
 
 
+#: the types of options naming a file or a folder (no existence check: the commands say what
+#: is missing in their own words)
+_FILE = click.Path(dir_okay=False)
+_DIR = click.Path(file_okay=False)
+
 _ON_NONFINITE = click.option(
     "--on-nonfinite",
     type=click.Choice(["raise", "stop", "skip"]),
@@ -53,7 +58,9 @@ def _precision_option(default: str = "fp32"):
     )
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True}
+)
 @click.version_option(package_name="rnnkit")
 def main() -> None:
     """rnnkit: recurrent neural networks, from your sequence data to a trained model.
@@ -99,9 +106,13 @@ def train(ctx: click.Context, resume_run: str | None) -> None:
 @train.command("charlm")
 @click.option("--text", help="Text file to learn (or a data set: tiny-shakespeare): the first "
               "90% trains, the last 10% validates.")  # fmt: skip
-@click.option("--config", "config_file", help="TOML file of settings named like the flags.")
-@click.option("--out", help="Run directory to create.  [default: runs/charlm-DATE-TIME]")
-@click.option("--resume", help="Continue the run in this directory from its last checkpoint.")
+@click.option(
+    "--config", "config_file", type=_FILE, help="TOML file of settings named like the flags."
+)
+@click.option("--out", type=_DIR, help="Run directory to create.  [default: runs/charlm-DATE-TIME]")
+@click.option(
+    "--resume", type=_DIR, help="Continue the run in this directory from its last checkpoint."
+)
 @click.option("--unit", type=click.Choice(["char", "word"]), help="Token unit.  [default: char]")
 @click.option("--encoding", help="Encoding of the text file.  [default: utf-8]")
 @click.option("--cell", type=click.Choice(["lstm", "gru", "rnn"]), help="[default: lstm]")
@@ -186,7 +197,7 @@ def _task_of(run: str, function: str):
 
 
 @main.command()
-@click.argument("run")
+@click.argument("run", type=_DIR)
 @click.option("--prompt", help="Text to start from (echoed).  [default: a line break]")
 @click.option("--length", default=500, show_default=True, help="Tokens to generate.")
 @click.option("--temperature", default=0.8, show_default=True, help="0: always the likeliest.")
@@ -224,7 +235,7 @@ def _named_data(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 
 @main.command("eval")
-@click.argument("run")
+@click.argument("run", type=_DIR)
 @click.option("--text", callback=_named_data, help="charlm: the text file to score (required).")
 @click.option("--encoding", help="charlm: encoding of the text file.  [default: utf-8]")
 @click.option("--data", callback=_named_data,
@@ -278,9 +289,16 @@ def _call_task(function, run: str, options: dict):
 def _memory_options(default_t: int):
     """The flags shared by `rnnkit train adding` and `rnnkit train copy`."""
     options = [
-        click.option("--config", "config_file", help="TOML file of settings named like the flags."),
-        click.option("--out", help="Run directory to create.  [default: runs/TASK-T-CELL-DATE]"),
-        click.option("--resume", help="Continue the run in this directory."),
+        click.option(
+            "--config",
+            "config_file",
+            type=_FILE,
+            help="TOML file of settings named like the flags.",
+        ),
+        click.option(
+            "--out", type=_DIR, help="Run directory to create.  [default: runs/TASK-T-CELL-DATE]"
+        ),
+        click.option("--resume", type=_DIR, help="Continue the run in this directory."),
         click.option(
             "--cell",
             type=click.Choice(["rnn", "irnn", "lstm", "gru"]),
@@ -355,7 +373,9 @@ def train_copy(config_file: str | None, out: str | None, resume: str | None, **f
 
 @main.command()
 @click.option(
-    "--out", help="Directory for the four runs and the figures.  [default: runs/demo-DATE]"
+    "--out",
+    type=_DIR,
+    help="Directory for the four runs and the figures.  [default: runs/demo-DATE]",
 )
 @click.option("--quick", is_flag=True, help="A tiny version that runs in well under a minute.")
 @click.option("--T", "T", type=int, help="Sequence length.  [default: 150; --quick: 20]")
@@ -386,7 +406,7 @@ def diagnose() -> None:
 
 
 @diagnose.command("gradients")
-@click.argument("runs", nargs=-1, required=True)
+@click.argument("runs", nargs=-1, required=True, type=_DIR)
 @click.option(
     "--at",
     "at",
@@ -396,7 +416,9 @@ def diagnose() -> None:
     help="The model at initialisation, trained, or both panels.",
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the batch measured.")
-@click.option("--out", help="PNG to write.  [default: RUN/gradient_flow.png of the first RUN]")
+@click.option(
+    "--out", type=_FILE, help="PNG to write.  [default: RUN/gradient_flow.png of the first RUN]"
+)
 def diagnose_gradients(runs: tuple[str, ...], at: str, seed: int, out: str | None) -> None:
     """||dL/dh_t|| for every step t of one batch, for one or more RUNs on one figure.
 
@@ -412,8 +434,10 @@ def diagnose_gradients(runs: tuple[str, ...], at: str, seed: int, out: str | Non
 
 
 @diagnose.command("weight-grads")
-@click.argument("runs", nargs=-1, required=True)
-@click.option("--out", help="PNG to write.  [default: RUN/weight_grads.png of the first RUN]")
+@click.argument("runs", nargs=-1, required=True, type=_DIR)
+@click.option(
+    "--out", type=_FILE, help="PNG to write.  [default: RUN/weight_grads.png of the first RUN]"
+)
 def diagnose_weight_grads(runs: tuple[str, ...], out: str | None) -> None:
     """The recurrent weights' gradient norm (before clipping) and the loss over training.
 
@@ -449,7 +473,7 @@ def _csv_options(function):
         click.option("--max-steps", type=int, help="[default: forecast 1500, detect 600]"),
         click.option("--lr", type=float, help="Peak learning rate.  [default: 0.003]"),
         click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--out", required=True, help="Output directory to create."),
+        click.option("--out", type=_DIR, required=True, help="Output directory to create."),
     ]  # fmt: skip
     for option in reversed(options):
         function = option(function)
@@ -548,9 +572,13 @@ def _loop_options(**defaults):
 @train.command("music")
 @click.option("--data", help="JSB chorales JSON (train/valid/test), a folder of MIDI files, or a "
               "data set.  [default: jsb-chorales]")  # fmt: skip
-@click.option("--config", "config_file", help="TOML file of settings named like the flags.")
-@click.option("--out", help="Run directory to create.  [default: runs/music-DATE-TIME]")
-@click.option("--resume", help="Continue the run in this directory from its last checkpoint.")
+@click.option(
+    "--config", "config_file", type=_FILE, help="TOML file of settings named like the flags."
+)
+@click.option("--out", type=_DIR, help="Run directory to create.  [default: runs/music-DATE-TIME]")
+@click.option(
+    "--resume", type=_DIR, help="Continue the run in this directory from its last checkpoint."
+)
 @click.option(
     "--head",
     type=click.Choice(["bernoulli", "nade"]),
@@ -588,11 +616,15 @@ def train_music(config_file: str | None, out: str | None, resume: str | None, **
 
 
 @main.command()
-@click.argument("run")
-@click.option("--out", required=True, help="MIDI file to write; the piano roll goes beside it.")
+@click.argument("run", type=_DIR)
+@click.option(
+    "--out", type=_FILE, required=True, help="MIDI file to write; the piano roll goes beside it."
+)
 @click.option("--frames", default=64, show_default=True, help="Frames to compose.")
 @click.option("--tempo", default=80.0, show_default=True, help="Quarter notes per minute.")
-@click.option("--prime", help="MIDI file to continue (kept at the start of the output).")
+@click.option(
+    "--prime", type=_FILE, help="MIDI file to continue (kept at the start of the output)."
+)
 @click.option("--temperature", default=1.0, show_default=True, help="0: each key's likelier value.")
 @click.option("--seed", default=1, show_default=True, help="Seed: same seed, same piece.")
 @click.option(
@@ -655,9 +687,11 @@ def detect(csv_path, time_col, targets, out, max_steps, lr, seed, rows_as_steps,
 def _classifier_options(function):
     """The model flags `train sentiment` and `train speech-digits` share."""
     options = [
-        click.option("--config", "config_file", help="TOML file of settings named like the flags."),
-        click.option("--out", help="Run directory (or, with --cv/--loso, folder of runs)."),
-        click.option("--resume", help="Continue the run in this directory."),
+        click.option("--config", "config_file", type=_FILE,
+                     help="TOML file of settings named like the flags."),
+        click.option("--out", type=_DIR,
+                     help="Run directory (or, with --cv/--loso, folder of runs)."),
+        click.option("--resume", type=_DIR, help="Continue the run in this directory."),
         click.option("--cell", type=click.Choice(["lstm", "gru", "rnn"]), help="[default: lstm]"),
         click.option("--hidden", type=int, help="Hidden units per direction."),
         click.option("--layers", type=int, help="Recurrent layers."),
@@ -732,9 +766,11 @@ def train_speech_digits(config_file, out, resume, loso, **flags) -> None:
 @train.command("speech-ctc")
 @click.option("--data", help="FSDD recordings folder ({digit}_{speaker}_{index}.wav) or a data "
               "set.  [default: fsdd]")  # fmt: skip
-@click.option("--config", "config_file", help="TOML file of settings named like the flags.")
-@click.option("--out", help="Run directory.  [default: runs/speech-ctc-DATE-TIME]")
-@click.option("--resume", help="Continue the run in this directory.")
+@click.option(
+    "--config", "config_file", type=_FILE, help="TOML file of settings named like the flags."
+)
+@click.option("--out", type=_DIR, help="Run directory.  [default: runs/speech-ctc-DATE-TIME]")
+@click.option("--resume", type=_DIR, help="Continue the run in this directory.")
 @click.option("--hidden", type=int, help="LSTM units per direction.  [default: 64]")
 @click.option("--layers", type=int, help="Bidirectional LSTM layers.  [default: 2]")
 @click.option("--stack", type=int, help="Feature frames per step.  [default: 3]")
@@ -758,7 +794,7 @@ def train_speech_ctc(config_file, out, resume, **flags) -> None:
 
 
 @main.command()
-@click.argument("run")
+@click.argument("run", type=_DIR)
 @click.argument("input")
 @click.option("--explain", is_flag=True, help="Show the attention weight of each step/word.")
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best",
@@ -775,8 +811,8 @@ def predict(run: str, input: str, explain: bool, checkpoint: str) -> None:
 
 
 @main.command()
-@click.argument("run")
-@click.argument("wav")
+@click.argument("run", type=_DIR)
+@click.argument("wav", type=_FILE)
 @click.option("--beam", type=int, help="Prefix-beam width; 0: greedy.  [default: the run's, 8]")
 def transcribe(run: str, wav: str, beam: int | None) -> None:
     """The digits spoken in WAV, by a trained speech-ctc RUN.
@@ -798,9 +834,11 @@ def transcribe(run: str, wav: str, beam: int | None) -> None:
 @click.option("--valid-tgt", help="Validation targets.")
 @click.option("--test-src", help="Test sources: translated with beam search after training.")
 @click.option("--test-tgt", help="Test references (BLEU, chrF).")
-@click.option("--config", "config_file", help="TOML file of settings named like the flags.")
-@click.option("--out", help="Run directory.  [default: runs/translate-DATE-TIME]")
-@click.option("--resume", help="Continue the run in this directory.")
+@click.option(
+    "--config", "config_file", type=_FILE, help="TOML file of settings named like the flags."
+)
+@click.option("--out", type=_DIR, help="Run directory.  [default: runs/translate-DATE-TIME]")
+@click.option("--resume", type=_DIR, help="Continue the run in this directory.")
 @click.option("--src-vocab", type=int, help="Source subword pieces.  [default: 8000]")
 @click.option("--tgt-vocab", type=int, help="Target subword pieces.  [default: 8000]")
 @click.option("--cell", type=click.Choice(["gru", "lstm"]), help="[default: gru]")
@@ -835,12 +873,14 @@ def train_translate(config_file, out, resume, **flags) -> None:  # fmt: skip
 
 
 @main.command("translate")
-@click.argument("run")
+@click.argument("run", type=_DIR)
 @click.argument("text", required=False)
-@click.option("--file", help="Translate each line of this file instead.")
-@click.option("--ref", help="With --file: reference translations; prints BLEU and chrF.")
+@click.option("--file", type=_FILE, help="Translate each line of this file instead.")
+@click.option(
+    "--ref", type=_FILE, help="With --file: reference translations; prints BLEU and chrF."
+)
 @click.option("--beam", type=int, help="Beam size; 1: greedy.  [default: the run's, 5]")
-@click.option("--plot", help="Write the attention of the (first) sentence to this PNG.")
+@click.option("--plot", type=_FILE, help="Write the attention of the (first) sentence to this PNG.")
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best",
               show_default=True)  # fmt: skip
 def translate_(run, text, file, ref, beam, plot, checkpoint) -> None:
@@ -861,9 +901,11 @@ def translate_(run, text, file, ref, beam, plot, checkpoint) -> None:
               "set fashion-mnist.  "
               "[default: /usr/share/datasets/fashion-mnist, from apt-get install "
               "dataset-fashion-mnist]")  # fmt: skip
-@click.option("--config", "config_file", help="TOML file of settings named like the flags.")
-@click.option("--out", help="Run directory.  [default: runs/caption-DATE-TIME]")
-@click.option("--resume", help="Continue the run in this directory.")
+@click.option(
+    "--config", "config_file", type=_FILE, help="TOML file of settings named like the flags."
+)
+@click.option("--out", type=_DIR, help="Run directory.  [default: runs/caption-DATE-TIME]")
+@click.option("--resume", type=_DIR, help="Continue the run in this directory.")
 @click.option("--slots", type=int, help="28-pixel cells of a scene (its width).  [default: 4]")
 @click.option("--min-items", type=int, help="Fewest items in a scene.  [default: 1]")
 @click.option("--max-items", type=int, help="Most items in a scene.  [default: 4]")
@@ -904,13 +946,13 @@ def train_caption(config_file, out, resume, **flags) -> None:  # fmt: skip
 
 
 @main.command("caption")
-@click.argument("run")
-@click.argument("image", required=False)
-@click.option("--example", metavar="PNG",
+@click.argument("run", type=_DIR)
+@click.argument("image", required=False, type=_FILE)
+@click.option("--example", type=_FILE, metavar="PNG",
               help="Instead of IMAGE: write a test scene to this PNG and caption it.")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True, help="The --example scene.")
 @click.option("--beam", type=int, help="Beam size; 1: greedy.  [default: the run's, 3]")
-@click.option("--plot", help="Write where each word looked to this PNG.")
+@click.option("--plot", type=_FILE, help="Write where each word looked to this PNG.")
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best",
               show_default=True)  # fmt: skip
 def caption_(run, image, example, seed, beam, plot, checkpoint) -> None:

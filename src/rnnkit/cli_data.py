@@ -86,7 +86,7 @@ def fetch(names: tuple[str, ...], mirror: str | None, progress: bool | None) -> 
 
 @data.command("import")
 @click.argument("name")
-@click.argument("path")
+@click.argument("path", type=click.Path())
 def import_(name: str, path: str) -> None:
     """Check a local copy of data set NAME against its sha256 and copy it into the data folder.
 

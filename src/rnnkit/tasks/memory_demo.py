@@ -30,6 +30,7 @@ from rnnkit.data.synthetic import ADDING_BASELINE_MSE
 from rnnkit.diagnostics.gradient_flow import decay_summary
 from rnnkit.diagnostics.plots import plot_gradient_flow, plot_validation_curves
 from rnnkit.errors import RnnkitError
+from rnnkit.kernel_builds import prepare as prepare_kernels
 from rnnkit.tasks.diagnose import run_gradient_norms
 from rnnkit.tasks.memory import DEFAULT_LR, SOLVED_MSE, MemoryConfig, MemoryTask
 from rnnkit.training.metrics import read_metrics
@@ -151,6 +152,7 @@ def _run(
         f"adding problem, T={plan.T}: {len(plan.contenders)} networks of {plan.hidden} units, "
         f"{plan.steps} steps of {plan.batch} sequences each; runs in {out}"
     )
+    prepare_kernels()  # a first use's build of the C++ loops happens here, outside the timings
     rows = [_train_one(plan, c, out, progress, echo) for c in plan.contenders]
     table = format_table(rows, plan)
     echo(table)
