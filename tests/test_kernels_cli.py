@@ -179,3 +179,9 @@ def test_the_demo_builds_before_it_times(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="enough"):
         memory_demo.run_demo(tmp_path / "demo", quick=True, echo=lambda line: None)
     assert calls == ["prepare", "train"]
+
+
+def test_submodules_are_attributes_as_before():
+    code = "import rnnkit\nprint(rnnkit.fused.__name__, rnnkit.layers.GRU.__name__)\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout == "rnnkit.fused GRU\n"

@@ -58,9 +58,16 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    """Load public ``name`` from its module the first time it is asked for."""
+    """Load public ``name`` from its module the first time it is asked for; a submodule's name
+    (``rnnkit.fused``) imports it, as the eager imports of old made it an attribute."""
     where = _WHERE.get(name)
     if where is None:
+        if not name.startswith("_"):
+            try:
+                return importlib.import_module(f"{__name__}.{name}")
+            except ModuleNotFoundError as err:
+                if err.name != f"{__name__}.{name}":
+                    raise
         raise AttributeError(f"module 'rnnkit' has no attribute {name!r}")
     value = getattr(importlib.import_module(where), name)
     globals()[name] = value  # later lookups skip this function
