@@ -1,12 +1,12 @@
 // Dropout with a counter-based random mask, in C++.
 //
-// torch's CPU dropout draws its mask with bernoulli_ from the Mersenne Twister generator, about
-// 20 ns per element on two cores: three dropouts of a (128, 64, 512) language-model batch cost
-// 15-20% of its training step. Here element i of a call is kept iff the 32-bit word
-// splitmix64(seed + (i / 2 + 1) * golden) gives it (low half for even i, high half for odd i)
-// is at least p * 2^32: a hash of (seed, i), so the mask needs no state, vectorises, splits
-// between threads without changing, and is the same again for the same seed. The backward is the
-// same call on the gradient (the mask recomputed, never stored).
+// torch's CPU dropout draws its mask with bernoulli_ from the Mersenne Twister generator, one
+// element after the other (a generator with state neither vectorises nor splits between
+// threads): a noticeable share of a language model's training step. Here element i of a call is
+// kept iff the 32-bit word splitmix64(seed + (i / 2 + 1) * golden) gives it (low half for even
+// i, high half for odd i) is at least p * 2^32: a hash of (seed, i), so the mask needs no state,
+// vectorises, splits between threads without changing, and is the same again for the same seed.
+// The backward is the same call on the gradient (the mask recomputed, never stored).
 //
 // masked_scale(x, p, seed, scale): x (any shape, float32/float64/bfloat16/float16), 0 <= p < 1
 //   -> x_i * scale where element i is kept (probability 1 - p), else 0: a new contiguous tensor

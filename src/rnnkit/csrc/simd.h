@@ -1,4 +1,5 @@
-// SIMD helpers shared by fused.cpp (GRU and Elman loops) and scan.cpp (minGRU / minLSTM scans).
+// SIMD helpers shared by fused.cpp (the time loops and their row passes) and scan.cpp (minGRU /
+// minLSTM scans).
 #pragma once
 
 #include <algorithm>

@@ -2,10 +2,10 @@
 // (+ add), with W (N, K) packed once per sequence (`pack_weight`).
 //
 // Why not at::mm: a step's product is small (B rows of a few hundred), so MKL's call overhead
-// (a few microseconds, more than the product at B = 1) and its generic code path on CPUs it does
-// not tune for (AMD's: half of oneDNN's speed at these shapes) dominate. This kernel keeps a tile
-// of R rows x C vectors of the output in registers and streams the packed weights once per row
-// tile, so at B = 1 it runs at the speed the weights can be read from cache.
+// (more than the product itself at B = 1) and its generic code path on CPUs it does not tune for
+// (AMD's) dominate. This kernel keeps a tile of R rows x C vectors of the output in registers and
+// streams the packed weights once per row tile, so at B = 1 it runs at the speed the weights can
+// be read from cache.
 #pragma once
 
 #include <torch/extension.h>
@@ -20,15 +20,10 @@ namespace rnnkit_gemm {
 
 // A tile of kRows x kCols vectors of accumulators, with the weight vectors and a broadcast beside
 // them, fits the register file: 29 of AVX-512's 32 registers (6 x 4), 15 of AVX2's 16 (6 x 2).
-// The loops over a tile are unrolled by pragma: left to GCC's heuristics, tiles of more than 16
-// accumulators kept them in memory (4 x 4 ran at a fifth of 8 x 2's speed), which had made 8 x 2
-// look best. Unrolled, on an Intel Xeon (Sapphire Rapids, AVX-512; its peak 130 GFLOP/s a core)
-// at 48 x 256 x 768, one thread: 8 x 2 84-97 GFLOP/s, 4 x 4 91-125, 8 x 3 102-128, 6 x 4 103-105;
-// two threads: 8 x 2 149-150, 6 x 4 169-171, and the GRU and Elman layers 2-5% faster with 6 x 4
-// (8 x 3's 48 columns do not divide the usual widths). With a copy of the weights per thread
-// (`weights_for` in fused.cpp), two threads of 16 rows each: 6 x 4 187-214, 8 x 3 183-205, 4 x 4
-// 158-197, 8 x 2 148-204. Built for AVX2 only, 6 x 2 ran at 80-90 GFLOP/s, MKL at 70-120 on an
-// AMD CPU.
+// The widest tile that fits keeps the most multiply-adds in flight per weight and input loaded
+// (8 x 3 would fit too, but its 48 columns do not divide the usual widths). The loops over a
+// tile are unrolled by pragma: left to GCC's heuristics, tiles of more than 16 accumulators keep
+// them in memory. (docs/performance.md has the tile sizes' measurements.)
 #if defined(__AVX512F__)
 using fv = float __attribute__((vector_size(64)));  // one AVX-512 register
 constexpr int64_t kRows = 6;
@@ -45,8 +40,7 @@ constexpr int64_t kSpan = kCols * kLanes;  // output columns of one tile
 // kSpan): tile j holds, for every k, W[j * kSpan + c * kLanes + l][k] (zeros past N), so that a
 // tile's weights are one contiguous stream in the order the kernel reads them. Tiles in
 // parallel, each written in order while its kSpan rows of W (columns of W^T) are read in step, so
-// both stay in the L1 cache (torch's generic strided copy of a 512 x 1536 W^T took 3.3 ms here,
-// a fifth of a short sequence's forward+backward).
+// both stay in the L1 cache (a generic strided copy of W^T misses the cache on most elements).
 inline void pack_into(const torch::Tensor& w, float* out) {
   const int64_t N = w.size(0), K = w.size(1), J = (N + kSpan - 1) / kSpan;
   const int64_t sn = w.stride(0), sk = w.stride(1);
@@ -99,8 +93,9 @@ inline void tile(const float* a, int64_t lda, const float* p, int64_t K, const f
     for (int u = 0; u < U; ++u) accumulate(u, k + u);
   }
   for (; k < K; ++k) accumulate(0, k);
-  // A whole tile's epilogue in vectors, the same sums as the scalar one below (which, run on
-  // every tile, cost the time loops 5-13% of their time here).
+  // A whole tile's epilogue in vectors, the same sums as the scalar one below (which, with its
+  // per-element null checks, would cost a noticeable part of the tile's multiply-adds if run on
+  // every tile).
   if (cols == C * kLanes) {
     for (int r = 0; r < R; ++r) {
       for (int c = 0; c < C; ++c) {
