@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -52,9 +53,34 @@ def _precision_option(default: str = "fp32"):
     """The ``--precision`` flag, its help showing the task's ``default``."""
     return click.option(
         "--precision",
-        type=click.Choice(["fp32", "bf16", "auto"]),
+        type=click.Choice(["fp32", "bf16", "fp16", "auto"]),
         help="bf16: the training forward pass in bfloat16 (about 2x faster on CPUs with AMX or "
-        f"AVX-512 BF16); auto: bf16 where the hardware has it.  [default: {default}]",
+        "AVX-512 BF16); fp16 (CUDA): float16 with a gradient scaler; auto: bf16 where the "
+        f"hardware has it, else fp16 on CUDA.  [default: {default}]",
+    )
+
+
+@contextlib.contextmanager
+def predicting_on(device: str | None):
+    """Trained models loaded in this block live on ``device`` (`--device` of a predict command;
+    None: the CPU). torch is imported only when a device is named."""
+    if device is None:
+        yield
+        return
+    from rnnkit.training.devices import predicting_on as place
+
+    with place(device):
+        yield
+
+
+def _device_option(default: str = "auto", what: str = "Train"):
+    """The ``--device`` flag of the training and predict commands (checked when used: a device
+    this machine lacks is one line and exit 2)."""
+    return click.option(
+        "--device",
+        metavar="auto|cpu|cuda|mps",
+        help=f"{what} on this device (cuda:N for a given GPU); auto: CUDA, else MPS, else the "
+        f"CPU.  [default: {default}]",
     )
 
 
@@ -154,6 +180,7 @@ def train(ctx: click.Context, resume_run: str | None) -> None:
 @click.option("--progress", type=click.Choice(["auto", "bar", "log", "none"]))
 @click.option("--tensorboard/--no-tensorboard", default=None, help="Also log to TensorBoard.")
 @_precision_option("auto")
+@_device_option()
 def train_charlm(config_file: str | None, out: str | None, resume: str | None, **flags) -> None:
     """Train a character-level (or --unit word) language model on a text file.
 
@@ -209,7 +236,8 @@ def _task_of(run: str, function: str):
 @click.option(
     "--checkpoint", type=click.Choice(["last", "best"]), default="last", show_default=True
 )
-def sample(run: str, prompt, length, temperature, top_k, top_p, seed, checkpoint) -> None:
+@_device_option("cpu", "Predict")
+def sample(run: str, prompt, length, temperature, top_k, top_p, seed, checkpoint, device) -> None:
     """Generate text from a trained RUN, printing it as it is drawn.
 
     \b
@@ -218,9 +246,11 @@ def sample(run: str, prompt, length, temperature, top_k, top_p, seed, checkpoint
       rnnkit sample runs/shakespeare --temperature 0.5 --top-k 0 --top-p 0.9 --seed 7
     """
     module = _task_of(run, "sample")
-    pieces = module.sample(run, prompt, length, temperature, top_k or None, top_p, seed, checkpoint)
-    for piece in pieces:
-        click.echo(piece, nl=False)
+    with predicting_on(device):
+        pieces = module.sample(run, prompt, length, temperature, top_k or None, top_p, seed,
+                               checkpoint)  # fmt: skip
+        for piece in pieces:
+            click.echo(piece, nl=False)
     click.echo()
 
 
@@ -251,7 +281,8 @@ def _named_data(ctx: click.Context, param: click.Parameter, value: str | None) -
     type=click.Choice(["last", "best"]),
     help="[default: charlm last, music best (the best validation loss)]",
 )
-def eval_(run: str, **options) -> None:
+@_device_option("cpu", "Predict")
+def eval_(run: str, device: str | None, **options) -> None:
     """Score data with a trained RUN, by its task: charlm, loss in nats and bits per token;
     music, negative log-likelihood per frame.
 
@@ -261,7 +292,8 @@ def eval_(run: str, **options) -> None:
       rnnkit eval runs/chorales                  # music: NLL per frame on the test split
     """
     module = _task_of(run, "evaluate_file")
-    click.echo(module.eval_report(run, _call_task(module.evaluate_file, run, options)))
+    with predicting_on(device):
+        click.echo(module.eval_report(run, _call_task(module.evaluate_file, run, options)))
 
 
 def _call_task(function, run: str, options: dict):
@@ -325,6 +357,7 @@ def _memory_options(default_t: int):
         click.option("--seed", type=int, help="Random seed.  [default: 0]"),
         click.option("--progress", type=click.Choice(["auto", "bar", "log", "none"])),
         click.option("--threads", type=int, help="Torch CPU threads.  [default: torch's]"),
+        _device_option(),
     ]
 
     def decorate(function):
@@ -474,14 +507,17 @@ def _csv_options(function):
         click.option("--lr", type=float, help="Peak learning rate.  [default: 0.003]"),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--out", type=_DIR, required=True, help="Output directory to create."),
+        _device_option("auto", "Train and predict"),
     ]  # fmt: skip
     for option in reversed(options):
         function = option(function)
     return function
 
 
-def _train_settings(max_steps: int | None, lr: float | None, seed: int) -> dict:
-    picked = {"max_steps": max_steps, "lr": lr, "seed": seed}
+def _train_settings(
+    max_steps: int | None, lr: float | None, seed: int, device: str | None = None
+) -> dict:
+    picked = {"max_steps": max_steps, "lr": lr, "seed": seed, "device": device}
     return {k: v for k, v in picked.items() if v is not None}
 
 
@@ -504,7 +540,7 @@ def _train_settings(max_steps: int | None, lr: float | None, seed: int) -> dict:
 @click.option("--backtest-every", type=int, default=1, show_default=True)
 @click.option("--season", type=int, help="Seasonal period.  [default: from the frequency]")
 def forecast(csv_path, time_col, targets, horizon, out, max_steps, lr, seed, likelihood,
-             input_chunk_length, **flags) -> None:  # fmt: skip
+             input_chunk_length, device, **flags) -> None:  # fmt: skip
     """Train a forecaster on a CSV, print the forecast with intervals, write a PNG.
 
     \b
@@ -520,7 +556,7 @@ def forecast(csv_path, time_col, targets, horizon, out, max_steps, lr, seed, lik
         flags["input_chunk_length"] = input_chunk_length
     report = task.run(csv_path, time_col, list(targets), horizon, out,
                       likelihood=None if likelihood == "none" else likelihood,
-                      train=_train_settings(max_steps, lr, seed), **flags)  # fmt: skip
+                      train=_train_settings(max_steps, lr, seed, device), **flags)  # fmt: skip
     click.echo(task.format_report(report))
 
 
@@ -566,6 +602,7 @@ def _loop_options(**defaults):
     options.append(click.option("--progress", type=click.Choice(["auto", "bar", "log", "none"])))
     options.append(_ON_NONFINITE)
     options.append(_precision_option(defaults.get("precision", "fp32")))
+    options.append(_device_option())
     return lambda function: functools.reduce(lambda f, opt: opt(f), reversed(options), function)
 
 
@@ -630,7 +667,9 @@ def train_music(config_file: str | None, out: str | None, resume: str | None, **
 @click.option(
     "--checkpoint", type=click.Choice(["last", "best"]), default="best", show_default=True
 )
-def compose(run: str, out: str, frames, tempo, prime, temperature, seed, checkpoint) -> None:
+@_device_option("cpu", "Predict")
+def compose(run: str, out: str, frames, tempo, prime, temperature, seed, checkpoint,
+            device) -> None:  # fmt: skip
     """Compose music with a trained music RUN: a playable MIDI file and a piano-roll PNG.
 
     \b
@@ -639,7 +678,8 @@ def compose(run: str, out: str, frames, tempo, prime, temperature, seed, checkpo
       rnnkit compose runs/jsb --prime opening.mid --frames 32 --seed 7 --out more.mid
     """
     module = _task_of(run, "compose")
-    made = module.compose(run, out, frames, tempo, prime, seed, temperature, checkpoint)
+    with predicting_on(device):
+        made = module.compose(run, out, frames, tempo, prime, seed, temperature, checkpoint)
     click.echo(
         f"wrote {made['midi']} ({made['prime_frames']} primer + {made['frames']} composed "
         f"frames, {made['notes']} notes at {tempo:g} quarter notes per minute) and {made['png']}"
@@ -661,7 +701,7 @@ def compose(run: str, out: str, frames, tempo, prime, temperature, seed, checkpo
 @click.option("--quantile", type=float, help="quantile: of the scores.  [default: 0.999]")
 @click.option("--refractory", type=int, help="Quiet rows after a detection.  [default: 300]")
 def detect(csv_path, time_col, targets, out, max_steps, lr, seed, rows_as_steps, windows,
-           series_key, fill, **flags) -> None:  # fmt: skip
+           series_key, fill, device, **flags) -> None:  # fmt: skip
     """Detect anomalies: a forecaster learns the early part, large errors are flagged.
 
     \b
@@ -676,7 +716,7 @@ def detect(csv_path, time_col, targets, out, max_steps, lr, seed, rows_as_steps,
     model = {k: flags.pop(k) for k in ("cell", "hidden_size", "num_layers")}
     cfg = anomaly.DetectConfig(**{k: v for k, v in flags.items() if v is not None})
     report = anomaly.run(csv_path, time_col, list(targets), out, fill, not rows_as_steps,
-                         windows, series_key, cfg, _train_settings(max_steps, lr, seed),
+                         windows, series_key, cfg, _train_settings(max_steps, lr, seed, device),
                          **model)  # fmt: skip
     click.echo(anomaly.format_report(report))
 
@@ -799,7 +839,8 @@ def train_speech_ctc(config_file, out, resume, **flags) -> None:
 @click.option("--explain", is_flag=True, help="Show the attention weight of each step/word.")
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best",
               show_default=True)  # fmt: skip
-def predict(run: str, input: str, explain: bool, checkpoint: str) -> None:
+@_device_option("cpu", "Predict")
+def predict(run: str, input: str, explain: bool, checkpoint: str, device: str | None) -> None:
     """Classify INPUT with a trained RUN: a text (sentiment) or a WAV file (speech-digits).
 
     \b
@@ -807,21 +848,24 @@ def predict(run: str, input: str, explain: bool, checkpoint: str) -> None:
       rnnkit predict runs/mr "an oddly moving film" --explain
       rnnkit predict runs/fsdd "$(rnnkit data path fsdd)/recordings/7_lucas_3.wav"
     """
-    click.echo(_task_of(run, "predict").predict(run, input, explain, checkpoint))
+    with predicting_on(device):
+        click.echo(_task_of(run, "predict").predict(run, input, explain, checkpoint))
 
 
 @main.command()
 @click.argument("run", type=_DIR)
 @click.argument("wav", type=_FILE)
 @click.option("--beam", type=int, help="Prefix-beam width; 0: greedy.  [default: the run's, 8]")
-def transcribe(run: str, wav: str, beam: int | None) -> None:
+@_device_option("cpu", "Predict")
+def transcribe(run: str, wav: str, beam: int | None, device: str | None) -> None:
     """The digits spoken in WAV, by a trained speech-ctc RUN.
 
     \b
     Examples:
       rnnkit transcribe runs/ctc recording.wav
     """
-    click.echo(_task_of(run, "transcribe").transcribe(run, wav, beam))
+    with predicting_on(device):
+        click.echo(_task_of(run, "transcribe").transcribe(run, wav, beam))
 
 
 # --- translate, caption (issue 5) -------------------------------------------------------------
@@ -883,7 +927,8 @@ def train_translate(config_file, out, resume, **flags) -> None:  # fmt: skip
 @click.option("--plot", type=_FILE, help="Write the attention of the (first) sentence to this PNG.")
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best",
               show_default=True)  # fmt: skip
-def translate_(run, text, file, ref, beam, plot, checkpoint) -> None:
+@_device_option("cpu", "Predict")
+def translate_(run, text, file, ref, beam, plot, checkpoint, device) -> None:
     """Translate TEXT (or --file) with a trained translate RUN.
 
     \b
@@ -893,7 +938,8 @@ def translate_(run, text, file, ref, beam, plot, checkpoint) -> None:
     """
     from rnnkit.tasks import translate
 
-    click.echo(translate.translate(run, text, file, ref, beam, plot, checkpoint))
+    with predicting_on(device):
+        click.echo(translate.translate(run, text, file, ref, beam, plot, checkpoint))
 
 
 @train.command("caption")
@@ -955,7 +1001,8 @@ def train_caption(config_file, out, resume, **flags) -> None:  # fmt: skip
 @click.option("--plot", type=_FILE, help="Write where each word looked to this PNG.")
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best",
               show_default=True)  # fmt: skip
-def caption_(run, image, example, seed, beam, plot, checkpoint) -> None:
+@_device_option("cpu", "Predict")
+def caption_(run, image, example, seed, beam, plot, checkpoint, device) -> None:
     """Caption IMAGE (a grayscale scene of the run's size) with a trained caption RUN.
 
     \b
@@ -965,7 +1012,8 @@ def caption_(run, image, example, seed, beam, plot, checkpoint) -> None:
     """
     from rnnkit.tasks import caption
 
-    click.echo(caption.caption(run, image, example, beam, plot, seed, checkpoint))
+    with predicting_on(device):
+        click.echo(caption.caption(run, image, example, beam, plot, seed, checkpoint))
 
 
 # --- data (the data-set registry) ----------------------------------------------------------------

@@ -566,18 +566,22 @@ def load_trained(
 ) -> nn.Module:
     """The model of a trained run, in eval mode: ``build()`` (its size checked first, see
     `build_checked`) loaded with the weights `weights_file` chooses; writes nothing, and
-    chooses again if a trainer pruned the checkpoint meanwhile."""
+    chooses again if a trainer pruned the checkpoint meanwhile. On the CPU, or on the device of
+    an enclosing `rnnkit.training.devices.predicting_on` (``--device`` of the predict commands).
+    """
+    from rnnkit.training.devices import place_trained
+
     model = build_checked(build, run_dir)
     for _ in range(2):  # a trainer may prune the checkpoint chosen meanwhile: choose again
         path = weights_file(run_dir, which)
         try:
             load_model_weights(model, path)
-            return model.eval()
+            return place_trained(model.eval())
         except RnnkitError:
             if os.path.lexists(path):
                 raise
     load_model_weights(model, weights_file(run_dir, which))
-    return model.eval()
+    return place_trained(model.eval())
 
 
 def optimizer_to_bytes(optimizer: torch.optim.Optimizer) -> bytes:

@@ -1,22 +1,22 @@
-"""Data-parallel training over processes and machines with `torch.distributed`.
+"""Data-parallel training over processes and machines: `torch.distributed` and
+`torch.nn.parallel.DistributedDataParallel`.
 
 Launch any ``rnnkit train`` command with ``torchrun`` (see docs/distributed.md)::
 
     torchrun --nproc-per-node 2 -m rnnkit train charlm --text notes.txt --out runs/notes
 
-`Trainer` finds torchrun's environment (``WORLD_SIZE`` > 1), joins the process group (NCCL on
-GPUs, gloo on CPU) and trains data-parallel, the scheme of ``DistributedDataParallel``: every rank
-starts from rank 0's parameters; every rank draws the same global batch from the shared, seeded
-generator and keeps its own 1/world slice of it (`shard_batch`: disjoint parts of each global
-batch, the role a distributed sampler plays); after the backward pass the gradients and the loss
-are averaged over the ranks (`average`), so every rank applies the same update, equal to one
-process training on the global batch. Only rank 0 writes the run (config, checkpoints, metrics,
-plots); the other ranks read it when resuming. Stopping (budget, Ctrl-C/SIGTERM, early stopping,
-divergence) is decided for all ranks at once.
-
-The gradients are averaged by one all-reduce after the backward pass rather than by wrapping the
-model in ``torch.nn.parallel.DistributedDataParallel``: tasks call their models in many ways
-(submodules, methods), which the wrapper does not see, and the result is the same.
+`Trainer` finds torchrun's environment (``WORLD_SIZE`` > 1) and joins the process group with the
+backend of its device (`join`): gloo on the CPU, NCCL on CUDA with every rank on its own GPU
+(``LOCAL_RANK``). Every rank draws the same global batch from the shared, seeded generator and
+keeps its own 1/world slice of it (`shard_batch`: disjoint parts of each global batch that cover
+it, the role a ``DistributedSampler`` plays, with the exactness of one process). The task's loss
+runs inside ``DistributedDataParallel`` (`wrap`: the wrapper holds the task's loss as a module, so
+tasks keep calling their models through submodules and methods); DDP starts every rank from rank
+0's parameters and averages the gradients in buckets during the backward pass, so every rank
+applies the same update, equal to one process training on the global batch. The loss is
+averaged too (`mean`), for the log and the NaN check. Only rank 0 writes the run (config,
+checkpoints, metrics, plots); the other ranks read it when resuming. Stopping (budget,
+Ctrl-C/SIGTERM, early stopping, divergence) is decided for all ranks at once (`World.any`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -41,6 +41,8 @@ class World:
 
     rank: int = 0
     size: int = 1
+    #: this rank's device: its tensors and its collectives' (gloo: CPU, NCCL: its GPU)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def writer(self) -> bool:
@@ -49,53 +51,92 @@ class World:
 
     def barrier(self) -> None:
         if self.size > 1:
-            dist.barrier()
+            if self.device.type == "cuda":
+                dist.barrier(device_ids=[self.device.index])
+            else:
+                dist.barrier()
 
     def any(self, flag: int) -> int:
         """The largest ``flag`` of all ranks (a stop decision taken by any is taken by all)."""
         if self.size == 1:
             return flag
-        value = torch.tensor([flag], dtype=torch.int64)
+        value = torch.tensor([flag], dtype=torch.int64, device=self.device)
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return int(value)
 
 
-def join() -> World:
-    """Join torchrun's process group if this process was launched by it (``WORLD_SIZE`` > 1)."""
+def join(device: torch.device | None = None) -> World:
+    """Join torchrun's process group if this process was launched by it (``WORLD_SIZE`` > 1),
+    for training on ``device`` (default: the CPU): gloo on the CPU, NCCL on CUDA, where every
+    rank takes the GPU of its ``LOCAL_RANK`` (the returned `World`'s device)."""
+    device = device or torch.device("cpu")
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
-        return World()
+        return World(device=device)
     if not dist.is_available():
         raise RnnkitError("this PyTorch build has no torch.distributed; train in one process")
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if local >= torch.cuda.device_count():
+            gpus = torch.cuda.device_count()
+            raise RnnkitError(
+                f"process {local} of this machine has no GPU of its own ({gpus} CUDA devices): "
+                "start at most that many processes per machine (--nproc-per-node)"
+            )
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    elif device.type != "cpu":
+        raise RnnkitError(
+            f"data-parallel training runs on CPUs (gloo) or CUDA GPUs (NCCL), not {device.type}; "
+            "use --device cpu or cuda"
+        )
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        options = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group(backend=backend, **options)
         atexit.register(dist.destroy_process_group)
-    return World(dist.get_rank(), dist.get_world_size())
+    return World(dist.get_rank(), dist.get_world_size(), device)
 
 
-def broadcast_parameters(model: nn.Module, world: World) -> None:
-    """Give every rank rank 0's parameters and buffers."""
-    if world.size > 1:
-        for tensor in [*model.parameters(), *model.buffers()]:
-            dist.broadcast(tensor.data, src=0)
+class TaskLoss(nn.Module):
+    """A task's loss over its model as one module, the unit `DistributedDataParallel` wraps:
+    ``forward(batch, state)`` returns ``task.loss(model, batch, state).loss`` and keeps the whole
+    `StepOutput` in ``last``."""
+
+    def __init__(self, task: Any, model: nn.Module) -> None:
+        super().__init__()
+        self.__dict__["task"] = task  # not registered, even if it were a module
+        self.model = model
+        self.last: Any = None
+
+    def forward(self, batch: Any, state: Any) -> Tensor:
+        self.last = self.task.loss(self.model, batch, state)
+        return self.last.loss
 
 
-def average(params: Iterable[nn.Parameter], loss: Tensor, world: World) -> Tensor:
-    """Average the gradients of ``params`` and ``loss`` (returned, detached) over the ranks,
-    with one all-reduce of one flat buffer."""
-    loss = loss.detach()
+def wrap(task: Any, model: nn.Module, world: World) -> nn.Module:
+    """``TaskLoss(task, model)``, in `DistributedDataParallel` when there are several ranks
+    (which gives every rank rank 0's parameters and buffers now, and averages the gradients in
+    the backward pass). Parameters a step does not use are allowed."""
+    loss = TaskLoss(task, model)
     if world.size == 1:
         return loss
-    grads = [p.grad for p in params if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads] + [loss.reshape(1).to(grads[0].dtype)])
-    dist.all_reduce(flat)
-    flat /= world.size
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
-    return flat[-1].to(loss.dtype)
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [world.device.index] if world.device.type == "cuda" else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. the C++ reducer's notes on unused parameters
+        return DistributedDataParallel(loss, device_ids=ids, find_unused_parameters=True)
+
+
+def mean(value: Tensor, world: World) -> Tensor:
+    """``value`` (detached) averaged over the ranks."""
+    value = value.detach()
+    if world.size == 1:
+        return value
+    total = value.to(torch.float64).reshape(1).clone()
+    dist.all_reduce(total)
+    return (total[0] / world.size).to(value.dtype)
 
 
 def shard_batch(batch: Any, world: World, dim: int = 0) -> Any:

@@ -106,6 +106,7 @@ TRAIN_KEYS = {
     "progress": "progress",
     "tensorboard": "tensorboard",
     "precision": "precision",
+    "device": "device",
 }
 
 

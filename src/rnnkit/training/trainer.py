@@ -31,16 +31,19 @@ model, and the trainer knows nothing of either:
     floats measured on the gradients after backpropagation and before clipping (e.g. the norm
     of the recurrent weights' gradient); logged with the step like ``StepOutput.metrics``.
 
-The trainer does the rest: AdamW, linear warm-up then cosine decay of the learning rate, an
-optional bfloat16 forward pass (``precision``), clipping
+The trainer does the rest: the device (``device``: the model and each batch move there, the
+task builds batches on the CPU and evaluates behind `rnnkit.training.devices.boundary`; the
+model is back on the CPU when `fit` returns), AdamW, linear warm-up then cosine decay of the
+learning rate, an optional bfloat16 or (CUDA) float16 forward pass (``precision``), clipping
 by global norm (the pre-clip norm is logged as ``grad_norm``), budgets (steps, epochs, seconds;
 the first reached stops training; the schedule follows the step budget if there is one, else the
 time budget, so a step-budgeted run is reproducible whatever the machine's speed), evaluation
 every ``eval_every`` steps, early stopping, seeding, checkpoints, ``metrics.jsonl``, the loss
 curve, a progress bar, Ctrl-C (finish the step, save, stop) and exact resume. Checkpoints
 survive kills and detect damaged files (`rnnkit.training.checkpoint`); a NaN never reaches the
-weights (``on_nonfinite``); under ``torchrun`` training is data-parallel
-(`rnnkit.training.distributed`). What is guaranteed, and tested, is in docs/reliability.md.
+weights (``on_nonfinite``); under ``torchrun`` training is data-parallel with
+``DistributedDataParallel`` (`rnnkit.training.distributed`). What is guaranteed, and tested,
+is in docs/reliability.md.
 
 Example::
 
@@ -84,6 +87,16 @@ from rnnkit.errors import RnnkitError, shorten
 from rnnkit.io import check_writable, json_bytes, read_bytes, read_json
 from rnnkit.training import checkpoint as ckpt
 from rnnkit.training import distributed
+from rnnkit.training.devices import (
+    PRECISIONS,
+    autocast_dtype,
+    boundary,
+    fused_adamw,
+    native_bf16,  # noqa: F401  (re-exported: its home was here)
+    needs_scaler,
+    resolve_device,
+    to_device,
+)
 from rnnkit.training.metrics import MetricsLog, Progress, plot_loss_curve
 from rnnkit.training.options import check_types
 from rnnkit.training.tbptt import detach_state
@@ -137,6 +150,10 @@ class TrainConfig:
     "raise" raises RnnkitError; "stop" ends training with ``stop_reason="diverged"`` and keeps
     the last checkpoint as it is (no new save); "skip" warns, logs ``"skipped": true`` and goes
     on with the next batch (RnnkitError after `MAX_SKIPS` skipped steps in a row).
+    ``device``: "auto" (CUDA, else MPS, else the CPU), "cpu", "cuda", "cuda:N" or "mps"
+    (`rnnkit.training.devices.resolve_device`); a resumed run may change it.
+    ``precision``: "fp32", "bf16" (bfloat16 autocast), "fp16" (CUDA: float16 autocast with a
+    gradient scaler) or "auto" (bf16 where the device has it natively, else fp16 on CUDA).
     """
 
     lr: float = 2e-3
@@ -162,6 +179,7 @@ class TrainConfig:
     tensorboard: bool = False
     on_nonfinite: str = "raise"
     precision: str = "fp32"
+    device: str = "auto"
 
     #: fields that may change when resuming (the rest must match the run's config.json)
     RESUMABLE = (
@@ -177,6 +195,7 @@ class TrainConfig:
         "progress",
         "tensorboard",
         "on_nonfinite",
+        "device",  # checkpoints do not depend on the device: a run resumes on another one
     )
 
     @classmethod
@@ -211,8 +230,10 @@ class TrainConfig:
             raise RnnkitError(f"monitor_mode must be 'min' or 'max', got {self.monitor_mode!r}")
         if self.keep_checkpoints < 2:
             raise RnnkitError(f"keep_checkpoints must be at least 2, got {self.keep_checkpoints}")
-        if self.precision not in ("fp32", "bf16", "auto"):
-            raise RnnkitError(f"precision must be fp32, bf16 or auto, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise RnnkitError(
+                f"precision must be {', '.join(PRECISIONS[:-1])} or auto, got {self.precision!r}"
+            )
         if self.progress not in ("auto", "bar", "log", "none"):
             raise RnnkitError(f"progress must be auto, bar, log or none, got {self.progress!r}")
         positive = ("lr", "max_steps", "max_epochs", "max_time", "eval_every", "log_every")
@@ -237,17 +258,6 @@ class TrainConfig:
         if self.max_epochs is not None and steps_per_epoch is not None:
             budgets.append(math.ceil(self.max_epochs * steps_per_epoch))
         return min(budgets) if budgets else None
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` multiplies bfloat16 matrices natively: a CUDA device with bf16, or a
-    CPU with AMX or AVX-512 BF16 (where oneDNN's bf16 LSTM runs about 2x faster than fp32)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":  # torch's private probes of the CPU's features; absent: no
-        probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
-    return False
 
 
 @dataclass
@@ -307,11 +317,15 @@ class Trainer:
     ) -> None:
         self.task, self.run_dir, self.resume = task, Path(run_dir), resume
         self.callbacks = list(callbacks)
-        self.world = distributed.join()
+        # the device first: it picks the process group's backend (gloo on CPU, NCCL on CUDA)
+        self.world = distributed.join(resolve_device(self._wanted_device(config)))
+        self.device = self.world.device  # with several GPUs: this rank's own
         if not self.world.writer:  # rank 0 creates or recovers the run first
             self.world.barrier()
         self.config = self._resolve_config(config)
         self.config.check(task.steps_per_epoch)
+        # resolved once: "auto" asks the hardware; fp16 (CUDA only) scales the loss
+        self._amp_dtype = autocast_dtype(self.config.precision, self.device)
         self._lock: BinaryIO | None = None  # the run's training lock (rank 0)
         if self.world.writer:
             if self.config.tensorboard:
@@ -333,9 +347,22 @@ class Trainer:
         self._setup()
         if self.world.writer:
             self.world.barrier()
-        distributed.broadcast_parameters(self.model, self.world)
+        # the task's loss over the model; in DDP, which gives every rank rank 0's weights now
+        self._task_loss = distributed.wrap(self.task, self.model, self.world)
 
     # --- setup ----------------------------------------------------------------------------
+
+    def _wanted_device(self, config: TrainConfig | None) -> str:
+        """The ``device`` setting: the config's, or (resuming without one) the run's."""
+        if config is not None:
+            return config.device
+        if self.resume:
+            try:
+                device = ckpt.read_config(self.run_dir)["train"].get("device", "auto")
+            except (RnnkitError, KeyError, TypeError, AttributeError):
+                return "auto"  # `_resolve_config` says what is wrong with the run
+            return device if isinstance(device, str) else "auto"
+        return "auto"
 
     def _resolve_config(self, config: TrainConfig | None) -> TrainConfig:
         if not self.resume:
@@ -370,17 +397,18 @@ class Trainer:
 
     def _setup(self) -> None:
         torch.manual_seed(self.config.seed)
-        self.model = ckpt.build_checked(self.task.build_model, self.run_dir, strict=self.resume)
-        self._device = next(self.model.parameters()).device
-        wanted = self.config.precision  # resolved once: "auto" asks the hardware
-        self._bf16 = wanted == "bf16" or (wanted == "auto" and native_bf16(self._device))
+        model = ckpt.build_checked(self.task.build_model, self.run_dir, strict=self.resume)
+        self.model = model.to(self.device)  # built on the CPU (seeded the same everywhere)
+        self._scaler = (torch.amp.GradScaler(self.device.type)
+                        if needs_scaler(self._amp_dtype) else None)  # fmt: skip
         self.data_rng = torch.Generator().manual_seed(self.config.seed + 1)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
             lr=self.config.lr,
             betas=self.config.betas,
             weight_decay=self.config.weight_decay,
-            fused=True,  # one pass over each tensor: 2x faster than the loop with big embeddings
+            # one pass over each tensor: 2x faster than the loop with big embeddings
+            fused=fused_adamw(self.device) or None,
         )
         if self.resume:
             self._load_checkpoint()
@@ -411,7 +439,11 @@ class Trainer:
             "rng.data": self.data_rng.get_state(),
             **carried,
         }
+        if self.device.type == "cuda":  # dropout's masks on the GPU; ignored on another device
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         state = {**asdict(self.counters), "carried_spec": spec, "train": asdict(self.config)}
+        if self._scaler is not None:  # float16 on CUDA: the loss scale goes on from here
+            state["scaler"] = self._scaler.state_dict()
         model_sd = self.model.state_dict()
         files = {
             ckpt.MODEL: ckpt.tensors_to_bytes(model_sd, {"step": self.counters.step}),
@@ -465,7 +497,11 @@ class Trainer:
             raise ValueError("negative counters")
         torch.set_rng_state(tensors["rng.torch"])
         self.data_rng.set_state(tensors["rng.data"])
-        self.carried = ckpt.unflatten_state(tensors, state["carried_spec"])
+        if "rng.cuda" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        self.carried = to_device(ckpt.unflatten_state(tensors, state["carried_spec"]), self.device)
+        if self._scaler is not None and isinstance(state.get("scaler"), dict):
+            self._scaler.load_state_dict(state["scaler"])
         self.counters = _Progress(**counters)
 
     def close(self) -> None:
@@ -482,11 +518,13 @@ class Trainer:
 
     def fit(self) -> FitResult:
         """Train until a budget, early stopping, Ctrl-C or `request_stop`; see `FitResult`.
-        The run's lock is released at the end."""
+        The run's lock is released at the end, and the model is back on the CPU (where the
+        tasks' code after training, e.g. a test evaluation, expects it)."""
         try:
             return self._fit()
         finally:
             self.close()
+            self.model.to("cpu")
 
     def _fit(self) -> FitResult:
         cfg, c = self.config, self.counters
@@ -562,28 +600,39 @@ class Trainer:
         the loss or gradient was not finite and ``on_nonfinite="stop"`` (nothing applied; see
         `_nonfinite` for the other policies)."""
         cfg, step = self.config, self.counters.step
-        batch = self._shard(self.task.train_batch(step, self.data_rng))
+        batch = self._shard(self.task.train_batch(step, self.data_rng))  # built on the CPU
+        batch = to_device(batch, self.device)
         self.model.train()
         with self._autocast():
-            out = self.task.loss(self.model, batch, self.carried)
+            loss_value = self._task_loss(batch, self.carried)  # DDP: in several processes
+        out = self._task_loss.last if self.world.size == 1 else self._task_loss.module.last
         if out.state is not None and self.world.size > 1:
             raise RnnkitError("a carried state (truncated BPTT over a stream) cannot be trained "
                               "distributed yet; train in one process")  # fmt: skip
         self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        mean_loss = distributed.average(self.model.parameters(), out.loss, self.world)
+        scaler = self._scaler  # float16: the loss scaled up, the gradients back down
+        (scaler.scale(loss_value) if scaler else loss_value).backward()  # DDP averages here
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)
+        mean_loss = distributed.mean(loss_value, self.world)
         measure = getattr(self.task, "grad_metrics", None)
         grad_metrics = measure(self.model) if measure is not None else {}
         params = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = cfg.clip if cfg.clip else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         loss = float(mean_loss)
+        lr = self.learning_rate(step, self.counters.elapsed)
+        if scaler is not None and math.isfinite(loss) and not math.isfinite(grad_norm):
+            return self._scale_overflow(step, loss, grad_norm, lr)
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             return self._nonfinite(step, loss, grad_norm)
-        lr = self.learning_rate(step, self.counters.elapsed)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.optimizer.step()
+        if scaler is not None:
+            scaler.step(self.optimizer)
+            scaler.update()
+        else:
+            self.optimizer.step()
         self._skipped = 0
         self.carried = detach_state(out.state)
         clipped = bool(cfg.clip) and grad_norm > cfg.clip
@@ -593,7 +642,18 @@ class Trainer:
 
     def _autocast(self) -> torch.autocast:
         """The training forward pass's autocast context (disabled for fp32)."""
-        return torch.autocast(self._device.type, dtype=torch.bfloat16, enabled=self._bf16)
+        dtype = self._amp_dtype
+        return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=bool(dtype))
+
+    def _scale_overflow(self, step: int, loss: float, grad_norm: float, lr: float) -> dict:
+        """float16: the scaled gradients overflowed; the scaler skips the update and lowers
+        the scale (not a divergence: the loss is finite)."""
+        self._scaler.step(self.optimizer)  # skipped: it saw the inf in unscale_
+        self._scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.carried = None
+        return {"step": step + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                "skipped": True, "scale": self._scaler.get_scale()}  # fmt: skip
 
     def _shard(self, batch: Any) -> Any:
         """This process's part of the global batch (the whole batch in one process)."""
@@ -660,8 +720,12 @@ class Trainer:
         """Evaluate (RNG-neutral), log, track the best model and early stopping."""
         c, cfg = self.counters, self.config
         self.model.eval()
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            result = {k: float(v) for k, v in self.task.evaluate(self.model, full).items()}
+        leave = boundary(self.model, self.device)  # the task's CPU tensors reach the device
+        try:
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                result = {k: float(v) for k, v in self.task.evaluate(self.model, full).items()}
+        finally:
+            leave()
         if "loss" not in result:
             raise TypeError(f"{type(self.task).__name__}.evaluate must return a 'loss'")
         record = {"step": c.step, "split": "valid", **result, "elapsed": round(c.elapsed, 3)}
