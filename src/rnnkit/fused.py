@@ -48,16 +48,6 @@ try:
 except ImportError:  # pragma: no cover - Windows: no build lock (`_build_lock`)
     fcntl = None
 
-from rnnkit.cells import (
-    ElmanCell,
-    GRUCell,
-    LayerNormGRUCell,
-    LayerNormLSTMCell,
-    LSTMCell,
-    PeepholeLSTMCell,
-    ProjectedLSTMCell,
-)
-from rnnkit.cells.base import Cell
 from rnnkit.errors import LAYER_SECOND_ORDER, first_order_only
 
 _SOURCE = Path(__file__).parent / "csrc" / "fused.cpp"
@@ -419,52 +409,72 @@ def handles(x: Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
 
 
-def supports(cell: Cell, noisy: bool = False) -> bool:
-    """True if this cell's time loop runs in C++ (its exact class, not a subclass); ``noisy``:
-    with recurrent dropout or zoneout, which only the plain LSTM loop takes."""
-    every = (LSTMCell, PeepholeLSTMCell, LayerNormLSTMCell, ProjectedLSTMCell, GRUCell,
-             LayerNormGRUCell, ElmanCell)  # fmt: skip
-    classes = (LSTMCell,) if noisy else every
-    return _state["enabled"] and type(cell) in classes and extension() is not None
+def supports(cell, needs: frozenset[str] = frozenset()) -> bool:
+    """True if this cell's time loop runs in C++: its class names a kernel here
+    (`Cell.kernel`, declared per class, never inherited) that computes ``needs`` too
+    (``"recurrent_dropout"``, ``"zoneout"``: `Cell.kernel_features`; only the LSTM's)."""
+    cls = type(cell)
+    return (
+        _state["enabled"]
+        and cls.kernel in _KERNELS
+        and needs <= cls.kernel_features
+        and extension() is not None
+    )
 
 
 def run_fused(
-    cell: Cell, gx: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, state0, mask,
+    cell, gx: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, state0, mask,
     params: tuple[Tensor, ...] = (), recurrent_mask: Tensor | None = None, zoneout=None,
 ) -> tuple[Tensor, tuple[Tensor, ...]]:  # fmt: skip
     """As `rnnkit.recurrence.run_cell` for a cell that `supports`: (output (T, B, H), final
-    state)."""
+    state), on the loop its class names (`_KERNELS`)."""
     recording = _recording(gx, weight_hh, bias_hh, *state0, *params)
-    if isinstance(cell, LayerNormLSTMCell):
-        output, h_n, c_n = _FusedLayerNormLSTM.apply(recording, gx, weight_hh, *state0, mask,
-                                                     *params)  # fmt: skip
-        return output, (h_n, c_n)
-    if isinstance(cell, ProjectedLSTMCell):  # params: (weight_hr,)
-        output, h_n, c_n = _FusedProjectedLSTM.apply(recording, gx, weight_hh, bias_hh, *params,
-                                                     *state0, mask)  # fmt: skip
-        return output, (h_n, c_n)
-    if isinstance(cell, LSTMCell):  # plain or peephole (params: w_ic, w_fc, w_oc)
-        keeps = _zoneout_keeps(zoneout, gx.shape[0], state0[0])
-        peephole = torch.cat(params) if params else None
-        output, h_n, c_n = _FusedLSTM.apply(recording, gx, weight_hh, bias_hh, *state0, mask,
-                                            recurrent_mask, *keeps, peephole)  # fmt: skip
-        return output, (h_n, c_n)
-    code = 3 if isinstance(cell, GRUCell) else _NONLINEARITY[cell.nonlinearity]
-    plain_gru = type(cell) is GRUCell  # params: (bias_ih,) or (); the LN-GRU's: its norms'
-    bias_ih, norms = (params[0] if params else None, ()) if plain_gru else (None, params)
+    run = _KERNELS[type(cell).kernel]
+    return run(cell, recording, gx, weight_hh, bias_hh, state0, mask, params, recurrent_mask,
+               zoneout)  # fmt: skip
+
+
+def _run_ln_lstm(cell, recording, gx, weight_hh, bias_hh, state0, mask, params, *noise):
+    output, h_n, c_n = _FusedLayerNormLSTM.apply(recording, gx, weight_hh, *state0, mask,
+                                                 *params)  # fmt: skip
+    return output, (h_n, c_n)
+
+
+def _run_lstmp(cell, recording, gx, weight_hh, bias_hh, state0, mask, params, *noise):
+    # params: (weight_hr,)
+    output, h_n, c_n = _FusedProjectedLSTM.apply(recording, gx, weight_hh, bias_hh, *params,
+                                                 *state0, mask)  # fmt: skip
+    return output, (h_n, c_n)
+
+
+def _run_lstm(cell, recording, gx, weight_hh, bias_hh, state0, mask, params, recurrent_mask,
+              zoneout):  # fmt: skip
+    # plain or peephole (params: w_ic, w_fc, w_oc)
+    keeps = _zoneout_keeps(zoneout, gx.shape[0], state0[0])
+    peephole = torch.cat(params) if params else None
+    output, h_n, c_n = _FusedLSTM.apply(recording, gx, weight_hh, bias_hh, *state0, mask,
+                                        recurrent_mask, *keeps, peephole)  # fmt: skip
+    return output, (h_n, c_n)
+
+
+def _run_loop(cell, recording, gx, weight_hh, bias_hh, state0, mask, params, *noise):
+    # GRU, LN-GRU, Elman; params: the GRU's (bias_ih,) or (), the LN-GRU's norms'
+    kind = type(cell).kernel
+    code = _NONLINEARITY[cell.nonlinearity] if kind == "elman" else 3
+    bias_ih, norms = (params[0] if params else None, ()) if kind == "gru" else (None, params)
     output, h_n = _FusedLoop.apply(recording, code, gx, weight_hh, bias_hh, bias_ih, state0[0],
                                    mask, None, *norms)  # fmt: skip
     return output, (h_n,)
 
 
-def takes_input(cell: Cell, x: Tensor, noisy: bool) -> bool:
+def takes_input(cell, x: Tensor, noisy: bool) -> bool:
     """True if `run_on_input` runs this cell over input like ``x``: a plain Elman or GRU cell
     without recurrent dropout or zoneout, on a loop of the extension."""
-    return not noisy and type(cell) in (ElmanCell, GRUCell) and handles(x) and supports(cell)
+    return not noisy and type(cell).kernel in ("elman", "gru") and handles(x) and supports(cell)
 
 
 def run_on_input(
-    cell: Cell, x: Tensor, weights: dict[str, Tensor | None], state0: tuple[Tensor], mask
+    cell, x: Tensor, weights: dict[str, Tensor | None], state0: tuple[Tensor], mask
 ) -> tuple[Tensor, tuple[Tensor]]:
     """`Cell.engine_inputs` then `run_fused` for a cell that `takes_input`, in one autograd node:
     x (T, B, I), the cell's weights by name, state0 (h0 (B, H),), mask (T, B, 1) or None ->
@@ -472,7 +482,7 @@ def run_on_input(
     the biases' sum and the loop's (docs/performance.md, fix 17)."""
     w_ih, w_hh, b_ih, b_hh = (weights[k] for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
     recording = _recording(x, w_ih, w_hh, b_ih, b_hh, state0[0])
-    code = 3 if type(cell) is GRUCell else _NONLINEARITY[cell.nonlinearity]
+    code = 3 if type(cell).kernel == "gru" else _NONLINEARITY[cell.nonlinearity]
     output, h_n = _FusedLoop.apply(recording, code, x, w_hh, b_hh, b_ih, state0[0], mask, w_ih)
     return output, (h_n,)
 
@@ -498,13 +508,13 @@ def _outputs(states: Tensor, mask: Tensor | None, recording: bool) -> Tensor:
     return alias.set_(view.untyped_storage(), view.storage_offset(), view.shape, view.stride())
 
 
-def step_code(cells: list[Cell]) -> int | None:
-    """The code of `stack_step` for a stack whose cells are all of one plain kind (0-2 Elman
+def step_code(cells: list) -> int | None:
+    """The code of `stack_step` for a stack whose cells all run one plain kernel (0-2 Elman
     with tanh, relu, sigmoid; 3 GRU; 4 LSTM), else None. Layers compute it once."""
-    kind = type(cells[0])
-    if kind not in _STEP_CODES or any(type(c) is not kind for c in cells):
+    kind = type(cells[0]).kernel
+    if kind not in _STEP_CODES or any(type(c).kernel != kind for c in cells):
         return None
-    return _STEP_CODES[kind] if kind is not ElmanCell else _NONLINEARITY[cells[0].nonlinearity]
+    return _STEP_CODES[kind] if kind != "elman" else _NONLINEARITY[cells[0].nonlinearity]
 
 
 def stack_step(code: int | None, x: Tensor, state: tuple[Tensor, ...], weights: list):
@@ -716,7 +726,18 @@ class _FusedLoop(torch.autograd.Function):
 
 _EMPTY_MASK = torch.empty(0, dtype=torch.bool)
 _EMPTY = torch.empty(0)  # an absent bias or cell state for the C++ functions (never read)
-_STEP_CODES = {LSTMCell: 4, GRUCell: 3, ElmanCell: None}
+_STEP_CODES = {"lstm": 4, "gru": 3, "elman": None}  # kernel -> code of `stack_step`
+# kernel name (`Cell.kernel`) -> its run function, (cell, recording, gx, weight_hh, bias_hh,
+# state0, mask, params, recurrent_mask, zoneout) -> (output, final state)
+_KERNELS = {
+    "lstm": _run_lstm,
+    "peephole": _run_lstm,
+    "lstmp": _run_lstmp,
+    "ln_lstm": _run_ln_lstm,
+    "gru": _run_loop,
+    "ln_gru": _run_loop,
+    "elman": _run_loop,
+}
 _small_states: dict[str, dict] = {}  # stem -> {"module", "failed"}
 _build_state = {"compiler_warned": False}  # `_failure_message`
 _LOCK_FILE = "rnnkit-build.lock"  # in each extension's build directory: `_build_lock`

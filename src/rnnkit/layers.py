@@ -64,6 +64,8 @@ from rnnkit.errors import RnnkitError, shorten
 from rnnkit.recurrence import Zoneout, lengths_to_mask, reverse_within_lengths, run_cell
 
 IMPLS = ("auto", "bptt", "torch")
+TORCH_KERNELS = ("elman", "lstm", "gru", "lstmp")  # the cells' kernels torch's layers compute
+TORCH_STEPS = ("elman", "lstm", "gru")  # ... and its one-step cell functions
 
 
 class Recurrent(nn.Module):
@@ -179,24 +181,28 @@ class Recurrent(nn.Module):
             layer, direction = divmod(index, self.num_directions)
             cell.init_parameters(self._weights(layer, self._suffixes()[direction]))
 
-    def uses_torch_kernel(self, x: Tensor | None = None) -> bool:
+    def uses_torch_kernel(self, x: Tensor | None = None, lengths: Tensor | None = None) -> bool:
         """True when forward on input like ``x`` (default: an input of torch's default dtype and
-        device) runs torch's fused kernel rather than the BPTT engine. ``impl="auto"`` takes
-        torch's kernel where it computes the same thing, except for GRU and Elman layers that
-        the engine's C++ loops take (on the CPU, float32/float64): torch runs those cells step
-        by step, 1.4-14x slower than the loops here (docs/performance.md). Asking may build the
-        C++ extension (about a minute, once per machine)."""
+        device; (T, B, I) as forward sees it) runs torch's fused kernel rather than the BPTT
+        engine. ``impl="auto"`` takes torch's kernel where it computes the same thing, except
+        where the engine's C++ loops are faster on input like ``x`` (on the CPU,
+        float32/float64): GRU and Elman layers, which torch runs step by step, 1.4-14x slower
+        than the loops here, and with ``lengths`` (not all equal to T) every cell, as torch's
+        packed kernel grows super-linearly with T on the CPU (10-20x slower than the loops at
+        T=300-600; docs/performance.md, "Which path"). Asking may build the C++ extension
+        (about a minute, once per machine). `plan` says which path in words."""
         if self.impl != "auto":
             return self.impl == "torch"
         if self._beyond_torch() or self._torch_kernel() is None:
             return False
-        return not self._loops_beat_torch(x)
+        return not self._loops_beat_torch(x, lengths)
 
-    def _loops_beat_torch(self, x: Tensor | None) -> bool:
-        """True for a GRU or Elman stack that the C++ loops run on input like ``x``: under
-        autocast the engine computes in the weights' dtype (`_outside_autocast`)."""
+    def _loops_beat_torch(self, x: Tensor | None, lengths: Tensor | None = None) -> bool:
+        """True for a GRU or Elman stack, and with ``lengths`` any stack, that the C++ loops run
+        on input like ``x``: under autocast the engine computes in the weights' dtype
+        (`_outside_autocast`)."""
         cell = self._cells[0]
-        if type(cell) not in (GRUCell, ElmanCell):
+        if lengths is None and type(cell).kernel not in ("gru", "elman"):
             return False
         probe = x if x is not None else torch.empty(0)
         if torch.is_autocast_enabled(probe.device.type):
@@ -205,9 +211,57 @@ class Recurrent(nn.Module):
         return fused.handles(probe) and fused.supports(cell)
 
     def _beyond_torch(self) -> bool:
-        """True when an option asks for what torch's kernels do not compute."""
-        plain = type(self._cells[0]) in (ElmanCell, LSTMCell, GRUCell, ProjectedLSTMCell)
-        return not plain or self._regularised()
+        """True when an option or the cell asks for what torch's kernels do not compute."""
+        return type(self._cells[0]).kernel not in TORCH_KERNELS or self._regularised()
+
+    def plan(self, input: Tensor | None = None, lengths: Tensor | None = None) -> str:
+        """The path `forward` takes on ``input`` (shaped as forward takes it; default: a
+        two-step batch of torch's default dtype and device) with these ``lengths``, in words:
+        "torch fused kernel", "torch packed kernel" (torch's, with lengths), "C++ loops
+        (<kernel>)" (the engine on the loop its cells name: `Cell.kernel`), "Python engine"
+        (the engine on the cells' own ``step``), "one step: ..." (a one-step sequence, through
+        `step`'s paths) or "refused under export"; in autograd's current mode. Asking may
+        build the C++ extension (about a minute, once per machine)."""
+        if input is None:
+            input = torch.zeros(2, 1, self.input_size)
+            input = input.transpose(0, 1) if self.batch_first else input
+        x, state0, lengths, _ = self._prepare(input, None, lengths)
+        route = self._route(x, lengths)
+        if route == "export":
+            if self._beyond_torch() or self._torch_kernel() is None:
+                return "refused under export"
+            return "torch packed kernel" if lengths is not None else "torch fused kernel"
+        if route == "torch":
+            return "torch packed kernel" if lengths is not None else "torch fused kernel"
+        if route == "step":
+            p = self._parameters
+            grads = torch.is_grad_enabled() and any(p[n].requires_grad for n in p)
+            if self._stack_takes() and not grads and fused.handles(x) and fused._state["enabled"]:
+                return "one step: C++ stack step"
+            if type(self._cells[0]).kernel in TORCH_STEPS and self._torch_cell() is not None:
+                return "one step: torch cell function"
+            return "one step: the cells' step"
+        context, x, state0 = self._outside_autocast(x, state0)
+        noise = (("recurrent_dropout", self.training and self.recurrent_dropout),
+                 ("zoneout", any(_as_tuple(self.zoneout))))  # fmt: skip
+        needs = frozenset(name for name, on in noise if on)  # as `run_cell` asks
+        kinds = []
+        for cell in self._cells:
+            if fused.handles(x) and fused.supports(cell, needs):
+                kinds.append(f"C++ loops ({type(cell).kernel})")
+            elif "Python engine" not in kinds:
+                kinds.append("Python engine")
+        return " + ".join(dict.fromkeys(kinds))
+
+    def _route(self, x: Tensor, lengths: Tensor | None) -> str:
+        """The one place that decides forward's path on x (T, B, I) with ``lengths`` (None when
+        all equal T): "export" (`_forward_export`), "step" (`_forward_one_step`), "torch"
+        (`_forward_torch`) or "engine" (`_forward_bptt`)."""
+        if fused.exporting(x):
+            return "export"
+        if x.shape[0] == 1 and self._steps_one(x):
+            return "step"
+        return "torch" if self.uses_torch_kernel(x, lengths) else "engine"
 
     def _regularised(self) -> bool:
         """True with recurrent dropout, DropConnect or zoneout (noise that `step` leaves out)."""
@@ -220,14 +274,12 @@ class Recurrent(nn.Module):
     def forward(self, input: Tensor, hx=None, lengths: Tensor | None = None):
         """See the module docstring for shapes. Returns (output, h_n), LSTM (output, (h_n, c_n))."""
         x, state0, lengths, unbatched = self._prepare(input, hx, lengths)
-        stepped = None
-        if fused.exporting(x):
-            stepped = self._forward_export(x, state0, lengths)
-        elif x.shape[0] == 1:
-            stepped = self._forward_one_step(x, state0)
-        if stepped is not None:
-            output, final = stepped
-        elif self.uses_torch_kernel(x):
+        route = self._route(x, lengths)  # the path: `plan` says it in words
+        if route == "export":
+            output, final = self._forward_export(x, state0, lengths)
+        elif route == "step":
+            output, final = self._forward_one_step(x, state0)
+        elif route == "torch":
             output, final = self._forward_torch(x, state0, lengths)
         else:
             context, x, state0 = self._outside_autocast(x, state0)
@@ -274,21 +326,23 @@ class Recurrent(nn.Module):
             x, final = x.squeeze(0), tuple(f.squeeze(1) for f in final)
         return x, (final[0] if len(final) == 1 else final)
 
-    def _forward_one_step(self, x: Tensor, state0: tuple[Tensor, ...]):
-        """A one-step sequence x (1, B, I) through `step`'s paths, which compute the same:
-        (output (1, B, H), the final state tuple), or None for what they do not cover (a
-        bidirectional stack, training noise that `step` leaves out, ``impl="torch"`` and
-        autocast, where torch's kernel computes and errs as it does on longer sequences).
-        Decoders and generation loops call forward one step at a time, and the loops' setup
-        (packing the weights; torch's LSTM reorders them for oneDNN on every call) costs more
-        than the step: 3-4x `step`'s time at (B, H) = (1, 512)."""
-        if (
+    def _steps_one(self, x: Tensor) -> bool:
+        """True if a one-step sequence x (1, B, I) goes through `step`'s paths, which compute
+        the same; not what they do not cover (a bidirectional stack, training noise that `step`
+        leaves out, ``impl="torch"`` and autocast, where torch's kernel computes and errs as it
+        does on longer sequences). Decoders and generation loops call forward one step at a
+        time, and the loops' setup (packing the weights; torch's LSTM reorders them for oneDNN
+        on every call) costs more than the step: 3-4x `step`'s time at (B, H) = (1, 512)."""
+        return not (
             self.bidirectional
             or self.impl == "torch"
             or torch.is_autocast_enabled(x.device.type)
             or (self.training and self._regularised())
-        ):
-            return None
+        )
+
+    def _forward_one_step(self, x: Tensor, state0: tuple[Tensor, ...]):
+        """A one-step sequence x (1, B, I) that `_steps_one` takes, through `step`'s paths:
+        (output (1, B, H), the final state tuple)."""
         output, final = self._step_stack(x[0], state0)
         return output[None], final
 
@@ -340,11 +394,18 @@ class Recurrent(nn.Module):
             return None
         return fused.stack_step(self._step_code, x, state0, weights)
 
+    def _stack_takes(self) -> bool:
+        """False where `_stack_step` leaves the step to `_step_layers` whatever the tensors
+        (`plan`): dropout between layers in training, zoneout, or cells of no plain kernel."""
+        if (self.training and self.dropout and self.num_layers > 1) or any(_as_tuple(self.zoneout)):
+            return False
+        return self._step_code is not None
+
     def _step_layer(self, layer: int, cell: Cell, x: Tensor, state: tuple[Tensor, ...]):
         """One layer's step: x (B, I), the state tuple -> the new state tuple. Plain cells take
         torch's fused cell function (both products and the pointwise math in one call: the
         cheapest step there is); every other cell (`ProjectedLSTMCell` too) its own `Cell.step`."""
-        torch_step = self._torch_cell() if type(cell) in (ElmanCell, LSTMCell, GRUCell) else None
+        torch_step = self._torch_cell() if type(cell).kernel in TORCH_STEPS else None
         if torch_step is not None:  # the parameters read directly: getattr costs microseconds here
             p, k = self._parameters, f"_l{layer}"
             new = torch_step(x, state if len(state) > 1 else state[0], p["weight_ih" + k],

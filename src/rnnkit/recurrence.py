@@ -151,17 +151,28 @@ def run_cell(
         output (T, B, size of h): h_t at each step (zero past a sequence's end), and the final
         state.
 
-    LSTM (plain, peephole, layer-normalised), GRU (plain, layer-normalised) and Elman cells run
-    the same loops in C++ (`rnnkit.fused.supports`); of the per-step noise only the plain LSTM
-    loop takes recurrent dropout and zoneout.
+    A cell whose class names a kernel (`Cell.kernel`: LSTM plain, peephole, projected and
+    layer-normalised, GRU plain and layer-normalised, Elman) runs the same loop in C++
+    (`rnnkit.fused.supports`) if that kernel computes the noise asked for too
+    (`Cell.kernel_features`: recurrent dropout and zoneout in the plain LSTM's).
     """
-    noisy = recurrent_mask is not None or zoneout is not None
-    if fused.handles(gx) and fused.supports(cell, noisy):
+    needs = _NO_NEEDS
+    if recurrent_mask is not None or zoneout is not None:
+        needs = _NEEDS[recurrent_mask is not None, zoneout is not None]
+    if fused.handles(gx) and fused.supports(cell, needs):
         return fused.run_fused(cell, gx, weight_hh, bias_hh, state0, mask, params,
                                recurrent_mask, zoneout)  # fmt: skip
     options = (mask, recurrent_mask, zoneout, len(params))
     output, *final = _BPTT.apply(cell, options, gx, weight_hh, bias_hh, *params, *state0)
     return output, tuple(final)
+
+
+_NO_NEEDS: frozenset[str] = frozenset()
+_NEEDS = {  # (recurrent dropout, zoneout) -> the kernel features they need
+    (True, False): frozenset({"recurrent_dropout"}),
+    (False, True): frozenset({"zoneout"}),
+    (True, True): frozenset({"recurrent_dropout", "zoneout"}),
+}
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,13 @@ gradient for each of ``params``; the engine sums them over time.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from rnnkit.errors import RnnkitError
+from rnnkit.fused import linear
 
 State = tuple[Tensor, ...]
 RECURRENT_INITS = ("default", "orthogonal", "identity")
@@ -55,6 +57,22 @@ class Cell(nn.Module):
     # (`engine_inputs` then adds them once); a new cell keeps each bias where it is unless it
     # says so
     biases_add: bool = False
+    # The C++ time loop this class runs on, by name (`rnnkit.fused` looks it up: "elman",
+    # "gru", "lstm", "peephole", "lstmp", "ln_lstm", "ln_gru"), or None: the Python engine
+    # (`step`, `step_backward`). A name promises the math of rnnkit's cell of that kernel. Not
+    # inherited: a subclass may change the math, so it runs the Python engine unless it
+    # declares a kernel itself (`__init_subclass__`).
+    kernel: ClassVar[str | None] = None
+    # What that kernel computes beyond the plain step: "recurrent_dropout", "zoneout" (also
+    # declared per class; without one, a layer with that option runs the Python engine)
+    kernel_features: ClassVar[frozenset[str]] = frozenset()
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kernel" not in cls.__dict__:
+            cls.kernel = None
+        if "kernel_features" not in cls.__dict__:
+            cls.kernel_features = frozenset()
 
     def __init__(
         self,
@@ -145,8 +163,6 @@ class Cell(nn.Module):
         added once a step with the recurrent product, not over all of gx first, and one sum over
         the steps' gradients serves both biases.
         """
-        from rnnkit.fused import linear  # here: rnnkit.fused imports the cells
-
         b_ih, b_hh = weights["bias_ih"], weights["bias_hh"]
         params = tuple(weights[n] for n in self.extra_parameters)  # () for the classic cells
         if self.biases_add and b_ih is not None and b_hh is not None:

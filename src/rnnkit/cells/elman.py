@@ -25,6 +25,7 @@ class ElmanCell(Cell):
     num_gates = 1
     num_states = 1
     biases_add = True  # the step reads gx + gh
+    kernel = "elman"
 
     def __init__(
         self,

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.cells.base import Cell, State
+from rnnkit.fused import linear
 
 
 class GRUCell(Cell):
@@ -26,16 +27,16 @@ class GRUCell(Cell):
 
     num_gates = 3
     num_states = 1
+    kernel = "gru"
 
     def engine_inputs(
         self, x: Tensor, weights: dict[str, Tensor | None]
     ) -> tuple[Tensor, Tensor, Tensor | None, tuple[Tensor, ...]]:
         """gx = x W_ih^T (T, B, 3H), weight_hh, bias_hh and ``params`` (bias_ih,), or () without
-        biases: `step` adds bias_ih (see the module docstring). A subclass gets the base class's
-        gx = x W_ih^T + b_ih and no params: its own step may call this one without them."""
-        from rnnkit.fused import linear  # here: rnnkit.fused imports the cells
-
-        if type(self) is not GRUCell:
+        biases: `step` adds bias_ih (see the module docstring). A subclass that does not name the
+        GRU's kernel (`Cell.kernel`) gets the base class's gx = x W_ih^T + b_ih and no params:
+        its own step may call this one without them."""
+        if type(self).kernel != "gru":
             return super().engine_inputs(x, weights)
         gx = linear(x, weights["weight_ih"])
         b_ih = weights["bias_ih"]

@@ -20,6 +20,7 @@ from rnnkit.cells.base import State
 from rnnkit.cells.gru import GRUCell
 from rnnkit.cells.lstm import LSTMCell
 from rnnkit.errors import RnnkitError
+from rnnkit.fused import linear
 
 EPS = 1e-5
 
@@ -67,8 +68,6 @@ class _LayerNormProjections:
             weights[name].fill_(0.0 if name.startswith("ln_bias") else 1.0)
 
     def engine_inputs(self, x: Tensor, weights: dict[str, Tensor | None]):
-        from rnnkit.fused import linear  # here: rnnkit.fused imports the cells
-
         gx = linear(x, weights["weight_ih"])
         gx = nn.functional.layer_norm(
             gx, gx.shape[-1:], weights["ln_weight_ih"], weights["bias_ih"], EPS
@@ -84,6 +83,7 @@ class LayerNormLSTMCell(_LayerNormProjections, LSTMCell):
     """
 
     extra_parameters = ("ln_weight_ih", "ln_weight_hh", "ln_weight_c", "ln_bias_c")
+    kernel = "ln_lstm"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, **options) -> None:
         self._check_bias(bias)
@@ -136,6 +136,7 @@ class LayerNormGRUCell(_LayerNormProjections, GRUCell):
     """
 
     extra_parameters = ("ln_weight_ih", "ln_weight_hh")
+    kernel = "ln_gru"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, **options) -> None:
         self._check_bias(bias)

@@ -27,6 +27,8 @@ class LSTMCell(Cell):
     num_gates = 4
     num_states = 2
     biases_add = True  # the step reads gx + gh (so do the peephole and projected cells)
+    kernel = "lstm"
+    kernel_features = frozenset({"recurrent_dropout", "zoneout"})
 
     def __init__(
         self,

@@ -22,6 +22,7 @@ class PeepholeLSTMCell(LSTMCell):
     """
 
     extra_parameters = ("weight_ic", "weight_fc", "weight_oc")
+    kernel = "peephole"
 
     def extra_parameter_shapes(self) -> dict[str, tuple[int, ...]]:
         return {name: (self.hidden_size,) for name in self.extra_parameters}

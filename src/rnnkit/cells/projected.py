@@ -28,6 +28,7 @@ class ProjectedLSTMCell(LSTMCell):
     """
 
     extra_parameters = ("weight_hr",)
+    kernel = "lstmp"
 
     def __init__(
         self,
