@@ -98,7 +98,7 @@ def extension() -> ModuleType | None:
 def _configure(module) -> None:
     """The loops' settings: products through oneDNN and rnnkit's kernel unless
     ``RNNKIT_GEMM=aten``; the loops' bigger buffers kept in a pool of their own between calls
-    unless ``RNNKIT_MALLOC=default`` (``BufferPool`` in ``csrc/fused.cpp``). Nothing of the
+    unless ``RNNKIT_MALLOC=default`` (``BufferPool`` in ``csrc/buffers.h``). Nothing of the
     process changes unless it asked (`tune_process`)."""
     module.set_tuned(os.environ.get("RNNKIT_GEMM", "tuned") != "aten")
     module.probe_onednn()  # big float32 products on oneDNN only where it runs (AVX-512 here)
@@ -368,7 +368,7 @@ def _tuned_products(x: Tensor) -> bool:
 def matmul(a: Tensor, b: Tensor) -> Tensor:
     """a (M, K) @ b (K, N) for the engine's big products (the input projection, the weight
     gradients): big float32 products through oneDNN, whose kernels run them up to twice as fast
-    as MKL's on CPUs MKL does not tune for (``csrc/fused.cpp``, "Matrix products"); else ``@``."""
+    as MKL's on CPUs MKL does not tune for (``csrc/products.h``); else ``@``."""
     if not _tuned_products(a):
         return a @ b
     return _state["module"].matmul(a, b)
