@@ -93,7 +93,7 @@ def json_mutation(data: bytes, number: int, value) -> bytes:
     return changed.encode()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(change=mutations())
 def test_a_mutated_run_is_used_or_refused_in_one_line(trained_run, change):
     with tempfile.TemporaryDirectory() as tmp:

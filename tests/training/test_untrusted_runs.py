@@ -265,3 +265,11 @@ def test_optimizer_state_of_the_wrong_shapes_is_refused_before_a_step(tmp_path):
     rewrite_in_checkpoint(run, ckpt.OPTIMIZER, ckpt.tensors_to_bytes(tensors, meta))
     with pytest.raises(RnnkitError, match=f"does not fit the optimizer.*{name}"):
         Trainer(SumTask(), None, run, resume=True)
+
+
+def test_metrics_numbers_beyond_floats_are_skipped(run):
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(f'{{"step": 3, "split": "train", "loss": {10**400}}}\n')
+        f.write(f'{{"step": {10**400}, "split": "valid", "loss": 1.0}}\n')
+    result = cli("train", "charlm", "--resume", run, "--max-steps", "10")
+    assert result.exit_code == 0, result.output

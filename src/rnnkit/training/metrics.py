@@ -63,6 +63,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
         if (
             isinstance(record, dict)
             and type(record.get("step")) is int
+            and 0 <= record["step"] < 1 << 53
             and isinstance(record.get("split"), str)
         ):
             records.append(record)
@@ -97,7 +98,9 @@ def plot_loss_curve(records: list[dict[str, Any]], path: Path, title: str = "") 
 def _number(record: dict[str, Any]) -> bool:
     """Whether ``record`` has a finite number as its loss (null where it was NaN)."""
     loss = record.get("loss")
-    return isinstance(loss, (int, float)) and not isinstance(loss, bool) and math.isfinite(loss)
+    if not isinstance(loss, (int, float)) or isinstance(loss, bool):
+        return False
+    return abs(loss) < 1e300 if isinstance(loss, int) else math.isfinite(loss)
 
 
 class Progress:
