@@ -186,16 +186,19 @@ class NoCompiler(RuntimeError):
 
 
 def kernels_dir() -> Path:
-    """The folder of this torch's, Python's and CPU's builds: ``$RNNKIT_KERNELS`` or the user's
-    cache (``$XDG_CACHE_HOME``, default ~/.cache) ``/rnnkit/kernels``, then
-    ``torch-VERSION-pyXY-CPUTAG``. Not ``TORCH_EXTENSIONS_DIR``: a build made ahead of time is
-    found whatever that says."""
+    """The folder of this torch's, Python's, CPU's and installation's builds:
+    ``$RNNKIT_KERNELS`` or the user's cache (``$XDG_CACHE_HOME``, default ~/.cache)
+    ``/rnnkit/kernels``, then ``torch-VERSION-pyXY-CPUTAG-INSTALL``. Not
+    ``TORCH_EXTENSIONS_DIR``: a build made ahead of time is found whatever that says. INSTALL
+    hashes where rnnkit's sources are: two installations (virtualenvs, checkouts) would
+    otherwise rebuild each other's kernels in turn (ninja sees other source paths)."""
     root = os.environ.get("RNNKIT_KERNELS")
     if not root:
         cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
         root = Path(cache) / "rnnkit" / "kernels"
     python = f"py{sys.version_info.major}{sys.version_info.minor}"
-    return Path(root) / f"torch-{torch.__version__}-{python}-{_cpu_tag()}"
+    install = hashlib.sha256(str(_SOURCE.parent.resolve()).encode()).hexdigest()[:8]
+    return Path(root) / f"torch-{torch.__version__}-{python}-{_cpu_tag()}-{install}"
 
 
 def _build_directory(name: str) -> Path:
