@@ -49,6 +49,7 @@ except ImportError:  # pragma: no cover - Windows: no build lock (`_build_lock`)
     fcntl = None
 
 from rnnkit.errors import LAYER_SECOND_ORDER, first_order_only
+from rnnkit.io import lock_holder, mark_holder, open_fd, try_lock
 
 _SOURCE = Path(__file__).parent / "csrc" / "fused.cpp"
 _NONLINEARITY = {"tanh": 0, "relu": 1, "sigmoid": 2}
@@ -254,11 +255,11 @@ def _build_lock(build_dir: Path) -> Iterator[None]:
         return
     build_dir.mkdir(parents=True, exist_ok=True)
     path = build_dir / _LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    fd = open_fd(path, os.O_RDWR | os.O_CREAT)
     try:
         _acquire(fd, path)
         try:
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # named in the waiters' warning
+            mark_holder(fd)  # named in the waiters' warning
             _remove_stale_marker(build_dir / "lock")
             yield
         finally:
@@ -270,25 +271,16 @@ def _build_lock(build_dir: Path) -> Iterator[None]:
 def _acquire(fd: int, path: Path) -> None:
     """Lock ``fd`` exclusively. While another process holds it, say so (one warning) and try
     again every 0.1 s, each try non-blocking, so that a signal is handled at once."""
-    if _try_lock(fd):
+    if try_lock(fd):
         return
-    holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-    who = f"process {holder}" if holder.isdigit() else "another process"
     warnings.warn(
-        f"rnnkit: waiting for {who} to finish checking or building the C++ kernels ({path})",
+        f"rnnkit: waiting for {lock_holder(fd)} to finish checking or building the C++ kernels "
+        f"({path})",
         RuntimeWarning,
         stacklevel=2,
     )
-    while not _try_lock(fd):
+    while not try_lock(fd):
         time.sleep(0.1)
-
-
-def _try_lock(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
 
 
 def _remove_stale_marker(marker: Path) -> None:

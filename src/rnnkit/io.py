@@ -234,27 +234,45 @@ def _entries(directory: Path) -> Iterator[os.DirEntry]:
 
 def lock_file(path: Path, what: str) -> int:
     """Hold an exclusive advisory lock (``fcntl.flock``) on ``path``, created if needed (never
-    through a link), and write our PID in it; returns the descriptor, whose closing (or the
+    through a link), with our PID in it; returns the descriptor, whose closing (or the
     process's death) releases the lock.
 
     Raises:
         RnnkitError: another process holds it (named by its PID), or it cannot be created.
     """
-    import fcntl
-
     try:
         fd = open_fd(path, os.O_RDWR | os.O_CREAT)
     except OSError as err:
         raise write_error(path, err) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    if not try_lock(fd):
+        holder = lock_holder(fd)
         os.close(fd)
         raise RnnkitError(
-            f"{what} is in use by process {holder if holder.isdigit() else '?'} (lock {path}); "
-            "wait for it to finish or stop it, then try again"
-        ) from None
+            f"{what} is in use by {holder} (lock {path}); wait for it to finish or stop it, then "
+            "try again"
+        )
+    mark_holder(fd)
+    return fd
+
+
+def try_lock(fd: int) -> bool:
+    """Take an exclusive ``flock`` on ``fd`` without waiting; False if another process has it."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def mark_holder(fd: int) -> None:
+    """Write our PID into the lock file of ``fd`` (which we hold), for `lock_holder`."""
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+
+
+def lock_holder(fd: int) -> str:
+    """Who holds the lock file of ``fd``: "process N", or "another process" if it says not."""
+    holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    return f"process {holder}" if holder.isdigit() else "another process"
