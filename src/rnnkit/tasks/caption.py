@@ -269,8 +269,6 @@ def caption_pixels(
 
 def load_run(run_dir: str | Path, checkpoint: str = "best"):
     """The model (eval mode), vocabulary and settings of a caption run."""
-    from rnnkit.tasks.classify import load_weights
-
     run_dir = Path(run_dir)
     config = ckpt.read_config(run_dir)
     if config.get("task") != NAME:
@@ -279,7 +277,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best"):
     if not (run_dir / VOCAB).is_file():
         raise RnnkitError(f"{run_dir / VOCAB} is missing; the run is incomplete")
     vocab = Vocabulary(read_json(run_dir / VOCAB))
-    model = load_weights(lambda: build_model(cfg, len(vocab)), run_dir, checkpoint)
+    model = ckpt.load_trained(lambda: build_model(cfg, len(vocab)), run_dir, checkpoint)
     return model, vocab, cfg
 
 

@@ -195,18 +195,12 @@ def evaluate_split(model: nn.Module, split: Split, num_classes: int) -> tuple[fl
     return total / max(1, len(split)), accuracy, confusion
 
 
-def load_weights(build: Callable[[], nn.Module], run_dir: Path, checkpoint: str) -> nn.Module:
-    """The model ``build()`` makes with the weights of ``checkpoint`` ("best", falling back
-    to the last if never evaluated, or "last"); see `rnnkit.training.checkpoint.load_trained`."""
-    return ckpt.load_trained(build, run_dir, checkpoint)
-
-
 def test_report(task: ClassifyTask, run_dir: Path, checkpoint: str = "best") -> dict[str, Any]:
     """Score ``checkpoint`` of a trained run on the task's test split; writes ``test.json`` and
     ``confusion.png`` into the run and returns the report."""
     from rnnkit.diagnostics.plots import plot_confusion
 
-    model = load_weights(task.build_model, run_dir, checkpoint)
+    model = ckpt.load_trained(task.build_model, run_dir, checkpoint)
     loss, accuracy, confusion = evaluate_split(model, task.data["test"], len(task.classes))
     report = {"test_loss": loss, "test_accuracy": accuracy, "test_size": len(task.data["test"]),
               "checkpoint": checkpoint, "classes": task.classes,

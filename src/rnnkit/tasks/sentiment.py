@@ -166,7 +166,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best"):
     def build() -> torch.nn.Module:
         return classify.build_classifier(cfg, len(classes), vocab_size=len(vocab), embed=cfg.embed)
 
-    return classify.load_weights(build, run_dir, checkpoint), vocab, cfg, classes
+    return ckpt.load_trained(build, run_dir, checkpoint), vocab, cfg, classes
 
 
 def predict(run_dir: str, text: str, explain: bool = False, checkpoint: str = "best") -> str:

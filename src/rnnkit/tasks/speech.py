@@ -118,7 +118,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best"):
     cfg = settings_from_dict(SpeechConfig, saved, NAME)
     size = cfg.feature_config().size
     build = lambda: classify.build_classifier(cfg, 10, features=size)  # noqa: E731
-    return classify.load_weights(build, run_dir, checkpoint), cfg
+    return ckpt.load_trained(build, run_dir, checkpoint), cfg
 
 
 def predict(run_dir: str, wav: str, explain: bool = False, checkpoint: str = "best") -> str:

@@ -25,7 +25,7 @@ from rnnkit.errors import RnnkitError
 from rnnkit.io import atomic_write_json
 from rnnkit.models import ctc
 from rnnkit.models.sequence import SequenceModel
-from rnnkit.tasks.classify import load_weights, pad, stamp
+from rnnkit.tasks.classify import pad, stamp
 from rnnkit.tasks.common import settings_from_dict, train_task
 from rnnkit.training import checkpoint as ckpt
 from rnnkit.training.trainer import StepOutput, TrainConfig
@@ -201,7 +201,7 @@ def train(
     result = train_task(NAME, CTCConfig, make, DEFAULT_TRAIN, flags, config_file, out, resume,
                         paths=("data",))  # fmt: skip
     task = made[-1]
-    model = load_weights(task.build_model, result.run_dir, "best")
+    model = ckpt.load_trained(task.build_model, result.run_dir, "best")
     report = score(model, *task.fixed["test"], beam=task.cfg.beam)
     report = {f"test_{k}": v for k, v in report.items()}
     report.update(test_size=len(task.fixed["test"][0]), steps=result.step, elapsed=result.elapsed)
@@ -230,7 +230,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[SequenceMod
     if config.get("task") != NAME:
         raise RnnkitError(f"{run_dir} is a {config.get('task')!r} run, not a {NAME} run")
     cfg = settings_from_dict(CTCConfig, config["task_config"], NAME)
-    return load_weights(lambda: build_model(cfg), run_dir, checkpoint), cfg
+    return ckpt.load_trained(lambda: build_model(cfg), run_dir, checkpoint), cfg
 
 
 def transcribe(run_dir: str, wav: str, beam: int | None = None, checkpoint: str = "best") -> str:

@@ -267,15 +267,15 @@ def translate_texts(
 
 def load_run(run_dir: str | Path, checkpoint: str = "best"):
     """The model (eval mode), source and target subword models and settings of a run."""
-    from rnnkit.tasks.classify import load_weights
-
     run_dir = Path(run_dir)
     config = ckpt.read_config(run_dir)
     if config.get("task") != NAME:
         raise RnnkitError(f"{run_dir} is a {config.get('task')!r} run, not a translate run")
     cfg = settings_from_dict(TranslateConfig, config["task_config"], NAME)
     src_spm, tgt_spm = Subword.load(run_dir / SRC_SPM), Subword.load(run_dir / TGT_SPM)
-    model = load_weights(lambda: build_model(cfg, len(src_spm), len(tgt_spm)), run_dir, checkpoint)
+    model = ckpt.load_trained(
+        lambda: build_model(cfg, len(src_spm), len(tgt_spm)), run_dir, checkpoint
+    )
     return model, src_spm, tgt_spm, cfg
 
 
