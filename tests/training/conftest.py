@@ -5,18 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
-
-from rnnkit.cli import main
-
-TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 4
-SMALL = ["--hidden", "16", "--layers", "1", "--embed", "8", "--seq-len", "16", "--batch", "4"]
-
-
-def cli(*args):
-    """``rnnkit ARGS`` in this process (stdout and stderr apart)."""
-    return CliRunner().invoke(main, [str(a) for a in args])
-
+from cli_runs import SMALL, TEXT, cli
 
 torch.set_num_threads(1)
 

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from conftest import cli
+from cli_runs import cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_untrusted_runs import snapshot

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TEXT, cli
+from cli_runs import TEXT, cli
 from test_trainer import SumTask, quiet
 
 from rnnkit.errors import RnnkitError
