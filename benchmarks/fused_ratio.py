@@ -22,7 +22,7 @@ import torch
 
 import rnnkit
 from benchmarks.layers import SHAPES
-from rnnkit import fused
+from rnnkit.kernels import build
 
 
 def run_once(fn, x: torch.Tensor) -> float:
@@ -71,7 +71,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    assert fused.extension() is not None, "the C++ loops did not build"
+    assert build.extension() is not None, "the C++ loops did not build"
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes]
     results = [bench_shape(s, args.repeats) for s in shapes]
     print(json.dumps({"threads": torch.get_num_threads(), "results": results}, indent=1))

@@ -24,7 +24,7 @@ import time
 import torch
 
 import rnnkit
-from rnnkit import fused
+from rnnkit.kernels import build, loops
 
 SHAPES = [(32, 100, 128, 256), (64, 200, 256, 512), (16, 512, 64, 128), (1, 1000, 64, 256)]
 CELLS = {
@@ -54,7 +54,7 @@ def engine_path(layer: torch.nn.Module, x: torch.Tensor) -> str:
     if layer.uses_torch_kernel(x):
         return "torch"
     cell = layer._cells[0]
-    return "cpp" if fused.handles(x) and fused.supports(cell) else "python"
+    return "cpp" if build.handles(x) and loops.supports(cell) else "python"
 
 
 def one_call(fn, x: torch.Tensor, backward: bool) -> float:
@@ -104,7 +104,7 @@ def settle_allocator() -> bool:
     shapes faults in 32-450 MB a call or none, depending on what ran before it in the process
     (docs/performance.md), which moved the bar's ratio by up to 30%. Returns whether the
     allocator took the settings (False off glibc)."""
-    fused.extension()  # first: its own malloc settings (`fused._configure`) would replace these
+    build.extension()  # first: its own malloc settings (`build._configure`) would replace these
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError, TypeError):  # no C library by that call, or no mallopt

@@ -29,7 +29,7 @@ import torch
 
 import rnnkit
 from benchmarks.layers import median_ratio, settle_allocator
-from rnnkit import fused
+from rnnkit.kernels import build
 
 CELLS = {"lstm": rnnkit.LSTM, "gru": rnnkit.GRU, "rnn_tanh": rnnkit.RNN}
 I, H = 64, 128
@@ -52,7 +52,7 @@ def variants(cell: str) -> dict:
 def one_call(layer, loops: bool, x: torch.Tensor, lengths) -> float:
     x.grad = None
     start = time.perf_counter()
-    with fused.fused_enabled(loops):
+    with build.fused_enabled(loops):
         layer(x, lengths=lengths)[0].sum().backward()
     return time.perf_counter() - start
 
@@ -88,7 +88,7 @@ def bench_point(
         ratio = medians["auto"] / medians[fastest]
     else:
         ratio = median_ratio(times["auto"], times[fastest])
-    with fused.fused_enabled(True):
+    with build.fused_enabled(True):
         plan = paths["auto"][0].plan(x, lengths)
     result = {"cell": cell, "T": T, "B": B, "ragged": ragged, "auto_path": plan,
               "fastest": fastest, "auto_over_fastest": round(ratio, 3)}  # fmt: skip

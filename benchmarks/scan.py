@@ -20,15 +20,15 @@ import torch
 
 import rnnkit
 from benchmarks.layers import median_ratio, round_robin, settle_allocator
-from rnnkit import fused
+from rnnkit.kernels import products
 
 
 class _Projection(torch.nn.Linear):
     """A layer's input projection alone, through the product the min-RNNs use
-    (`rnnkit.fused.linear`), called like the layers: (output,)."""
+    (`rnnkit.kernels.products.linear`), called like the layers: (output,)."""
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
-        return (fused.linear(x, self.weight, self.bias),)
+        return (products.linear(x, self.weight, self.bias),)
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
-"""The C++ kernels' build lock (`rnnkit.fused._build_lock`): an flock that dies with its holder,
-a stale torch ``lock`` marker cleared, waiters told who they wait for, SIGTERM ends a waiter.
+"""The C++ kernels' build lock (`rnnkit.kernels.build._build_lock`): an flock that dies with its
+holder, a stale torch ``lock`` marker cleared, waiters told who they wait for, SIGTERM ends a
+waiter.
 
 Holders and waiters run in subprocesses (each imports torch: about two seconds)."""
 
@@ -15,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from rnnkit import fused
-from rnnkit.fused import _build_lock
+from rnnkit.kernels import build
+from rnnkit.kernels.build import _build_lock
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from rnnkit.fused import _build_lock
+from rnnkit.kernels.build import _build_lock
 with _build_lock(Path(sys.argv[1])):
     print("held", flush=True)
     time.sleep(float(sys.argv[2]))
@@ -85,20 +86,20 @@ def test_a_stale_torch_marker_does_not_hang_the_next_build(tmp_path, monkeypatch
     alone then waits forever. The next build removes it, says so, and builds."""
     (tmp_path / "tiny.cpp").write_text(TINY)
     monkeypatch.setenv("RNNKIT_KERNELS", str(tmp_path / "extensions"))
-    name = f"rnnkit_tiny_{fused._cpu_tag()}"
-    directory = fused._build_directory(name)  # RNNKIT_KERNELS/torch-VERSION-pyXY-CPU/name
+    name = f"rnnkit_tiny_{build._cpu_tag()}"
+    directory = build._build_directory(name)  # RNNKIT_KERNELS/torch-VERSION-pyXY-CPU/name
     directory.mkdir(parents=True)
     (directory / "lock").touch()  # what SIGKILL inside torch's build leaves
-    build = f"""
+    script = f"""
 import warnings
 from pathlib import Path
 from torch.utils.cpp_extension import load
-from rnnkit import fused
+from rnnkit.kernels import build
 warnings.simplefilter("always")
-module = fused._build(load, Path({str(tmp_path / "tiny.cpp")!r}), "rnnkit_tiny")
+module = build._build(load, Path({str(tmp_path / "tiny.cpp")!r}), "rnnkit_tiny")
 print(Path(module.__file__).parent.name)
 """
-    proc = python(build, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = python(script, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         out, err = proc.communicate(timeout=120)
     finally:
@@ -129,7 +130,7 @@ def test_a_signal_ends_a_command_waiting_for_the_lock(tmp_path, charlm_run, sig,
     """`rnnkit sample` while another process builds the kernels: one line says whom it waits
     for; SIGTERM ends it at once (no handler: the default action), Ctrl-C with one line."""
     monkeypatch.setenv("RNNKIT_KERNELS", str(tmp_path / "extensions"))
-    held = holder(fused._build_directory(f"rnnkit_fused_{fused._cpu_tag()}"), 600)
+    held = holder(build._build_directory(f"rnnkit_fused_{build._cpu_tag()}"), 600)
     command = [sys.executable, "-m", "rnnkit.cli", "sample", str(charlm_run), "--length", "5"]
     env = dict(os.environ)  # RNNKIT_KERNELS: the empty folder above
     env.pop("RNNKIT_FUSED", None)

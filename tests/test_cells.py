@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import rnnkit
-import rnnkit.fused
+import rnnkit.kernels.build
+import rnnkit.kernels.loops
 from rnnkit.cells import LayerNormGRUCell, LayerNormLSTMCell, PeepholeLSTMCell
 from rnnkit.recurrence import lengths_to_mask, run_cell
 
@@ -54,8 +55,8 @@ ENGINES = [(name, False) for name in CELLS] + [
 def test_step_backward_passes_gradcheck(name, masked, fused):
     """The engine's hand-written BPTT through each cell, with and without a length mask; GRU
     and Elman cells both through their Python step_backward and the C++ loops."""
-    assert rnnkit.fused.supports(CELLS[name][0]()) or not fused
-    with rnnkit.fused.fused_enabled(fused):
+    assert rnnkit.kernels.loops.supports(CELLS[name][0]()) or not fused
+    with rnnkit.kernels.build.fused_enabled(fused):
         check_step_backward(name, masked)
 
 

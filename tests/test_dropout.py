@@ -10,8 +10,8 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnkit
-from rnnkit import fused
 from rnnkit.dropout import Dropout, dropout, keep_mask, locked_dropout, torch_masks
+from rnnkit.kernels import build
 from rnnkit.models.sequence import SequenceModel
 
 
@@ -35,7 +35,7 @@ def run_both(engine, kernel, x, lengths) -> list[tuple]:
 
 
 def test_the_kernel_is_built():
-    assert fused.dropout_extension() is not None
+    assert build.dropout_extension() is not None
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
@@ -143,7 +143,7 @@ def test_bad_inputs_get_rnnkits_error():
 def test_without_the_kernel_it_is_torchs_dropout(monkeypatch):
     """RNNKIT_FUSED=0 or a failed build: torch's masks, under one seed the same as its own."""
     x = torch.randn(50, 20)
-    monkeypatch.setattr(fused, "dropout_extension", lambda: None)
+    monkeypatch.setattr(build, "dropout_extension", lambda: None)
     ours = seeded(x, 0.3)
     torch.manual_seed(5)
     torch.testing.assert_close(ours, torch.nn.functional.dropout(x, 0.3), rtol=0, atol=0)

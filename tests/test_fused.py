@@ -6,12 +6,12 @@ import pytest
 import torch
 
 import rnnkit
-from rnnkit import fused
+from rnnkit.kernels import build, loops, products
 
 
 def test_the_extension_builds_here():
     """A failed build would fall back to the slower Python engine with a warning: fail instead."""
-    assert fused.extension() is not None
+    assert build.extension() is not None
 
 
 @pytest.mark.parametrize(
@@ -27,18 +27,18 @@ def test_the_extension_builds_here():
     ],
 )
 def test_which_cells_run_in_cpp(cell, expected):
-    assert fused.supports(cell) is expected
-    with fused.fused_enabled(False):
-        assert not fused.supports(cell)
+    assert loops.supports(cell) is expected
+    with build.fused_enabled(False):
+        assert not loops.supports(cell)
 
 
 def test_only_the_lstm_loop_takes_recurrent_noise():
     noisy = frozenset({"recurrent_dropout", "zoneout"})
-    assert fused.supports(rnnkit.LSTMCell(3, 4), noisy)
-    assert not fused.supports(rnnkit.GRUCell(3, 4), noisy)
-    assert not fused.supports(rnnkit.LayerNormLSTMCell(3, 4), noisy)
-    assert not fused.supports(rnnkit.PeepholeLSTMCell(3, 4), noisy)
-    assert not fused.supports(rnnkit.ProjectedLSTMCell(3, 4, 2), noisy)
+    assert loops.supports(rnnkit.LSTMCell(3, 4), noisy)
+    assert not loops.supports(rnnkit.GRUCell(3, 4), noisy)
+    assert not loops.supports(rnnkit.LayerNormLSTMCell(3, 4), noisy)
+    assert not loops.supports(rnnkit.PeepholeLSTMCell(3, 4), noisy)
+    assert not loops.supports(rnnkit.ProjectedLSTMCell(3, 4, 2), noisy)
 
 
 LAYERS = {  # (input size, hidden size) -> layer
@@ -95,14 +95,14 @@ def test_cpp_equals_python_engine(name, dtype, training, lengths, hidden):
     try:
         for enabled in (True, False):
             torch.manual_seed(1)
-            with fused.fused_enabled(enabled):
+            with build.fused_enabled(enabled):
                 out, state = layer(x, lengths=lengths)
                 finals = state if isinstance(state, tuple) else (state,)
                 loss = (out**2).sum() + sum(s.sum() * (k + 1) for k, s in enumerate(finals))
                 grads = torch.autograd.grad(loss, [x, *layer.parameters()])
             results.append((out, *finals, *grads))
             if enabled and dtype == torch.float32 and name != "projected-lstm":
-                ext = fused.extension()
+                ext = build.extension()
                 assert ext.last_team_size() == (1 if hidden == 16 else 2)
                 assert ext.last_team_by_rows() == (hidden in (72, 48))
     finally:
@@ -140,7 +140,7 @@ def test_cpp_reads_broadcast_output_gradients(name, dtype, lengths, loss):
     lengths = None if lengths is None else torch.tensor(lengths)
     results = []
     for enabled in (True, False):
-        with fused.fused_enabled(enabled):
+        with build.fused_enabled(enabled):
             out, _ = layer(x, lengths=lengths)
             results.append(torch.autograd.grad(loss(out), [x, *layer.parameters()]))
     tolerance = 1e-5 if dtype == torch.float32 else 1e-12
@@ -206,7 +206,7 @@ def test_cpp_lstm_gradcheck_with_noise():
     keep_h, keep_c = ((torch.rand(T, B, H) < 0.3).double() for _ in range(2))
 
     def run(gx, weight, bias, h0, c0):
-        return fused._FusedLSTM.apply(
+        return loops._FusedLSTM.apply(
             True, gx, weight, bias, h0, c0, mask, rec, keep_h, keep_c, None
         )
 
@@ -225,7 +225,7 @@ def test_cpp_peephole_lstm_gradcheck():
     mask = (torch.arange(T)[:, None] < torch.tensor([5, 2, 4])[None, :]).unsqueeze(-1)
 
     def run(gx, weight, bias, h0, c0, peep):
-        return fused._FusedLSTM.apply(True, gx, weight, bias, h0, c0, mask, None, None, None, peep)
+        return loops._FusedLSTM.apply(True, gx, weight, bias, h0, c0, mask, None, None, None, peep)
 
     assert torch.autograd.gradcheck(run, (*inputs, randn(3 * H)))
 
@@ -243,7 +243,7 @@ def test_cpp_projected_lstm_gradcheck():
     mask = (torch.arange(T)[:, None] < torch.tensor([5, 2, 4])[None, :]).unsqueeze(-1)
 
     def run(gx, weight_hh, bias, weight_hr, h0, c0):
-        return fused._FusedProjectedLSTM.apply(True, gx, weight_hh, bias, weight_hr, h0, c0, mask)
+        return loops._FusedProjectedLSTM.apply(True, gx, weight_hh, bias, weight_hr, h0, c0, mask)
 
     assert torch.autograd.gradcheck(run, (*inputs, randn(B, H)))
 
@@ -280,7 +280,7 @@ def test_cpp_layer_norm_lstm_gradcheck():
     mask = (torch.arange(T)[:, None] < torch.tensor([5, 2, 4])[None, :]).unsqueeze(-1)
 
     def run(gx, weight, h0, c0, *params):
-        return fused._FusedLayerNormLSTM.apply(True, gx, weight, h0, c0, mask, *params)
+        return loops._FusedLayerNormLSTM.apply(True, gx, weight, h0, c0, mask, *params)
 
     assert torch.autograd.gradcheck(run, (*inputs, *params))
 
@@ -345,7 +345,7 @@ def test_cpp_layer_norm_gru_gradcheck():
     mask = (torch.arange(T)[:, None] < torch.tensor([5, 2, 4])[None, :]).unsqueeze(-1)
 
     def run(gx, weight, h0, *params):
-        return fused._FusedLoop.apply(True, 3, gx, weight, None, None, h0, mask, None, *params)
+        return loops._FusedLoop.apply(True, 3, gx, weight, None, None, h0, mask, None, *params)
 
     assert torch.autograd.gradcheck(run, inputs)
 
@@ -379,7 +379,7 @@ def test_cpp_loop_on_input_gradcheck(code):
     mask = (torch.arange(T)[:, None] < torch.tensor([5, 2, 4])[None, :]).unsqueeze(-1)
 
     def run(x, w_ih, w_hh, b_ih, b_hh, h0):
-        return fused._FusedLoop.apply(True, code, x, w_hh, b_hh, b_ih, h0, mask, w_ih)
+        return loops._FusedLoop.apply(True, code, x, w_hh, b_hh, b_ih, h0, mask, w_ih)
 
     assert torch.autograd.gradcheck(run, inputs)
 
@@ -389,8 +389,8 @@ def test_other_dtypes_take_the_python_engine():
     torch.manual_seed(0)
     layer = rnnkit.GRU(4, 6, impl="bptt").to(torch.bfloat16)
     x = torch.randn(5, 2, 4, dtype=torch.bfloat16)
-    assert not fused.handles(x) and fused.handles(x.float())
-    with fused.fused_enabled(False):
+    assert not build.handles(x) and build.handles(x.float())
+    with build.fused_enabled(False):
         expected = layer(x)[0]
     torch.testing.assert_close(layer(x)[0], expected)
 
@@ -440,7 +440,7 @@ def test_torchs_kernel_runs_in_bfloat16_under_autocast(steps):
 def test_step_kernel_equals_torch(rows, n, k):
     """rnnkit's per-step product kernel (`csrc/step_gemm.h`): every row-tile height, columns
     that are not a multiple of the SIMD width, with and without bias and added term."""
-    ext = fused.extension()
+    ext = build.extension()
     torch.manual_seed(0)
     a, w, bias, add = torch.randn(rows, k), torch.randn(n, k), torch.randn(n), torch.randn(rows, n)
     packed = ext.pack_weight(w)
@@ -459,16 +459,16 @@ def test_step_kernel_equals_torch(rows, n, k):
 
 @pytest.mark.parametrize("m,k,n", [(3, 4, 5), (300, 200, 100)], ids=["small", "onednn"])
 def test_engine_matmul_equals_torch(m, k, n):
-    """`fused.matmul` (oneDNN for big float32 products) on transposed operands too, and
-    `fused.linear` with its gradients against ``nn.functional.linear``."""
+    """`products.matmul` (oneDNN for big float32 products) on transposed operands too, and
+    `products.linear` with its gradients against ``nn.functional.linear``."""
     torch.manual_seed(0)
     a, b = torch.randn(m, k), torch.randn(n, k)
-    torch.testing.assert_close(fused.matmul(a, b.t()), a @ b.t())
-    torch.testing.assert_close(fused.matmul(a.t().contiguous().t(), b.t()), a @ b.t())
+    torch.testing.assert_close(products.matmul(a, b.t()), a @ b.t())
+    torch.testing.assert_close(products.matmul(a.t().contiguous().t(), b.t()), a @ b.t())
     x, bias = torch.randn(2, m, k, requires_grad=True), torch.randn(n, requires_grad=True)
     w = b.clone().requires_grad_()
     results = []
-    for f in (fused.linear, torch.nn.functional.linear):
+    for f in (products.linear, torch.nn.functional.linear):
         out = f(x, w, bias)
         results.append((out, *torch.autograd.grad((out**2).sum(), [x, w, bias])))
     for ours, theirs in zip(*results, strict=True):  # float32 rounding of sums over k
@@ -491,7 +491,7 @@ def test_cpp_float32_equals_torch_on_each_product_path(ours, theirs, batch, hidd
     layer = ours(16, hidden, impl="bptt")
     layer.load_state_dict(reference.state_dict())
     x = torch.randn(6, batch, 16, requires_grad=True)
-    ext = fused.extension()
+    ext = build.extension()
     results = []
     for module, tuned in ((layer, True), (layer, False), (reference, True)):
         ext.set_tuned(tuned)
@@ -513,11 +513,11 @@ def test_zoneout_rates_may_be_integers_at_evaluation():
 
 
 def test_engine_linear_has_second_order_gradients():
-    """`fused.linear` builds a differentiable graph when asked for one (create_graph=True)."""
+    """`products.linear` builds a differentiable graph when asked for one (create_graph=True)."""
     torch.manual_seed(0)
     x, w = torch.randn(300, 200, requires_grad=True), torch.randn(100, 200, requires_grad=True)
     results = []
-    for f in (fused.linear, torch.nn.functional.linear):
+    for f in (products.linear, torch.nn.functional.linear):
         (grad,) = torch.autograd.grad(f(x, w).pow(2).sum(), x, create_graph=True)
         results.append(torch.autograd.grad(grad.pow(2).sum(), w)[0])
     assert (results[0] - results[1]).abs().max() <= 1e-4 * results[1].abs().max()
@@ -530,7 +530,7 @@ def test_pooled_buffers_are_reused_without_stale_values():
     reference = torch.nn.GRU(8, 256)
     layer = rnnkit.GRU(8, 256, impl="bptt")
     layer.load_state_dict(reference.state_dict())
-    ext = fused.extension()
+    ext = build.extension()
     ext.set_pooled(False)  # frees the pool's blocks
     ext.set_pooled(True)
     for _ in range(2):  # T * B * 4H floats: 48 MiB of cache
@@ -549,7 +549,7 @@ def test_pooled_buffers_are_reused_without_stale_values():
 def test_team_threads_flush_denormals_as_the_caller_does():
     """torch.set_flush_denormal sets the calling thread's mode only; the team's other threads
     take it over for the loop, so every unit is flushed alike (not only the caller's slice)."""
-    ext = fused.extension()
+    ext = build.extension()
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     gx = torch.full((3, 9, 72), 1e-39)  # a denormal float32, 0 when flushed

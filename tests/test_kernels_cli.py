@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 import rnnkit
-from rnnkit import fused, kernel_builds
 from rnnkit.cli import main
+from rnnkit.kernels import build, report
 
 # the smallest module torch's `load` builds: no torch headers, so it compiles in a second
 TINY = """
@@ -37,14 +37,14 @@ def kernels_home(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture
-def tiny(tmp_path, monkeypatch) -> kernel_builds.Extension:
+def tiny(tmp_path, monkeypatch) -> report.Extension:
     """The tiny module as rnnkit's only extension, named afresh: torch loads a name once per
     process (a second build directory would make it ``NAME_v1``)."""
     source = tmp_path / "src" / "tiny.cpp"
     source.parent.mkdir()
     source.write_text(TINY)
-    ext = kernel_builds.Extension("tiny", f"rnnkit_tiny{uuid.uuid4().hex[:8]}", source, "nothing")
-    monkeypatch.setattr(kernel_builds, "EXTENSIONS", (ext,))
+    ext = report.Extension("tiny", f"rnnkit_tiny{uuid.uuid4().hex[:8]}", source, "nothing")
+    monkeypatch.setattr(report, "EXTENSIONS", (ext,))
     return ext
 
 
@@ -89,16 +89,16 @@ def test_py_typed_ships():
 
 
 def test_the_build_folder_ignores_torch_extensions_dir(kernels_home):
-    folder = fused.kernels_dir()
+    folder = build.kernels_dir()
     assert folder.parent == kernels_home
-    assert folder.name.startswith("torch-") and fused._cpu_tag() in folder.name
-    assert fused._build_directory("rnnkit_x") == folder / "rnnkit_x"
+    assert folder.name.startswith("torch-") and build._cpu_tag() in folder.name
+    assert build._build_directory("rnnkit_x") == folder / "rnnkit_x"
 
 
 def test_the_report_says_nothing_is_built(kernels_home):
     result = CliRunner().invoke(main, ["kernels"])
     assert result.exit_code == 0, result.output
-    assert f"build folder: {fused.kernels_dir()}" in result.output
+    assert f"build folder: {build.kernels_dir()}" in result.output
     for name in ("fused", "scan", "dropout"):
         assert any(
             line.split()[:3] == [name, "not", "built"] for line in result.output.splitlines()
@@ -113,8 +113,8 @@ def test_kernels_build_builds_then_checks(kernels_home, tiny):
     first = CliRunner().invoke(main, ["kernels", "build"])
     assert first.exit_code == 0, first.output
     assert "tiny: built in" in first.output
-    assert kernel_builds.built_variant(tiny) == f"{tiny.stem}_{fused._cpu_tag()}"
-    assert (fused._build_directory(kernel_builds.built_variant(tiny))).parent.parent == kernels_home
+    assert report.built_variant(tiny) == f"{tiny.stem}_{build._cpu_tag()}"
+    assert (build._build_directory(report.built_variant(tiny))).parent.parent == kernels_home
     again = CliRunner().invoke(main, ["kernels", "build"])
     assert again.exit_code == 0 and "tiny: already built, checked in" in again.output
 
@@ -124,8 +124,8 @@ def test_a_first_use_build_is_announced_once(kernels_home, tiny):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fused._build(load, tiny.source, tiny.stem)
-        fused._build(load, tiny.source, tiny.stem)  # built: silent
+        build._build(load, tiny.source, tiny.stem)
+        build._build(load, tiny.source, tiny.stem)  # built: silent
     messages = [str(w.message) for w in caught]
     assert len(messages) == 2, messages
     assert messages[0].startswith(f"rnnkit: building its C++ kernels ({tiny.stem}) for this "
@@ -138,17 +138,17 @@ def test_without_a_compiler_one_warning_and_torch_paths(kernels_home, monkeypatc
 
     monkeypatch.setenv("CXX", "no-such-compiler-rnnkit")
     monkeypatch.setenv("RNNKIT_FUSED", "1")
-    monkeypatch.setitem(fused._state, "enabled", True)
-    monkeypatch.setitem(fused._state, "module", None)
-    monkeypatch.setitem(fused._state, "failed", False)
-    monkeypatch.setattr(fused, "_small_states", {})
-    monkeypatch.setattr(fused, "_build_state", {"compiler_warned": False})
+    monkeypatch.setitem(build._state, "enabled", True)
+    monkeypatch.setitem(build._state, "module", None)
+    monkeypatch.setitem(build._state, "failed", False)
+    monkeypatch.setattr(build, "_small_states", {})
+    monkeypatch.setattr(build, "_build_state", {"compiler_warned": False})
     x = torch.randn(5, 2, 3)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert fused.extension() is None
-        assert fused.scan_extension() is None
-        assert fused.dropout_extension() is None
+        assert build.extension() is None
+        assert build.scan_extension() is None
+        assert build.dropout_extension() is None
         gru = rnnkit.GRU(3, 4)
         assert gru.uses_torch_kernel(x)
         gru(x)
@@ -182,6 +182,6 @@ def test_the_demo_builds_before_it_times(tmp_path, monkeypatch):
 
 
 def test_submodules_are_attributes_as_before():
-    code = "import rnnkit\nprint(rnnkit.fused.__name__, rnnkit.layers.GRU.__name__)\n"
+    code = "import rnnkit\nprint(rnnkit.kernels.build.__name__, rnnkit.layers.GRU.__name__)\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout == "rnnkit.fused GRU\n"
+    assert out.stdout == "rnnkit.kernels.build GRU\n"

@@ -10,7 +10,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
 from rnnkit.dropout import torch_masks
-from rnnkit.fused import fused_enabled
+from rnnkit.kernels.build import fused_enabled
 
 T, B, I, H = 6, 4, 3, 5
 RAGGED = torch.tensor([4, 6, 1, 3])  # unsorted, one full-length, one of length 1

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import rnnkit
-from rnnkit import fused
 from rnnkit.cells import (
     ElmanCell,
     GRUCell,
@@ -18,6 +17,7 @@ from rnnkit.cells import (
     PeepholeLSTMCell,
     ProjectedLSTMCell,
 )
+from rnnkit.kernels import build, loops
 
 KERNELS = {
     ElmanCell: "elman",
@@ -33,7 +33,7 @@ KERNELS = {
 @pytest.mark.parametrize("cls", list(KERNELS))
 def test_each_cell_names_its_kernel(cls):
     assert cls.kernel == KERNELS[cls]
-    assert cls.kernel in fused._KERNELS
+    assert cls.kernel in loops._KERNELS
     expected = {"recurrent_dropout", "zoneout"} if cls is LSTMCell else set()
     assert cls.kernel_features == expected
 
@@ -63,8 +63,8 @@ def test_a_subclass_does_not_inherit_the_kernel():
     assert MyGRU.kernel is None and PlainSubclass.kernel is None
     assert MyGRU.kernel_features == frozenset()
     assert DeclaredSubclass.kernel == "gru"
-    assert not fused.supports(MyGRU(3, 4)) and not fused.supports(PlainSubclass(3, 4))
-    assert fused.supports(DeclaredSubclass(3, 4))
+    assert not loops.supports(MyGRU(3, 4)) and not loops.supports(PlainSubclass(3, 4))
+    assert loops.supports(DeclaredSubclass(3, 4))
 
 
 def _layer(cls, dtype=torch.float64):
@@ -132,7 +132,7 @@ def test_plan_names_the_path(make, equal, ragged):
     assert layer.plan(x, lengths=torch.tensor([6, 3])) == ragged
     assert layer.plan(x, lengths=torch.tensor([6, 6])) == equal  # all full: no lengths
     assert layer.uses_torch_kernel(x) == equal.startswith("torch")
-    with fused.fused_enabled(False):
+    with build.fused_enabled(False):
         assert layer.plan(x) in ("torch fused kernel", "Python engine")
 
 

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 import rnnkit
-import rnnkit.fused
+import rnnkit.kernels.build
+import rnnkit.kernels.loops
 
 T, B, I, H = 6, 4, 3, 5
 DOC = Path(__file__).resolve().parents[1] / "docs" / "layers.md"
@@ -83,7 +84,7 @@ def test_leaky_cell_equals_a_hand_loop_with_ragged_lengths_both_directions_two_l
     x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
     h0 = torch.randn(4, B, H, dtype=torch.float64, requires_grad=True)
     lengths = torch.tensor([6, 2, 5, 1])  # ragged, unsorted
-    assert not layer.uses_torch_kernel(x) and not rnnkit.fused.supports(layer._cells[0])
+    assert not layer.uses_torch_kernel(x) and not rnnkit.kernels.loops.supports(layer._cells[0])
     output, h_n = layer(x, h0, lengths=lengths)
     ref_output, ref_h_n = hand_loop(layer, x, lengths, h0)
     torch.testing.assert_close(output, ref_output, atol=1e-12, rtol=0)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rnnkit import fused
 from rnnkit.errors import RnnkitError
-from rnnkit.fused import fused_enabled
+from rnnkit.kernels import build
+from rnnkit.kernels.build import fused_enabled
 from rnnkit.scan import MinGRU, MinLSTM, g, linear_scan, scan_log
 
 LAYERS = [MinGRU, MinLSTM]
@@ -26,7 +26,7 @@ def step_mode(layer, x: torch.Tensor, hx=None) -> torch.Tensor:
 
 def test_the_extension_builds():
     """The C++ scan must build here: a silent fallback to the Python loop is 2x slower."""
-    assert fused.scan_extension() is not None
+    assert build.scan_extension() is not None
 
 
 @pytest.mark.parametrize("cls", LAYERS)

@@ -69,11 +69,11 @@ def test_cpp_stack_step_equals_the_layer_by_layer_step(name, dtype, batch, sizes
     """Without autograd a plain stack steps in one C++ call (float32 at B=1: rnnkit's own
     mat-vecs, the units split over threads): the same numbers as torch's cell functions layer
     by layer (taken with the C++ loops off, or with grad on)."""
-    from rnnkit import fused
+    from rnnkit.kernels import build, loops
 
     calls = []
-    real = fused.stack_step
-    monkeypatch.setattr(fused, "stack_step", lambda *a: calls.append(1) or real(*a))
+    real = loops.stack_step
+    monkeypatch.setattr(loops, "stack_step", lambda *a: calls.append(1) or real(*a))
     torch.manual_seed(0)
     layer = STACKS[name](*sizes).to(dtype).eval()
     x = torch.randn(batch, sizes[0], dtype=dtype)
@@ -81,7 +81,7 @@ def test_cpp_stack_step_equals_the_layer_by_layer_step(name, dtype, batch, sizes
         state = layer.step(x)[1]
         fast = _flat(layer.step(x, state))
         assert len(calls) == 2
-        with fused.fused_enabled(False):
+        with build.fused_enabled(False):
             slow = _flat(layer.step(x, state))
     with_grad = _flat(layer.step(x, state))  # the parameters require grad: the per-layer path
     assert len(calls) == 3 and with_grad[0].requires_grad
@@ -107,11 +107,11 @@ def test_forward_on_one_step_takes_the_step(cls, batch, monkeypatch):
     """A decoder's forward on one step goes through `step`'s paths (the loops' setup costs more
     than a step): without autograd the C++ stack step, with it torch's cell functions; the
     outputs, final states and gradients are torch.nn's."""
-    from rnnkit import fused
+    from rnnkit.kernels import loops
 
     calls = []
-    real = fused.stack_step
-    monkeypatch.setattr(fused, "stack_step", lambda *a: calls.append(1) or real(*a))
+    real = loops.stack_step
+    monkeypatch.setattr(loops, "stack_step", lambda *a: calls.append(1) or real(*a))
     torch.manual_seed(0)
     layer = cls(37, 64, num_layers=2, batch_first=True).eval()
     reference = getattr(torch.nn, cls.__name__)(37, 64, num_layers=2, batch_first=True).eval()

@@ -24,7 +24,7 @@ _WHERE = {
     "Dropout": "rnnkit.dropout",
     "dropout": "rnnkit.dropout",
     "RnnkitError": "rnnkit.errors",
-    "tune_process": "rnnkit.fused",
+    "tune_process": "rnnkit.kernels.build",
     "GRU": "rnnkit.layers",
     "LSTM": "rnnkit.layers",
     "RNN": "rnnkit.layers",
@@ -59,7 +59,7 @@ __all__ = [
 
 def __getattr__(name: str):
     """Load public ``name`` from its module the first time it is asked for; a submodule's name
-    (``rnnkit.fused``) imports it, as the eager imports of old made it an attribute."""
+    (``rnnkit.kernels.build``) imports it, as the eager imports of old made it an attribute."""
     where = _WHERE.get(name)
     if where is None:
         if not name.startswith("_"):
@@ -91,7 +91,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the names as plain imports
     )
     from rnnkit.dropout import Dropout, dropout
     from rnnkit.errors import RnnkitError
-    from rnnkit.fused import tune_process
+    from rnnkit.kernels.build import tune_process
     from rnnkit.layers import GRU, LSTM, RNN, Recurrent
     from rnnkit.recurrence import run_cell
     from rnnkit.scan import MinGRU, MinLSTM

@@ -1,7 +1,7 @@
 """`rnnkit kernels`: what of rnnkit's C++ kernels is built and which paths the layers take, and
 `rnnkit kernels build`, which builds them all ahead of time (so no first use waits a minute).
 
-Parses and dispatches only; `rnnkit.kernel_builds` does the work (imported inside the commands,
+Parses and dispatches only; `rnnkit.kernels.report` does the work (imported inside the commands,
 so `rnnkit --help` stays fast).
 """
 
@@ -27,7 +27,7 @@ def kernels(ctx: click.Context, as_json: bool) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    from rnnkit.kernel_builds import report
+    from rnnkit.kernels.report import report
 
     facts = report()
     if as_json:
@@ -62,11 +62,11 @@ def build() -> None:
     """
     import time
 
-    from rnnkit import fused
     from rnnkit.errors import RnnkitError
-    from rnnkit.kernel_builds import build_all
+    from rnnkit.kernels.build import kernels_dir
+    from rnnkit.kernels.report import build_all
 
-    click.echo(f"building rnnkit's C++ kernels into {fused.kernels_dir()}")
+    click.echo(f"building rnnkit's C++ kernels into {kernels_dir()}")
     start = time.monotonic()
     results = build_all(echo=click.echo)
     failed = [name for name, result in results.items() if isinstance(result, str)]

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from types import ModuleType
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from rnnkit import fused
 from rnnkit.errors import RnnkitError
+from rnnkit.kernels import build, loops
 
 _switch = {"kernel": True}
 
@@ -42,24 +41,12 @@ def torch_masks() -> Iterator[None]:
         _switch["kernel"] = before
 
 
-def _kernel(x: Tensor) -> ModuleType | None:
-    """The dropout extension if it takes ``x`` (a CPU tensor, not within `torch_masks`)."""
-    if not _switch["kernel"] or x.device.type != "cpu" or fused.exporting(x):
-        return None
-    return fused.dropout_extension()
-
-
-class _Dropout(torch.autograd.Function):
-    """x -> x * mask / (1 - p), the mask a function of (seed, element index)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, p: float, seed: int) -> Tensor:
-        ctx.p, ctx.seed = p, seed
-        return fused.dropout_extension().masked_scale(x, p, seed, 1.0 / (1.0 - p))
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        return _Dropout.apply(grad, ctx.p, ctx.seed), None, None  # the same mask and scale
+def _kernel(x: Tensor) -> bool:
+    """True if rnnkit's dropout operator takes ``x``: a CPU tensor, outside `torch_masks` and
+    any graph recording, the extension built."""
+    if not _switch["kernel"] or x.device.type != "cpu" or loops.exporting(x):
+        return False
+    return build.dropout_extension() is not None
 
 
 def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
@@ -72,9 +59,9 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
         return x
     if not x.is_floating_point():
         raise RnnkitError(f"dropout takes a floating-point tensor, got {x.dtype}")
-    if p == 1.0 or _kernel(x) is None:
+    if p == 1.0 or not _kernel(x):
         return nn.functional.dropout(x, p, training=True)
-    return _Dropout.apply(x, p, _seed())
+    return torch.ops.rnnkit.masked_scale(x, p, _seed(), 1.0 / (1.0 - p))
 
 
 def locked_dropout(
@@ -108,10 +95,10 @@ def keep_mask(shape: tuple[int, ...], keep: float, like: Tensor) -> Tensor:
     0 (zoneout's masks). The kernel where `dropout` has it, else ``torch.rand(shape) < keep``."""
     if not 0.0 <= keep <= 1.0:
         raise RnnkitError(f"keep probability must be in [0, 1], got {keep}")
-    kernel = _kernel(like)
-    if not 0.0 < keep < 1.0 or kernel is None:
+    if not 0.0 < keep < 1.0 or not _kernel(like):
         return torch.rand(shape, dtype=like.dtype, device=like.device).lt_(keep).to(like.dtype)
-    return kernel.masked_scale(torch.ones(shape, dtype=like.dtype), 1.0 - keep, _seed(), 1.0)
+    ones = torch.ones(shape, dtype=like.dtype)
+    return torch.ops.rnnkit.masked_scale(ones, 1.0 - keep, _seed(), 1.0)
 
 
 def _unchanged(x: Tensor, p: float, training: bool) -> bool:

@@ -47,7 +47,6 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from rnnkit import fused
 from rnnkit.cells import (
     Cell,
     ElmanCell,
@@ -61,6 +60,7 @@ from rnnkit.cells import (
 from rnnkit.cells.projected import check_proj_size
 from rnnkit.dropout import dropout, locked_dropout
 from rnnkit.errors import RnnkitError, shorten
+from rnnkit.kernels import build, loops
 from rnnkit.recurrence import Zoneout, lengths_to_mask, reverse_within_lengths, run_cell
 
 IMPLS = ("auto", "bptt", "torch")
@@ -141,7 +141,7 @@ class Recurrent(nn.Module):
                 self._cells.append(cell)
                 for name in cell.parameter_names():
                     self.register_parameter(f"{name}_l{layer}{suffix}", getattr(cell, name))
-        self._step_code = fused.step_code(self._cells)  # None: `step` goes layer by layer
+        self._step_code = loops.step_code(self._cells)  # None: `step` goes layer by layer
 
     @property
     def num_directions(self) -> int:
@@ -208,7 +208,7 @@ class Recurrent(nn.Module):
         if torch.is_autocast_enabled(probe.device.type):
             weight = next(iter(self._parameters.values()))
             probe = probe.new_empty(0, dtype=weight.dtype)
-        return fused.handles(probe) and fused.supports(cell)
+        return build.handles(probe) and loops.supports(cell)
 
     def _beyond_torch(self) -> bool:
         """True when an option or the cell asks for what torch's kernels do not compute."""
@@ -236,7 +236,7 @@ class Recurrent(nn.Module):
         if route == "step":
             p = self._parameters
             grads = torch.is_grad_enabled() and any(p[n].requires_grad for n in p)
-            if self._stack_takes() and not grads and fused.handles(x) and fused._state["enabled"]:
+            if self._stack_takes() and not grads and build.handles(x) and build._state["enabled"]:
                 return "one step: C++ stack step"
             if type(self._cells[0]).kernel in TORCH_STEPS and self._torch_cell() is not None:
                 return "one step: torch cell function"
@@ -247,7 +247,7 @@ class Recurrent(nn.Module):
         needs = frozenset(name for name, on in noise if on)  # as `run_cell` asks
         kinds = []
         for cell in self._cells:
-            if fused.handles(x) and fused.supports(cell, needs):
+            if build.handles(x) and loops.supports(cell, needs):
                 kinds.append(f"C++ loops ({type(cell).kernel})")
             elif "Python engine" not in kinds:
                 kinds.append("Python engine")
@@ -257,7 +257,7 @@ class Recurrent(nn.Module):
         """The one place that decides forward's path on x (T, B, I) with ``lengths`` (None when
         all equal T): "export" (`_forward_export`), "step" (`_forward_one_step`), "torch"
         (`_forward_torch`) or "engine" (`_forward_bptt`)."""
-        if fused.exporting(x):
+        if loops.exporting(x):
             return "export"
         if x.shape[0] == 1 and self._steps_one(x):
             return "step"
@@ -380,8 +380,8 @@ class Recurrent(nn.Module):
         return x, tuple(torch.stack(f) for f in finals)
 
     def _stack_step(self, x: Tensor, state0: tuple[Tensor, ...]):
-        """The whole stack's step in one C++ call (`rnnkit.fused.stack_step`) when nothing needs
-        autograd, dropout between layers or zoneout: (output (B, H), the final state tuple);
+        """The whole stack's step in one C++ call (`rnnkit.kernels.loops.stack_step`) when nothing
+        needs autograd, dropout between layers or zoneout: (output (B, H), the final state tuple);
         else None."""
         if (self.training and self.dropout and self.num_layers > 1) or any(_as_tuple(self.zoneout)):
             return None
@@ -392,7 +392,7 @@ class Recurrent(nn.Module):
             or any(w is not None and w.requires_grad for w in weights)
         ):  # fmt: skip
             return None
-        return fused.stack_step(self._step_code, x, state0, weights)
+        return loops.stack_step(self._step_code, x, state0, weights)
 
     def _stack_takes(self) -> bool:
         """False where `_stack_step` leaves the step to `_step_layers` whatever the tensors
@@ -433,8 +433,8 @@ class Recurrent(nn.Module):
                     weights["weight_hh"] = dropout(weights["weight_hh"], self.weight_dropout)
                 h0 = tuple(s[index] for s in state0)
                 noise = self._recurrent_noise(cell, h0)
-                if fused.takes_input(cell, x_dir, noisy=any(n is not None for n in noise)):
-                    out, final = fused.run_on_input(cell, x_dir, weights, h0, mask)
+                if loops.takes_input(cell, x_dir, noisy=any(n is not None for n in noise)):
+                    out, final = loops.run_on_input(cell, x_dir, weights, h0, mask)
                 else:
                     gx, w_hh, b_hh, params = cell.engine_inputs(x_dir, weights)
                     out, final = run_cell(cell, gx, w_hh, b_hh, h0, mask, params, *noise)

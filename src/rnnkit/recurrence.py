@@ -33,10 +33,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from rnnkit import fused
 from rnnkit.cells.base import Cell, State
 from rnnkit.dropout import keep_mask
 from rnnkit.errors import LAYER_SECOND_ORDER, first_order_only
+from rnnkit.kernels import build, loops
 
 
 class _BPTT(torch.autograd.Function):
@@ -153,14 +153,14 @@ def run_cell(
 
     A cell whose class names a kernel (`Cell.kernel`: LSTM plain, peephole, projected and
     layer-normalised, GRU plain and layer-normalised, Elman) runs the same loop in C++
-    (`rnnkit.fused.supports`) if that kernel computes the noise asked for too
+    (`rnnkit.kernels.loops.supports`) if that kernel computes the noise asked for too
     (`Cell.kernel_features`: recurrent dropout and zoneout in the plain LSTM's).
     """
     needs = _NO_NEEDS
     if recurrent_mask is not None or zoneout is not None:
         needs = _NEEDS[recurrent_mask is not None, zoneout is not None]
-    if fused.handles(gx) and fused.supports(cell, needs):
-        return fused.run_fused(cell, gx, weight_hh, bias_hh, state0, mask, params,
+    if build.handles(gx) and loops.supports(cell, needs):
+        return loops.run_fused(cell, gx, weight_hh, bias_hh, state0, mask, params,
                                recurrent_mask, zoneout)  # fmt: skip
     options = (mask, recurrent_mask, zoneout, len(params))
     output, *final = _BPTT.apply(cell, options, gx, weight_hh, bias_hh, *params, *state0)

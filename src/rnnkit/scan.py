@@ -14,7 +14,7 @@ Two ways to run them (``mode``):
 - ``"linear_scan"`` (default): the recurrence as it is written, with a hand-written backward,
   the reverse recurrence g_t = dL/dh_t + a_{t+1} g_{t+1}, dL/da_t = g_t h_{t-1}, dL/db_t = g_t,
   dL/dh_0 = a_1 g_1. Both walk the T steps in C++ (``csrc/scan.cpp``, built on first use like
-  the GRU loops, see `rnnkit.fused.scan_extension`), vectorised over the B * H elements of a
+  the GRU loops, see `rnnkit.kernels.build.scan_extension`), vectorised over the B * H elements of a
   step and split between threads by batch row: exact in float32 as the step mode is, with no
   logarithms and no chunking. For minGRU and minLSTM themselves (`_MinScan`) the gates are
   fused into the same passes (the backward recomputes them from the projection): as separate
@@ -54,9 +54,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.functional import logsigmoid, softplus
 
-from rnnkit import fused
 from rnnkit.dropout import dropout
 from rnnkit.errors import RnnkitError, first_order_only
+from rnnkit.kernels import build, loops, products
 from rnnkit.recurrence import lengths_to_mask, reverse_within_lengths
 
 _SECOND_ORDER = "for a second derivative through MinGRU or MinLSTM use mode='log_scan'"
@@ -104,18 +104,18 @@ def linear_scan(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
     return _LinearScan.apply(a, b, h0)
 
 
-def _kernels(*tensors: Tensor):
-    """The C++ extension if it handles these tensors, else None (the Python loops run)."""
+def _kernels(*tensors: Tensor) -> bool:
+    """True if the scan operators take these tensors (else the Python loops run)."""
     if all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors):
-        return fused.scan_extension()
-    return None
+        return build.scan_extension() is not None
+    return False
 
 
 class _LinearScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
-        ext = _kernels(a, b, h0)
-        h = ext.linear_scan_forward(a, b, h0) if ext is not None else _forward_loop(a, b, h0)
+        kernel = _kernels(a, b, h0)
+        h = _OPS.linear_scan_forward(a, b, h0) if kernel else _forward_loop(a, b, h0)
         ctx.save_for_backward(a, h, h0)
         return h
 
@@ -123,9 +123,8 @@ class _LinearScan(torch.autograd.Function):
     @first_order_only(_SECOND_ORDER)
     def backward(ctx, grad_h: Tensor):
         a, h, h0 = ctx.saved_tensors
-        ext = _kernels(grad_h, a, h, h0)
-        if ext is not None:
-            grad_a, grad_b, grad_h0 = ext.linear_scan_backward(grad_h, a, h, h0)
+        if _kernels(grad_h, a, h, h0):
+            grad_a, grad_b, grad_h0 = _OPS.linear_scan_backward(grad_h, a, h, h0)
         else:
             grad_a, grad_b, grad_h0 = _backward_loop(grad_h, a, h, h0)
         return grad_a, grad_b, grad_h0
@@ -135,10 +134,10 @@ class _MinScan(torch.autograd.Function):
     """The gates of minGRU (kind 0) / minLSTM (kind 1) and the scan in one C++ pass each way."""
 
     @staticmethod
-    def forward(ctx, ext, kind: int, projected: Tensor, h0: Tensor, mask: Tensor | None):
+    def forward(ctx, kind: int, projected: Tensor, h0: Tensor, mask: Tensor | None):
         flat_mask = _EMPTY_MASK if mask is None else mask.reshape(mask.shape[:2]).contiguous()
-        h = ext.min_scan_forward(projected, h0, flat_mask, kind)
-        ctx.ext, ctx.kind = ext, kind
+        h = _OPS.min_scan_forward(projected, h0, flat_mask, kind)
+        ctx.kind = kind
         ctx.save_for_backward(projected, h, h0, flat_mask)
         return h
 
@@ -146,11 +145,12 @@ class _MinScan(torch.autograd.Function):
     @first_order_only(_SECOND_ORDER)
     def backward(ctx, grad_h: Tensor):
         projected, h, h0, flat_mask = ctx.saved_tensors
-        grad_p, grad_h0 = ctx.ext.min_scan_backward(grad_h, projected, h, h0, flat_mask, ctx.kind)
-        return None, None, grad_p, grad_h0, None
+        grad_p, grad_h0 = _OPS.min_scan_backward(grad_h, projected, h, h0, flat_mask, ctx.kind)
+        return None, grad_p, grad_h0, None
 
 
 _EMPTY_MASK = torch.empty(0, dtype=torch.bool)
+_OPS = torch.ops.rnnkit
 
 
 def _forward_loop(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
@@ -228,7 +228,7 @@ class _MinRecurrence(nn.Module):
 
     def forward(self, input: Tensor, hx: Tensor | None = None, lengths: Tensor | None = None):
         x = input.transpose(0, 1) if self.batch_first else input
-        if fused.exporting(x):
+        if loops.exporting(x):
             raise RnnkitError(
                 f"{type(self).__name__} cannot be exported or compiled yet: its scan is not an "
                 "operator an exporter can record (ONNX has no logcumsumexp); run it in PyTorch"
@@ -260,12 +260,13 @@ class _MinRecurrence(nn.Module):
 
     def _project(self, index: int, x: Tensor) -> Tensor:
         """The input projection of layer-direction ``index`` (T, B, G*H): a plain ``nn.Linear``
-        through `rnnkit.fused.linear` (oneDNN for big float32 products), else the module."""
+        through `rnnkit.kernels.products.linear` (oneDNN for big float32 products), else the
+        module."""
         projection = self.projections[index]
         hooked = projection._forward_hooks or projection._forward_pre_hooks
         if type(projection) is not nn.Linear or hooked:
             return projection(x)
-        return fused.linear(x, projection.weight, projection.bias)
+        return products.linear(x, projection.weight, projection.bias)
 
     def _scan(self, projected: Tensor, h0: Tensor, mask: Tensor | None) -> Tensor:
         """All T states (T, B, H) of one layer and direction; past a sequence's end (mask False)
@@ -276,10 +277,10 @@ class _MinRecurrence(nn.Module):
                 log_a = log_a.masked_fill(~mask, 0.0)
                 log_b = log_b.masked_fill(~mask, float("-inf"))
             return scan_log(log_a, log_b, h0)
-        ext = _kernels(projected, h0)
+        kernel = _kernels(projected, h0)
         kind = _KINDS.get(type(self))  # exact classes: a subclass may change the gates
-        if ext is not None and kind is not None:  # gates and scan fused in C++
-            return _MinScan.apply(ext, kind, projected, h0, mask)
+        if kernel and kind is not None:  # gates and scan fused in C++
+            return _MinScan.apply(kind, projected, h0, mask)
         a, b = self.linear_coefficients(projected)
         if mask is not None:
             a, b = a.masked_fill(~mask, 1.0), b.masked_fill(~mask, 0.0)

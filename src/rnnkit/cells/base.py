@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit.errors import RnnkitError
-from rnnkit.fused import linear
+from rnnkit.kernels.products import linear
 
 State = tuple[Tensor, ...]
 RECURRENT_INITS = ("default", "orthogonal", "identity")
@@ -57,7 +57,7 @@ class Cell(nn.Module):
     # (`engine_inputs` then adds them once); a new cell keeps each bias where it is unless it
     # says so
     biases_add: bool = False
-    # The C++ time loop this class runs on, by name (`rnnkit.fused` looks it up: "elman",
+    # The C++ time loop this class runs on, by name (`rnnkit.kernels.loops` looks it up: "elman",
     # "gru", "lstm", "peephole", "lstmp", "ln_lstm", "ln_gru"), or None: the Python engine
     # (`step`, `step_backward`). A name promises the math of rnnkit's cell of that kernel. Not
     # inherited: a subclass may change the math, so it runs the Python engine unless it

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.cells.base import Cell, State
-from rnnkit.fused import linear
+from rnnkit.kernels.products import linear
 
 
 class GRUCell(Cell):

@@ -20,7 +20,7 @@ from rnnkit.cells.base import State
 from rnnkit.cells.gru import GRUCell
 from rnnkit.cells.lstm import LSTMCell
 from rnnkit.errors import RnnkitError
-from rnnkit.fused import linear
+from rnnkit.kernels.products import linear
 
 EPS = 1e-5
 

@@ -104,3 +104,8 @@ Tensor masked_scale(const Tensor& x, double p, int64_t seed, double scale) {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("masked_scale", &masked_scale); }
+
+// The CPU kernels of the operators `rnnkit/kernels/ops.py` declares (torch.ops.rnnkit.*).
+TORCH_LIBRARY_IMPL(rnnkit, CPU, m) {
+  m.impl("masked_scale", &masked_scale);
+}

@@ -89,8 +89,8 @@ std::vector<Tensor> gru_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0, 
 // GRU backward: grad_out (T, B, H) of the outputs h_t (masked by the caller) or empty, grad_hn
 // (B, H), ln as in `gru_forward` -> {grad_gx, grad_gh (each T, B, 3H), grad_raw (T, B, 3H): the
 // gradient of the recurrent product before the normalisation (empty without it), grad_h0,
-// grad_b_hh (3H: grad_gh summed; undefined (None) unless `bias`, without ln), grad_b_ih (3H:
-// grad_gx summed; undefined unless `bias_ih`, b_ih given to `gru_forward`)}.
+// grad_b_hh (3H: grad_gh summed; empty unless `bias`, without ln), grad_b_ih (3H:
+// grad_gx summed; empty unless `bias_ih`, b_ih given to `gru_forward`)}.
 std::vector<Tensor> gru_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh, Tensor states,
                                  Tensor cache, Tensor stats, Tensor mask, std::vector<Tensor> ln,
                                  bool bias, bool bias_ih) {
@@ -104,8 +104,8 @@ std::vector<Tensor> gru_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh, T
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   const OutputGrad incoming(grad_out, B, H);
   Tensor grad_h0;
-  auto grad_b_hh = bias && !norm ? at::empty({3 * H}, cache.options()) : Tensor();
-  auto grad_b_ih = bias_ih ? at::empty({3 * H}, cache.options()) : Tensor();
+  auto grad_b_hh = at::empty({bias && !norm ? 3 * H : 0}, cache.options());
+  auto grad_b_ih = at::empty({bias_ih ? 3 * H : 0}, cache.options());
   AT_DISPATCH_FLOATING_TYPES(cache.scalar_type(), "gru_backward", [&] {
     const scalar_t* h = states.data_ptr<scalar_t>();
     scalar_t *dx_all = grad_gx.data_ptr<scalar_t>(), *dr_all = grad_gh.data_ptr<scalar_t>();
@@ -186,7 +186,7 @@ std::vector<Tensor> lstm_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0,
 
 // LSTM backward: grad_out (T, B, H) of the outputs h_t (masked by the caller) or empty, grad_hn
 // and grad_cn (B, H) -> {grad_pre (T, B, 4H) (both grad_gx and grad_gh), grad_h0, grad_c0,
-// grad_b_hh (4H: grad_pre summed; undefined (None) unless `bias`)}.
+// grad_b_hh (4H: grad_pre summed; empty unless `bias`)}.
 std::vector<Tensor> lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_cn, Tensor w_hh,
                                   Tensor cells, Tensor cache, Tensor mask, Tensor rec_mask,
                                   Tensor keep_h, Tensor keep_c, Tensor peephole, bool bias) {
@@ -200,7 +200,7 @@ std::vector<Tensor> lstm_backward(Tensor grad_out, Tensor grad_hn, Tensor grad_c
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   const bool zone = keep_h.numel() > 0;
   Tensor grad_h0;
-  auto grad_b_hh = bias ? at::empty({4 * H}, cache.options()) : Tensor();
+  auto grad_b_hh = at::empty({bias ? 4 * H : 0}, cache.options());
   AT_DISPATCH_FLOATING_TYPES(cache.scalar_type(), "lstm_backward", [&] {
     const int64_t BH = B * H;
     const scalar_t *c = cells.data_ptr<scalar_t>(), *cch = cache.data_ptr<scalar_t>();
@@ -457,7 +457,7 @@ Tensor elman_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0, Tensor mask
 }
 
 // Elman backward -> {grad_pre (T, B, H) (both grad_gx and grad_gh), grad_h0 (B, H), grad_b_hh
-// (H: grad_pre summed; undefined (None) unless `bias`)}.
+// (H: grad_pre summed; empty unless `bias`)}.
 std::vector<Tensor> elman_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh, Tensor states,
                                    Tensor mask, int64_t nonlinearity, bool bias) {
   const int64_t T = states.size(0) - 1, B = states.size(1), H = states.size(2);
@@ -465,7 +465,7 @@ std::vector<Tensor> elman_backward(Tensor grad_out, Tensor grad_hn, Tensor w_hh,
   const bool* m = mask.numel() ? mask.data_ptr<bool>() : nullptr;
   const OutputGrad incoming(grad_out, B, H);
   Tensor grad_h0;
-  auto grad_b_hh = bias ? at::empty({H}, states.options()) : Tensor();
+  auto grad_b_hh = at::empty({bias ? H : 0}, states.options());
   AT_DISPATCH_FLOATING_TYPES(states.scalar_type(), "elman_backward", [&] {
     const scalar_t* y = states.data_ptr<scalar_t>() + B * H;  // y[t]: h_t
     scalar_t* dp = grad_pre.data_ptr<scalar_t>();
@@ -661,4 +661,19 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("last_team_by_rows", &last_team_by_rows);
   m.def("probe_onednn", &probe_onednn);
   m.def("matmul", &matmul);
+}
+
+// The CPU kernels of the operators `rnnkit/kernels/ops.py` declares (torch.ops.rnnkit.*).
+TORCH_LIBRARY_IMPL(rnnkit, CPU, m) {
+  m.impl("gru_forward", &gru_forward);
+  m.impl("gru_backward", &gru_backward);
+  m.impl("lstm_forward", &lstm_forward);
+  m.impl("lstm_backward", &lstm_backward);
+  m.impl("lstmp_forward", &lstmp_forward);
+  m.impl("lstmp_backward", &lstmp_backward);
+  m.impl("ln_lstm_forward", &ln_lstm_forward);
+  m.impl("ln_lstm_backward", &ln_lstm_backward);
+  m.impl("elman_forward", &elman_forward);
+  m.impl("elman_backward", &elman_backward);
+  m.impl("matmul", &matmul);
 }

@@ -2,9 +2,9 @@
 ``rnnkit kernels build`` runs) and report what is built and which paths the layers take
 (`report`, ``rnnkit kernels``; like DeepSpeed's ``ds_report``).
 
-The builds themselves, their folder (`rnnkit.fused.kernels_dir`) and their lock are
-`rnnkit.fused`'s; this module only names the extensions and reads their state, never building
-on its own (a report is instant and changes nothing).
+The builds themselves, their folder (`rnnkit.kernels.build.kernels_dir`) and their lock are
+`rnnkit.kernels.build`'s; this module only names the extensions and reads their state, never
+building on its own (a report is instant and changes nothing).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rnnkit import fused
+from rnnkit.kernels import build
 
 
 @dataclass(frozen=True)
@@ -28,28 +28,28 @@ class Extension:
 
 
 EXTENSIONS = (
-    Extension("fused", "rnnkit_fused", fused._SOURCE, "the time loops (GRU, Elman, LSTM variants)"),
-    Extension("scan", "rnnkit_scan", fused._SOURCE.parent / "scan.cpp", "MinGRU / MinLSTM scans"),
-    Extension("dropout", "rnnkit_dropout", fused._SOURCE.parent / "dropout.cpp", "Dropout masks"),
+    Extension("fused", "rnnkit_fused", build._SOURCE, "the time loops (GRU, Elman, LSTM variants)"),
+    Extension("scan", "rnnkit_scan", build._SOURCE.parent / "scan.cpp", "MinGRU / MinLSTM scans"),
+    Extension("dropout", "rnnkit_dropout", build._SOURCE.parent / "dropout.cpp", "Dropout masks"),
 )
 
 
 def variants(ext: Extension) -> list[str]:
-    """The names its builds may take, the preferred first (see `rnnkit.fused._build`)."""
-    return [f"{ext.stem}_{suffix}" for suffix in (fused._cpu_tag(), "generic", "serial")]
+    """The names its builds may take, the preferred first (see `rnnkit.kernels.build._build`)."""
+    return [f"{ext.stem}_{suffix}" for suffix in (build._cpu_tag(), "generic", "serial")]
 
 
 def built_variant(ext: Extension) -> str | None:
     """The name of the build of ``ext`` that a first use would load, or None (it would build)."""
     first = variants(ext)[0]
-    if fused.is_built(first, ext.source):
+    if build.is_built(first, ext.source):
         return first
     return None
 
 
 def build_all(echo=print) -> dict[str, float | str]:
-    """Build (or check) every extension into `rnnkit.fused.kernels_dir`, saying how long each
-    took; returns name -> seconds, or the error's text where one could not be built."""
+    """Build (or check) every extension into `rnnkit.kernels.build.kernels_dir`, saying how long
+    each took; returns name -> seconds, or the error's text where one could not be built."""
     from torch.utils.cpp_extension import load
 
     results: dict[str, float | str] = {}
@@ -57,7 +57,7 @@ def build_all(echo=print) -> dict[str, float | str]:
         already = built_variant(ext) is not None
         start = time.monotonic()
         try:
-            fused._build(load, ext.source, ext.stem, announce=False)
+            build._build(load, ext.source, ext.stem, announce=False)
         except Exception as err:
             results[ext.name] = " ".join(str(err).split())[:300]
             echo(f"{ext.name}: could not be built: {results[ext.name]}")
@@ -70,17 +70,17 @@ def build_all(echo=print) -> dict[str, float | str]:
 
 def prepare() -> None:
     """Load the time loops now, building them if this is their first use, unless they are off
-    (``RNNKIT_FUSED=0``, `rnnkit.fused.fused_enabled`): what times its work (the demo) calls
+    (``RNNKIT_FUSED=0``, `rnnkit.kernels.build.fused_enabled`): what times its work (the demo) calls
     this first, so that no build lands inside its timings."""
-    if fused._state["enabled"]:
-        fused.extension()
+    if build._state["enabled"]:
+        build.extension()
 
 
 def report() -> dict:
     """What is built, where, with what, and the path each layer takes as things stand."""
     import torch
 
-    missing = fused._missing_tools()
+    missing = build._missing_tools()
     disabled = os.environ.get("RNNKIT_FUSED", "1") == "0"
     extensions = []
     for ext in EXTENSIONS:
@@ -90,7 +90,7 @@ def report() -> dict:
                 "name": ext.name,
                 "runs": ext.runs,
                 "built": name is not None,
-                "directory": str(fused._build_directory(name or variants(ext)[0])),
+                "directory": str(build._build_directory(name or variants(ext)[0])),
             }
         )
     usable = {e["name"]: e["built"] and not disabled for e in extensions}
@@ -98,8 +98,8 @@ def report() -> dict:
     return {
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "cpu": f"{platform.machine()} {fused._cpu_tag()}",
-        "kernels_dir": str(fused.kernels_dir()),
+        "cpu": f"{platform.machine()} {build._cpu_tag()}",
+        "kernels_dir": str(build.kernels_dir()),
         "compiler": shutil.which(compiler) or f"none ({compiler} not found)",
         "can_build": missing is None,
         "disabled": disabled,

@@ -163,7 +163,8 @@ Tensor backward_loop(const Tensor& grad_pre, const Tensor& w_hh, const Tensor& r
   const int64_t G = w_hh.size(0) / H;
   const bool masked = rec_mask.numel() > 0;
   auto direct = at::empty_like(dh);
-  std::erase_if(summed, [](const auto& pair) { return !pair.second.defined(); });
+  std::erase_if(summed,
+                [](const auto& pair) { return !pair.second.defined() || !pair.second.numel(); });
   const int64_t n_sums = static_cast<int64_t>(summed.size()), width = n_sums * G * H;
   // one row of partial sums per thread and source (double: a few thousand float terms each)
   auto partial = at::zeros({at::get_num_threads(), width}, dh.options().dtype(at::kDouble));

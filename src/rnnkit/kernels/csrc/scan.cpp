@@ -250,3 +250,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("min_scan_forward", &min_scan_forward);
   m.def("min_scan_backward", &min_scan_backward);
 }
+
+// The CPU kernels of the operators `rnnkit/kernels/ops.py` declares (torch.ops.rnnkit.*).
+TORCH_LIBRARY_IMPL(rnnkit, CPU, m) {
+  m.impl("linear_scan_forward", &linear_scan_forward);
+  m.impl("linear_scan_backward", &linear_scan_backward);
+  m.impl("min_scan_forward", &min_scan_forward);
+  m.impl("min_scan_backward", &min_scan_backward);
+}
