@@ -60,10 +60,66 @@ def test_onnx_export_follows_the_input_at_other_lengths_and_batches(name):
 @pytest.mark.parametrize("name", REFUSED)
 def test_what_cannot_be_exported_is_refused_in_one_line(name):
     layer = REFUSED[name]().eval()
-    with pytest.raises(RnnkitError, match="cannot be exported or compiled yet"):
+    with pytest.raises(RnnkitError, match="cannot be exported to ONNX or traced"):
         onnx_session(layer, torch.randn(7, 3, 8))
-    with pytest.raises(RnnkitError, match="cannot be exported or compiled yet"):
+    with pytest.raises(RnnkitError, match="cannot be exported to ONNX or traced"):
         torch.jit.trace(layer, (torch.randn(7, 3, 8),))
+
+
+ON_OPERATORS = {  # torch.export records these on rnnkit's operators, time and batch dynamic
+    "gru": lambda: rnnkit.GRU(8, 16),
+    "lstm_two_layers": lambda: rnnkit.LSTM(8, 16, num_layers=2),
+    "rnn_bidirectional": lambda: rnnkit.RNN(8, 16, bidirectional=True),
+    "layer_norm_lstm": lambda: rnnkit.LSTM(8, 16, layer_norm=True),
+    "layer_norm_gru": lambda: rnnkit.GRU(8, 16, layer_norm=True),
+    "peephole_lstm": lambda: rnnkit.LSTM(8, 16, peephole=True),
+    "zoneout_lstm": lambda: rnnkit.LSTM(8, 16, zoneout=0.1),
+    "min_gru": lambda: rnnkit.MinGRU(8, 16, num_layers=2),
+}
+
+
+@pytest.mark.parametrize("name", ON_OPERATORS)
+def test_torch_export_records_rnnkit_operators_that_follow_the_input(name):
+    torch.manual_seed(0)
+    layer = ON_OPERATORS[name]().eval()
+    dims = {0: torch.export.Dim("T", min=2), 1: torch.export.Dim("B")}
+    with torch.no_grad():
+        program = torch.export.export(layer, (torch.randn(7, 3, 8),), dynamic_shapes=(dims,))
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert any(t.startswith("rnnkit.") for t in targets), targets
+    for steps, batch in ((12, 2), (30, 5)):
+        x = torch.randn(steps, batch, 8)
+        with torch.no_grad():
+            torch.testing.assert_close(program.module()(x)[0], layer(x)[0])
+
+
+COMPILED = {
+    "gru": lambda: rnnkit.GRU(8, 16, num_layers=2),
+    "rnn_bidirectional": lambda: rnnkit.RNN(8, 16, bidirectional=True),
+    "layer_norm_lstm": lambda: rnnkit.LSTM(8, 16, layer_norm=True),
+    "projected_lstm": lambda: rnnkit.LSTM(8, 16, proj_size=4, impl="bptt"),
+    "min_gru": lambda: rnnkit.MinGRU(8, 16),
+}
+
+
+@pytest.mark.parametrize("name", COMPILED)
+def test_compile_fullgraph_trains_as_eager_in_float64(name):
+    """torch.compile(fullgraph=True) runs the rnnkit operators in its graph: outputs and every
+    gradient equal to eager's."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    layer = COMPILED[name]().double().train()
+    x = torch.randn(9, 3, 8, dtype=torch.float64, requires_grad=True)
+    compiled = torch.compile(layer, fullgraph=True)
+    results = []
+    for run in (compiled, layer):
+        layer.zero_grad()
+        x.grad = None
+        output = run(x)[0]
+        output.square().sum().backward()
+        results.append([output, x.grad, *(p.grad for p in layer.parameters())])
+    for got, expected in zip(*results):
+        torch.testing.assert_close(got, expected)
 
 
 def test_torch_export_compile_and_trace_of_the_default_gru_equal_eager():

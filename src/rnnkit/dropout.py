@@ -43,10 +43,11 @@ def torch_masks() -> Iterator[None]:
 
 def _kernel(x: Tensor) -> bool:
     """True if rnnkit's dropout operator takes ``x``: a CPU tensor, outside `torch_masks` and
-    any graph recording, the extension built."""
+    any graph recording or compiling (its seed is a Python int drawn per call), the extension
+    built."""
     if not _switch["kernel"] or x.device.type != "cpu" or loops.exporting(x):
         return False
-    return build.dropout_extension() is not None
+    return not torch.compiler.is_compiling() and build.dropout_loaded()
 
 
 def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:

@@ -228,9 +228,11 @@ class Recurrent(nn.Module):
         x, state0, lengths, _ = self._prepare(input, None, lengths)
         route = self._route(x, lengths)
         if route == "export":
-            if self._beyond_torch() or self._torch_kernel() is None:
-                return "refused under export"
-            return "torch packed kernel" if lengths is not None else "torch fused kernel"
+            if self._records_loops(x):
+                return "rnnkit operators (torch.export)"
+            if not self._beyond_torch() and self._torch_kernel() is not None:
+                return "torch packed kernel" if lengths is not None else "torch fused kernel"
+            return "refused under export"
         if route == "torch":
             return "torch packed kernel" if lengths is not None else "torch fused kernel"
         if route == "step":
@@ -242,16 +244,19 @@ class Recurrent(nn.Module):
                 return "one step: torch cell function"
             return "one step: the cells' step"
         context, x, state0 = self._outside_autocast(x, state0)
-        noise = (("recurrent_dropout", self.training and self.recurrent_dropout),
-                 ("zoneout", any(_as_tuple(self.zoneout))))  # fmt: skip
-        needs = frozenset(name for name, on in noise if on)  # as `run_cell` asks
         kinds = []
         for cell in self._cells:
-            if build.handles(x) and loops.supports(cell, needs):
+            if build.handles(x) and loops.supports(cell, self._noise()):
                 kinds.append(f"C++ loops ({type(cell).kernel})")
             elif "Python engine" not in kinds:
                 kinds.append("Python engine")
         return " + ".join(dict.fromkeys(kinds))
+
+    def _noise(self) -> frozenset[str]:
+        """The noise a forward call asks the loops for, as `run_cell` asks."""
+        noise = (("recurrent_dropout", self.training and self.recurrent_dropout),
+                 ("zoneout", any(_as_tuple(self.zoneout))))  # fmt: skip
+        return frozenset(name for name, on in noise if on)
 
     def _route(self, x: Tensor, lengths: Tensor | None) -> str:
         """The one place that decides forward's path on x (T, B, I) with ``lengths`` (None when
@@ -292,18 +297,29 @@ class Recurrent(nn.Module):
         return output, (final[0] if len(final) == 1 else final)
 
     def _forward_export(self, x: Tensor, state0: tuple[Tensor, ...], lengths: Tensor | None):
-        """Forward while an exporter or compiler records the graph: through torch's fused
-        kernel, which every exporter knows, where it computes this configuration; otherwise
-        refused (the engine's loops are not operators an exporter can record, and a loop of
-        steps would record one sequence length)."""
-        if self._beyond_torch() or self._torch_kernel() is None:
-            raise RnnkitError(
-                f"{self._config_name()} cannot be exported or compiled yet: only layers that "
-                "torch's own kernels compute (LSTM, GRU, RNN tanh/relu without layer_norm, "
-                "peephole, recurrent_dropout, weight_dropout or zoneout) record a graph that "
-                "follows the input; export such a layer, or run this one in PyTorch"
-            )
-        return self._forward_torch(x, state0, lengths)
+        """Forward while an exporter records the graph for another runtime: under
+        ``torch.export`` through rnnkit's loop operators where every cell runs on one (they
+        follow the sequence length; torch's own kernels record the example's); else through
+        torch's fused kernel, which every exporter knows, where it computes this configuration;
+        otherwise refused (a loop of Python steps would record one sequence length)."""
+        if self._records_loops(x):
+            return self._forward_bptt(x, state0, lengths)
+        if not self._beyond_torch() and self._torch_kernel() is not None:
+            return self._forward_torch(x, state0, lengths)
+        raise RnnkitError(
+            f"{self._config_name()} ({type(self._cells[0]).__name__}) cannot be exported to ONNX "
+            "or traced: only layers that torch's own kernels compute (rnnkit.LSTM, GRU, RNN "
+            "tanh/relu without layer_norm, peephole, recurrent_dropout, weight_dropout or "
+            "zoneout) record a graph that follows the input there; torch.export records the "
+            "others that run on rnnkit's C++ loops as rnnkit operators; or run it in PyTorch"
+        )
+
+    def _records_loops(self, x: Tensor) -> bool:
+        """True if ``torch.export`` may record this layer on rnnkit's loop operators: every
+        cell runs on one (with the noise asked for), on tensors the loops take."""
+        if not loops.records_operators() or not build.handles(x):
+            return False
+        return all(loops.supports(cell, self._noise()) for cell in self._cells)
 
     def step(self, input: Tensor, hx=None):
         """One time step for streaming and generation, without the time-loop machinery.

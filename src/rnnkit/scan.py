@@ -107,7 +107,7 @@ def linear_scan(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
 def _kernels(*tensors: Tensor) -> bool:
     """True if the scan operators take these tensors (else the Python loops run)."""
     if all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors):
-        return build.scan_extension() is not None
+        return build.scan_loaded()
     return False
 
 
@@ -228,10 +228,11 @@ class _MinRecurrence(nn.Module):
 
     def forward(self, input: Tensor, hx: Tensor | None = None, lengths: Tensor | None = None):
         x = input.transpose(0, 1) if self.batch_first else input
-        if loops.exporting(x):
+        if loops.exporting(x) and not self._records_scan(x):
             raise RnnkitError(
-                f"{type(self).__name__} cannot be exported or compiled yet: its scan is not an "
-                "operator an exporter can record (ONNX has no logcumsumexp); run it in PyTorch"
+                f"{type(self).__name__} cannot be exported to ONNX or traced: its scan is not an "
+                "operator ONNX has; torch.export records it as rnnkit's scan operator (mode "
+                "'linear_scan', the default); or run it in PyTorch"
             )
         if x.dim() != 3 or x.shape[-1] != self.input_size:
             raise RnnkitError(
@@ -257,6 +258,11 @@ class _MinRecurrence(nn.Module):
                 x = dropout(x, self.dropout)
         output = x.transpose(0, 1) if self.batch_first else x
         return output, torch.stack(finals)
+
+    def _records_scan(self, x: Tensor) -> bool:
+        """True if ``torch.export`` may record this layer on rnnkit's min_scan operator."""
+        exact = _KINDS.get(type(self)) is not None and self.mode != "log_scan"
+        return exact and loops.records_operators() and _kernels(x)
 
     def _project(self, index: int, x: Tensor) -> Tensor:
         """The input projection of layer-direction ``index`` (T, B, G*H): a plain ``nn.Linear``

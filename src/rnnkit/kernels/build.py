@@ -319,6 +319,25 @@ def _small_extension(stem: str, fallback: str) -> ModuleType | None:
     return state["module"]
 
 
+@torch.compiler.assume_constant_result
+def loops_loaded() -> bool:
+    """True if the time loops' extension is loaded (`extension`, building it on first use).
+    ``torch.compile`` takes the answer as a constant rather than tracing the build."""
+    return extension() is not None
+
+
+@torch.compiler.assume_constant_result
+def scan_loaded() -> bool:
+    """True if the scans' extension is loaded (`scan_extension`), a constant to torch.compile."""
+    return scan_extension() is not None
+
+
+@torch.compiler.assume_constant_result
+def dropout_loaded() -> bool:
+    """True if the dropout extension is loaded (`dropout_extension`)."""
+    return dropout_extension() is not None
+
+
 def handles(x: Tensor) -> bool:
     """True if the C++ loops can take tensors like ``x``: on the CPU, float32 or float64."""
     return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch._subclasses.fake_tensor import is_fake
 
 from rnnkit.errors import LAYER_SECOND_ORDER, first_order_only
-from rnnkit.kernels.build import _state, extension, handles
+from rnnkit.kernels.build import _state, extension, handles, loops_loaded
 from rnnkit.kernels.products import matmul
 
 _OPS = torch.ops.rnnkit
@@ -31,17 +30,26 @@ _NONLINEARITY = {"tanh": 0, "relu": 1, "sigmoid": 2}
 
 
 def exporting(x: Tensor) -> bool:
-    """True while a graph is recorded rather than computed: ``torch.jit`` tracing, ONNX export,
-    ``torch.export`` and ``torch.compile`` (or a meta or fake tensor), where only operators
-    torch knows can be recorded."""
+    """True while a graph is recorded for another runtime: ``torch.jit`` tracing, ONNX export
+    and ``torch.export`` (or x is a meta tensor), where a layer records torch's own kernels,
+    rnnkit's operators where `records_operators`, or refuses. Not under ``torch.compile``
+    alone: its graph runs in this process, and the ``rnnkit::`` operators are in it."""
     return bool(
         torch.jit.is_tracing()
         or torch.jit.is_scripting()
         or torch.onnx.is_in_onnx_export()
-        or torch.compiler.is_compiling()
         or torch.compiler.is_exporting()
         or x.device.type == "meta"
-        or is_fake(x)
+    )
+
+
+def records_operators() -> bool:
+    """True under ``torch.export`` alone (not ONNX export, not ``torch.jit``): its program may
+    keep the ``rnnkit::`` operators (`rnnkit.kernels.ops`), and runs where rnnkit is imported."""
+    return (
+        torch.compiler.is_exporting()
+        and not torch.onnx.is_in_onnx_export()
+        and not torch.jit.is_tracing()
     )
 
 
@@ -54,7 +62,7 @@ def supports(cell, needs: frozenset[str] = frozenset()) -> bool:
         _state["enabled"]
         and cls.kernel in _KERNELS
         and needs <= cls.kernel_features
-        and extension() is not None
+        and loops_loaded()
     )
 
 
@@ -137,7 +145,7 @@ def _outputs(states: Tensor, mask: Tensor | None, recording: bool) -> Tensor:
     (a frozen encoder's outputs, reentrant checkpointing's first pass)."""
     if mask is not None:
         return states[1:] * mask
-    if recording:
+    if recording or torch.compiler.is_compiling():  # a compiled graph makes its own copies
         return states[1:].clone()
     view = states[1:]
     alias = view.new_empty(0)

@@ -8,12 +8,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rnnkit.kernels.build import _state, extension, handles
+from rnnkit.kernels.build import _state, handles, loops_loaded
 
 
 def _tuned_products(x: Tensor) -> bool:
     """True if the extension's products take tensors like ``x`` (CPU float32, loops enabled)."""
-    return x.dtype == torch.float32 and handles(x) and _state["enabled"] and extension() is not None
+    return x.dtype == torch.float32 and handles(x) and _state["enabled"] and loops_loaded()
 
 
 def matmul(a: Tensor, b: Tensor) -> Tensor:

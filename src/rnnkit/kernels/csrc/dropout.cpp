@@ -14,6 +14,8 @@
 //   scale = 1.
 #include <torch/extension.h>
 
+#include "operators.h"
+
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <bit>
@@ -107,5 +109,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("masked_scale", &masked_scale);
 
 // The CPU kernels of the operators `rnnkit/kernels/ops.py` declares (torch.ops.rnnkit.*).
 TORCH_LIBRARY_IMPL(rnnkit, CPU, m) {
-  m.impl("masked_scale", &masked_scale);
+  RNNKIT_IMPL(m, masked_scale);
 }

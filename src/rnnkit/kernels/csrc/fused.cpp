@@ -34,6 +34,7 @@
 
 #include "buffers.h"
 #include "loops.h"
+#include "operators.h"
 #include "products.h"
 #include "row_passes.h"
 #include "simd.h"
@@ -173,9 +174,12 @@ std::vector<Tensor> lstm_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0,
           lstm_forward_row<decltype(z)::value, decltype(p)::value>(
               x + 4 * tb, r_h + 4 * b * H, h + tb, c + tb, zone ? kh + tb : kh,
               zone ? kc + tb : kc, peep, h + BH + tb, c + BH + tb, cch + 5 * tb, u);
-        } else {
+        } else {  // the state holds; zeros in the cache, so that every output is defined
           std::copy(h + tb + u.begin, h + tb + u.end, h + BH + tb + u.begin);
           std::copy(c + tb + u.begin, c + tb + u.end, c + BH + tb + u.begin);
+          for (int64_t k = 0; k < 5; ++k) {
+            std::fill(cch + 5 * tb + k * H + u.begin, cch + 5 * tb + k * H + u.end, scalar_t(0));
+          }
         }
       };
       forward_loop<scalar_t>(states, w_hh, b_hh, rec_mask, gh, false, row);
@@ -665,15 +669,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 
 // The CPU kernels of the operators `rnnkit/kernels/ops.py` declares (torch.ops.rnnkit.*).
 TORCH_LIBRARY_IMPL(rnnkit, CPU, m) {
-  m.impl("gru_forward", &gru_forward);
-  m.impl("gru_backward", &gru_backward);
-  m.impl("lstm_forward", &lstm_forward);
-  m.impl("lstm_backward", &lstm_backward);
-  m.impl("lstmp_forward", &lstmp_forward);
-  m.impl("lstmp_backward", &lstmp_backward);
-  m.impl("ln_lstm_forward", &ln_lstm_forward);
-  m.impl("ln_lstm_backward", &ln_lstm_backward);
-  m.impl("elman_forward", &elman_forward);
-  m.impl("elman_backward", &elman_backward);
-  m.impl("matmul", &matmul);
+  RNNKIT_IMPL(m, gru_forward);
+  RNNKIT_IMPL(m, gru_backward);
+  RNNKIT_IMPL(m, lstm_forward);
+  RNNKIT_IMPL(m, lstm_backward);
+  RNNKIT_IMPL(m, lstmp_forward);
+  RNNKIT_IMPL(m, lstmp_backward);
+  RNNKIT_IMPL(m, ln_lstm_forward);
+  RNNKIT_IMPL(m, ln_lstm_backward);
+  RNNKIT_IMPL(m, elman_forward);
+  RNNKIT_IMPL(m, elman_backward);
+  RNNKIT_IMPL(m, matmul);
 }

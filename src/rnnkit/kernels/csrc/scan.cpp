@@ -23,6 +23,8 @@
 // fused.cpp); float64 (gradcheck, tests) one lane with std::exp.
 #include <torch/extension.h>
 
+#include "operators.h"
+
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <bit>
@@ -253,8 +255,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 
 // The CPU kernels of the operators `rnnkit/kernels/ops.py` declares (torch.ops.rnnkit.*).
 TORCH_LIBRARY_IMPL(rnnkit, CPU, m) {
-  m.impl("linear_scan_forward", &linear_scan_forward);
-  m.impl("linear_scan_backward", &linear_scan_backward);
-  m.impl("min_scan_forward", &min_scan_forward);
-  m.impl("min_scan_backward", &min_scan_backward);
+  RNNKIT_IMPL(m, linear_scan_forward);
+  RNNKIT_IMPL(m, linear_scan_backward);
+  RNNKIT_IMPL(m, min_scan_forward);
+  RNNKIT_IMPL(m, min_scan_backward);
 }
