@@ -30,6 +30,8 @@ _WHERE = {
     "RNN": "rnnkit.layers",
     "Recurrent": "rnnkit.layers",
     "run_cell": "rnnkit.recurrence",
+    "load": "rnnkit.predictor",
+    "Predictor": "rnnkit.predictor",
     "MinGRU": "rnnkit.scan",
     "MinLSTM": "rnnkit.scan",
 }
@@ -49,9 +51,11 @@ __all__ = [
     "MinGRU",
     "MinLSTM",
     "PeepholeLSTMCell",
+    "Predictor",
     "ProjectedLSTMCell",
     "RnnkitError",
     "dropout",
+    "load",
     "run_cell",
     "tune_process",
 ]
@@ -93,5 +97,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the names as plain imports
     from rnnkit.errors import RnnkitError
     from rnnkit.kernels.build import tune_process
     from rnnkit.layers import GRU, LSTM, RNN, Recurrent
+    from rnnkit.predictor import Predictor, load
     from rnnkit.recurrence import run_cell
     from rnnkit.scan import MinGRU, MinLSTM

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from rnnkit.errors import RnnkitError
 from rnnkit.io import atomic_write_json
 from rnnkit.models.backbone import CELLS
 from rnnkit.models.classifier import POOLINGS, SequenceClassifier
+from rnnkit.predictor import Predictor, Result, check_inputs
 from rnnkit.tasks.common import train_task
 from rnnkit.training import checkpoint as ckpt
 from rnnkit.training.trainer import StepOutput, TrainConfig
@@ -290,3 +291,51 @@ def format_test(result: dict[str, Any]) -> str:
     return (f"test ({result['checkpoint']} checkpoint, {result['test_size']} examples): accuracy "
             f"{100 * result['test_accuracy']:.2f}%, loss {result['test_loss']:.4f}; "
             f"confusion matrix in {result['run_dir']}/confusion.png")  # fmt: skip
+
+
+@dataclass
+class Classification(Result):
+    """A classifier's answer: the likeliest ``label``, every class's probability and, for a run
+    that pools by attention, the weight of each step (``tokens``: the words read, for text)."""
+
+    label: str
+    probabilities: dict[str, float]
+    attention: list[float] | None = None
+    tokens: list[str] | None = None
+
+    def summary(self) -> str:
+        shown = ", ".join(f"{c} {p:.3f}" for c, p in self.probabilities.items())
+        return f"{self.label} {self.probabilities[self.label]:.3f}  ({shown})"
+
+
+class ClassifierPredictor(Predictor):
+    """A trained classifier answering batches: subclasses turn an input into the model's (T,)
+    ids or (T, F) features and the tokens to show (`encode_input`)."""
+
+    def __init__(self, run_dir, config, checkpoint, model: nn.Module, classes: list[str]):
+        super().__init__(run_dir, config, checkpoint)
+        self.model, self.classes = model.eval(), classes
+
+    def encode_input(self, item: Any) -> tuple[Tensor, list[str] | None]:
+        raise NotImplementedError
+
+    def predict(self, inputs: Sequence[Any]) -> list[Classification]:
+        """One `Classification` per input, the inputs run as batches of similar lengths."""
+        encoded = [self.encode_input(item) for item in check_inputs(inputs, self.takes)]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+        results: list[Classification | None] = [None] * len(encoded)
+        with torch.inference_mode():
+            for start in range(0, len(order), EVAL_BATCH):
+                chunk = order[start : start + EVAL_BATCH]
+                x, lengths = pad([encoded[i][0] for i in chunk])
+                probs, alpha = self.model.predict(x, lengths)
+                for column, i in enumerate(chunk):
+                    weights = None if alpha is None else alpha[: lengths[column], column]
+                    results[i] = self._result(probs[column], weights, encoded[i][1])
+        return results
+
+    def _result(self, probs: Tensor, alpha: Tensor | None, tokens) -> Classification:
+        values = {c: float(p) for c, p in zip(self.classes, probs)}
+        label = self.classes[int(probs.argmax())]
+        attention = None if alpha is None else [float(a) for a in alpha]
+        return Classification(label, values, attention, tokens)

@@ -169,6 +169,29 @@ def load_run(run_dir: str | Path, checkpoint: str = "best"):
     return ckpt.load_trained(build, run_dir, checkpoint), vocab, cfg, classes
 
 
+class SentimentPredictor(classify.ClassifierPredictor):
+    """A trained sentiment run: ``predict(["a text", ...])`` -> a `Classification` per text,
+    with the attention weight of each word (``tokens``) for a run that pools by attention."""
+
+    task = NAME
+    takes = "a text"
+
+    def __init__(self, run_dir: str | Path, checkpoint: str = "best") -> None:
+        model, self.vocab, self.cfg, classes = load_run(run_dir, checkpoint)
+        super().__init__(run_dir, ckpt.read_config(run_dir), checkpoint, model, classes)
+
+    def encode_input(self, item: Any) -> tuple[torch.Tensor, list[str]]:
+        if not isinstance(item, str):
+            raise RnnkitError(f"a sentiment run classifies texts, got {type(item).__name__}")
+        ids = encode(self.vocab, item, self.cfg.lowercase)
+        return ids, words(item, self.cfg.lowercase)
+
+
+def load_predictor(run_dir: str | Path, checkpoint: str = "best") -> SentimentPredictor:
+    """The `SentimentPredictor` of a run (`rnnkit.load`)."""
+    return SentimentPredictor(run_dir, checkpoint)
+
+
 def predict(run_dir: str, text: str, explain: bool = False, checkpoint: str = "best") -> str:
     """The predicted label and its probability (and every class's), and with ``explain`` the
     attention weight of each word, as the lines `rnnkit predict` prints."""
