@@ -7,9 +7,10 @@ The step is a small character language model's (embedding 128 -> one recurrent l
 dropout -> a 65-way head, B=64, T=128, AdamW), once as rnnkit builds it (`SequenceModel`:
 its layers, its dropout kernel) and once in plain ``torch.nn``. Each is timed quiet, then with
 ``--neighbours`` processes spinning on the CPU (a load average above the core count, as a
-shared machine has), the variants in turn within each phase. Reported per variant: the median
-step time quiet and loaded and their ratio (the slowdown); rnnkit should slow down no more
-than torch does under the same load.
+shared machine has), the variants in turn within each phase. ``rnnkit_*_adaptive`` is rnnkit's
+step as ``rnnkit train`` runs it, its thread count tuned to the load (`ThreadTuner`). Reported
+per variant: the median step time quiet and loaded and their ratio (the slowdown); rnnkit
+should slow down no more than torch does under the same load.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 from rnnkit.models.sequence import SequenceModel
+from rnnkit.training.threads import ThreadTuner
 
 VOCAB, EMBED, HIDDEN, BATCH, STEPS = 65, 128, 128, 64, 128
 TORCH_LAYERS = {"lstm": nn.LSTM, "gru": nn.GRU}
@@ -62,8 +64,10 @@ def make_step(model: nn.Module):
     return step
 
 
-def timed(step, seconds: float) -> list[float]:
-    """Step times (s) over about ``seconds`` (at least 3 steps), after one warm-up step."""
+def timed(step, seconds: float, tuner: ThreadTuner | None = None) -> list[float]:
+    """Step times (s) over about ``seconds`` (at least 3 steps), after one warm-up step; with a
+    ``tuner``, as the trainer runs steps where the command line adapts threads (restored at
+    the end)."""
     step()
     times: list[float] = []
     end = time.monotonic() + seconds
@@ -71,6 +75,10 @@ def timed(step, seconds: float) -> list[float]:
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
+        if tuner is not None:
+            tuner.record(times[-1])
+    if tuner is not None:
+        tuner.restore()
     return times
 
 
@@ -81,11 +89,13 @@ def start_neighbours(count: int) -> list[subprocess.Popen]:
 
 
 def phase(steps: dict, seconds: float, rounds: int) -> dict[str, float]:
-    """Median step time (ms) of each variant, the variants in turn, ``rounds`` times."""
+    """Median step time (ms) of each variant, the variants in turn, ``rounds`` times; a variant
+    named ``*_adaptive`` runs under a `ThreadTuner`."""
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(rounds):
         for name, step in steps.items():
-            times[name] += timed(step, seconds / rounds)
+            tuner = ThreadTuner(every=10, trial=3) if name.endswith("_adaptive") else None
+            times[name] += timed(step, seconds / rounds, tuner)
     return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
@@ -104,6 +114,7 @@ def main() -> None:
     for cell in args.cells:
         model = SequenceModel(cell, VOCAB, HIDDEN, VOCAB, dropout=0.3, embedding_size=EMBED)
         steps[f"rnnkit_{cell}"] = make_step(model)
+        steps[f"rnnkit_{cell}_adaptive"] = steps[f"rnnkit_{cell}"]
         steps[f"torch_{cell}"] = make_step(PlainModel(cell))
     quiet = phase(steps, args.seconds, args.rounds)
     neighbours = start_neighbours(args.neighbours)

@@ -97,6 +97,8 @@ def main() -> None:
     """
     # an application may tune its process: malloc keeps the loops' buffers (rnnkit.tune_process)
     os.environ.setdefault("RNNKIT_MALLOC", "tuned")
+    # and trainers may change torch's thread count with the machine's load (training.threads)
+    os.environ.setdefault("RNNKIT_THREADS", "adapt")
 
 
 @main.group(cls=_Group, invoke_without_command=True)

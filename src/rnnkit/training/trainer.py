@@ -100,6 +100,7 @@ from rnnkit.training.devices import (
 from rnnkit.training.metrics import MetricsLog, Progress, plot_loss_curve
 from rnnkit.training.options import check_types
 from rnnkit.training.tbptt import detach_state
+from rnnkit.training.threads import ThreadTuner, adapting
 
 
 @dataclass
@@ -534,6 +535,7 @@ class Trainer:
         window = _Window()
         start = time.perf_counter() - c.elapsed
         restore_sigint = self._install_sigint(progress)
+        tuner = ThreadTuner() if adapting() and self.device.type == "cpu" else None
         try:
             while not self._should_stop(time.perf_counter() - start):
                 step_start = time.perf_counter()
@@ -544,6 +546,8 @@ class Trainer:
                 if record is None:  # diverged, step not applied
                     break
                 self._step_seconds = time.perf_counter() - step_start
+                if tuner is not None:
+                    tuner.record(self._step_seconds)
                 c.step += 1
                 c.elapsed = time.perf_counter() - start
                 window.add(record)
@@ -561,6 +565,8 @@ class Trainer:
                     c.elapsed, window.t0 = time.perf_counter() - start, time.perf_counter()
         finally:
             restore_sigint()
+            if tuner is not None:
+                tuner.restore()
         c.elapsed = time.perf_counter() - start
         if window.steps:
             self._log_train(window.flush(c.elapsed), progress, board)
@@ -770,6 +776,7 @@ class Trainer:
         return value > best + cfg.min_delta
 
     def _log_train(self, record: dict[str, Any], progress: Progress, board) -> None:
+        record["threads"] = torch.get_num_threads()  # changes where the CLI adapts them
         self.metrics.write(record)
         if board is not None:
             for key in ("loss", "lr", "grad_norm"):
