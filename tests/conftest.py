@@ -34,6 +34,14 @@ SHARED_LAYOUT = {
 USER_DATA = os.environ.get("RNNKIT_DATA") or None
 
 
+@pytest.fixture(autouse=True)
+def fixed_threads(monkeypatch) -> None:
+    """Trainers keep torch's thread count in tests (the CLI would let them adapt it to the
+    machine's load, which makes results depend on the neighbours); tests/training/test_threads
+    tests the adapting itself."""
+    monkeypatch.setenv("RNNKIT_THREADS", "fixed")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def data_folder(tmp_path_factory) -> Iterator[Path]:
     """An empty data folder for the session, as ``$RNNKIT_DATA``."""
