@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import sys
 import warnings
@@ -837,21 +838,35 @@ def train_speech_ctc(config_file, out, resume, **flags) -> None:
 
 @main.command()
 @click.argument("run", type=_DIR)
-@click.argument("input")
-@click.option("--explain", is_flag=True, help="Show the attention weight of each step/word.")
+@click.argument("inputs", nargs=-1, metavar="[INPUT]...")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per input and line.")
+@click.option("--explain", is_flag=True, help="Classifiers: the attention weight of each step.")
+@click.option("--horizon", type=click.IntRange(min=1), help="Forecasts: steps ahead.")
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best",
               show_default=True)  # fmt: skip
 @_device_option("cpu", "Predict")
-def predict(run: str, input: str, explain: bool, checkpoint: str, device: str | None) -> None:
-    """Classify INPUT with a trained RUN: a text (sentiment) or a WAV file (speech-digits).
+def predict(run: str, inputs: tuple[str, ...], as_json: bool, explain: bool, horizon: int | None,
+            checkpoint: str, device: str | None) -> None:  # fmt: skip
+    """Answer each INPUT with a trained RUN, whatever its task: a text (sentiment,
+    translate), a WAV file (speech-digits, speech-ctc), a prompt (charlm), an image (caption),
+    a CSV (forecast, anomaly; none: the run's own series).
 
     \b
     Examples:
-      rnnkit predict runs/mr "an oddly moving film" --explain
-      rnnkit predict runs/fsdd "$(rnnkit data path fsdd)/recordings/7_lucas_3.wav"
+      rnnkit predict runs/mr "an oddly moving film" "a dull mess" --explain
+      rnnkit predict runs/fsdd "$(rnnkit data path fsdd)/recordings/7_lucas_3.wav" --json
+      rnnkit predict runs/airline --horizon 12
     """
+    from rnnkit.predictor import answer, load
+
+    options = {"horizon": horizon} if horizon is not None else {}
     with predicting_on(device):
-        click.echo(_task_of(run, "predict").predict(run, input, explain, checkpoint))
+        predictor = load(run, checkpoint)
+        for result in answer(predictor, inputs, options):
+            if as_json:
+                click.echo(json.dumps(result.to_dict(), allow_nan=False))
+            else:
+                click.echo(result.explained() if explain else result.summary())
 
 
 @main.command()

@@ -17,6 +17,7 @@ lists the modules; a run names its task in config.json, never a module).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import os
 from collections.abc import Sequence
@@ -38,6 +39,12 @@ class Result:
     def summary(self) -> str:
         """One line for a person (what ``rnnkit predict`` prints without --json)."""
         return str(self.to_dict())
+
+    def explained(self) -> str:
+        """`summary` and what the model looked at (``rnnkit predict --explain``), where a
+        result has it."""
+        raise RnnkitError(f"--explain is for classifiers; a {type(self).__name__} has no "
+                          "attention to show")  # fmt: skip
 
 
 class Predictor:
@@ -64,6 +71,8 @@ class Predictor:
 
     def parse(self, args: Sequence[str]) -> list[Any]:
         """The inputs ``predict`` takes from command-line arguments (default: the strings)."""
+        if not args:
+            raise RnnkitError(f"give at least one input ({self.takes}) after the run")
         return list(args)
 
     def describe(self) -> dict[str, Any]:
@@ -95,6 +104,16 @@ def load(run_dir: str | os.PathLike, checkpoint: str = "best") -> Predictor:
     if loader is None:
         raise RnnkitError(f"{run_dir} is a {task!r} run; those cannot be loaded for prediction")
     return loader(run_dir, checkpoint)
+
+
+def answer(predictor: Predictor, args: Sequence[str], options: dict[str, Any]) -> list[Result]:
+    """``rnnkit predict``: the results of ``predictor`` for command-line ``args`` (`parse`)
+    with ``options`` (e.g. ``horizon``), refusing an option its task does not take."""
+    takes = inspect.signature(predictor.predict).parameters
+    for name in options:
+        if name not in takes:
+            raise RnnkitError(f"--{name} does not apply to {predictor.task} runs")
+    return predictor.predict(predictor.parse(list(args)), **options)
 
 
 def check_inputs(inputs: Sequence[Any], what: str) -> list[Any]:

@@ -94,3 +94,23 @@ def test_bad_inputs_are_one_clear_error(sentiment_run, tmp_path):
         rnnkit.load(sentiment_run, checkpoint="first")
     with pytest.raises(RnnkitError):
         rnnkit.load(tmp_path)
+
+
+def test_the_predict_command_answers_every_input_in_text_or_json(sentiment_run):
+    texts = ["a wonderful film", "dull"]
+    result = CliRunner().invoke(main, ["predict", str(sentiment_run), *texts, "--json"])
+    assert result.exit_code == 0, result.output
+    answers = [json.loads(line) for line in result.output.splitlines()]
+    expected = rnnkit.load(sentiment_run).predict(texts)
+    assert [a["label"] for a in answers] == [r.label for r in expected]
+    assert answers[0]["tokens"] == ["a", "wonderful", "film"]
+    plain = CliRunner().invoke(main, ["predict", str(sentiment_run), *texts])
+    assert plain.exit_code == 0 and len(plain.output.splitlines()) == 2
+
+
+def test_the_predict_command_refuses_what_does_not_apply(sentiment_run):
+    for args, message in (([], "give at least one input (a text)"),
+                          (["fine", "--horizon", "3"], "--horizon does not apply to sentiment"),
+                          (["fine", "--checkpoint", "first"], "Invalid value")):  # fmt: skip
+        result = CliRunner().invoke(main, ["predict", str(sentiment_run), *args])
+        assert result.exit_code == 2 and message in result.output, result.output

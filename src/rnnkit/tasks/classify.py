@@ -296,16 +296,31 @@ def format_test(result: dict[str, Any]) -> str:
 @dataclass
 class Classification(Result):
     """A classifier's answer: the likeliest ``label``, every class's probability and, for a run
-    that pools by attention, the weight of each step (``tokens``: the words read, for text)."""
+    that pools by attention, the weight of each step (``tokens``: the words read, for text;
+    ``unknown``: per word, True if the vocabulary lacks it and the model read ``<unk>``)."""
 
     label: str
     probabilities: dict[str, float]
     attention: list[float] | None = None
     tokens: list[str] | None = None
+    unknown: list[bool] | None = None
 
     def summary(self) -> str:
         shown = ", ".join(f"{c} {p:.3f}" for c, p in self.probabilities.items())
         return f"{self.label} {self.probabilities[self.label]:.3f}  ({shown})"
+
+    def explained(self) -> str:
+        """`summary`, then a line per step: its attention weight as a number and a bar, and
+        its token (text) or index (frames)."""
+        if self.attention is None:
+            raise RnnkitError("--explain shows attention weights; this run pools otherwise "
+                              "(train with --pooling attention)")  # fmt: skip
+        names = self.tokens or [f"frame {t}" for t in range(len(self.attention))]
+        unknown = self.unknown or [False] * len(names)
+        lines = [self.summary()]
+        for a, name, new in zip(self.attention, names, unknown):
+            lines.append(f"{a:.3f} {'#' * round(40 * a):<40} {name}{'  (unknown word)' * new}")
+        return "\n".join(lines)
 
 
 class ClassifierPredictor(Predictor):
@@ -317,7 +332,12 @@ class ClassifierPredictor(Predictor):
         self.model, self.classes = model.eval(), classes
 
     def encode_input(self, item: Any) -> tuple[Tensor, list[str] | None]:
+        """An input as the model reads it, (T,) ids or (T, F) features, and its tokens."""
         raise NotImplementedError
+
+    def unknown(self, x: Tensor) -> list[bool] | None:
+        """Per step of an encoded input, True where it stands for a token the run never saw."""
+        return None
 
     def predict(self, inputs: Sequence[Any]) -> list[Classification]:
         """One `Classification` per input, the inputs run as batches of similar lengths."""
@@ -331,11 +351,11 @@ class ClassifierPredictor(Predictor):
                 probs, alpha = self.model.predict(x, lengths)
                 for column, i in enumerate(chunk):
                     weights = None if alpha is None else alpha[: lengths[column], column]
-                    results[i] = self._result(probs[column], weights, encoded[i][1])
+                    results[i] = self._result(probs[column], weights, *encoded[i])
         return results
 
-    def _result(self, probs: Tensor, alpha: Tensor | None, tokens) -> Classification:
+    def _result(self, probs: Tensor, alpha: Tensor | None, x: Tensor, tokens) -> Classification:
         values = {c: float(p) for c, p in zip(self.classes, probs)}
         label = self.classes[int(probs.argmax())]
         attention = None if alpha is None else [float(a) for a in alpha]
-        return Classification(label, values, attention, tokens)
+        return Classification(label, values, attention, tokens, self.unknown(x))

@@ -186,24 +186,11 @@ class SentimentPredictor(classify.ClassifierPredictor):
         ids = encode(self.vocab, item, self.cfg.lowercase)
         return ids, words(item, self.cfg.lowercase)
 
+    def unknown(self, x: torch.Tensor) -> list[bool]:
+        unk = self.vocab.index[self.vocab.unk]
+        return [i == unk for i in x.tolist()]
+
 
 def load_predictor(run_dir: str | Path, checkpoint: str = "best") -> SentimentPredictor:
     """The `SentimentPredictor` of a run (`rnnkit.load`)."""
     return SentimentPredictor(run_dir, checkpoint)
-
-
-def predict(run_dir: str, text: str, explain: bool = False, checkpoint: str = "best") -> str:
-    """The predicted label and its probability (and every class's), and with ``explain`` the
-    attention weight of each word, as the lines `rnnkit predict` prints."""
-    model, vocab, cfg, classes = load_run(run_dir, checkpoint)
-    if explain:
-        classify.check_explain(cfg.pooling)
-    ids = encode(vocab, text, cfg.lowercase)
-    probs, alpha = model.predict(ids.unsqueeze(1))
-    lines = [classify.format_probs(probs[0], classes)]
-    if explain:
-        tokens = words(text, cfg.lowercase)
-        for token, i, a in zip(tokens, ids.tolist(), alpha[:, 0].tolist()):
-            unknown = "  (unknown word)" if vocab.tokens[i] == vocab.unk else ""
-            lines.append(f"{a:.3f} {'#' * round(40 * a):<40} {token}{unknown}")
-    return "\n".join(lines)
