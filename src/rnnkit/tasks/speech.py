@@ -8,14 +8,17 @@ x 50 recordings. ``split`` "standard": recordings 0-4 of each digit and speaker 
 Features: log-mel or MFCC frames (librosa), 25 ms windows every 10 ms, normalised per utterance;
 SpecAugment-style time and frequency masks on the training examples (``specaugment``).
 Model: `SequenceClassifier` on the feature frames. Metric: accuracy on the test recordings.
+Prediction: `SpeechPredictor` (`rnnkit.load`): WAV files or waveforms -> a `Classification` each.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from rnnkit.data import audio, registry
@@ -121,15 +124,46 @@ def load_run(run_dir: str | Path, checkpoint: str = "best"):
     return ckpt.load_trained(build, run_dir, checkpoint), cfg
 
 
-def predict(run_dir: str, wav: str, explain: bool = False, checkpoint: str = "best") -> str:
-    """The recognised digit and its probability, as `rnnkit predict` prints it."""
-    model, cfg = load_run(run_dir, checkpoint)
-    if explain:
-        classify.check_explain(cfg.pooling)
-    x = audio.features(audio.read_wav(wav, cfg.sample_rate), cfg.feature_config())
-    probs, alpha = model.predict(x.unsqueeze(1))
-    lines = [classify.format_probs(probs[0], DIGITS)]
-    if explain:
-        hop = cfg.feature_config().hop_ms
-        lines += [f"{t * hop / 1000:.2f}s {a:.3f}" for t, a in enumerate(alpha[:, 0].tolist())]
-    return "\n".join(lines)
+def read_input(item: Any, sample_rate: int, task: str) -> np.ndarray:
+    """The wave (N,) float32 of a predictor's input: a WAV file (a str or Path, read with
+    `audio.read_wav`, resampled to ``sample_rate`` with a warning) or a waveform already at
+    ``sample_rate`` (a 1-D float numpy array or tensor, samples in [-1, 1])."""
+    if isinstance(item, (str, os.PathLike)):
+        if not str(item).strip():
+            raise RnnkitError(f"an empty path; a {task} run takes WAV files or waveforms")
+        return audio.read_wav(item, sample_rate)
+    if isinstance(item, torch.Tensor):
+        item = item.detach().cpu().numpy()
+    if not isinstance(item, np.ndarray):
+        raise RnnkitError(f"a {task} run takes WAV paths or waveforms (1-D float arrays at "
+                          f"{sample_rate} Hz), got {type(item).__name__}")  # fmt: skip
+    if item.ndim != 1 or item.size == 0 or not np.issubdtype(item.dtype, np.floating):
+        raise RnnkitError(f"a waveform is a non-empty 1-D float array of samples in [-1, 1] at "
+                          f"{sample_rate} Hz (mono), got {item.dtype} of shape "
+                          f"{tuple(item.shape)}")  # fmt: skip
+    if not np.isfinite(item).all():
+        raise RnnkitError("the waveform holds NaN or infinite samples")
+    return item.astype(np.float32)
+
+
+class SpeechPredictor(classify.ClassifierPredictor):
+    """A trained speech-digits run: ``predict([wav_path_or_waveform, ...])`` -> a
+    `Classification` per recording (label "0".."9"), with the attention weight of each feature
+    frame (one every ``hop_ms``) for a run that pools by attention."""
+
+    task = NAME
+    takes = "a WAV file or a waveform"
+
+    def __init__(self, run_dir: str | Path, checkpoint: str = "best") -> None:
+        model, self.cfg = load_run(run_dir, checkpoint)
+        super().__init__(run_dir, ckpt.read_config(run_dir), checkpoint, model, DIGITS)
+
+    def encode_input(self, item: Any) -> tuple[torch.Tensor, None]:
+        """The (T, F) feature frames of a recording, as training computes them."""
+        wave = read_input(item, self.cfg.sample_rate, NAME)
+        return audio.features(wave, self.cfg.feature_config()), None
+
+
+def load_predictor(run_dir: str | Path, checkpoint: str = "best") -> SpeechPredictor:
+    """The `SpeechPredictor` of a run (`rnnkit.load`)."""
+    return SpeechPredictor(run_dir, checkpoint)

@@ -9,10 +9,12 @@ Features: log-mel frames (librosa, 10 ms hop, normalised per utterance), ``stack
 frames concatenated (fewer, wider steps), SpecAugment on training utterances (``specaugment``).
 Model: a bidirectional LSTM (`SequenceModel`) with a CTC head: 11 classes, blank and 0-9.
 Metric: digit error rate (edit distance / reference length) by greedy and prefix-beam decoding.
+Prediction: `CTCPredictor` (`rnnkit.load`): WAV files or waveforms -> a `Transcription` each.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +27,10 @@ from rnnkit.errors import RnnkitError
 from rnnkit.io import atomic_write_json
 from rnnkit.models import ctc
 from rnnkit.models.sequence import SequenceModel
-from rnnkit.tasks.classify import pad, stamp
+from rnnkit.predictor import Predictor, Result, check_inputs
+from rnnkit.tasks.classify import EVAL_BATCH, pad, stamp
 from rnnkit.tasks.common import settings_from_dict, train_task
+from rnnkit.tasks.speech import read_input
 from rnnkit.training import checkpoint as ckpt
 from rnnkit.training.trainer import StepOutput, TrainConfig
 
@@ -177,6 +181,13 @@ def score(model: nn.Module, xs: list[Tensor], ys: list[list[int]], beam: int) ->
     return {**out, "der_beam": totals["beam"] / digits} if beam else out
 
 
+def decode(log_probs: Tensor, beam: int) -> str:
+    """The digits of one utterance's (T, K) log-probabilities: prefix beam search of width
+    ``beam``, greedy for 0."""
+    labels = ctc.prefix_beam_search(log_probs, beam) if beam else ctc.greedy_decode(log_probs)
+    return "".join(LABELS[k] for k in labels)
+
+
 def _draw(n: int, generator: torch.Generator) -> int:
     return int(torch.randint(0, n, (), generator=generator))
 
@@ -217,8 +228,7 @@ def draw_alignment(model: nn.Module, task: CTCTask, path: Path) -> None:
     x, y = task.fixed["test"][0][0], task.fixed["test"][1][0]
     with torch.no_grad():
         log_probs = posteriors(model, [x])[0]
-    said = "".join(LABELS[k] for k in ctc.greedy_decode(log_probs))
-    title = f"reference {''.join(map(str, y))}, greedy {said}"
+    title = f"reference {''.join(map(str, y))}, greedy {decode(log_probs, 0)}"
     half = x[:, : task.cfg.n_mels]  # the first of each stack of frames
     plot_ctc_alignment(half, log_probs, LABELS, path, title)
 
@@ -233,14 +243,67 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[SequenceMod
     return ckpt.load_trained(lambda: build_model(cfg), run_dir, checkpoint), cfg
 
 
+@dataclass
+class Transcription(Result):
+    """A CTC recogniser's answer for one recording.
+
+    text: the digits said, decoded from the posteriors (greedy, or prefix beam search).
+    posteriors: T lists of C floats, the probability of each output symbol at each step (a
+        step is ``stack`` feature frames, ``stack * 10`` ms); each list sums to 1.
+    symbols: the C output symbols in the order of a posterior list, the blank ("_") first.
+    """
+
+    text: str
+    posteriors: list[list[float]]
+    symbols: list[str]
+
+    def summary(self) -> str:
+        return self.text
+
+
+class CTCPredictor(Predictor):
+    """A trained speech-ctc run: ``predict([wav_path_or_waveform, ...])`` -> a `Transcription`
+    per recording, decoded with the run's beam width (``beam`` of `predict`: another width, 0
+    greedy)."""
+
+    task = NAME
+    takes = "a WAV file or a waveform"
+
+    def __init__(self, run_dir: str | Path, checkpoint: str = "best") -> None:
+        self.model, self.cfg = load_run(run_dir, checkpoint)
+        super().__init__(run_dir, ckpt.read_config(run_dir), checkpoint)
+
+    def predict(self, inputs: Sequence[Any], beam: int | None = None) -> list[Transcription]:
+        """One `Transcription` per input, the inputs run as batches of similar lengths."""
+        width = self.cfg.beam if beam is None else beam
+        if isinstance(width, bool) or not isinstance(width, int) or width < 0:
+            raise RnnkitError(f"beam must be an integer >= 0 (0: greedy), got {width!r}")
+        xs = [frames(read_input(item, self.cfg.sample_rate, NAME), self.cfg)
+              for item in check_inputs(inputs, self.takes)]  # fmt: skip
+        order = sorted(range(len(xs)), key=lambda i: len(xs[i]))
+        results: list[Transcription | None] = [None] * len(xs)
+        with torch.inference_mode():
+            for start in range(0, len(order), EVAL_BATCH):
+                chunk = order[start : start + EVAL_BATCH]
+                for i, log_probs in zip(chunk, posteriors(self.model, [xs[i] for i in chunk])):
+                    results[i] = self._result(log_probs, width)
+        return results
+
+    def _result(self, log_probs: Tensor, width: int) -> Transcription:
+        """The transcription of one utterance's (T, C) log-probabilities."""
+        return Transcription(decode(log_probs, width), log_probs.exp().tolist(), list(LABELS))
+
+
+def load_predictor(run_dir: str | Path, checkpoint: str = "best") -> CTCPredictor:
+    """The `CTCPredictor` of a run (`rnnkit.load`)."""
+    return CTCPredictor(run_dir, checkpoint)
+
+
 def transcribe(run_dir: str, wav: str, beam: int | None = None, checkpoint: str = "best") -> str:
-    """The digits said in ``wav`` (prefix beam search of width ``beam``, 0: greedy)."""
-    model, cfg = load_run(run_dir, checkpoint)
-    width = cfg.beam if beam is None else beam
-    with torch.no_grad():
-        log_probs = posteriors(model, [frames(audio.read_wav(wav, cfg.sample_rate), cfg)])[0]
-    labels = ctc.prefix_beam_search(log_probs, width) if width else ctc.greedy_decode(log_probs)
-    return "".join(LABELS[k] for k in labels)
+    """The digits said in ``wav`` (prefix beam search of width ``beam``, 0: greedy; None: the
+    run's width), as `rnnkit transcribe` prints them."""
+    (result,) = CTCPredictor(run_dir, checkpoint).predict([wav], beam)
+    return result.summary()
 
 
 def format_report(report: dict[str, Any]) -> str:
