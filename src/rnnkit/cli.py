@@ -871,6 +871,40 @@ def predict(run: str, inputs: tuple[str, ...], as_json: bool, explain: bool, hor
 
 @main.command()
 @click.argument("run", type=_DIR)
+@click.option("--format", "fmt", type=click.Choice(["onnx", "pt2"]), default="onnx",
+              show_default=True, help="onnx: for ONNX Runtime; pt2: torch.export.")  # fmt: skip
+@click.option("--out", type=_DIR, help="Folder to write into.  [default: RUN/export]")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best",
+              show_default=True)  # fmt: skip
+def export(run: str, fmt: str, out: str | None, checkpoint: str) -> None:
+    """Export a trained RUN's model with dynamic batch and time axes, checked against PyTorch
+    on the run's own inputs at two lengths, and model.json beside it (inputs, outputs,
+    vocabulary or classes).
+
+    \b
+    Examples:
+      rnnkit export runs/mr                      # runs/mr/export/model.onnx
+      rnnkit export runs/mr --format pt2 --out exported/
+    """
+    from rnnkit.export import export_run
+    from rnnkit.predictor import load
+
+    report = export_run(load(run, checkpoint), fmt, out)
+    checks = report["check"]["lengths"]
+    worst = max(c["max_abs_diff"] for c in checks)
+    lengths = ", ".join(str(c["steps"]) for c in checks)
+    runtime = "ONNX Runtime" if fmt == "onnx" else "the saved program"
+    click.echo(f"exported {run} ({report['task']}) to {report['path']}")
+    click.echo(f"checked: {runtime} against PyTorch at T = {lengths} on "
+               f"{report['check']['data']}: largest difference {worst:.2g}")  # fmt: skip
+    inputs = "; ".join(f"{d['name']} {tuple(d['shape'])} {d['dtype']}" for d in report["inputs"])
+    outputs = ", ".join(d["name"] for d in report["outputs"])
+    click.echo(f"inputs: {inputs}; outputs: {outputs}")
+    click.echo(f"described in {report['described']}")
+
+
+@main.command()
+@click.argument("run", type=_DIR)
 @click.argument("wav", type=_FILE)
 @click.option("--beam", type=int, help="Prefix-beam width; 0: greedy.  [default: the run's, 8]")
 @_device_option("cpu", "Predict")

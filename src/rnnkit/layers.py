@@ -565,7 +565,7 @@ class Recurrent(nn.Module):
         state0 = self._prepare_state(hx, batch, unbatched, x)
         if lengths is not None:
             lengths = _check_lengths(name, lengths, batch, steps)
-            if bool((lengths == steps).all()):
+            if not torch.compiler.is_exporting() and bool((lengths == steps).all()):
                 lengths = None
         return x, state0, lengths, unbatched
 
@@ -695,6 +695,8 @@ def _check_lengths(name: str, lengths, batch: int, steps: int) -> Tensor:
         )
     if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
         raise RnnkitError(f"{name}: lengths must be integers, got {lengths.dtype}")
+    if torch.compiler.is_exporting():  # values unknown while torch.export records
+        return lengths.long()
     longest, shortest = int(lengths.max()), int(lengths.min())
     if longest > steps:
         raise RnnkitError(

@@ -75,6 +75,10 @@ class Predictor:
             raise RnnkitError(f"give at least one input ({self.takes}) after the run")
         return list(args)
 
+    def graph(self):
+        """What ``rnnkit export`` records of this run (`rnnkit.export.Graph`)."""
+        raise RnnkitError(f"{self.task} runs cannot be exported yet")
+
     def describe(self) -> dict[str, Any]:
         """Name, task, settings and the run's figures (its last validation metrics)."""
         from rnnkit.training.metrics import read_metrics

@@ -114,3 +114,53 @@ def test_the_predict_command_refuses_what_does_not_apply(sentiment_run):
                           (["fine", "--checkpoint", "first"], "Invalid value")):  # fmt: skip
         result = CliRunner().invoke(main, ["predict", str(sentiment_run), *args])
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+def test_export_writes_a_checked_model_and_its_description(sentiment_run, tmp_path, fmt):
+    pytest.importorskip("onnxruntime", reason="the export extra: pip install onnxruntime")
+    out = tmp_path / fmt
+    result = CliRunner().invoke(main, ["export", str(sentiment_run), "--format", fmt, "--out",
+                                       str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert f"to {out / f'model.{fmt}'}" in result.output
+    described = json.loads((out / "model.json").read_text())
+    assert described["task"] == "sentiment" and described["classes"] == ["neg", "pos"]
+    inputs = [(d["name"], d["shape"]) for d in described["inputs"]]
+    assert inputs == [("ids", ["T", "B"]), ("lengths", ["B"])]
+    assert [d["name"] for d in described["outputs"]] == ["probabilities", "attention"]
+    assert (
+        "wonderful" in described["vocabulary"] and "the run's texts" in described["check"]["data"]
+    )
+    checks = described["check"]["lengths"]
+    assert [c["steps"] for c in checks] == [12, 30]
+    assert all(0 <= c["max_abs_diff"] <= 1e-4 for c in checks)
+
+
+def test_the_onnx_model_answers_as_the_predictor_does(sentiment_run, tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason="the export extra: pip install onnxruntime")
+    from rnnkit.export import export_run
+    from rnnkit.tasks.classify import pad
+
+    predictor = rnnkit.load(sentiment_run)
+    report = export_run(predictor, "onnx", tmp_path)
+    session = ort.InferenceSession(report["path"])
+    ids = [predictor.encode_input(t)[0] for t in TEXTS]
+    x, lengths = pad(ids)
+    probabilities, attention = session.run(None, {"ids": x.numpy(), "lengths": lengths.numpy()})
+    for row, expected in enumerate(predictor.predict(TEXTS)):
+        got = dict(zip(predictor.classes, probabilities[row].tolist()))
+        assert got == pytest.approx(expected.probabilities, abs=1e-5)
+        assert attention[: lengths[row], row].tolist() == pytest.approx(
+            expected.attention, abs=1e-5
+        )
+
+
+def test_an_export_that_differs_is_refused_and_leaves_nothing(sentiment_run, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime", reason="the export extra: pip install onnxruntime")
+    from rnnkit import export
+
+    monkeypatch.setattr(export, "TOLERANCE", -1.0)
+    with pytest.raises(RnnkitError, match="differs from PyTorch by"):
+        export.export_run(rnnkit.load(sentiment_run), "onnx", tmp_path / "out")
+    assert not any((tmp_path / "out").iterdir())

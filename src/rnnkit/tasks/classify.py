@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
 from rnnkit.errors import RnnkitError
+from rnnkit.export import Graph
 from rnnkit.io import atomic_write_json
 from rnnkit.models.backbone import CELLS
 from rnnkit.models.classifier import POOLINGS, SequenceClassifier
@@ -359,3 +360,43 @@ class ClassifierPredictor(Predictor):
         label = self.classes[int(probs.argmax())]
         attention = None if alpha is None else [float(a) for a in alpha]
         return Classification(label, values, attention, tokens, self.unknown(x))
+
+
+class _ClassifierGraph(nn.Module):
+    """What a classifier exports: (x (T, B) ids or (T, B, F) features, lengths (B,)) ->
+    probabilities (B, C) and, with attention pooling, the attention weights (T, B)."""
+
+    def __init__(self, model: SequenceClassifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, lengths: Tensor):
+        pooled, alpha = self.model.encode(x, lengths)
+        probs = torch.softmax(self.model.head(pooled), dim=-1)
+        return probs if alpha is None else (probs, alpha)
+
+
+def classifier_graph(
+    predictor: ClassifierPredictor, examples: list[Tensor], source: str, metadata: dict
+) -> Graph:
+    """The `Graph` of a classifier run, its check inputs cut from ``examples`` (encoded inputs
+    of the run's data): three sequences per batch, of ``steps``, ``steps - 3`` and
+    ``steps // 2`` steps (each example repeated to reach its length)."""
+    name = "ids" if examples[0].dim() == 1 else "features"
+    axes = {name: {0: "T", 1: "B"}, "lengths": {0: "B"}, "probabilities": {0: "B"}}
+    outputs = ["probabilities"]
+    if predictor.model.pooling == "attention":
+        axes["attention"] = {0: "T", 1: "B"}
+        outputs.append("attention")
+
+    def samples(steps: int) -> dict[str, Tensor]:
+        lengths = [steps, max(1, steps - 3), max(1, steps // 2)]
+        picked = [examples[k % len(examples)] for k in range(len(lengths))]
+        items = [x.repeat(-(-n // len(x)), *[1] * (x.dim() - 1))[:n] for x, n in
+                 zip(picked, lengths)]  # fmt: skip
+        x, lengths_tensor = pad(items)
+        return {name: x, "lengths": lengths_tensor}
+
+    inputs = samples(7)
+    meta = {"classes": predictor.classes, **metadata}
+    return Graph(_ClassifierGraph(predictor.model), inputs, outputs, axes, meta, samples, source)

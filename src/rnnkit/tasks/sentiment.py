@@ -190,6 +190,27 @@ class SentimentPredictor(classify.ClassifierPredictor):
         unk = self.vocab.index[self.vocab.unk]
         return [i == unk for i in x.tolist()]
 
+    def graph(self) -> classify.Graph:
+        """What `rnnkit export` records: (ids (T, B), lengths (B,)) -> probabilities (B, C)
+        and attention (T, B), checked on the run's own texts where its data is here."""
+        try:
+            texts = read_labelled(self.cfg.data, self.cfg.text_col, self.cfg.label_col,
+                                  self.cfg.encoding).texts[:64]  # fmt: skip
+            source = f"the run's texts ({self.cfg.data})"
+        except (RnnkitError, OSError):
+            texts = [" ".join(self.vocab.tokens[1:40])]
+            source = f"the run's vocabulary (its data {self.cfg.data} is not here)"
+        examples = [x for t in texts if (x := self._ids(t)) is not None]
+        words_of = "words and punctuation (rnnkit.data.text.tokenize_words)"
+        tokenizer = {"lowercase": self.cfg.lowercase, "unit": "word", "tokens": words_of}
+        vocabulary = {"vocabulary": self.vocab.tokens, "unk": self.vocab.unk}
+        return classify.classifier_graph(self, examples, source,
+                                         {**vocabulary, "tokenizer": tokenizer})  # fmt: skip
+
+    def _ids(self, text: str) -> torch.Tensor | None:
+        """The ids of a text of the run's data, None for one without words."""
+        return encode(self.vocab, text, self.cfg.lowercase) if text.strip() else None
+
 
 def load_predictor(run_dir: str | Path, checkpoint: str = "best") -> SentimentPredictor:
     """The `SentimentPredictor` of a run (`rnnkit.load`)."""
