@@ -260,20 +260,6 @@ def partitioned(
     return summary
 
 
-def format_probs(probs: Tensor, classes: list[str]) -> str:
-    """One line: the likeliest class and its probability, then every class's (C,) probability."""
-    best = int(probs.argmax())
-    shown = ", ".join(f"{c} {float(p):.3f}" for c, p in zip(classes, probs))
-    return f"{classes[best]} {float(probs[best]):.3f}  ({shown})"
-
-
-def check_explain(pooling: str) -> None:
-    """``--explain`` shows attention weights: refuse a run that pools otherwise."""
-    if pooling != "attention":
-        raise RnnkitError(f"--explain shows attention weights; this run pools by {pooling!r} "
-                          "(train with --pooling attention)")  # fmt: skip
-
-
 def stamp(prefix: str) -> str:
     """A run name ``PREFIX-DATE-TIME``."""
     return time.strftime(f"{prefix}-%Y%m%d-%H%M%S")
