@@ -281,3 +281,15 @@ def test_other_sample_rate_is_resampled_with_a_warning(run_name, request, tmp_pa
     with pytest.warns(UserWarning, match="resampled to 8000 Hz"):
         from_file, from_wave = predictor.predict([path, audio.read_wav(path, RATE)])
     assert_same(from_file, from_wave)
+
+
+def test_speech_digits_export_to_onnx_is_checked_on_its_recordings(digits_run, tmp_path):
+    pytest.importorskip("onnxruntime", reason="the export extra: pip install onnxruntime")
+    result = CliRunner().invoke(main, ["export", str(digits_run), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    described = json.loads((tmp_path / "model.json").read_text())
+    assert described["task"] == "speech-digits" and described["classes"] == list("0123456789")
+    assert [d["name"] for d in described["inputs"]] == ["features", "lengths"]
+    assert described["features"]["sample_rate"] == RATE
+    assert "the run's recordings" in described["check"]["data"]
+    assert all(c["max_abs_diff"] <= 1e-4 for c in described["check"]["lengths"])

@@ -14,7 +14,7 @@ Prediction: `SpeechPredictor` (`rnnkit.load`): WAV files or waveforms -> a `Clas
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +162,19 @@ class SpeechPredictor(classify.ClassifierPredictor):
         """The (T, F) feature frames of a recording, as training computes them."""
         wave = read_input(item, self.cfg.sample_rate, NAME)
         return audio.features(wave, self.cfg.feature_config()), None
+
+    def graph(self) -> classify.Graph:
+        """What `rnnkit export` records: (features (T, B, F), lengths (B,)) -> probabilities
+        (B, 10) and attention (T, B), checked on the run's own recordings; a client computes
+        the features as `rnnkit.data.audio.features` does (model.json: ``features``)."""
+        try:
+            recordings = audio.fsdd_recordings(self.cfg.data)[:8]
+        except RnnkitError as err:
+            raise RnnkitError(f"the export is checked on the run's recordings: {err}") from None
+        examples = [self.encode_input(r.path)[0] for r in recordings]
+        features = {"sample_rate": self.cfg.sample_rate, **asdict(self.cfg.feature_config())}
+        source = f"the run's recordings ({self.cfg.data})"
+        return classify.classifier_graph(self, examples, source, {"features": features})
 
 
 def load_predictor(run_dir: str | Path, checkpoint: str = "best") -> SpeechPredictor:
