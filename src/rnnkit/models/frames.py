@@ -17,7 +17,7 @@ once, then every new frame costs one step (no recomputation of the past).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -115,33 +115,60 @@ class FrameModel(nn.Module):
         n_frames: int,
         prime: Tensor | None = None,
         batch: int = 1,
-        temperature: float = 1.0,
-        generator: torch.Generator | None = None,
+        temperature: float | Sequence[float] = 1.0,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        lengths: Tensor | None = None,
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield ``(frame (B, K), logits (B, K))`` for each of ``n_frames`` new frames.
 
         ``prime`` (T0, B, K) is read in one pass (default: start from nothing, B = ``batch``);
-        then each drawn frame is fed back with the carried state. ``logits`` are the head's
-        logits of the drawn frame (for NADE, each key given the keys below it). Runs in eval
+        with ``lengths`` (B,) in [0, T0], column b's primer is its first ``lengths[b]`` frames
+        (the rest is padding). Then each drawn frame is fed back with the carried state.
+        ``logits`` are the head's logits of the drawn frame (for NADE, each key given the keys
+        below it). ``temperature`` and ``generator``: one for the whole batch, or one per
+        column (B of them), each column then drawn alone, the same in any batch. Runs in eval
         mode (restored after).
         """
-        check_sampling(temperature, None, None)
+        for t in [temperature] if isinstance(temperature, (int, float)) else temperature:
+            check_sampling(t, None, None)
         if prime is None:
             dtype = self.head.proj.weight.dtype
             inputs = self.inputs(torch.zeros(0, batch, self.keys, dtype=dtype), start=True)
         else:
             self._check(prime)
             inputs = self.inputs(prime, start=True)
+        steps = None if lengths is None else lengths.to(inputs.device) + 1  # the start step too
         was_training = self.training
         self.eval()
         try:
-            features, state = self.features(inputs)
+            features, state = self.features(inputs, lengths=steps)
+            last = features[-1] if steps is None else features[steps - 1, torch.arange(len(steps))]
             for _ in range(n_frames):
-                frame = self.head.sample(features[-1], temperature, generator)  # (B, K)
-                yield frame, self.head.logits(features[-1], frame)
+                frame = self._draw(last, temperature, generator)  # (B, K)
+                yield frame, self.head.logits(last, frame)
                 features, state = self.features(self.inputs(frame.unsqueeze(0), False), state)
+                last = features[-1]
         finally:
             self.train(was_training)
+
+    def _draw(
+        self,
+        features: Tensor,
+        temperature: float | Sequence[float],
+        generator: torch.Generator | Sequence[torch.Generator] | None,
+    ) -> Tensor:
+        """A frame per row of ``features`` (B, H) -> (B, K), all rows at once, or with
+        per-column temperatures or generators each row alone."""
+        one_temperature = isinstance(temperature, (int, float))
+        if one_temperature and (generator is None or isinstance(generator, torch.Generator)):
+            return self.head.sample(features, temperature, generator)
+        B = features.shape[0]
+        temperatures = [temperature] * B if one_temperature else list(temperature)
+        generators = generator if isinstance(generator, Sequence) else [generator] * B
+        if len(temperatures) != B or len(generators) != B:
+            raise RnnkitError(f"give one temperature and one generator per column ({B})")
+        rows = zip(features.split(1), temperatures, generators)
+        return torch.cat([self.head.sample(f, t, g) for f, t, g in rows])
 
     def generate(
         self,

@@ -13,7 +13,7 @@ is read once, and every new token costs one step (no recomputation of the prefix
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -97,12 +97,17 @@ class SequenceModel(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         top_p: float | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        lengths: Tensor | None = None,
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield ``(token (B,), logits (B, O))`` for each new token, one step at a time.
 
         ``logits`` are the raw scores the token was drawn from (before temperature).
-        prompt_ids: (T0,) or (T0, B) token ids, T0 >= 1. Runs in eval mode (restored after).
+        prompt_ids: (T0,) or (T0, B) token ids, T0 >= 1; with ``lengths`` (B,) in [1, T0],
+        column b's prompt is its first ``lengths[b]`` ids (the rest is padding) and its first
+        token follows that prompt. ``generator``: one for the whole batch, or one per column
+        (B of them), each drawing its column's tokens alone, so that a column draws the same
+        tokens in any batch. Runs in eval mode (restored after).
         """
         check_sampling(temperature, top_k, top_p)
         ids = prompt_ids.unsqueeze(1) if prompt_ids.dim() == 1 else prompt_ids  # (T0, B)
@@ -111,10 +116,13 @@ class SequenceModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            logits, state = self(ids)  # the whole prompt in one pass
-            last = logits[-1]  # (B, O)
+            logits, state = self(ids, lengths=lengths)  # the whole prompt in one pass
+            if lengths is None:
+                last = logits[-1]  # (B, O)
+            else:  # each column's logits after its own last prompt token
+                last = logits[lengths.to(logits.device) - 1, torch.arange(ids.shape[1])]
             for _ in range(max_new_tokens):
-                token = sample_logits(last, temperature, top_k, top_p, generator)  # (B,)
+                token = _draw(last, temperature, top_k, top_p, generator)  # (B,)
                 yield token, last
                 logits, state = self(token.unsqueeze(0), state)  # one step: (1, B, O)
                 last = logits[-1]
@@ -139,3 +147,21 @@ class SequenceModel(nn.Module):
         ids = prompt_ids.unsqueeze(1) if prompt_ids.dim() == 1 else prompt_ids
         out = torch.cat([ids, torch.stack(new)]) if new else ids
         return out.squeeze(1) if prompt_ids.dim() == 1 else out
+
+
+def _draw(
+    logits: Tensor,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator | Sequence[torch.Generator] | None,
+) -> Tensor:
+    """One token per row of ``logits`` (B, O) -> (B,): with one generator for all rows, or
+    with a sequence of B generators, row b drawn alone with generator b."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return sample_logits(logits, temperature, top_k, top_p, generator)
+    if len(generator) != logits.shape[0]:
+        raise RnnkitError(f"{len(generator)} generators for a batch of {logits.shape[0]}")
+    rows = [sample_logits(logits[b : b + 1], temperature, top_k, top_p, g)
+            for b, g in enumerate(generator)]  # fmt: skip
+    return torch.cat(rows)

@@ -18,7 +18,7 @@ During training the validation loss is measured on the first ``eval_tokens`` val
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,9 @@ from torch import Tensor, nn
 from rnnkit.data.text import Vocab, read_text, split_train_valid
 from rnnkit.errors import RnnkitError
 from rnnkit.io import atomic_write_json
+from rnnkit.models.heads import check_sampling
 from rnnkit.models.sequence import SequenceModel
+from rnnkit.predictor import Predictor, Result, check_inputs
 from rnnkit.tasks.common import settings_from_dict, train_task
 from rnnkit.training import checkpoint as ckpt
 from rnnkit.training.distributed import World, shard_batch
@@ -243,6 +245,215 @@ def load_run(
     return model, vocab, cfg
 
 
+# --- a trained run answering prompts (rnnkit.load) --------------------------------------------
+
+#: prompts run together in one forward pass (`CharLMPredictor.next_tokens`, ``predict``)
+PROMPT_BATCH = 64
+
+
+@dataclass
+class Generation(Result):
+    """Text generated after a prompt.
+
+    Fields: ``text`` (the generated text, without the prompt), ``prompt`` (the prompt as given;
+    "" when none was given and the text continues the run's default start, a line break) and
+    ``tokens`` (how many characters or words, per the run's unit, were generated).
+    """
+
+    text: str
+    prompt: str
+    tokens: int
+
+    def summary(self) -> str:
+        """The prompt and its continuation: what ``rnnkit sample`` prints."""
+        return self.prompt + self.text
+
+
+@dataclass
+class Token(Result):
+    """One generated token: its ``text`` (as it reads after the text before it: a word with
+    its leading space), its ``probability`` under the model given everything before it (the
+    softmax of the logits, before temperature, top-k and top-p), and ``step`` (0 for the first
+    token after the prompt)."""
+
+    text: str
+    probability: float
+    step: int
+
+    def summary(self) -> str:
+        return f"{self.step}: {self.text!r} {self.probability:.3f}"
+
+
+@dataclass
+class NextTokens(Result):
+    """The likeliest next tokens after ``prompt``: ``tokens`` (k characters or words, per the
+    run's unit, as the vocabulary spells them) and their ``probabilities`` (k floats, the model's
+    probability of each given the prompt), likeliest first."""
+
+    prompt: str
+    tokens: list[str]
+    probabilities: list[float]
+
+    def summary(self) -> str:
+        return "  ".join(f"{t!r} {p:.3f}" for t, p in zip(self.tokens, self.probabilities))
+
+
+class CharLMPredictor(Predictor):
+    """A trained language model: ``generate`` / ``stream`` text after a prompt, ``next_tokens``
+    for the likeliest continuations; ``predict(prompts)`` generates with the defaults.
+
+    Every call draws with its own generator (seeded by ``seed``) and carries its own recurrent
+    state, so one predictor serves any number of threads; the same seed gives the same text
+    as ``rnnkit sample RUN --prompt P --length N --seed S``.
+    """
+
+    task = NAME
+    takes = "a prompt (text to continue)"
+
+    def __init__(self, run_dir: str | Path, checkpoint: str = "best") -> None:
+        self.model, self.vocab, self.cfg = load_run(run_dir, checkpoint)
+        super().__init__(run_dir, ckpt.read_config(run_dir), checkpoint)
+
+    @property
+    def default_start(self) -> str:
+        """What a missing prompt reads: a line break (if the vocabulary has one)."""
+        return "\n" if "\n" in self.vocab.index else self.vocab.tokens[0]
+
+    def encode(self, prompt: str | None) -> Tensor:
+        """The (T,) token ids of ``prompt`` (None: `default_start`), T >= 1."""
+        if prompt is None:
+            prompt = self.default_start
+        if not isinstance(prompt, str):
+            raise RnnkitError(f"a charlm run continues text prompts, got {type(prompt).__name__}")
+        ids = self.vocab.encode(prompt, "the prompt")
+        if ids.numel() == 0:
+            raise RnnkitError(f"the prompt {prompt!r} has no tokens; give some text")
+        return ids
+
+    def stream(
+        self,
+        prompt: str | None,
+        max_tokens: int = 200,
+        temperature: float = 0.8,
+        top_k: int | None = 40,
+        top_p: float | None = None,
+        seed: int = 1,
+    ) -> Iterator[Token]:
+        """The tokens `generate` returns, each as soon as it is drawn (the prompt read once,
+        then one step per token with the state carried). Bad arguments raise here, before
+        the first token."""
+        ids = self.encode(prompt)
+        _check_generation(max_tokens, temperature, top_k, top_p, seed)
+        steps = self._steps([ids], max_tokens, temperature, top_k, top_p, [seed])
+        return (Token(texts[0], float(probs[0]), step) for step, (texts, probs) in enumerate(steps))
+
+    def generate(
+        self,
+        prompt: str | None,
+        max_tokens: int = 200,
+        temperature: float = 0.8,
+        top_k: int | None = 40,
+        top_p: float | None = None,
+        seed: int = 1,
+    ) -> Generation:
+        """``max_tokens`` tokens drawn after ``prompt`` (None: after `default_start`, and
+        ``prompt`` "" in the result). ``temperature`` 0 picks the likeliest token; ``top_k`` /
+        ``top_p`` (None: off) restrict sampling to the k likeliest tokens / the nucleus of mass
+        p; ``seed`` fixes the draws."""
+        _check_generation(max_tokens, temperature, top_k, top_p, seed)
+        return self._generate([prompt], max_tokens, temperature, top_k, top_p, seed)[0]
+
+    def predict(self, inputs: Sequence[str]) -> list[Generation]:
+        """`generate` with its defaults for each prompt, the prompts run as batches."""
+        return self._generate(check_inputs(inputs, self.takes), 200, 0.8, 40, None, 1)
+
+    def parse(self, args: Sequence[str]) -> list[str]:
+        """Each command-line argument is a prompt."""
+        return super().parse(args)
+
+    def next_tokens(self, prompts: Sequence[str], k: int = 5) -> list[NextTokens]:
+        """Per prompt the ``k`` likeliest next tokens and their probabilities (all tokens of
+        the vocabulary if it has fewer than k); the prompts run as batches with lengths."""
+        prompts = check_inputs(prompts, self.takes)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise RnnkitError(f"k must be a positive integer, got {k!r}")
+        encoded = [self.encode(p) for p in prompts]
+        results: list[NextTokens | None] = [None] * len(prompts)
+        with torch.inference_mode():
+            for chunk in _batches(encoded):
+                ids, lengths = _pad([encoded[i] for i in chunk])
+                logits, _ = self.model(ids, lengths=lengths)  # (T, B, V)
+                last = logits[lengths - 1, torch.arange(len(chunk))]  # (B, V)
+                top = last.float().softmax(-1).topk(min(k, len(self.vocab)), dim=-1)
+                for column, i in enumerate(chunk):
+                    tokens = [self.vocab.tokens[int(t)] for t in top.indices[column]]
+                    probs = [float(p) for p in top.values[column]]
+                    results[i] = NextTokens(prompts[i] or "", tokens, probs)
+        return results
+
+    def _generate(
+        self, prompts: list, max_tokens: int, temperature: float, top_k, top_p, seed: int
+    ) -> list[Generation]:
+        """`generate` for several prompts, run as batches (each with its own generator)."""
+        encoded = [self.encode(p) for p in prompts]
+        texts: list[list[str]] = [[] for _ in prompts]
+        for chunk in _batches(encoded):
+            steps = self._steps([encoded[i] for i in chunk], max_tokens, temperature, top_k,
+                                top_p, [seed] * len(chunk))  # fmt: skip
+            for pieces, _ in steps:
+                for column, i in enumerate(chunk):
+                    texts[i].append(pieces[column])
+        return [Generation("".join(t), p or "", len(t)) for t, p in zip(texts, prompts)]
+
+    @torch.inference_mode()
+    def _steps(
+        self, prompts: list[Tensor], max_tokens: int, temperature: float, top_k, top_p,
+        seeds: list[int],
+    ) -> Iterator[tuple[list[str], Tensor]]:  # fmt: skip
+        """Per step, each prompt's new token as text and its probability (B,); prompts (T_b,)
+        run as one batch with lengths, each column drawn with its own seeded generator."""
+        ids, lengths = _pad(prompts)
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
+        previous = [int(p[-1]) for p in prompts]
+        steps = self.model.stream(ids, max_tokens, temperature, top_k, top_p, generators,
+                                  lengths=lengths)  # fmt: skip
+        for tokens, logits in steps:
+            probs = logits.float().softmax(-1).gather(1, tokens.unsqueeze(1)).squeeze(1)
+            pieces = [self._piece(a, int(b)) for a, b in zip(previous, tokens)]
+            previous = tokens.tolist()
+            yield pieces, probs
+
+    def _piece(self, previous: int, token: int) -> str:
+        """The text ``token`` adds after ``previous`` (a word's leading space included)."""
+        return self.vocab.decode([previous, token])[len(self.vocab.decode([previous])) :]
+
+
+def _check_generation(max_tokens: int, temperature: float, top_k, top_p, seed: int) -> None:
+    """RnnkitError for generation settings outside their ranges."""
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
+        raise RnnkitError(f"max_tokens must be an integer >= 0, got {max_tokens!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise RnnkitError(f"seed must be an integer, got {seed!r}")
+    check_sampling(temperature, top_k, top_p)
+
+
+def _pad(prompts: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Prompts (T_b,) -> ids (T, B) padded with zeros, lengths (B,)."""
+    return nn.utils.rnn.pad_sequence(prompts), torch.tensor([len(p) for p in prompts])
+
+
+def _batches(encoded: list[Tensor]) -> Iterator[list[int]]:
+    """Indices of ``encoded`` in batches of `PROMPT_BATCH` of similar lengths."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    for start in range(0, len(order), PROMPT_BATCH):
+        yield order[start : start + PROMPT_BATCH]
+
+
+def load_predictor(run_dir: str | Path, checkpoint: str = "best") -> CharLMPredictor:
+    """The `CharLMPredictor` of a run (`rnnkit.load`)."""
+    return CharLMPredictor(run_dir, checkpoint)
+
+
 # --- what the command line calls --------------------------------------------------------------
 
 
@@ -277,23 +488,14 @@ def sample(
 
     The default prompt is a line break (if the vocabulary has one), which is not echoed.
     """
-    model, vocab, _ = load_run(run_dir, checkpoint)
-    echo = prompt is not None
-    if prompt is None:
-        prompt = "\n" if "\n" in vocab.index else vocab.tokens[0]
+    predictor = CharLMPredictor(run_dir, checkpoint)
     if length < 0:
         raise RnnkitError(f"--length must be >= 0, got {length}")
-    ids = vocab.encode(prompt, "the prompt")
-    if ids.numel() == 0:
-        raise RnnkitError("the prompt has no tokens; give some text, or no --prompt")
-    if echo:
+    tokens = predictor.stream(prompt, length, temperature, top_k, top_p, seed)
+    if prompt is not None:
         yield prompt
-    generator = torch.Generator().manual_seed(seed)
-    previous = int(ids[-1])
-    for token, _ in model.stream(ids, length, temperature, top_k, top_p, generator):
-        token = int(token)
-        yield vocab.decode([previous, token])[len(vocab.decode([previous])) :]
-        previous = token
+    for token in tokens:
+        yield token.text
 
 
 def evaluate_file(

@@ -17,6 +17,8 @@ code predicts frames 2..T from frames 1..T-1). ``nll_all_frames`` also scores th
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from torch import Tensor, nn
 
 from rnnkit.data.music import (
     KEYS,
+    MAX_FRAMES,
     MusicData,
     midi_bytes,
     pad_rolls,
@@ -37,7 +40,8 @@ from rnnkit.data.music import (
 from rnnkit.errors import RnnkitError
 from rnnkit.io import atomic_write_bytes
 from rnnkit.models.frames import HEADS, FrameModel
-from rnnkit.models.heads import bernoulli_nll
+from rnnkit.models.heads import bernoulli_nll, check_sampling
+from rnnkit.predictor import Predictor, Result, check_inputs
 from rnnkit.tasks.common import settings_from_dict, train_task
 from rnnkit.training import checkpoint as ckpt
 from rnnkit.training.trainer import FitResult, StepOutput, TrainConfig
@@ -182,6 +186,201 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[FrameModel,
     return ckpt.load_trained(lambda: build_model(cfg), run_dir, checkpoint), cfg
 
 
+# --- a trained run composing on request (rnnkit.load) ------------------------------------------
+
+#: pieces composed together in one batch (`MusicPredictor.predict`)
+COMPOSE_BATCH = 32
+#: `MusicPredictor.compose`'s settings and their defaults
+COMPOSE_DEFAULTS = {"frames": 64, "prime": None, "seed": 1, "temperature": 1.0, "tempo": 80.0}
+
+
+@dataclass
+class Composition(Result):
+    """A composed piece.
+
+    Fields: ``piano_roll`` ((``prime_frames`` + ``frames``) x K lists of 0/1, K = 88 piano keys
+    from A0; a frame per ``1 / steps_per_quarter`` quarter note; the primer first), ``midi``
+    (the bytes of that roll as a standard MIDI file at ``tempo``; base64 in `to_dict`),
+    ``prime_frames`` (frames of the primer), ``frames`` (frames composed after it), ``notes``
+    (note onsets in the roll) and ``tempo`` (quarter notes per minute).
+    """
+
+    piano_roll: list[list[int]]
+    midi: bytes
+    prime_frames: int
+    frames: int
+    notes: int
+    tempo: float
+
+    def summary(self) -> str:
+        return (f"{self.prime_frames} primer + {self.frames} composed frames, {self.notes} "
+                f"notes at {self.tempo:g} quarter notes per minute ({len(self.midi)} bytes of "
+                "MIDI)")  # fmt: skip
+
+
+@dataclass
+class _Request:
+    """One piece to compose: checked settings and the primer roll (T0, K) (T0 = 0: none)."""
+
+    frames: int
+    primer: Tensor
+    seed: int
+    temperature: float
+    tempo: float
+
+
+class MusicPredictor(Predictor):
+    """A trained music run: ``compose`` a piece (from nothing or after a primer) as a piano
+    roll and MIDI bytes; ``predict`` composes a batch of pieces. Every piece draws with its own
+    generator (seeded by ``seed``), so one predictor serves any number of threads, and the same
+    seed gives the same MIDI bytes as ``rnnkit compose RUN --out F.mid --seed S``."""
+
+    task = NAME
+    takes = "a primer MIDI file, or compose's settings (a dict; frames=32,seed=7 as an argument)"
+
+    def __init__(self, run_dir: str | Path, checkpoint: str = "best") -> None:
+        self.model, self.cfg = load_run(run_dir, checkpoint)
+        super().__init__(run_dir, ckpt.read_config(run_dir), checkpoint)
+
+    def compose(
+        self,
+        frames: int = 64,
+        prime: str | os.PathLike | list[list[int]] | Tensor | None = None,
+        seed: int = 1,
+        temperature: float = 1.0,
+        tempo: float = 80.0,
+    ) -> Composition:
+        """``frames`` new frames after ``prime`` (a MIDI file, or a piano roll T0 x K of 0/1
+        such as a `Composition`'s; None: from nothing), drawn with ``seed`` at ``temperature``
+        (0: each key's likelier value); the MIDI plays at ``tempo`` quarter notes per minute."""
+        settings = {"frames": frames, "prime": prime, "seed": seed, "temperature": temperature,
+                    "tempo": tempo}  # fmt: skip
+        return self._compose([self._request(settings)])[0]
+
+    def predict(self, inputs: Sequence[Any]) -> list[Composition]:
+        """A `Composition` per input: a dict of `compose`'s keyword arguments, or the path of a
+        primer MIDI file (composed after with the defaults); the pieces run as batches."""
+        requests = []
+        for item in check_inputs(inputs, self.takes):
+            if isinstance(item, (str, os.PathLike)):
+                item = {"prime": item}
+            if not isinstance(item, dict):
+                raise RnnkitError(f"a music run takes {self.takes}, got {type(item).__name__}")
+            requests.append(self._request(item))
+        return self._compose(requests)
+
+    def parse(self, args: Sequence[str]) -> list[str | dict[str, Any]]:
+        """Each argument a primer MIDI path, or settings ``frames=32,seed=7,prime=a.mid``."""
+        return [_parse_settings(a) if "=" in a else a for a in super().parse(args)]
+
+    def _request(self, settings: dict[str, Any]) -> _Request:
+        """``settings`` (compose's keyword arguments, some or all) checked, the primer read."""
+        unknown = sorted(set(settings) - set(COMPOSE_DEFAULTS))
+        if unknown:
+            raise RnnkitError(f"compose takes {', '.join(COMPOSE_DEFAULTS)}; not "
+                              f"{', '.join(map(str, unknown))}")  # fmt: skip
+        s = {**COMPOSE_DEFAULTS, **settings}
+        frames, seed, temperature, tempo = s["frames"], s["seed"], s["temperature"], s["tempo"]
+        if isinstance(frames, bool) or not isinstance(frames, int) or not 1 <= frames <= MAX_FRAMES:
+            raise RnnkitError(f"frames must be an integer in 1..{MAX_FRAMES}, got {frames!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise RnnkitError(f"seed must be an integer, got {seed!r}")
+        for name, value in (("temperature", temperature), ("tempo", tempo)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise RnnkitError(f"{name} must be a number, got {value!r}")
+        check_sampling(float(temperature), None, None)
+        if not 0 < tempo < math.inf:
+            raise RnnkitError(f"tempo must be > 0 quarter notes per minute, got {tempo}")
+        primer = self._primer(s["prime"])
+        return _Request(frames, primer, seed, float(temperature), float(tempo))
+
+    def _primer(self, prime: Any) -> Tensor:
+        """The primer roll (T0, K) of a MIDI path or a 0/1 roll (lists or a tensor); (0, K)
+        for None."""
+        keys = self.model.keys
+        if prime is None:
+            return torch.zeros(0, keys)
+        if isinstance(prime, (str, os.PathLike)):
+            return read_midi(prime, self.cfg.steps_per_quarter)
+        try:
+            roll = torch.as_tensor(prime, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError):
+            roll = None  # ragged lists, or not numbers
+        if roll is None or roll.dim() != 2 or roll.shape[1] != keys or len(roll) > MAX_FRAMES:
+            raise RnnkitError(f"prime must be a MIDI file or a piano roll of up to {MAX_FRAMES} "
+                              f"frames x {keys} keys of 0/1, got {_shape_of(prime)}")  # fmt: skip
+        if len(roll) == 0 or not bool(((roll == 0) | (roll == 1)).all()):
+            raise RnnkitError(f"a primer piano roll needs frames of {keys} 0/1 values")
+        return roll
+
+    def _compose(self, requests: list[_Request]) -> list[Composition]:
+        """The requests run as batches of similar primer lengths."""
+        order = sorted(range(len(requests)), key=lambda i: len(requests[i].primer))
+        results: list[Composition | None] = [None] * len(requests)
+        for start in range(0, len(order), COMPOSE_BATCH):
+            chunk = order[start : start + COMPOSE_BATCH]
+            rolls = self._draw([requests[i] for i in chunk])
+            for i, roll in zip(chunk, rolls):
+                results[i] = self._composition(roll, requests[i])
+        return results
+
+    @torch.inference_mode()
+    def _draw(self, requests: list[_Request]) -> list[Tensor]:
+        """Each request's primer and new frames (T0 + n, K), the requests run as one batch."""
+        primers, lengths = pad_rolls([r.primer for r in requests])  # (T0, B, K), (B,)
+        drawn = self.model.stream(
+            max(r.frames for r in requests),
+            primers if primers.shape[0] else None,
+            batch=len(requests),
+            temperature=[r.temperature for r in requests],
+            generator=[torch.Generator().manual_seed(r.seed) for r in requests],
+            lengths=lengths if primers.shape[0] else None,
+        )
+        new = torch.stack([frame for frame, _ in drawn])  # (n_max, B, K)
+        return [torch.cat([r.primer.to(new.dtype), new[: r.frames, b]])
+                for b, r in enumerate(requests)]  # fmt: skip
+
+    def _composition(self, roll: Tensor, request: _Request) -> Composition:
+        midi = midi_bytes(roll, request.tempo, self.cfg.steps_per_quarter)
+        return Composition(roll.to(torch.int64).tolist(), midi, len(request.primer),
+                           request.frames, count_onsets(roll), request.tempo)  # fmt: skip
+
+
+def count_onsets(roll: Tensor) -> int:
+    """Notes starting in ``roll`` (T, K): keys on in the first frame or off the frame before."""
+    return int(torch.cat([roll[:1], (roll[1:] - roll[:-1]).clamp(min=0)]).sum())
+
+
+#: how `MusicPredictor.parse` reads each setting of compose from a string
+SETTING_TYPES = {"frames": int, "prime": str, "seed": int, "temperature": float, "tempo": float}
+
+
+def _parse_settings(arg: str) -> dict[str, Any]:
+    """``frames=32,seed=7,prime=a.mid`` -> compose's keyword arguments (numbers converted)."""
+    settings: dict[str, Any] = {}
+    for part in arg.split(","):
+        name, _, value = (x.strip() for x in part.partition("="))
+        if name not in SETTING_TYPES or not value:
+            raise RnnkitError(f"{part!r}: give NAME=VALUE, NAME one of {', '.join(SETTING_TYPES)}")
+        try:
+            settings[name] = SETTING_TYPES[name](value)
+        except ValueError:
+            raise RnnkitError(f"{part!r}: {name} takes a number") from None
+    return settings
+
+
+def _shape_of(value: Any) -> str:
+    """How ``value`` is shaped, for an error message: "a tensor of (2, 3)", "a list of 2"."""
+    if isinstance(value, Tensor):
+        return f"a tensor of {tuple(value.shape)}"
+    return f"a list of {len(value)}" if isinstance(value, list) else type(value).__name__
+
+
+def load_predictor(run_dir: str | Path, checkpoint: str = "best") -> MusicPredictor:
+    """The `MusicPredictor` of a run (`rnnkit.load`)."""
+    return MusicPredictor(run_dir, checkpoint)
+
+
 # --- what the command line calls --------------------------------------------------------------
 
 
@@ -240,15 +439,12 @@ def compose(
         raise RnnkitError(f"folder {out_path.parent} does not exist; create it first")
     if frames < 1 or not tempo > 0:
         raise RnnkitError(f"--frames must be >= 1 and --tempo > 0, got {frames} and {tempo}")
-    model, cfg = load_run(run_dir, checkpoint)
-    primer = None if prime is None else read_midi(prime, cfg.steps_per_quarter).unsqueeze(1)
-    generator = torch.Generator().manual_seed(seed)
-    roll = model.generate(frames, primer, temperature=temperature, generator=generator)[:, 0]
-    n0 = 0 if primer is None else primer.shape[0]
-    atomic_write_bytes(out_path, midi_bytes(roll, tempo, cfg.steps_per_quarter))
+    composition = MusicPredictor(run_dir, checkpoint).compose(frames, prime, seed, temperature,
+                                                              tempo)  # fmt: skip
+    atomic_write_bytes(out_path, composition.midi)
     png = out_path.with_suffix(".png")
     title = f"{Path(run_dir).name}: {frames} frames composed" + (f" after {prime}" if prime else "")
-    atomic_write_bytes(png, roll_png(roll, title, prime=n0))
-    onsets = torch.cat([roll[:1], (roll[1:] - roll[:-1]).clamp(min=0)]).sum()
-    return {"midi": str(out_path), "png": str(png), "prime_frames": n0, "frames": frames,
-            "notes": int(onsets)}  # fmt: skip
+    roll = torch.tensor(composition.piano_roll, dtype=torch.float32)
+    atomic_write_bytes(png, roll_png(roll, title, prime=composition.prime_frames))
+    return {"midi": str(out_path), "png": str(png), "prime_frames": composition.prime_frames,
+            "frames": frames, "notes": composition.notes}  # fmt: skip
