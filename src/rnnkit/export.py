@@ -59,6 +59,18 @@ class Graph:
     source: str
 
 
+def ragged_batch(examples: list[Tensor], steps: int) -> tuple[Tensor, Tensor]:
+    """A check batch from a run's own encoded inputs (each (T_i,) or (T_i, F)): three of them,
+    repeated or cut to ``steps``, ``steps - 3`` and ``steps // 2`` steps, padded ->
+    (x (steps, 3, ...), lengths (3,))."""
+    lengths = [steps, max(1, steps - 3), max(1, steps // 2)]
+    items = []
+    for k, n in enumerate(lengths):
+        x = examples[k % len(examples)]
+        items.append(x.repeat(-(-n // len(x)), *[1] * (x.dim() - 1))[:n])
+    return nn.utils.rnn.pad_sequence(items), torch.tensor(lengths)
+
+
 def export_run(
     predictor: Any, fmt: str = "onnx", out: str | os.PathLike | None = None
 ) -> dict[str, Any]:

@@ -293,3 +293,22 @@ def test_speech_digits_export_to_onnx_is_checked_on_its_recordings(digits_run, t
     assert described["features"]["sample_rate"] == RATE
     assert "the run's recordings" in described["check"]["data"]
     assert all(c["max_abs_diff"] <= 1e-4 for c in described["check"]["lengths"])
+
+
+def test_speech_ctc_export_gives_the_log_posteriors(ctc_run, recordings, tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason="the export extra: pip install onnxruntime")
+    from rnnkit.export import export_run
+    from rnnkit.tasks.classify import pad
+    from rnnkit.tasks.speech_ctc import frames
+
+    predictor = rnnkit.load(ctc_run)
+    report = export_run(predictor, "onnx", tmp_path)
+    assert report["symbols"][0] == report["blank"] and len(report["symbols"]) == 11
+    waves = paths(recordings)[:3]
+    xs = [frames(audio.read_wav(p, RATE), predictor.cfg) for p in waves]
+    x, lengths = pad(xs)
+    session = ort.InferenceSession(report["path"])
+    (log_probs,) = session.run(None, {"frames": x.numpy(), "lengths": lengths.numpy()})
+    for b, answer in enumerate(predictor.predict(waves)):
+        got = np.exp(log_probs[: lengths[b], b])
+        np.testing.assert_allclose(got, np.array(answer.posteriors), atol=1e-5)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
 from rnnkit.errors import RnnkitError
-from rnnkit.export import Graph
+from rnnkit.export import Graph, ragged_batch
 from rnnkit.io import atomic_write_json
 from rnnkit.models.backbone import CELLS
 from rnnkit.models.classifier import POOLINGS, SequenceClassifier
@@ -366,8 +366,7 @@ def classifier_graph(
     predictor: ClassifierPredictor, examples: list[Tensor], source: str, metadata: dict
 ) -> Graph:
     """The `Graph` of a classifier run, its check inputs cut from ``examples`` (encoded inputs
-    of the run's data): three sequences per batch, of ``steps``, ``steps - 3`` and
-    ``steps // 2`` steps (each example repeated to reach its length)."""
+    of the run's data) by `ragged_batch`."""
     name = "ids" if examples[0].dim() == 1 else "features"
     axes = {name: {0: "T", 1: "B"}, "lengths": {0: "B"}, "probabilities": {0: "B"}}
     outputs = ["probabilities"]
@@ -376,12 +375,7 @@ def classifier_graph(
         outputs.append("attention")
 
     def samples(steps: int) -> dict[str, Tensor]:
-        lengths = [steps, max(1, steps - 3), max(1, steps // 2)]
-        picked = [examples[k % len(examples)] for k in range(len(lengths))]
-        items = [x.repeat(-(-n // len(x)), *[1] * (x.dim() - 1))[:n] for x, n in
-                 zip(picked, lengths)]  # fmt: skip
-        x, lengths_tensor = pad(items)
-        return {name: x, "lengths": lengths_tensor}
+        return dict(zip((name, "lengths"), ragged_batch(examples, steps)))
 
     inputs = samples(7)
     meta = {"classes": predictor.classes, **metadata}

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from rnnkit.data import audio
 from rnnkit.errors import RnnkitError
+from rnnkit.export import Graph, ragged_batch
 from rnnkit.io import atomic_write_json
 from rnnkit.models import ctc
 from rnnkit.models.sequence import SequenceModel
@@ -292,6 +293,39 @@ class CTCPredictor(Predictor):
     def _result(self, log_probs: Tensor, width: int) -> Transcription:
         """The transcription of one utterance's (T, C) log-probabilities."""
         return Transcription(decode(log_probs, width), log_probs.exp().tolist(), list(LABELS))
+
+    def graph(self) -> Graph:
+        """What `rnnkit export` records: (frames (T, B, stack * F), lengths (B,)) ->
+        log_probs (T, B, C) over `LABELS` (blank first), checked on the run's recordings; a
+        client computes the frames as `frames` does and decodes (model.json: ``features``)."""
+        try:
+            recordings = audio.fsdd_recordings(self.cfg.data)[:8]
+        except RnnkitError as err:
+            raise RnnkitError(f"the export is checked on the run's recordings: {err}") from None
+        examples = [frames(read_input(r.path, self.cfg.sample_rate, NAME), self.cfg)
+                    for r in recordings]  # fmt: skip
+
+        def samples(steps: int) -> dict[str, Tensor]:
+            return dict(zip(("frames", "lengths"), ragged_batch(examples, steps)))
+
+        axes = {"frames": {0: "T", 1: "B"}, "lengths": {0: "B"}, "log_probs": {0: "T", 1: "B"}}
+        features = {"sample_rate": self.cfg.sample_rate, "stack": self.cfg.stack,
+                    **asdict(self.cfg.feature_config())}  # fmt: skip
+        metadata = {"symbols": list(LABELS), "blank": LABELS[0], "features": features}
+        source = f"the run's recordings ({self.cfg.data})"
+        return Graph(_LogPosteriors(self.model), samples(7), ["log_probs"], axes, metadata,
+                     samples, source)  # fmt: skip
+
+
+class _LogPosteriors(nn.Module):
+    """(frames (T, B, F), lengths (B,)) -> log-probabilities (T, B, C) of the CTC symbols."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        return self.model(x, lengths=lengths)[0].log_softmax(-1)
 
 
 def load_predictor(run_dir: str | Path, checkpoint: str = "best") -> CTCPredictor:
