@@ -31,12 +31,13 @@ weight exactly 0. The memory half (U m, W m) is computed once per sequence by
 
 Beam search ranks its finished hypotheses by the GNMT length normalisation (Wu et al. 2016):
 ``score / ((5 + n) / 6) ** alpha``, where ``score`` is the sum of the log-probabilities of the
-tokens (the end token included) and ``n`` the number of tokens (end token included).
+tokens (the end token included) and ``n`` the number of tokens (end token included). Its
+``max_len`` may differ per input, so that a batch decodes each input as it would alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -491,8 +492,7 @@ class Seq2Seq(nn.Module):
         own = torch.rand(forced.shape, generator=generator).to(forced.device) >= ratio
         return torch.where(own, logits.argmax(-1), forced)
 
-    def _start(self, src: Tensor, src_lengths: Tensor | None, max_len: int):
-        _check_positive(max_len=max_len)
+    def _start(self, src: Tensor, src_lengths: Tensor | None) -> tuple[Encoded, Tensor]:
         encoded = self.encode(src, src_lengths)
         return encoded, self.decoder.prepare(encoded)
 
@@ -510,10 +510,11 @@ class Seq2Seq(nn.Module):
         tokens), and with ``return_attention`` also a list of B tensors (len(tokens), S_b) as
         in `Hypothesis.attention`.
         """
+        _check_positive(max_len=max_len)
         was_training = self.training
         self.eval()
         try:
-            encoded, prepared = self._start(src, src_lengths, max_len)
+            encoded, prepared = self._start(src, src_lengths)
             batch = encoded.memory.shape[0]
             state = self.decoder.init_state(encoded)
             tokens = torch.full((batch,), self.bos_id, dtype=torch.long, device=src.device)
@@ -544,16 +545,18 @@ class Seq2Seq(nn.Module):
         src: Tensor,
         src_lengths: Tensor | None = None,
         beam: int = 5,
-        max_len: int = 100,
+        max_len: int | Sequence[int] | Tensor = 100,
         length_penalty: float = 0.6,
     ) -> list[list[Hypothesis]]:
         """Beam search over the batch and its beams at once (B * K rows), in eval mode.
 
         Every step extends each of the K beams of an input by every token and keeps the K best
-        by summed log-probability; a beam that emitted the end token stays in the beam with its
-        score frozen until every beam of every input has ended (or ``max_len`` steps). The K
-        beams of each input are then ranked by the GNMT-normalised score (``length_penalty``
-        is alpha; 0 ranks by the raw score). Beam 1 gives exactly `greedy`'s tokens.
+        by summed log-probability; a beam that emitted the end token, or reached its input's
+        ``max_len`` tokens (one int for all inputs, or one per input (B,)), stays in the beam
+        with its score frozen until every beam of every input has stopped. The K beams of each
+        input are then ranked by the GNMT-normalised score (``length_penalty`` is alpha; 0
+        ranks by the raw score). Beam 1 gives exactly `greedy`'s tokens. An input's hypotheses
+        do not depend on the other inputs of the batch.
 
         Returns B lists of at most K `Hypothesis`, best first.
         """
@@ -564,15 +567,17 @@ class Seq2Seq(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            encoded, prepared = self._start(src, src_lengths, max_len)
-            found = self._beam_loop(encoded, prepared, beam, max_len)
+            encoded, prepared = self._start(src, src_lengths)
+            limits = _step_limits(max_len, encoded.memory.shape[0], encoded.memory.device)
+            found = self._beam_loop(encoded, prepared, beam, limits)
         finally:
             self.train(was_training)
         return self._hypotheses(encoded, beam, length_penalty, *found)
 
-    def _beam_loop(self, encoded: Encoded, prepared: Tensor, beam: int, max_len: int):
-        """The search itself: returns histories (B*K, steps), weights (B*K, steps, S), scores
-        (B, K), lengths (B*K,) (tokens counted with the end token) and finished (B*K,)."""
+    def _beam_loop(self, encoded: Encoded, prepared: Tensor, beam: int, limits: Tensor):
+        """The search itself, each input's beams stopping at its ``limits`` (B,) tokens: returns
+        histories (B*K, steps), weights (B*K, steps, S), scores (B, K), lengths (B*K,) (tokens
+        counted with the end token) and finished (B*K,) (ended with the end token)."""
         batch, device = encoded.memory.shape[0], encoded.memory.device
         rows = torch.arange(batch, device=device).repeat_interleave(beam)  # beams of input b
         encoded, prepared = encoded.select(rows), prepared.index_select(0, rows)
@@ -589,9 +594,11 @@ class Seq2Seq(nn.Module):
         history = tokens.new_empty(batch * beam, 0)
         weights_seq = encoded.memory.new_empty(batch * beam, 0, encoded.memory.shape[1])
         offsets = (torch.arange(batch, device=device) * beam).unsqueeze(1)  # (B, 1)
-        for _ in range(max_len):
+        row_limits = limits.repeat_interleave(beam)  # a beam stays with its input: no reorder
+        for step in range(int(limits.max())):
+            stopped = done | (row_limits <= step)  # ended, or as long as its input allows
             logits, state, weights = self.decoder.step(tokens, state, encoded, prepared)
-            logp = torch.where(done.unsqueeze(1), frozen, torch.log_softmax(logits, -1))
+            logp = torch.where(stopped.unsqueeze(1), frozen, torch.log_softmax(logits, -1))
             candidates = (scores.reshape(-1, 1) + logp).view(batch, beam * vocab)
             scores, flat = candidates.topk(beam, dim=-1)  # (B, K) each
             origin = (offsets + torch.div(flat, vocab, rounding_mode="floor")).view(-1)
@@ -601,10 +608,9 @@ class Seq2Seq(nn.Module):
             weights_seq = torch.cat(
                 [weights_seq.index_select(0, origin), weights.index_select(0, origin)[:, None]], 1
             )
-            was_done = done.index_select(0, origin)
-            lengths = lengths.index_select(0, origin) + (~was_done).long()
-            done = was_done | (tokens == self.eos_id)
-            if bool(done.all()):
+            lengths = lengths.index_select(0, origin) + (~stopped.index_select(0, origin)).long()
+            done = done.index_select(0, origin) | (tokens == self.eos_id)
+            if bool((done | (row_limits <= step + 1)).all()):
                 break
         return history, weights_seq, scores, lengths, done
 
@@ -629,11 +635,10 @@ class Seq2Seq(nn.Module):
                 score = flat_scores[row]
                 if score == float("-inf"):  # fewer than K distinct continuations exist
                     continue
-                tokens = ids[row]
-                n = tokens.index(self.eos_id) if self.eos_id in tokens else len(tokens)
+                n = int(lengths[row]) - int(done[row])  # the tokens before the end token
                 found.append(
                     Hypothesis(
-                        tokens=tokens[:n],
+                        tokens=ids[row][:n],
                         score=score,
                         normalised=score / gnmt_penalty(int(lengths[row]), alpha),
                         attention=weights_seq[row, :n, :extent],
@@ -643,6 +648,18 @@ class Seq2Seq(nn.Module):
             found.sort(key=lambda h: h.normalised, reverse=True)
             results.append(found)
         return results
+
+
+def _step_limits(max_len: int | Sequence[int] | Tensor, batch: int, device) -> Tensor:
+    """``max_len``, one int or one per input, as (B,) int64 on ``device``; refuses a count < 1."""
+    if isinstance(max_len, int):
+        _check_positive(max_len=max_len)
+        return torch.full((batch,), max_len, dtype=torch.long, device=device)
+    limits = torch.as_tensor(max_len, device=device)
+    if limits.shape != (batch,) or limits.is_floating_point() or bool((limits < 1).any()):
+        raise RnnkitError(f"max_len must be a positive integer or {batch} of them (one per "
+                          f"input), got {max_len!r}")  # fmt: skip
+    return limits.long()
 
 
 def _valid_extent(mask: Tensor) -> int:

@@ -18,7 +18,9 @@ fraction of the scenes' items named right at their place (a missing or extra ite
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,9 +35,17 @@ from rnnkit.data.images import SIDE
 from rnnkit.data.tokens import BOS, EOS, PAD, UNK, pad_ids
 from rnnkit.errors import RnnkitError
 from rnnkit.io import atomic_write_bytes, atomic_write_json, read_json
-from rnnkit.models.seq2seq import AttentionDecoder, Seq2Seq, target_loss, teacher_forced_loss
+from rnnkit.models.seq2seq import (
+    AttentionDecoder,
+    Hypothesis,
+    Seq2Seq,
+    target_loss,
+    teacher_forced_loss,
+)
 from rnnkit.models.vision import ConvEncoder
+from rnnkit.predictor import Predictor, check_inputs
 from rnnkit.tasks.common import settings_from_dict, train_task
+from rnnkit.tasks.translate import Translation, check_beam, translation_of
 from rnnkit.training import checkpoint as ckpt
 from rnnkit.training.trainer import StepOutput, TrainConfig
 
@@ -115,6 +125,10 @@ class Vocabulary:
 
     def decode(self, ids: list[int]) -> str:
         return " ".join(self.words[i] for i in ids if i not in (PAD, BOS, EOS))
+
+    def names(self, ids: list[int]) -> list[str]:
+        """The word of each id (special ids included: one name per id)."""
+        return [self.words[i] for i in ids]
 
 
 class Scenes:
@@ -207,7 +221,7 @@ class Caption:
         count = len(self.valid) if full else min(len(self.valid), self.cfg.eval_scenes)
         beam = self.cfg.beam if full else 1
         found = caption_pixels(model, self.valid.pixels[:count], beam, self.cfg)
-        hypotheses = [self.vocab.decode(ids) for ids, _ in found]
+        hypotheses = [self.vocab.decode(best.tokens) for best, *_ in found]
         return {
             "loss": valid_loss(model, self.valid, self.cfg.batch),
             **score_captions(hypotheses, self.valid.labels[:count]),
@@ -249,18 +263,14 @@ def score_captions(hypotheses: list[str], labels: list[list[int]]) -> dict[str, 
 @torch.no_grad()
 def caption_pixels(
     model: Seq2Seq, pixels: np.ndarray, beam: int, cfg: CaptionConfig
-) -> list[tuple[list[int], Tensor]]:
-    """Word ids and attention (T, h * w) of each scene (pixels (N, H, W) uint8), in order."""
+) -> list[list[Hypothesis]]:
+    """The beam's hypotheses of each scene (pixels (N, H, W) uint8), best first, in order; beam
+    1 is greedy decoding. Each hypothesis's attention is (T, h * w)."""
     model.eval()
-    out: list[tuple[list[int], Tensor]] = []
+    out: list[list[Hypothesis]] = []
     for first in range(0, len(pixels), cfg.batch):
         images = to_images(pixels[first : first + cfg.batch])
-        if beam == 1:
-            ids, attention = model.greedy(images, None, cfg.max_len, return_attention=True)
-            out += list(zip(ids, attention))
-        else:
-            found = model.beam_search(images, None, beam, cfg.max_len, cfg.length_penalty)
-            out += [(h[0].tokens, h[0].attention) for h in found]
+        out += model.beam_search(images, None, beam, cfg.max_len, cfg.length_penalty)
     return out
 
 
@@ -292,6 +302,49 @@ def check_image(pixels: np.ndarray, cfg: CaptionConfig, path: str | Path) -> np.
     return pixels
 
 
+class CaptionPredictor(Predictor):
+    """A trained caption run: ``predict([image, ...], beam=None)`` -> a `Translation` per image
+    (beam None: the run's beam size; 1: greedy decoding). An image is a picture file (PNG, as
+    `rnnkit caption` reads it) or grayscale pixels (H, W) uint8, of the run's scene size."""
+
+    task = NAME
+    takes = "an image file or (H, W) uint8 pixels"
+
+    def __init__(self, run_dir: str | Path, checkpoint: str = "best") -> None:
+        self.model, self.vocab, self.cfg = load_run(run_dir, checkpoint)
+        super().__init__(run_dir, ckpt.read_config(run_dir), checkpoint)
+        self.grid = list(self.model.encoder.grid(*self.cfg.scene_size))
+
+    def pixels_of(self, image: Any, number: int = 1) -> np.ndarray:
+        """The checked pixels (H, W) uint8 of an image file or array (input ``number``)."""
+        if isinstance(image, (str, os.PathLike)):
+            if not str(image):
+                raise RnnkitError(f"input {number} is an empty path, not an image file")
+            return check_image(fm.read_image(image), self.cfg, image)
+        if not isinstance(image, np.ndarray):
+            raise RnnkitError(f"a caption run takes image files or (H, W) uint8 arrays, got "
+                              f"{type(image).__name__} (input {number})")  # fmt: skip
+        if image.ndim != 2 or image.dtype != np.uint8:
+            raise RnnkitError(f"input {number}: pixels must be grayscale (H, W) uint8, got "
+                              f"{image.dtype} of shape {image.shape}")  # fmt: skip
+        return check_image(image, self.cfg, f"input {number}")
+
+    def predict(self, inputs: Sequence[Any], beam: int | None = None) -> list[Translation]:
+        """One `Translation` (a caption) per image; the images run as batches."""
+        images = check_inputs(inputs, self.takes)
+        pixels = np.stack([self.pixels_of(image, n) for n, image in enumerate(images, 1)])
+        beam = check_beam(beam, self.cfg.beam)
+        with torch.inference_mode():
+            found = caption_pixels(self.model, pixels, beam, self.cfg)
+        return [translation_of(h, self.vocab.decode, self.vocab.names, grid=self.grid)
+                for h in found]  # fmt: skip
+
+
+def load_predictor(run_dir: str | Path, checkpoint: str = "best") -> CaptionPredictor:
+    """The `CaptionPredictor` of a run (`rnnkit.load`)."""
+    return CaptionPredictor(run_dir, checkpoint)
+
+
 def caption(
     run_dir: str, image: str | None = None, example: str | None = None, beam: int | None = None,
     plot: str | None = None, seed: int = 0, checkpoint: str = "best",
@@ -299,12 +352,11 @@ def caption(
     """What `rnnkit caption` prints: the caption of the picture file ``image``; or, with
     ``example``, write a test scene (Fashion-MNIST test pictures, drawn with ``seed``) to that
     PNG and caption it. ``plot``: a PNG of where each word looked."""
-    model, vocab, cfg = load_run(run_dir, checkpoint)
+    predictor = CaptionPredictor(run_dir, checkpoint)
+    cfg = predictor.cfg
     if (image is None) == (example is None):
         raise RnnkitError("give an image file to caption, or --example OUT.png (not both)")
-    beam = cfg.beam if beam is None else beam
-    if beam < 1:
-        raise RnnkitError(f"--beam must be >= 1, got {beam}")
+    check_beam(beam, cfg.beam)
     lines = []
     if example is not None:
         pool = fm.load_fashion_mnist("test", cfg.data or None)
@@ -315,27 +367,25 @@ def caption(
                      f"pixels; true caption: {fm.caption_of(labels)}")  # fmt: skip
         source = example
     else:
-        pixels = check_image(fm.read_image(image), cfg, image)
+        pixels = predictor.pixels_of(image)
         source = image
-    [(ids, attention)] = caption_pixels(model, pixels[None], beam, cfg)
-    text = vocab.decode(ids)
-    lines.append(text)
+    [result] = predictor.predict([pixels], beam)
+    lines.append(result.summary())
     if plot is not None:
-        plot_words(model, pixels, vocab, ids, attention, plot, f"{Path(source).name}: {text}")
+        plot_words(pixels, result, cfg.stages, plot, f"{Path(source).name}: {result.text}")
     return "\n".join(lines)
 
 
 def plot_words(
-    model: Seq2Seq, pixels: np.ndarray, vocab: Vocabulary, ids: list[int], attention: Tensor,
-    path: str | Path, title: str,
-) -> Path:  # fmt: skip
-    """The scene under each word's attention (`rnnkit.diagnostics.plots.plot_image_attention`)."""
+    pixels: np.ndarray, result: Translation, stages: int, path: str | Path, title: str
+) -> Path:
+    """The scene under each word's attention (`rnnkit.diagnostics.plots.plot_image_attention`);
+    ``stages`` pooling stages of the encoder make a cell 2 ** stages pixels wide."""
     from rnnkit.diagnostics.plots import plot_image_attention
 
-    h, w = model.encoder.grid(*pixels.shape)
-    words = [vocab.words[i] for i in ids]
-    maps = attention[:, : h * w].reshape(len(ids), h, w)
-    return plot_image_attention(pixels, maps, words, path, title, region=2**model.encoder.stages)
+    h, w = result.grid
+    maps = torch.tensor(result.attention, dtype=torch.float32).reshape(-1, h, w)
+    return plot_image_attention(pixels, maps, result.target_tokens, path, title, region=2**stages)
 
 
 def test_report(task: Caption, run_dir: Path, checkpoint: str = "best") -> dict[str, Any]:
@@ -343,11 +393,12 @@ def test_report(task: Caption, run_dir: Path, checkpoint: str = "best") -> dict[
     ``test-captions.txt`` (prediction TAB truth), ``examples.png`` and ``attention.png``."""
     from rnnkit.diagnostics.plots import plot_captioned_images
 
-    model, vocab, cfg = load_run(run_dir, checkpoint)
-    scenes = held_out_scenes(cfg, vocab)
+    predictor = CaptionPredictor(run_dir, checkpoint)
+    cfg = predictor.cfg
+    scenes = held_out_scenes(cfg, predictor.vocab)
     started = time.time()
-    found = caption_pixels(model, scenes.pixels, cfg.beam, cfg)
-    outputs = [vocab.decode(ids) for ids, _ in found]
+    results = predictor.predict(list(scenes.pixels), cfg.beam)
+    outputs = [r.text for r in results]
     report = {f"test_{k}": v for k, v in score_captions(outputs, scenes.labels).items()}
     report.update(test_size=len(scenes), beam=cfg.beam, checkpoint=checkpoint,
                   decode_seconds=round(time.time() - started, 1))  # fmt: skip
@@ -359,8 +410,7 @@ def test_report(task: Caption, run_dir: Path, checkpoint: str = "best") -> dict[
                           f"test scenes: predicted (beam {cfg.beam}) / true caption",
                           scenes.captions[:shown])  # fmt: skip
     pick = max(range(len(scenes)), key=lambda i: (len(scenes.labels[i]), -i))  # most items
-    ids, attention = found[pick]
-    plot_words(model, scenes.pixels[pick], vocab, ids, attention, run_dir / "attention.png",
+    plot_words(scenes.pixels[pick], results[pick], cfg.stages, run_dir / "attention.png",
                f"test scene {pick}: {outputs[pick]}")  # fmt: skip
     return report
 

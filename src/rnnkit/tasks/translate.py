@@ -15,8 +15,10 @@ smoothing); ``bleu`` is sacrebleu's corpus BLEU of detokenised greedy translatio
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,11 +34,13 @@ from rnnkit.errors import RnnkitError
 from rnnkit.io import atomic_write_bytes, atomic_write_json
 from rnnkit.models.seq2seq import (
     AttentionDecoder,
+    Hypothesis,
     Seq2Seq,
     TextEncoder,
     target_loss,
     teacher_forced_loss,
 )
+from rnnkit.predictor import Predictor, Result, check_inputs
 from rnnkit.tasks.common import settings_from_dict, train_task
 from rnnkit.training import checkpoint as ckpt
 from rnnkit.training.trainer import StepOutput, TrainConfig
@@ -229,26 +233,22 @@ def bleu(hypotheses: list[str], references: list[str]) -> dict[str, float]:
 def translate_ids(
     model: Seq2Seq, sources: list[list[int]], beam: int, max_len: int, length_penalty: float,
     batch: int = 64,
-) -> list[tuple[list[int], Tensor]]:  # fmt: skip
-    """Target ids and attention (T, S) of each source, in order; batched by length. A
-    sentence's translation does not depend on its batch-mates, except that an output which never
-    ends is cut at 2 S + 10 pieces, S the longest source of its batch (and at most ``max_len``)."""
+) -> list[list[Hypothesis]]:  # fmt: skip
+    """The beam's hypotheses of each source (ids ending with EOS), best first, in order; beam 1
+    is greedy decoding. Batched by length, and a sentence's translation does not depend on its
+    batch-mates: an output which never ends is cut at 2 S + 10 pieces, S its own source's
+    length (and at most ``max_len``). Each hypothesis's attention is (T, S)."""
     model.eval()
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     out: list[Any] = [None] * len(sources)
     for first in range(0, len(order), batch):
         chosen = order[first : first + batch]
-        src = pad_ids([sources[i] for i in chosen])
         lengths = torch.tensor([len(sources[i]) for i in chosen])
-        limit = min(max_len, 2 * src.shape[1] + 10)
-        if beam == 1:
-            ids, attention = model.greedy(src, lengths, limit, return_attention=True)
-            found = list(zip(ids, attention))
-        else:
-            best = [h[0] for h in model.beam_search(src, lengths, beam, limit, length_penalty)]
-            found = [(h.tokens, h.attention) for h in best]
-        for i, result in zip(chosen, found):
-            out[i] = result
+        limits = (2 * lengths + 10).clamp(max=max_len)
+        src = pad_ids([sources[i] for i in chosen])
+        found = model.beam_search(src, lengths, beam, limits, length_penalty)
+        for i, hypotheses in zip(chosen, found):
+            out[i] = hypotheses
     return out
 
 
@@ -259,7 +259,57 @@ def translate_texts(
     """Detokenised translations of ``sentences``."""
     sources = [src_spm.encode(s)[: cfg.max_len - 1] + [EOS] for s in sentences]
     found = translate_ids(model, sources, beam, 2 * cfg.max_len, cfg.length_penalty, cfg.batch)
-    return [tgt_spm.decode(ids) for ids, _ in found]
+    return [tgt_spm.decode(hypotheses[0].tokens) for hypotheses in found]
+
+
+def check_beam(beam: Any, default: int) -> int:
+    """The beam size to decode with: ``beam``, or the run's ``default`` for None."""
+    beam = default if beam is None else beam
+    if isinstance(beam, bool) or not isinstance(beam, int) or beam < 1:
+        raise RnnkitError(f"beam must be a positive integer (1: greedy), got {beam!r}")
+    return beam
+
+
+@dataclass
+class Translation(Result):
+    """An encoder-decoder's answer: a translation, or an image's caption.
+
+    text: the best hypothesis, detokenised (what `rnnkit translate` / `rnnkit caption` print).
+    hypotheses: the beam's hypotheses, best first (one for greedy decoding, beam 1), each
+        {"text": str, "score": float}; score is the length-normalised log-probability the beam
+        ranks by (``log p / ((5 + n) / 6) ** length_penalty``, n tokens with the end token; see
+        `rnnkit.models.seq2seq`). A hypothesis that never ended is cut at the length limit.
+    source_tokens: the S source pieces the encoder read, its end token "</s>" last (a
+        translation); None for a caption.
+    target_tokens: the T pieces (translation) or words (caption) of ``text``, end token excluded.
+    attention: T rows, one per target token, of S weights over the source positions (a
+        caption's: over the h * w cells of the image's feature ``grid``, row by row); each row
+        sums to 1.
+    grid: a caption's feature grid [h, w] (S = h * w); None for a translation.
+    """
+
+    text: str
+    hypotheses: list[dict[str, Any]]
+    source_tokens: list[str] | None
+    target_tokens: list[str]
+    attention: list[list[float]]
+    grid: list[int] | None = None
+
+    def summary(self) -> str:
+        return self.text
+
+
+def translation_of(
+    hypotheses: list[Hypothesis], detokenise: Callable[[list[int]], str],
+    token_names: Callable[[list[int]], list[str]], source_tokens: list[str] | None = None,
+    grid: list[int] | None = None,
+) -> Translation:  # fmt: skip
+    """The `Translation` of one input's beam (best first)."""
+    best = hypotheses[0]
+    ranked = [{"text": detokenise(h.tokens), "score": float(h.normalised)} for h in hypotheses]
+    return Translation(text=ranked[0]["text"], hypotheses=ranked, source_tokens=source_tokens,
+                       target_tokens=token_names(best.tokens),
+                       attention=best.attention.float().tolist(), grid=grid)  # fmt: skip
 
 
 # --- trained runs: loading, translating, testing --------------------------------------------
@@ -279,6 +329,53 @@ def load_run(run_dir: str | Path, checkpoint: str = "best"):
     return model, src_spm, tgt_spm, cfg
 
 
+class TranslatePredictor(Predictor):
+    """A trained translate run: ``predict(["A dog runs.", ...], beam=None)`` -> a `Translation`
+    per sentence (beam None: the run's beam size; 1: greedy decoding)."""
+
+    task = NAME
+    takes = "a sentence"
+
+    def __init__(self, run_dir: str | Path, checkpoint: str = "best") -> None:
+        self.model, self.src_spm, self.tgt_spm, self.cfg = load_run(run_dir, checkpoint)
+        super().__init__(run_dir, ckpt.read_config(run_dir), checkpoint)
+
+    def encode(self, sentence: Any, number: int) -> list[int]:
+        """The source ids the encoder reads: at most ``max_len`` - 1 pieces, then EOS."""
+        if not isinstance(sentence, str):
+            raise RnnkitError(f"a translate run translates sentences (str), got "
+                              f"{type(sentence).__name__} (input {number})")  # fmt: skip
+        if not sentence.strip():
+            raise RnnkitError(f"input {number} is an empty sentence; there is nothing to "
+                              "translate (remove empty lines)")  # fmt: skip
+        return self.src_spm.encode(sentence)[: self.cfg.max_len - 1] + [EOS]
+
+    def predict(self, inputs: Sequence[Any], beam: int | None = None) -> list[Translation]:
+        """One `Translation` per sentence; the sentences run as batches of similar lengths."""
+        sentences = check_inputs(inputs, self.takes)
+        sources = [self.encode(s, n) for n, s in enumerate(sentences, 1)]
+        beam, cfg = check_beam(beam, self.cfg.beam), self.cfg
+        with torch.inference_mode():
+            found = translate_ids(self.model, sources, beam, 2 * cfg.max_len, cfg.length_penalty,
+                                  cfg.batch)  # fmt: skip
+        target = self.tgt_spm
+        return [
+            translation_of(hypotheses, target.decode, functools.partial(piece_names, target),
+                           piece_names(self.src_spm, ids))
+            for ids, hypotheses in zip(sources, found)
+        ]  # fmt: skip
+
+
+def piece_names(subword: Subword, ids: list[int]) -> list[str]:
+    """The subword pieces of ``ids`` ("▁A", "▁dog", "</s>", ...)."""
+    return [subword.processor.id_to_piece(i) for i in ids]
+
+
+def load_predictor(run_dir: str | Path, checkpoint: str = "best") -> TranslatePredictor:
+    """The `TranslatePredictor` of a run (`rnnkit.load`)."""
+    return TranslatePredictor(run_dir, checkpoint)
+
+
 def translate(
     run_dir: str, text: str | None = None, file: str | None = None, reference: str | None = None,
     beam: int | None = None, plot: str | None = None, checkpoint: str = "best",
@@ -286,44 +383,34 @@ def translate(
     """What `rnnkit translate` prints: the translation of ``text``, or of each line of ``file``
     (and, with a ``reference`` file, BLEU and chrF). ``plot``: a PNG of the attention of
     ``text`` (or of the file's first line)."""
-    model, src_spm, tgt_spm, cfg = load_run(run_dir, checkpoint)
+    predictor = TranslatePredictor(run_dir, checkpoint)
     if (text is None) == (file is None):
         raise RnnkitError("give a sentence to translate, or --file FILE (not both)")
     if reference is not None and file is None:
         raise RnnkitError("--ref goes with --file: the reference translations of its lines")
-    sentences = [text] if text is not None else read_lines(file, cfg.encoding)
-    if any(not s.strip() for s in sentences):
-        raise RnnkitError("there is an empty sentence to translate; remove empty lines")
-    beam = cfg.beam if beam is None else beam
-    if beam < 1:
-        raise RnnkitError(f"--beam must be >= 1, got {beam}")
-    sources = [src_spm.encode(s)[: cfg.max_len - 1] + [EOS] for s in sentences]
-    found = translate_ids(model, sources, beam, 2 * cfg.max_len, cfg.length_penalty, cfg.batch)
-    outputs = [tgt_spm.decode(ids) for ids, _ in found]
-    lines = list(outputs)
+    sentences = [text] if text is not None else read_lines(file, predictor.cfg.encoding)
+    results = predictor.predict(sentences, beam)
+    lines = [r.summary() for r in results]
     if reference is not None:
-        refs = read_lines(reference, cfg.encoding)
-        if len(refs) != len(outputs):
-            raise RnnkitError(f"{reference} has {len(refs)} lines, {file} has {len(outputs)}")
-        scores = bleu(outputs, refs)
+        refs = read_lines(reference, predictor.cfg.encoding)
+        if len(refs) != len(results):
+            raise RnnkitError(f"{reference} has {len(refs)} lines, {file} has {len(results)}")
+        scores = bleu([r.text for r in results], refs)
         lines.append(f"BLEU {scores['bleu']:.2f}  chrF {scores['chrf']:.2f}  ({len(refs)} "
-                     f"sentences, beam {beam}, sacrebleu 13a)")  # fmt: skip
+                     f"sentences, beam {check_beam(beam, predictor.cfg.beam)}, "
+                     "sacrebleu 13a)")  # fmt: skip
     if plot is not None:
-        ids, attention = found[0]
-        plot_attention_of(src_spm, tgt_spm, sources[0], ids, attention, plot, sentences[0])
+        plot_attention_of(results[0], plot, sentences[0])
     return "\n".join(lines)
 
 
-def plot_attention_of(
-    src_spm: Subword, tgt_spm: Subword, source: list[int], target: list[int], attention: Tensor,
-    path: str | Path, title: str,
-) -> Path:  # fmt: skip
-    """Draw ``attention`` (T, S) with source and target pieces as tick labels."""
+def plot_attention_of(result: Translation, path: str | Path, title: str) -> Path:
+    """Draw a translation's attention (T, S) with its source and target pieces as tick labels."""
     from rnnkit.diagnostics.plots import plot_attention
 
-    src_labels = [src_spm.processor.id_to_piece(i) for i in source]
-    tgt_labels = [tgt_spm.processor.id_to_piece(i) for i in target]
-    return plot_attention(attention[:, : len(src_labels)], src_labels, tgt_labels, path, title)
+    source, target = result.source_tokens or [], result.target_tokens
+    weights = torch.tensor(result.attention, dtype=torch.float32).reshape(len(target), len(source))
+    return plot_attention(weights, source, target, path, title)
 
 
 def test_report(task: Translate, run_dir: Path, checkpoint: str = "best") -> dict[str, Any]:
