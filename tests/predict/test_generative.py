@@ -9,6 +9,7 @@ import json
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -300,3 +301,29 @@ def test_bad_compose_requests_are_one_clear_error(runs, tmp_path):
     one_line_error(lambda: composer.parse(["frames=many"]), "frames takes a number")
     one_line_error(lambda: composer.parse(["bars=4"]), "NAME one of")
     one_line_error(lambda: MusicPredictor(runs["char"]), "not a music run")
+
+
+@pytest.mark.parametrize("unit", ["char", "word"])
+def test_charlm_exports_its_step_function_with_the_state(runs, tmp_path, unit):
+    """The ONNX graph reads a prompt, then tokens one at a time, the state carried by the
+    client, as the predictor reads them."""
+    ort = pytest.importorskip("onnxruntime", reason="the export extra: pip install onnxruntime")
+    from rnnkit.export import export_run
+
+    predictor = rnnkit.load(runs[unit])
+    report = export_run(predictor, "onnx", tmp_path)
+    assert [d["name"] for d in report["inputs"]] == ["ids", "h", "c"]
+    assert [d["name"] for d in report["outputs"]] == ["logits", "h_n", "c_n"]
+    assert report["vocabulary"] == predictor.vocab.tokens
+    session = ort.InferenceSession(report["path"])
+    ids = predictor.encode("the cat").unsqueeze(1).numpy()
+    layers, hidden = predictor.cfg.layers, predictor.cfg.hidden
+    h = c = np.zeros((layers, 1, hidden), dtype=np.float32)
+    for t in range(ids.shape[0]):  # one token at a time, the state fed back
+        logits, h, c = session.run(None, {"ids": ids[t : t + 1], "h": h, "c": c})
+    (expected,) = predictor.next_tokens(["the cat"], k=3)
+    probabilities = np.exp(logits[-1, 0] - logits[-1, 0].max())
+    probabilities /= probabilities.sum()
+    top = np.argsort(-probabilities)[:3]
+    assert [predictor.vocab.tokens[i] for i in top] == expected.tokens
+    np.testing.assert_allclose(probabilities[top], expected.probabilities, atol=1e-5)

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from rnnkit.data.text import Vocab, read_text, split_train_valid
 from rnnkit.errors import RnnkitError
+from rnnkit.export import Graph
 from rnnkit.io import atomic_write_json
 from rnnkit.models.heads import check_sampling
 from rnnkit.models.sequence import SequenceModel
@@ -319,6 +320,10 @@ class CharLMPredictor(Predictor):
         """What a missing prompt reads: a line break (if the vocabulary has one)."""
         return "\n" if "\n" in self.vocab.index else self.vocab.tokens[0]
 
+    def graph(self) -> Graph:
+        """What `rnnkit export` records: `export_graph`."""
+        return export_graph(self)
+
     def encode(self, prompt: str | None) -> Tensor:
         """The (T,) token ids of ``prompt`` (None: `default_start`), T >= 1."""
         if prompt is None:
@@ -452,6 +457,50 @@ def _batches(encoded: list[Tensor]) -> Iterator[list[int]]:
 def load_predictor(run_dir: str | Path, checkpoint: str = "best") -> CharLMPredictor:
     """The `CharLMPredictor` of a run (`rnnkit.load`)."""
     return CharLMPredictor(run_dir, checkpoint)
+
+
+class _StepGraph(nn.Module):
+    """The language model as a streaming client runs it: (ids (T, B), state) -> (logits
+    (T, B, V), state), the state h (L, B, H) and for an LSTM c (L, B, H) in and out."""
+
+    def __init__(self, model: SequenceModel, lstm: bool) -> None:
+        super().__init__()
+        self.model, self.lstm = model, lstm
+
+    def forward(self, ids: Tensor, *state: Tensor):
+        logits, final = self.model(ids, tuple(state) if self.lstm else state[0])
+        return (logits, *final) if self.lstm else (logits, final)
+
+
+def export_graph(predictor: CharLMPredictor) -> Graph:
+    """What `rnnkit export` records of a charlm run (`_StepGraph`: feed a prompt, then one token
+    at a time with the state carried), checked on windows of the run's own text, each entered
+    with the state its preceding text leaves."""
+    model, cfg, vocab = predictor.model, predictor.cfg, predictor.vocab
+    try:
+        text = read_text(cfg.text, cfg.encoding)[:20000]
+    except RnnkitError as err:
+        raise RnnkitError(f"the export is checked on the run's text: {err}") from None
+    ids = vocab.encode(text, "the run's text")
+    lstm = cfg.cell == "lstm"
+    names = ["h", "c"] if lstm else ["h"]
+
+    def samples(steps: int) -> dict[str, Tensor]:
+        """Three windows of ``steps`` tokens, each after 16 tokens that set its state."""
+        stream = ids.repeat(-(-3 * (steps + 16) // len(ids)))  # the text again where short
+        starts = [16 + k * (steps + 16) for k in range(3)]
+        with torch.no_grad():
+            _, state = model(torch.stack([stream[s - 16 : s] for s in starts], 1))
+        windows = torch.stack([stream[s : s + steps] for s in starts], 1)
+        return dict(zip(["ids", *names], (windows, *(state if lstm else (state,)))))
+
+    axes = {"ids": {0: "T", 1: "B"}, "logits": {0: "T", 1: "B"}}
+    axes.update({n: {1: "B"} for n in names} | {f"{n}_n": {1: "B"} for n in names})
+    metadata = {"vocabulary": vocab.tokens, "unit": vocab.unit, "unk": vocab.unk,
+                "state": names, "cell": cfg.cell}  # fmt: skip
+    outputs = ["logits", *(f"{n}_n" for n in names)]
+    return Graph(_StepGraph(model, lstm), samples(7), outputs, axes, metadata, samples,
+                 f"the run's text ({cfg.text})")  # fmt: skip
 
 
 # --- what the command line calls --------------------------------------------------------------
