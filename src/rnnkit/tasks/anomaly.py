@@ -26,25 +26,47 @@ Shape legend: T rows, C targets.
    All three read the scores of the whole series (offline), never the labels.
 5. Flags: a row is flagged when its score reaches the threshold and no flag was raised in the
    ``refractory`` rows before it (one alarm per event).
+
+A detector's run (`train`, or ``OUT/model`` of `run`) is an anomaly run: the forecaster's
+weights, scalers and history, its settings (`AnomalyConfig`) and ``detector.json``, the
+threshold and the rescaling of z (step 4) chosen on the training series for each checkpoint
+("last", "best"). `AnomalyPredictor` scores new series with them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy import stats
 
-from rnnkit.data.timeseries import TimeSeries, read_csv
+from rnnkit.data.timeseries import TimeSeries
 from rnnkit.errors import RnnkitError
-from rnnkit.tasks import nab
-from rnnkit.tasks.forecast import Forecaster
+from rnnkit.io import atomic_write_json, read_json
+from rnnkit.predictor import Predictor, Result, check_inputs
+from rnnkit.tasks import forecast, nab
+from rnnkit.tasks.common import settings_from_dict, train_task
+from rnnkit.tasks.forecast import (
+    ForecastConfig,
+    Forecaster,
+    ForecastTask,
+    Scalers,
+    resumed_scalers,
+    run_directory,
+    series_input,
+    torch_threads,
+)
 from rnnkit.tasks.timeseries_plots import plot_anomalies
+from rnnkit.training import checkpoint as ckpt
+from rnnkit.training.trainer import FitResult, TrainConfig, Trainer
 
 NAME = "anomaly"
+DETECTOR = "detector.json"
 THRESHOLDS = ("calibrated", "dynamic", "quantile")
 ONE_SIGMA = 0.6826894921370859  # P(|Z| < 1): the interval whose half-width is one scale
 
@@ -81,15 +103,61 @@ class DetectConfig:
 
 
 @dataclass
+class AnomalyConfig(DetectConfig):
+    """An anomaly run's settings (config.json's ``task_config``): the detector's (`DetectConfig`),
+    the data, the forecaster's, and what is filled in from the series.
+
+    Data (`train`, `run`): ``csv``, ``time_col``, ``columns`` the target columns (empty: every
+    column but the time column; filled in when read), ``fill`` the gap policy, ``regular``
+    (False: the rows in file order are the steps, ``--rows-as-steps``). A loaded run reads new
+    series the same way.
+    Forecaster (a one-step Gaussian `Forecaster`, see `ForecastConfig`): ``cell``,
+    ``hidden_size``, ``num_layers``, ``dropout``, ``detrend``, ``log``, ``batch_size``, ``impl``.
+    Filled in: ``freq``, and ``calendar_features`` (None: with ``calendar``, what `calendar_for`
+    finds in the training part).
+    """
+
+    csv: str = ""
+    time_col: str = ""
+    columns: list[str] = field(default_factory=list)
+    fill: str = "refuse"
+    regular: bool = True
+    cell: str = "lstm"
+    hidden_size: int = 32
+    num_layers: int = 1
+    dropout: float = 0.0
+    detrend: bool = True
+    log: bool = False
+    batch_size: int = 32
+    impl: str = "auto"
+    freq: str = ""
+    calendar_features: list[str] | None = None
+
+
+def forecaster_config(cfg: AnomalyConfig) -> ForecastConfig:
+    """The `ForecastConfig` of the detector's one-step Gaussian forecaster."""
+    return ForecastConfig(
+        csv=cfg.csv, time_col=cfg.time_col, columns=list(cfg.columns), fill=cfg.fill,
+        input_chunk_length=cfg.input_chunk_length, output_chunk_length=1, likelihood="gaussian",
+        cell=cfg.cell, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
+        dropout=cfg.dropout, detrend=cfg.detrend, log=cfg.log,
+        calendar=list(cfg.calendar_features or []), batch_size=cfg.batch_size, impl=cfg.impl,
+        targets=list(cfg.columns), freq=cfg.freq,
+    )  # fmt: skip
+
+
+@dataclass
 class Detection:
     """Per row (T,): standardised error ``z``, ``score``, ``flags``; the ``threshold``; the
-    rows that trained the forecaster (``train_end``)."""
+    rows that trained the forecaster (``train_end``); the factor z was rescaled by before the
+    scores (``z_scale``; 1 but for the calibrated threshold)."""
 
     z: np.ndarray
     score: np.ndarray
     flags: np.ndarray
     threshold: float
     train_end: int
+    z_scale: float = 1.0
 
     def frame(self, series: TimeSeries) -> pd.DataFrame:
         """One row per time step: time, value(s), z, score, flag."""
@@ -110,12 +178,36 @@ def calendar_for(index: pd.DatetimeIndex) -> list[str]:
 
 def standardized_errors(model: Forecaster, series: TimeSeries) -> np.ndarray:
     """z (T,): one-step standardised errors (0 for the first L_in rows, which have no forecast)."""
+    return errors_of(model, [series])[0]
+
+
+#: one-step forecasts made in one forward pass (bounds the memory of long series)
+CHUNK = 8192
+
+
+def errors_of(model: Forecaster, batch: Sequence[TimeSeries]) -> list[np.ndarray]:
+    """`standardized_errors` of each series of ``batch``, their windows run as one batch."""
     lag = model.cfg.input_chunk_length
-    ends = list(range(lag, len(series)))
-    out = model.forecast_at(series, ends, 1, level=ONE_SIGMA)
-    scale = (out["upper"] - out["lower"])[:, 0] / 2  # (T - lag, C)
-    z = (series.values[lag:] - out["mean"][:, 0]) / np.maximum(scale, 1e-12)
-    return np.concatenate([np.zeros(lag), np.sqrt(np.mean(z**2, axis=1))])
+    for series in batch:
+        model._check_request(series, [len(series)], 1)
+        if len(series) <= lag:
+            raise RnnkitError(f"a series of {len(series)} rows has none to score: the first "
+                              f"{lag} (input_chunk_length) have no forecast; give a longer "
+                              "series")  # fmt: skip
+    x = torch.cat([model.window_inputs(s, range(lag, len(s))) for s in batch])
+    parts = [model.forecast_windows(x[i : i + CHUNK], [], 1, ONE_SIGMA)
+             for i in range(0, len(x), CHUNK)]  # fmt: skip
+    out = {k: np.concatenate([p[k] for p in parts]) for k in ("mean", "lower", "upper")}
+    scale = (out["upper"] - out["lower"])[:, 0] / 2  # (N, C)
+    found, first = [], 0
+    for series in batch:
+        last = first + len(series) - lag
+        z = (series.values[lag:] - out["mean"][first:last, 0]) / np.maximum(
+            scale[first:last], 1e-12
+        )
+        found.append(np.concatenate([np.zeros(lag), np.sqrt(np.mean(z**2, axis=1))]))
+        first = last
+    return found
 
 
 def accumulate(z: np.ndarray, k: int) -> np.ndarray:
@@ -169,29 +261,93 @@ def detect(
     run_dir: str | Path | None = None,
     **settings,
 ) -> Detection:
-    """Train on the early part of ``series``, score every row, threshold; see the module.
-    ``settings`` go to the `Forecaster` (cell, hidden_size, ...)."""
-    cfg = cfg or DetectConfig()
-    cfg.check(len(series))
-    train_end = int(cfg.train_fraction * len(series))
-    train = {**DEFAULT_TRAIN, **(train or {})}
-    if cfg.calendar:
-        settings.setdefault("calendar", calendar_for(series.index[:train_end]))
-    model = Forecaster(train, input_chunk_length=cfg.input_chunk_length, output_chunk_length=1,
-                       likelihood="gaussian", **settings)  # fmt: skip
-    model.fit(series[:train_end], run_dir)
+    """Train on the early part of ``series`` into the anomaly run ``run_dir`` (None: a temporary
+    directory), score every row, threshold; see the module. ``settings``: `AnomalyConfig`'s
+    forecaster fields (cell, hidden_size, ...; ``calendar``: a list of calendar features)."""
+    if "calendar" in settings:
+        settings["calendar_features"] = settings.pop("calendar")
+    values = {**asdict(cfg or DetectConfig()), **settings}
+    return fit_detector(settings_from_dict(AnomalyConfig, values, NAME), series, train, run_dir)
+
+
+class AnomalyTask(ForecastTask):
+    """The trainer's task of an anomaly run: a `ForecastTask` on the first ``train_fraction`` of
+    ``series`` whose run stores the filled-in `AnomalyConfig` (``settings``); ``scalers``:
+    those of a resumed run."""
+
+    name = NAME
+
+    def __init__(
+        self, cfg: AnomalyConfig, series: TimeSeries, scalers: Scalers | None = None
+    ) -> None:
+        cfg.check(len(series))
+        self.train_end = int(cfg.train_fraction * len(series))
+        calendar = cfg.calendar_features
+        if calendar is None:
+            calendar = calendar_for(series.index[: self.train_end]) if cfg.calendar else []
+        self.settings = replace(cfg, columns=list(series.columns), freq=series.freq,
+                                calendar_features=calendar)  # fmt: skip
+        self.full_series = series
+        super().__init__(forecaster_config(self.settings), series[: self.train_end], scalers)
+
+    def config(self) -> dict[str, Any]:
+        return asdict(self.settings)
+
+
+def fit_detector(
+    cfg: AnomalyConfig,
+    series: TimeSeries,
+    train: dict[str, Any] | None = None,
+    run_dir: str | Path | None = None,
+) -> Detection:
+    """`detect` with the run's settings ``cfg``: train, calibrate (`save_calibration`)."""
+    task = AnomalyTask(cfg, series)
+    config = TrainConfig.from_dict({**forecast.DEFAULT_TRAIN, **DEFAULT_TRAIN, **(train or {})})
+    with run_directory(run_dir) as path, torch_threads(1):
+        Trainer(task, config, path).fit()
+        return save_calibration(path, task)
+
+
+def calibrate(
+    model: Forecaster, series: TimeSeries, train_end: int, cfg: DetectConfig
+) -> Detection:
+    """Score every row of ``series`` with ``model`` and choose the threshold (steps 2 to 5)."""
     z = standardized_errors(model, series)
-    return Detection(z, *threshold_scores(z, train_end, cfg), train_end)
+    return Detection(z, *threshold_scores(z, train_end, cfg), train_end, z_scale(z, train_end, cfg))
+
+
+def save_calibration(run_dir: Path, task: AnomalyTask) -> Detection:
+    """Calibrate the run's task with its "last" and its "best" weights; write each one's
+    threshold and z scale to ``detector.json``. Returns the "last" weights' `Detection`."""
+    fcfg = forecaster_config(task.settings)
+    found: dict[str, Detection] = {}
+    for which in ("last", "best"):
+        if which == "best" and ckpt.weights_file(run_dir, "best") == ckpt.weights_file(run_dir):
+            found[which] = found["last"]
+            continue
+        model = Forecaster.from_run(run_dir, fcfg, {}, which)
+        found[which] = calibrate(model, task.full_series, task.train_end, task.settings)
+    atomic_write_json(run_dir / DETECTOR, {
+        which: {"threshold": d.threshold, "z_scale": d.z_scale, "train_end": d.train_end,
+                "rows": len(task.full_series)} for which, d in found.items()
+    })  # fmt: skip
+    return found["last"]
+
+
+def z_scale(z: np.ndarray, train_end: int, cfg: DetectConfig) -> float:
+    """The factor the calibrated threshold rescales z (T,) by: 0.6745 over the median |z| after
+    the training part (1 for the other thresholds, or a median of 0)."""
+    if cfg.threshold != "calibrated":
+        return 1.0
+    typical = np.median(np.abs(z[train_end:]))
+    return float(0.6745 / typical) if typical > 0 else 1.0
 
 
 def threshold_scores(
     z: np.ndarray, train_end: int, cfg: DetectConfig
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Scores, flags and threshold of standardised errors z (T,); see the module docstring."""
-    if cfg.threshold == "calibrated":
-        typical = np.median(np.abs(z[train_end:]))
-        z = z * (0.6745 / typical) if typical > 0 else z
-    score = accumulate(z, cfg.accumulate)
+    score = accumulate(z * z_scale(z, train_end, cfg), cfg.accumulate)
     after = score[train_end:]
     if cfg.threshold == "calibrated":
         threshold = float(np.sqrt(stats.chi2.isf(cfg.p_value, cfg.accumulate) / cfg.accumulate))
@@ -232,13 +388,17 @@ def run(
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RnnkitError(f"{out} exists and is not empty; choose another output directory (--out)")
-    series = read_csv(csv, time_col, targets or None, fill=fill, regular=regular)
+    data = {"csv": str(Path(csv).expanduser().resolve()), "time_col": time_col,
+            "columns": list(targets), "fill": fill, "regular": regular}  # fmt: skip
+    run_cfg = settings_from_dict(AnomalyConfig, {**asdict(cfg or DetectConfig()), **settings,
+                                                 **data}, NAME)  # fmt: skip
+    series = read_series(run_cfg)
     labelled = []
     if windows is not None:
         key = series_key or f"{Path(csv).parent.name}/{Path(csv).name}"
         labelled = nab.read_windows(windows, key)
     out.mkdir(parents=True)
-    detection = detect(series, cfg, train, out / "model", **settings)
+    detection = fit_detector(run_cfg, series, train, out / "model")
     files = [out / "scores.csv", out / "detections.png"]
     detection.frame(series).to_csv(files[0], index_label="time")
     plot_anomalies(series, detection.score, detection.flags, detection.threshold, files[1],
@@ -263,3 +423,145 @@ def format_report(report: DetectReport) -> str:
                      f"detected {s.tp}, missed {s.fn}; false positives {s.fp})")  # fmt: skip
     lines.append("wrote " + ", ".join(str(f) for f in report.files))
     return "\n".join(lines)
+
+
+# --- `rnnkit train anomaly`, and a trained detector as a `Predictor` ----------------------------
+
+#: training defaults of `rnnkit train anomaly`: the detector's, with a progress display
+TRAIN_DEFAULTS = TrainConfig.from_dict({**forecast.DEFAULT_TRAIN, **DEFAULT_TRAIN,
+                                        "progress": "auto"})  # fmt: skip
+
+
+def read_series(cfg: AnomalyConfig) -> TimeSeries:
+    """The series of ``cfg``'s CSV."""
+    return forecast.read_series(forecaster_config(cfg), cfg.regular)[0]
+
+
+def train(
+    flags: dict[str, Any],
+    config_file: str | None = None,
+    out: str | None = None,
+    resume: str | None = None,
+    threads: int | None = 1,
+) -> FitResult:
+    """Train (or resume) a detector on a CSV from command-line ``flags`` (None: not given; named
+    like the `AnomalyConfig` fields and `rnnkit.training.options.TRAIN_KEYS`), a TOML
+    ``config_file`` and the defaults, then calibrate it on the whole CSV (``detector.json``;
+    not after a diverged run). A resumed run keeps its scalers. ``threads``: torch threads."""
+    made: list[AnomalyTask] = []
+
+    def make_task(cfg: AnomalyConfig) -> AnomalyTask:
+        made.append(AnomalyTask(cfg, read_series(cfg), resumed_scalers(resume, cfg.csv)))
+        return made[-1]
+
+    with torch_threads(threads):
+        result = train_task(NAME, AnomalyConfig, make_task, TRAIN_DEFAULTS, flags, config_file,
+                            out, resume, paths=("csv",))  # fmt: skip
+        if result.stop_reason != "diverged":
+            save_calibration(result.run_dir, made[-1])
+    return result
+
+
+@dataclass
+class Anomalies(Result):
+    """The detector's answer for one series of T rows.
+
+    ``times`` (T,): the rows' timestamps, ISO strings. ``values``: per target column, the T
+    values read ({column: (T,)}). ``scores`` (T,): the root mean square of the calibrated
+    one-step standardised errors over the last ``accumulate`` rows; the first
+    ``input_chunk_length`` rows have no forecast: their error counts as 0 and their score is 0
+    (never null). ``flags`` (T,): 1 where the score reaches ``threshold`` and no row was
+    flagged in the ``refractory`` rows before, else 0. ``threshold``: the run's, chosen on its
+    training series.
+    """
+
+    times: list[str]
+    values: dict[str, list[float]]
+    scores: list[float]
+    flags: list[int]
+    threshold: float
+
+    def summary(self) -> str:
+        flagged = [i for i, f in enumerate(self.flags) if f]
+        shown = ", ".join(f"{self.times[i]} (score {self.scores[i]:.3g})" for i in flagged[:3])
+        more = f", and {len(flagged) - 3} more" if len(flagged) > 3 else ""
+        return (f"{len(flagged)} anomal{'y' if len(flagged) == 1 else 'ies'} in "
+                f"{len(self.times)} rows (threshold {self.threshold:.3g})"
+                + (f": {shown}{more}" if flagged else ""))  # fmt: skip
+
+
+def load_run(
+    run_dir: str | Path, checkpoint: str = "best"
+) -> tuple[Forecaster, AnomalyConfig, dict[str, float]]:
+    """The forecaster (its ``checkpoint`` weights), settings and calibration (``threshold``,
+    ``z_scale``) of an anomaly run."""
+    run_dir = Path(run_dir)
+    config = ckpt.read_config(run_dir)
+    if config.get("task") != NAME:
+        raise RnnkitError(f"{run_dir} is a {config.get('task')!r} run, not an anomaly run")
+    cfg = settings_from_dict(AnomalyConfig, config["task_config"], NAME)
+    if not (run_dir / DETECTOR).is_file():
+        raise RnnkitError(f"{run_dir} has no {DETECTOR}: its training has not ended; resume it "
+                          f"(rnnkit train --resume {run_dir})")  # fmt: skip
+    saved = read_json(run_dir / DETECTOR)
+    calibration = saved.get(checkpoint) if isinstance(saved, dict) else None
+    numbers = {k: calibration.get(k) for k in ("threshold", "z_scale")} if isinstance(
+        calibration, dict) else {}  # fmt: skip
+    if not numbers or not all(_positive(v) for v in numbers.values()):
+        raise RnnkitError(f"{run_dir}/{DETECTOR} is damaged (no positive threshold and z_scale "
+                          f"for the {checkpoint!r} weights); train again")  # fmt: skip
+    model = Forecaster.from_run(run_dir, forecaster_config(cfg), config["train"], checkpoint,
+                                threads=None)  # fmt: skip
+    return model, cfg, {k: float(v) for k, v in numbers.items()}
+
+
+def _positive(value: Any) -> bool:
+    """Whether ``value`` is a finite number above 0 (bools are not numbers here)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return ok and bool(np.isfinite(value)) and value > 0
+
+
+class AnomalyPredictor(Predictor):
+    """A trained detector: ``predict([series, ...])`` -> `Anomalies` per series, scored with the
+    run's forecaster and flagged with its threshold (all series' windows run as one batch).
+
+    A series is a CSV path or a DataFrame with the run's time column (a DataFrame may carry
+    the times as its DatetimeIndex instead) and target columns, read as the run read its CSV,
+    or a `TimeSeries` of the run's targets; it needs more than ``input_chunk_length`` rows.
+    """
+
+    task = NAME
+    takes = "a series (a CSV path, a DataFrame or a TimeSeries)"
+
+    def __init__(self, run_dir: str | Path, checkpoint: str = "best") -> None:
+        self.forecaster, self.cfg, self.calibration = load_run(run_dir, checkpoint)
+        super().__init__(run_dir, ckpt.read_config(run_dir), checkpoint)
+
+    @property
+    def threshold(self) -> float:
+        return self.calibration["threshold"]
+
+    def predict(self, inputs: Sequence[Any]) -> list[Anomalies]:
+        """One `Anomalies` per series."""
+        cfg = self.cfg
+        batch = [series_input(item, cfg.time_col, cfg.columns, (), cfg.fill, cfg.regular,
+                              what=self.takes)
+                 for item in check_inputs(inputs, self.takes)]  # fmt: skip
+        return [self._result(s, z) for s, z in zip(batch, errors_of(self.forecaster, batch))]
+
+    def parse(self, args: Sequence[str]) -> list[str]:
+        """Command-line arguments are CSV paths."""
+        return [str(a) for a in args]
+
+    def _result(self, series: TimeSeries, z: np.ndarray) -> Anomalies:
+        cfg = self.cfg
+        score = accumulate(z * self.calibration["z_scale"], cfg.accumulate)
+        flags = flags_from(score, self.threshold, cfg.refractory, start=cfg.input_chunk_length)
+        values = {c: series.values[:, i].tolist() for i, c in enumerate(series.columns)}
+        return Anomalies([t.isoformat() for t in series.index], values, score.tolist(),
+                         flags.astype(int).tolist(), self.threshold)  # fmt: skip
+
+
+def load_predictor(run_dir: str | Path, checkpoint: str = "best") -> AnomalyPredictor:
+    """The `AnomalyPredictor` of a run (`rnnkit.load`)."""
+    return AnomalyPredictor(run_dir, checkpoint)

@@ -16,9 +16,11 @@ Loss: Gaussian negative log-likelihood (nats per value, scaled units) or mean sq
 from __future__ import annotations
 
 import math
+import os
 import tempfile
+from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from rnnkit.data.timeseries import (
     TimeSeries,
     calendar_features,
     check_window,
+    from_frame,
     log_returns,
     make_windows,
     read_csv,
@@ -41,8 +44,9 @@ from rnnkit.errors import RnnkitError, shorten
 from rnnkit.io import atomic_write_json, read_json
 from rnnkit.models.forecaster import ForecastNet
 from rnnkit.models.heads import GaussianHead
+from rnnkit.predictor import Predictor, Result, check_inputs
 from rnnkit.tasks.backtest import backtest, rolling_origins
-from rnnkit.tasks.common import settings_from_dict
+from rnnkit.tasks.common import settings_from_dict, train_task
 from rnnkit.tasks.timeseries_plots import plot_backtest, plot_forecast
 from rnnkit.training import checkpoint as ckpt
 from rnnkit.training.trainer import FitResult, StepOutput, TrainConfig, Trainer
@@ -55,9 +59,20 @@ SCALER, HISTORY = "scaler.json", "history.json"
 class ForecastConfig:
     """What rebuilds the model and its data pipeline (stored in config.json).
 
-    ``targets``, ``covariates`` and ``freq`` are filled in from the series by `Forecaster.fit`.
+    The data (`train`, `run`; empty for a `Forecaster` fitted on a `TimeSeries` in Python):
+    ``csv`` the CSV file, ``time_col`` its time column, ``columns`` its target columns (empty:
+    every column but the time column and the covariates; filled in when the CSV is read),
+    ``covariates`` its covariate columns, ``fill`` the gap policy, ``returns`` whether the
+    targets are prices turned into log returns. A loaded run reads histories the same way.
+    ``targets`` (the model's target names: ``columns``, or "<column> log return"),
+    ``covariates`` and ``freq`` are filled in from the series by `Forecaster.fit`.
     """
 
+    csv: str = ""
+    time_col: str = ""
+    columns: list[str] = field(default_factory=list)
+    fill: str = "refuse"
+    returns: bool = False
     input_chunk_length: int = 24
     output_chunk_length: int = 6
     mode: str = "direct"
@@ -145,15 +160,18 @@ def sliding(a: np.ndarray, length: int) -> np.ndarray:
 
 
 class ForecastTask:
-    """The task object the trainer drives (see `rnnkit.training.trainer`)."""
+    """The task object the trainer drives (see `rnnkit.training.trainer`); ``scalers``: those
+    of a resumed run (None: fitted on the training rows)."""
 
     name = NAME
 
-    def __init__(self, cfg: ForecastConfig, series: TimeSeries) -> None:
+    def __init__(
+        self, cfg: ForecastConfig, series: TimeSeries, scalers: Scalers | None = None
+    ) -> None:
         cfg.check(series)
         self.cfg, self.series = cfg, series
         n_train = len(series) - int(round(cfg.val_fraction * len(series)))
-        self.scalers = Scalers.fit(series[:n_train], cfg.log)
+        self.scalers = scalers or Scalers.fit(series[:n_train], cfg.log)
         inputs = self.scalers.inputs(series, cfg.calendar)
         self.train = self._windows(inputs[:n_train])
         cut = max(0, n_train - self._context())
@@ -237,6 +255,60 @@ def history_from_dict(data: Any, cfg: ForecastConfig) -> TimeSeries:
         ) from None
 
 
+#: the time column of a CSV or DataFrame given to a run fitted in Python (without ``time_col``)
+DEFAULT_TIME_COL = "time"
+
+
+def read_series(cfg: ForecastConfig, regular: bool = True) -> tuple[TimeSeries, ForecastConfig]:
+    """The series of ``cfg``'s CSV (log returns with ``returns``; ``regular`` see `read_csv`),
+    and ``cfg`` with its ``columns`` filled in (the target columns read)."""
+    if not cfg.csv:
+        raise RnnkitError("no data to train on: give --csv FILE (or csv = ... in --config)")
+    if not cfg.time_col:
+        raise RnnkitError("name the CSV's time column: --time-col NAME (or time_col = ...)")
+    series = read_csv(cfg.csv, cfg.time_col, cfg.columns or None, cfg.covariates, cfg.fill,
+                      regular)  # fmt: skip
+    cfg = replace(cfg, columns=list(series.columns))
+    return (log_returns(series) if cfg.returns else series), cfg
+
+
+def fitted_config(cfg: ForecastConfig, series: TimeSeries) -> ForecastConfig:
+    """``cfg`` with the model's targets, covariates and frequency taken from ``series``."""
+    return ForecastConfig.from_dict({**asdict(cfg), "targets": list(series.columns),
+                                     "covariates": list(series.covariate_names),
+                                     "freq": series.freq})  # fmt: skip
+
+
+def series_input(
+    item: Any,
+    time_col: str,
+    columns: Sequence[str],
+    covariates: Sequence[str] = (),
+    fill: str = "refuse",
+    regular: bool = True,
+    returns: bool = False,
+    what: str = "a history",
+) -> TimeSeries:
+    """One input of a predictor as a `TimeSeries`: a `TimeSeries` as it is; a CSV path or a
+    DataFrame read as the run read its CSV: its ``time_col`` (a run without one: the column
+    "time"; a DataFrame may instead have a DatetimeIndex), target ``columns`` and
+    ``covariates`` (other columns are ignored), ``fill``, ``regular``, log ``returns``."""
+    if isinstance(item, TimeSeries):
+        return item
+    time_col = time_col or DEFAULT_TIME_COL
+    if isinstance(item, (str, os.PathLike)):
+        series = read_csv(item, time_col, list(columns), list(covariates), fill, regular)
+    elif isinstance(item, pd.DataFrame):
+        if time_col not in item.columns and isinstance(item.index, pd.DatetimeIndex):
+            item = item.rename_axis(time_col).reset_index()
+        series = from_frame(item, time_col, list(columns), list(covariates), fill,
+                            "the DataFrame", regular)  # fmt: skip
+    else:
+        raise RnnkitError(f"{what} is a CSV path, a DataFrame or a TimeSeries, got "
+                          f"{type(item).__name__}")  # fmt: skip
+    return log_returns(series) if returns else series
+
+
 @contextmanager
 def torch_threads(n: int | None):
     """Run the block with ``n`` torch threads (None: unchanged), then restore the setting."""
@@ -250,7 +322,7 @@ def torch_threads(n: int | None):
 
 
 @contextmanager
-def _run_directory(run_dir: str | Path | None):
+def run_directory(run_dir: str | Path | None):
     """``run_dir`` itself, or a temporary directory removed afterwards (None)."""
     if run_dir is not None:
         yield Path(run_dir)
@@ -303,11 +375,9 @@ class Forecaster:
 
     def fit(self, series: TimeSeries, run_dir: str | Path | None = None) -> Forecaster:
         """Train on ``series`` into ``run_dir`` (None: a temporary directory). Returns self."""
-        cfg = ForecastConfig.from_dict({**asdict(self.cfg), "targets": list(series.columns),
-                                        "covariates": list(series.covariate_names),
-                                        "freq": series.freq})  # fmt: skip
+        cfg = fitted_config(self.cfg, series)
         task = ForecastTask(cfg, series)
-        with _run_directory(run_dir) as path, torch_threads(self.threads):
+        with run_directory(run_dir) as path, torch_threads(self.threads):
             trainer = Trainer(task, self.train_config, path)
             self.result = trainer.fit()
         self.cfg, self.scalers, self.history = cfg, task.scalers, series
@@ -315,16 +385,32 @@ class Forecaster:
         return self
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> Forecaster:
-        """The forecaster of a run directory written by `fit` (its latest weights)."""
+    def load(
+        cls, run_dir: str | Path, checkpoint: str = "last", threads: int | None = 1
+    ) -> Forecaster:
+        """The forecaster of a forecast run (written by `fit`, `train` or `run`): its
+        ``checkpoint`` weights, "last" or "best"."""
         run_dir = Path(run_dir)
         config = ckpt.read_config(run_dir)
         if config.get("task") != NAME:
             raise RnnkitError(f"{run_dir} is a {config.get('task')!r} run, not a forecast run")
-        self = cls(train=config["train"], **config["task_config"])
+        cfg = ForecastConfig.from_dict(config["task_config"])
+        return cls.from_run(run_dir, cfg, config["train"], checkpoint, threads)
+
+    @classmethod
+    def from_run(
+        cls,
+        run_dir: Path,
+        cfg: ForecastConfig,
+        train: dict[str, Any],
+        checkpoint: str = "last",
+        threads: int | None = 1,
+    ) -> Forecaster:
+        """The forecaster of ``cfg`` with the scalers, history and weights of ``run_dir``."""
+        self = cls(train=train, threads=threads, **asdict(cfg))
         self.scalers = Scalers.from_dict(read_json(run_dir / SCALER))
         self.history = history_from_dict(read_json(run_dir / HISTORY), self.cfg)
-        self.model = ckpt.load_trained(lambda: build_model(self.cfg), run_dir)
+        self.model = ckpt.load_trained(lambda: build_model(self.cfg), run_dir, checkpoint)
         return self
 
     def predict(self, n: int, series: TimeSeries | None = None, level: float = 0.9) -> pd.DataFrame:
@@ -355,35 +441,67 @@ class Forecaster:
         "upper" (B, n, C): the central ``level`` interval (autoregressive: quantiles of
         ``samples`` sampled paths, drawn with a fixed seed).
         """
-        model, cfg = self._fitted(), self.cfg
+        self._fitted()
         self._check_request(series, ends, n)
-        inputs = self.scalers.inputs(series, cfg.calendar)
-        x = torch.tensor(np.stack([inputs[e - cfg.input_chunk_length : e] for e in ends]),
-                         dtype=torch.float32)  # fmt: skip
-        with torch.no_grad(), torch_threads(self.threads):
-            if cfg.mode == "direct":
+        futures = [_after(series, e, n) for e in ends]
+        return self.forecast_windows(self.window_inputs(series, ends), futures, n, level, samples)
+
+    def window_inputs(self, series: TimeSeries, ends: Sequence[int]) -> Tensor:
+        """The network's input windows of ``series``, window b the L_in rows before row
+        ``ends[b]``: (B, L_in, F) scaled, with the calendar."""
+        inputs = self.scalers.inputs(series, self.cfg.calendar)
+        rows = np.asarray(ends, dtype=np.int64)[:, None] + np.arange(
+            -self.cfg.input_chunk_length, 0
+        )
+        return torch.tensor(inputs[rows], dtype=torch.float32)
+
+    def forecast_windows(
+        self,
+        x: Tensor,
+        futures: Sequence[pd.DatetimeIndex],
+        n: int,
+        level: float = 0.9,
+        samples: int = 200,
+        seed_each: bool = False,
+    ) -> dict[str, np.ndarray]:
+        """`forecast_at` of input windows ``x`` (B, L_in, F) (`window_inputs`); ``futures``
+        the n timestamps after each window (the autoregressive mode's calendar). Sample paths
+        come from one generator seeded 0 (``seed_each``: one per window, so that a window's
+        interval does not depend on the others in the batch)."""
+        model = self._fitted()
+        with torch.inference_mode(), torch_threads(self.threads):
+            if self.cfg.mode == "direct":
                 mean, scale = (t[:, :n] if t is not None else None for t in model(x))
                 bounds = None if scale is None else GaussianHead.interval(mean, scale, level)
             else:
-                mean, bounds = self._generate(x, series, ends, n, level, samples)
+                mean, bounds = self._generate(x, futures, level, samples, seed_each)
         out = {"mean": mean.numpy()}
         if bounds is not None:
             out["lower"], out["upper"] = (b.numpy() for b in bounds)
         return {k: self.scalers.targets.inverse(v.astype(np.float64)) for k, v in out.items()}
 
     def _generate(
-        self, x: Tensor, series: TimeSeries, ends: list[int], n: int, level: float, samples: int
+        self,
+        x: Tensor,
+        futures: Sequence[pd.DatetimeIndex],
+        level: float,
+        samples: int,
+        seed_each: bool,
     ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
         """Autoregressive: the mean path, and quantiles of sampled paths (Gaussian)."""
-        future = np.stack([calendar_features(_after(series, e, n), self.cfg.calendar)
-                           for e in ends])  # fmt: skip
+        future = np.stack([calendar_features(f, self.cfg.calendar) for f in futures])
         future = torch.tensor(future, dtype=torch.float32)  # (B, n, 2 * calendar)
         mean = self.model.generate(x, future)
         if self.cfg.likelihood is None:
             return mean, None
         if not 0.0 < level < 1.0:
             raise RnnkitError(f"the interval level must be in (0, 1), got {level}")
-        paths = self.model.generate(x, future, samples, torch.Generator().manual_seed(0))
+        if seed_each:
+            paths = torch.cat([self.model.generate(x[b : b + 1], future[b : b + 1], samples,
+                                                   torch.Generator().manual_seed(0))
+                               for b in range(len(x))], dim=1)  # fmt: skip
+        else:
+            paths = self.model.generate(x, future, samples, torch.Generator().manual_seed(0))
         q = torch.tensor([0.5 - level / 2, 0.5 + level / 2])
         lower, upper = torch.quantile(paths, q, dim=0)
         return mean, (lower, upper)
@@ -456,10 +574,12 @@ def run(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RnnkitError(f"{out} exists and is not empty; choose another output directory (--out)")
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
-    series = read_csv(csv, time_col, targets or None, list(covariates), fill)
-    if returns:
-        series = log_returns(series)
     settings.setdefault("output_chunk_length", horizon)
+    data = {"csv": str(Path(csv).expanduser().resolve()), "time_col": time_col,
+            "columns": list(targets), "covariates": list(covariates), "fill": fill,
+            "returns": returns}  # fmt: skip
+    series, cfg = read_series(ForecastConfig.from_dict({**settings, **data}))
+    settings = asdict(cfg)
     if backtest_start is not None:  # a bad start fails now, not after training
         rolling_origins(series, backtest_start, horizon, backtest_every)
     model = Forecaster(train, **settings).fit(series, out)
@@ -494,3 +614,155 @@ def format_report(report: ForecastReport) -> str:
                   b.table.to_string(float_format=lambda v: f"{v:.4g}", na_rep="")]  # fmt: skip
     lines += ["", "wrote " + ", ".join(str(f) for f in report.files)]
     return "\n".join(lines)
+
+
+# --- `rnnkit train forecast`, and a trained run as a `Predictor` --------------------------------
+
+#: training defaults of `rnnkit train forecast`: a `Forecaster`'s, with a progress display
+TRAIN_DEFAULTS = TrainConfig.from_dict({**DEFAULT_TRAIN, "progress": "auto"})
+
+
+def train(
+    flags: dict[str, Any],
+    config_file: str | None = None,
+    out: str | None = None,
+    resume: str | None = None,
+    threads: int | None = 1,
+) -> FitResult:
+    """Train (or resume) a forecaster on a CSV from command-line ``flags`` (None: not given;
+    named like the `ForecastConfig` fields and `rnnkit.training.options.TRAIN_KEYS`: the data
+    is ``csv``, ``time_col``, ``columns``, ``covariates``, ``fill``, ``returns``), a TOML
+    ``config_file`` and the defaults. A resumed run keeps its scalers. ``threads``: torch
+    threads while training (see `Forecaster`)."""
+
+    def make_task(cfg: ForecastConfig) -> ForecastTask:
+        saved = resumed_scalers(resume, cfg.csv)
+        series, cfg = read_series(cfg)
+        return ForecastTask(fitted_config(cfg, series), series, saved)
+
+    with torch_threads(threads):
+        return train_task(NAME, ForecastConfig, make_task, TRAIN_DEFAULTS, flags, config_file,
+                          out, resume, paths=("csv",))  # fmt: skip
+
+
+def resumed_scalers(resume: str | None, csv: str) -> Scalers | None:
+    """The scalers of the run ``resume`` (None: a new run, whose scalers are fitted); a run
+    fitted in Python, without a ``csv``, cannot be resumed (RnnkitError)."""
+    if resume is None:
+        return None
+    if not csv:
+        raise RnnkitError(f"{resume} was fitted on a series in Python, not on a CSV; it cannot "
+                          "be resumed")  # fmt: skip
+    return Scalers.from_dict(read_json(Path(resume) / SCALER))
+
+
+@dataclass
+class Forecast(Result):
+    """The n steps after a history.
+
+    ``times`` (n,): the steps' timestamps, ISO strings. ``mean``: per target column, the n
+    point forecasts ({column: (n,)}; the mean path in the autoregressive mode). ``lower``,
+    ``upper``: per target column, the n bounds of the central ``level`` prediction interval
+    (None for a run trained without a likelihood, whose ``level`` is None too).
+    """
+
+    times: list[str]
+    mean: dict[str, list[float]]
+    lower: dict[str, list[float]] | None
+    upper: dict[str, list[float]] | None
+    level: float | None
+
+    def summary(self) -> str:
+        parts = []
+        for column, values in self.mean.items():
+            shown = [f"{v:.4g}" for v in values]
+            if self.lower is not None and self.upper is not None:
+                bounds = zip(self.lower[column], self.upper[column])
+                shown = [f"{v} [{lo:.4g}, {hi:.4g}]" for v, (lo, hi) in zip(shown, bounds)]
+            parts.append(f"{column}: " + ", ".join(shown))
+        interval = "" if self.level is None else f", {self.level:.0%} intervals"
+        span = f"{len(self.times)} steps from {self.times[0]}{interval}"
+        return f"{'; '.join(parts)}  ({span})"
+
+
+class ForecastPredictor(Predictor):
+    """A trained forecast run: ``forecast(horizon, history)`` -> a `Forecast` of the steps after
+    ``history`` (default: the end of the run's own series); ``predict([history, ...])`` the
+    run's horizon (``output_chunk_length``) after each, as one batch.
+
+    A history is a CSV path or a DataFrame with the run's time column (a DataFrame may carry
+    the times as its DatetimeIndex instead), target columns and covariates, read as the run
+    read its CSV (gaps, log returns), or a `TimeSeries` of the run's targets; at least
+    ``input_chunk_length`` rows at the run's frequency, of which the last L_in are read.
+    """
+
+    task = NAME
+    takes = "a history (a CSV path, a DataFrame or a TimeSeries)"
+
+    def __init__(self, run_dir: str | Path, checkpoint: str = "best") -> None:
+        self.forecaster = Forecaster.load(run_dir, checkpoint, threads=None)
+        super().__init__(run_dir, ckpt.read_config(run_dir), checkpoint)
+        self.cfg = self.forecaster.cfg
+
+    @property
+    def horizon(self) -> int:
+        """The steps ``predict`` forecasts: the run's ``output_chunk_length``."""
+        return self.cfg.output_chunk_length
+
+    def forecast(
+        self, horizon: int | None = None, history: Any = None, level: float = 0.9
+    ) -> Forecast:
+        """The ``horizon`` steps (None: the run's) after ``history`` (None: the run's own
+        series), with central ``level`` intervals."""
+        return self._forecasts([history], horizon, level)[0]
+
+    def predict(self, inputs: Sequence[Any]) -> list[Forecast]:
+        """One `Forecast` of the run's horizon per history, with 90% intervals."""
+        return self._forecasts(check_inputs(inputs, self.takes), None, 0.9)
+
+    def parse(self, args: Sequence[str]) -> list[str]:
+        """Command-line arguments are CSV paths."""
+        return [str(a) for a in args]
+
+    def _forecasts(self, histories: list[Any], horizon: int | None, level: float) -> list[Forecast]:
+        n = self.horizon if horizon is None else horizon
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+            raise RnnkitError(f"the horizon is a number of steps, got {n!r}")
+        if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+            raise RnnkitError(f"the interval level must be in (0, 1), got {level!r}")
+        series = [self._history(h) for h in histories]
+        for s in series:
+            self.forecaster._check_request(s, [len(s)], int(n))
+        x = torch.cat([self.forecaster.window_inputs(s, [len(s)]) for s in series])
+        futures = [s.future_index(int(n)) for s in series]
+        out = self.forecaster.forecast_windows(x, futures, int(n), level, seed_each=True)
+        return [self._result(out, b, futures[b], level) for b in range(len(series))]
+
+    def _history(self, item: Any) -> TimeSeries:
+        """``item`` (None: the run's own history) as a `TimeSeries` at the run's frequency."""
+        if item is None:
+            return self.forecaster.history
+        cfg = self.cfg
+        series = series_input(item, cfg.time_col, cfg.columns or cfg.targets, cfg.covariates,
+                              cfg.fill, returns=cfg.returns, what=self.takes)  # fmt: skip
+        if series.freq != cfg.freq:
+            raise RnnkitError(f"the history's steps are {series.freq}, the run's are {cfg.freq}; "
+                              "give a history at the run's frequency")  # fmt: skip
+        return series
+
+    def _result(
+        self, out: dict[str, np.ndarray], b: int, times: pd.DatetimeIndex, level: float
+    ) -> Forecast:
+        def per_column(key: str) -> dict[str, list[float]] | None:
+            if key not in out:
+                return None
+            return {c: out[key][b, :, i].tolist() for i, c in enumerate(self.cfg.targets)}
+
+        interval = "lower" in out
+        return Forecast([t.isoformat() for t in times], per_column("mean"), per_column("lower"),
+                        per_column("upper"), float(level) if interval else None)  # fmt: skip
+
+
+def load_predictor(run_dir: str | Path, checkpoint: str = "best") -> ForecastPredictor:
+    """The `ForecastPredictor` of a run (`rnnkit.load`)."""
+    return ForecastPredictor(run_dir, checkpoint)
