@@ -233,6 +233,17 @@ def test_forecast_train_resumes_where_it_stopped(data, tmp_path):
         forecast.train({"time_col": "month", **LOOP}, out=str(tmp_path / "none"))
 
 
+def test_a_returns_run_reads_prices_as_it_trained(data, tmp_path):
+    flags = {"csv": str(data / "monthly.csv"), "time_col": "month", "columns": ["y"],
+             "returns": True, "input_chunk_length": 12, "hidden_size": 8, **LOOP}  # fmt: skip
+    forecast.train(flags, out=str(tmp_path / "run"))
+    predictor = rnnkit.load(tmp_path / "run")
+    assert predictor.cfg.targets == ["y log return"]
+    own = predictor.forecast()
+    assert list(own.mean) == ["y log return"]
+    assert_same_forecast(predictor.forecast(history=str(data / "monthly.csv")), own, tol=1e-6)
+
+
 # --- anomalies ---------------------------------------------------------------------------------
 
 

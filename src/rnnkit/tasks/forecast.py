@@ -11,6 +11,11 @@ stored as ``scaler.json``. The run also keeps the last L_in rows as ``history.js
 loaded run can ``predict(n)`` by itself.
 Model: `rnnkit.models.forecaster.ForecastNet` (direct or autoregressive, point or Gaussian).
 Loss: Gaussian negative log-likelihood (nats per value, scaled units) or mean squared error.
+
+Three ways to train, one task object (`ForecastTask`): `Forecaster.fit` on a `TimeSeries` in
+Python, `train` (``rnnkit train forecast``: a CSV named in the settings, resumable) and `run`
+(``rnnkit forecast``: train, forecast, plot, backtest). Each writes a run that
+`ForecastPredictor` (``rnnkit.load(run)``) forecasts from: after its own series or any history.
 """
 
 from __future__ import annotations
