@@ -319,3 +319,17 @@ def test_anomaly_train_resumes_and_calibrates(data, tmp_path):
     (run / "detector.json").unlink()
     with pytest.raises(RnnkitError, match="has no detector.json"):
         rnnkit.load(run)
+
+
+def test_rnnkit_predict_forecasts_the_run_own_series_with_a_horizon(forecast_run):
+    from click.testing import CliRunner
+
+    from rnnkit.cli import main
+
+    result = CliRunner().invoke(main, ["predict", str(forecast_run), "--horizon", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.output)
+    expected = rnnkit.load(forecast_run).forecast(horizon=3).to_dict()
+    assert answer["times"] == expected["times"] and len(answer["times"]) == 3
+    for column, values in expected["mean"].items():
+        assert answer["mean"][column] == pytest.approx(values, abs=1e-6)

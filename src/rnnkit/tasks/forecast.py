@@ -721,13 +721,16 @@ class ForecastPredictor(Predictor):
         series), with central ``level`` intervals."""
         return self._forecasts([history], horizon, level)[0]
 
-    def predict(self, inputs: Sequence[Any]) -> list[Forecast]:
-        """One `Forecast` of the run's horizon per history, with 90% intervals."""
-        return self._forecasts(check_inputs(inputs, self.takes), None, 0.9)
+    def predict(
+        self, inputs: Sequence[Any], horizon: int | None = None, level: float = 0.9
+    ) -> list[Forecast]:
+        """One `Forecast` of ``horizon`` steps (None: the run's) per history (None: the run's
+        own series), with central ``level`` intervals."""
+        return self._forecasts(check_inputs(inputs, self.takes), horizon, level)
 
-    def parse(self, args: Sequence[str]) -> list[str]:
-        """Command-line arguments are CSV paths."""
-        return [str(a) for a in args]
+    def parse(self, args: Sequence[str]) -> list[str | None]:
+        """Command-line arguments are CSV paths; none: the run's own series."""
+        return [str(a) for a in args] or [None]
 
     def _forecasts(self, histories: list[Any], horizon: int | None, level: float) -> list[Forecast]:
         n = self.horizon if horizon is None else horizon
