@@ -113,11 +113,16 @@ def load(run_dir: str | os.PathLike, checkpoint: str = "best") -> Predictor:
 def answer(predictor: Predictor, args: Sequence[str], options: dict[str, Any]) -> list[Result]:
     """``rnnkit predict``: the results of ``predictor`` for command-line ``args`` (`parse`)
     with ``options`` (e.g. ``horizon``), refusing an option its task does not take."""
+    check_options(predictor, options, "--")
+    return predictor.predict(predictor.parse(list(args)), **options)
+
+
+def check_options(predictor: Predictor, options: dict[str, Any], prefix: str = "") -> None:
+    """Refuse an option ``predictor.predict`` does not take (named with ``prefix``)."""
     takes = inspect.signature(predictor.predict).parameters
     for name in options:
-        if name not in takes:
-            raise RnnkitError(f"--{name} does not apply to {predictor.task} runs")
-    return predictor.predict(predictor.parse(list(args)), **options)
+        if name == "inputs" or name not in takes:
+            raise RnnkitError(f"{prefix}{name} does not apply to {predictor.task} runs")
 
 
 def check_inputs(inputs: Sequence[Any], what: str) -> list[Any]:

@@ -1,0 +1,5 @@
+"""``python -m rnnkit.serve RUN...``: the same as ``rnnkit serve``."""
+
+from rnnkit.serve.command import serve
+
+serve()
