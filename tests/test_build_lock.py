@@ -117,7 +117,9 @@ def charlm_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("charlm")
     text = root / "t.txt"
     text.write_text("the cat sat on the mat. " * 200)
-    flags = "--cell gru --hidden 8 --layers 1 --embed 4 --seq-len 8 --batch 2 --max-steps 1"
+    flags = (
+        "--cell gru --hidden-size 8 --num-layers 1 --embed 4 --seq-len 8 --batch 2 --max-steps 1"
+    )
     train = [sys.executable, "-m", "rnnkit.cli", "train", "charlm", "--text", str(text),
              "--out", str(root / "run"), *flags.split(), "--progress", "none"]  # fmt: skip
     subprocess.run(train, env={**os.environ, "RNNKIT_FUSED": "0"}, check=True, timeout=120,

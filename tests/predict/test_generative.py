@@ -24,11 +24,11 @@ from rnnkit.tasks.music import Composition, MusicPredictor
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
         "First Citizen:\nYou are all resolved rather to die than to famish?\n\nAll:\n"
         "Resolved. resolved.\n") * 3  # fmt: skip
-LM = ["--hidden", "16", "--layers", "1", "--embed", "8", "--batch", "4", "--progress", "none",
-      "--eval-every", "10", "--warmup", "2"]  # fmt: skip
+LM = ["--hidden-size", "16", "--num-layers", "1", "--embed", "8", "--batch", "4",
+      "--progress", "none", "--eval-every", "10", "--warmup", "2"]  # fmt: skip
 PROMPTS = ["First Citizen:\nBefore", "All", "You are all resolved rather", "S"]
 CHORDS = [[60, 64, 67], [62, 65, 69], [59, 62, 67], [60, 64, 67, 72]]
-MUSIC = ["--hidden", "16", "--batch", "4", "--nade-hidden", "8", "--dropout", "0",
+MUSIC = ["--hidden-size", "16", "--batch", "4", "--nade-hidden", "8", "--dropout", "0",
          "--input-dropout", "0", "--progress", "none", "--eval-every", "5",
          "--warmup", "2"]  # fmt: skip
 

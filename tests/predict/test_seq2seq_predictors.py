@@ -25,7 +25,7 @@ from rnnkit.models.seq2seq import gnmt_penalty
 from rnnkit.tasks.caption import CaptionPredictor, to_images
 from rnnkit.tasks.translate import TranslatePredictor, Translation
 
-TRANSLATE = ["--src-vocab", "400", "--tgt-vocab", "400", "--embed", "8", "--hidden", "8",
+TRANSLATE = ["--src-vocab", "400", "--tgt-vocab", "400", "--embed", "8", "--hidden-size", "8",
              "--decoder-hidden", "16", "--batch", "8", "--beam", "2", "--max-steps", "4",
              "--eval-every", "2", "--log-every", "2", "--warmup", "1",
              "--progress", "none"]  # fmt: skip

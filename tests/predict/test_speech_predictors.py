@@ -25,7 +25,8 @@ from rnnkit.tasks.classify import Classification
 
 RATE = 8000
 LOOP = ["--max-steps", "4", "--eval-every", "2", "--log-every", "2", "--warmup", "1",
-        "--hidden", "8", "--layers", "1", "--batch", "2", "--progress", "none"]  # fmt: skip
+        "--hidden-size", "8", "--num-layers", "1", "--batch", "2",
+        "--progress", "none"]  # fmt: skip
 NAMES = ["3_ann_0.wav", "7_bob_8.wav", "0_ann_4.wav", "9_bob_2.wav"]  # 0.12 to 0.20 s
 
 

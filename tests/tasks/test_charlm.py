@@ -75,7 +75,7 @@ def test_settings_file_with_flag_overrides(tmp_path, text_file):
     toml.write_text("hiden = 3\n")
     with pytest.raises(RnnkitError, match="unknown setting\\(s\\) hiden"):
         charlm.train({}, str(toml), str(tmp_path / "r2"))
-    with pytest.raises(RnnkitError, match="cannot change --hidden when resuming"):
+    with pytest.raises(RnnkitError, match="cannot change --hidden-size when resuming"):
         charlm.train({"hidden": 99}, resume=str(tmp_path / "r"))
 
 

@@ -18,9 +18,9 @@ from rnnkit.cli import main
 
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 4
 SMALL = [
-    "--hidden",
+    "--hidden-size",
     "16",
-    "--layers",
+    "--num-layers",
     "1",
     "--embed",
     "8",

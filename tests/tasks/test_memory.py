@@ -15,7 +15,8 @@ from rnnkit.tasks.memory import MemoryConfig, MemoryTask, evaluate
 from rnnkit.training.metrics import read_metrics
 from rnnkit.training.trainer import TrainConfig, Trainer
 
-TINY = ["--T", "12", "--hidden", "8", "--batch", "16", "--test-size", "64", "--eval-every", "5"]
+TINY = ["--T", "12", "--hidden-size", "8", "--batch", "16", "--test-size", "64",
+        "--eval-every", "5"]  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -103,7 +104,7 @@ def test_train_adding_command_then_resume_and_diagnose(tmp_path):
 def test_train_copy_command_defaults_to_T_100(tmp_path):
     cli = CliRunner()
     out = str(tmp_path / "copy")
-    args = ["train", "copy", "--hidden", "8", "--batch", "4", "--test-size", "8"]
+    args = ["train", "copy", "--hidden-size", "8", "--batch", "4", "--test-size", "8"]
     result = cli.invoke(main, [*args, "--max-steps", "2", "--progress", "none", "--out", out])
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "copy" / "config.json").read_text())

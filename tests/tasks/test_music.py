@@ -106,7 +106,7 @@ def test_compose_continues_a_primer(run, tmp_path):
 def test_resume_continues_and_refuses_a_changed_model(jsb, tmp_path, monkeypatch):
     out = str(tmp_path / "run")
     music.train({"data": str(jsb), **TINY, **QUIET, "max_steps": 4}, out=out)
-    with pytest.raises(RnnkitError, match="cannot change --hidden when resuming"):
+    with pytest.raises(RnnkitError, match="cannot change --hidden-size when resuming"):
         music.train({"hidden": 99}, resume=out)
     resumed = music.train({"data": str(jsb), "max_steps": 6, "progress": "none"}, resume=out)
     assert resumed.step == 6
@@ -121,7 +121,7 @@ def test_resume_continues_and_refuses_a_changed_model(jsb, tmp_path, monkeypatch
 def test_the_default_data_is_the_jsb_data_set_of_the_registry(dataset, tmp_path):
     """`rnnkit data import jsb-chorales FILE`, then `rnnkit train music` without --data."""
     jsb = dataset("jsb-chorales")  # imported into the session's $RNNKIT_DATA (or skipped)
-    args = ["--hidden", "8", "--batch", "4", "--max-steps", "2", "--eval-every", "2",
+    args = ["--hidden-size", "8", "--batch", "4", "--max-steps", "2", "--eval-every", "2",
             "--log-every", "1", "--warmup", "1", "--progress", "none"]  # fmt: skip
     result = CliRunner().invoke(main, ["train", "music", *args, "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
@@ -139,7 +139,7 @@ def write_song(path: Path, pitches: list[int]) -> None:
 
 def test_bad_input_is_one_line_and_exit_status_2(tmp_path):
     runner = CliRunner()
-    train = ["train", "music", "--max-steps", "2", "--progress", "none", "--hidden", "8"]
+    train = ["train", "music", "--max-steps", "2", "--progress", "none", "--hidden-size", "8"]
     (tmp_path / "empty").mkdir()
     result = runner.invoke(main, [*train, "--data", str(tmp_path / "empty")])
     assert result.exit_code == 2 and result.stderr.startswith("error: no MIDI files")

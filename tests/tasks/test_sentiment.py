@@ -16,7 +16,7 @@ from rnnkit.tasks.classify import draw_batch
 
 GOOD = ["a wonderful moving film", "great acting and a great story", "i loved it", "superb fun"]
 BAD = ["a dull boring mess", "terrible acting , awful story", "i hated it", "tedious junk"]
-TINY = ["--hidden", "8", "--embed", "8", "--batch", "4", "--min-count", "1", "--folds", "4",
+TINY = ["--hidden-size", "8", "--embed", "8", "--batch", "4", "--min-count", "1", "--folds", "4",
         "--max-steps", "6", "--eval-every", "3", "--log-every", "3", "--warmup", "2",
         "--progress", "none"]  # fmt: skip
 

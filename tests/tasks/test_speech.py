@@ -20,7 +20,7 @@ def tone(freq: float, seconds: float = 0.3, rate: int = 8000) -> np.ndarray:
 
 LOOP = ["--max-steps", "4", "--eval-every", "2", "--log-every", "2", "--warmup", "1",
         "--progress", "none"]  # fmt: skip
-SMALL = ["--hidden", "8", "--layers", "1", "--batch", "4", *LOOP]
+SMALL = ["--hidden-size", "8", "--num-layers", "1", "--batch", "4", *LOOP]
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +87,9 @@ def test_other_sample_rate_is_resampled(run, tmp_path):
 
 def test_ctc_trains_tests_and_transcribes(recordings, tmp_path):
     out = tmp_path / "ctc"
-    args = ["train", "speech-ctc", "--data", str(recordings), "--out", str(out), "--hidden", "8",
-            "--layers", "1", "--batch", "2", "--max-digits", "3", "--test-size", "3",
-            "--valid-size", "2", *LOOP]  # fmt: skip
+    args = ["train", "speech-ctc", "--data", str(recordings), "--out", str(out),
+            "--hidden-size", "8", "--num-layers", "1", "--batch", "2", "--max-digits", "3",
+            "--test-size", "3", "--valid-size", "2", *LOOP]  # fmt: skip
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "digit error rate" in result.output and (out / "alignment.png").is_file()

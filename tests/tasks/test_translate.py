@@ -13,7 +13,7 @@ from rnnkit.cli import main
 from rnnkit.data.parallel import read_parallel
 from rnnkit.errors import RnnkitError
 
-TINY = ["--src-vocab", "400", "--tgt-vocab", "400", "--embed", "8", "--hidden", "8",
+TINY = ["--src-vocab", "400", "--tgt-vocab", "400", "--embed", "8", "--hidden-size", "8",
         "--decoder-hidden", "16", "--batch", "8", "--beam", "2", "--max-steps", "4",
         "--eval-every", "2", "--log-every", "2", "--warmup", "1", "--progress", "none"]  # fmt: skip
 

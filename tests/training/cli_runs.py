@@ -7,7 +7,8 @@ from click.testing import CliRunner
 from rnnkit.cli import main
 
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 4
-SMALL = ["--hidden", "16", "--layers", "1", "--embed", "8", "--seq-len", "16", "--batch", "4"]
+SMALL = ["--hidden-size", "16", "--num-layers", "1", "--embed", "8", "--seq-len", "16",
+         "--batch", "4"]  # fmt: skip
 
 
 def cli(*args):

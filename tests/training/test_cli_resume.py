@@ -14,8 +14,9 @@ from rnnkit.cli import main
 from rnnkit.training import checkpoint as ckpt
 
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 4
-SMALL = ["--hidden", "16", "--layers", "1", "--embed", "8", "--seq-len", "16", "--batch", "4",
-         "--max-steps", "60", "--eval-every", "1000", "--checkpoint-every", "5"]  # fmt: skip
+SMALL = ["--hidden-size", "16", "--num-layers", "1", "--embed", "8", "--seq-len", "16",
+         "--batch", "4", "--max-steps", "60", "--eval-every", "1000",
+         "--checkpoint-every", "5"]  # fmt: skip
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 

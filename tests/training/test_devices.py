@@ -24,8 +24,8 @@ needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 no_cuda = pytest.mark.skipif(CUDA, reason="checks the machine without CUDA")
 
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 4
-SMALL = ["--hidden", "16", "--layers", "1", "--embed", "8", "--seq-len", "16", "--batch", "4",
-         "--progress", "none"]  # fmt: skip
+SMALL = ["--hidden-size", "16", "--num-layers", "1", "--embed", "8", "--seq-len", "16",
+         "--batch", "4", "--progress", "none"]  # fmt: skip
 
 
 @no_cuda

@@ -51,8 +51,8 @@ def test_torchrun_rnnkit_train_and_resume_match_one_process(tmp_path):
     text = tmp_path / "hamlet.txt"
     text.write_text("To be, or not to be, that is the question: whether tis nobler.\n" * 30)
     # float32: bfloat16 rounds the products of half batches differently from whole ones
-    args = ["train", "charlm", "--text", text, "--hidden", "16", "--layers", "1", "--embed", "8",
-            "--seq-len", "16", "--batch", "8", "--dropout", "0", "--warmup", "2",
+    args = ["train", "charlm", "--text", text, "--hidden-size", "16", "--num-layers", "1",
+            "--embed", "8", "--seq-len", "16", "--batch", "8", "--dropout", "0", "--warmup", "2",
             "--eval-every", "6", "--progress", "none", "--precision", "fp32",
             "--max-steps"]  # fmt: skip
     more = ["train", "charlm", "--max-steps", "12", "--resume"]  # a larger budget

@@ -45,12 +45,13 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from rnnkit.data.timeseries import TimeSeries
+from rnnkit.data.timeseries import FILL_POLICIES, TimeSeries
 from rnnkit.errors import RnnkitError
 from rnnkit.io import atomic_write_json, read_json
+from rnnkit.layers import IMPLS
 from rnnkit.predictor import Predictor, Result, check_inputs
 from rnnkit.tasks import forecast, nab
-from rnnkit.tasks.common import settings_from_dict, train_task
+from rnnkit.tasks.common import format_fit, settings_from_dict, train_task
 from rnnkit.tasks.forecast import (
     ForecastConfig,
     Forecaster,
@@ -61,8 +62,10 @@ from rnnkit.tasks.forecast import (
     series_input,
     torch_threads,
 )
+from rnnkit.tasks.spec import TaskSpec
 from rnnkit.tasks.timeseries_plots import plot_anomalies
 from rnnkit.training import checkpoint as ckpt
+from rnnkit.training.options import choice
 from rnnkit.training.trainer import FitResult, TrainConfig, Trainer
 
 NAME = "anomaly"
@@ -73,12 +76,24 @@ ONE_SIGMA = 0.6826894921370859  # P(|Z| < 1): the interval whose half-width is o
 
 @dataclass
 class DetectConfig:
-    """Settings of the detector (see the module docstring)."""
+    """Settings of the detector (see the module docstring).
+
+    Attributes:
+        train_fraction: Early part of the series that trains.
+        input_chunk_length: Steps the forecaster reads.
+        accumulate: Rows averaged into a score.
+        threshold: Label-free rule: calibrated (a tail probability of the training part's
+            scores), dynamic (the largest gap in k sigmas) or quantile (of the scores).
+        p_value: calibrated: tail probability.
+        quantile: quantile: of the scores.
+        refractory: Quiet rows after a detection.
+        calendar: Calendar covariates the training part's frequency offers.
+    """
 
     train_fraction: float = 0.15
     input_chunk_length: int = 32
     accumulate: int = 20
-    threshold: str = "calibrated"
+    threshold: str = choice("calibrated", THRESHOLDS)
     p_value: float = 1e-6
     quantile: float = 0.999
     refractory: int = 300
@@ -105,31 +120,43 @@ class DetectConfig:
 @dataclass
 class AnomalyConfig(DetectConfig):
     """An anomaly run's settings (config.json's ``task_config``): the detector's (`DetectConfig`),
-    the data, the forecaster's, and what is filled in from the series.
+    the data (a loaded run reads new series the same way), the forecaster's (a one-step
+    Gaussian `Forecaster`, see `ForecastConfig`), and what is filled in from the series.
 
-    Data (`train`, `run`): ``csv``, ``time_col``, ``columns`` the target columns (empty: every
-    column but the time column; filled in when read), ``fill`` the gap policy, ``regular``
-    (False: the rows in file order are the steps, ``--rows-as-steps``). A loaded run reads new
-    series the same way.
-    Forecaster (a one-step Gaussian `Forecaster`, see `ForecastConfig`): ``cell``,
-    ``hidden_size``, ``num_layers``, ``dropout``, ``detrend``, ``log``, ``batch_size``, ``impl``.
-    Filled in: ``freq``, and ``calendar_features`` (None: with ``calendar``, what `calendar_for`
-    finds in the training part).
+    Attributes:
+        csv: CSV file with a time column, or a data set's (nab/realKnownCause/nyc_taxi.csv).
+        time_col: Name of the time column.
+        columns: Target column (repeatable); none: every column but the time column.
+        fill: Policy for gaps and NaN: refuse them, interpolate, or carry the last value
+            forward.
+        regular: Regular steps of time; --rows-as-steps: the rows in file order are the steps
+            (irregular times).
+        cell: The recurrent cell.
+        hidden_size: Hidden units per layer.
+        num_layers: Recurrent layers.
+        dropout: Dropout between layers.
+        detrend: Subtract each input window's mean level.
+        log: Model the log of the targets (positive series).
+        batch_size: Windows per step.
+        impl: The recurrence's implementation: rnnkit's BPTT engine, torch's kernel, or auto.
+        freq: The series' frequency (filled in).
+        calendar_features: The calendar covariates (filled in: with calendar, what
+            `calendar_for` finds in the training part).
     """
 
     csv: str = ""
     time_col: str = ""
     columns: list[str] = field(default_factory=list)
-    fill: str = "refuse"
+    fill: str = choice("refuse", FILL_POLICIES)
     regular: bool = True
-    cell: str = "lstm"
+    cell: str = choice("lstm", ("lstm", "gru", "rnn"))
     hidden_size: int = 32
     num_layers: int = 1
     dropout: float = 0.0
     detrend: bool = True
     log: bool = False
     batch_size: int = 32
-    impl: str = "auto"
+    impl: str = choice("auto", IMPLS)
     freq: str = ""
     calendar_features: list[str] | None = None
 
@@ -565,3 +592,22 @@ class AnomalyPredictor(Predictor):
 def load_predictor(run_dir: str | Path, checkpoint: str = "best") -> AnomalyPredictor:
     """The `AnomalyPredictor` of a run (`rnnkit.load`)."""
     return AnomalyPredictor(run_dir, checkpoint)
+
+
+SPEC = TaskSpec(
+    NAME,
+    "Train an anomaly detector on a CSV: a forecaster learns the early part, large errors are "
+    "flagged (`rnnkit predict RUN [CSV]` scores a series).",
+    AnomalyConfig,
+    TRAIN_DEFAULTS,
+    train,
+    format_fit,
+    load_predictor,
+    paths=("csv",),
+    internal=("freq", "calendar_features"),
+    examples=(
+        "rnnkit data fetch nab",
+        "rnnkit train anomaly --csv nab/realKnownCause/nyc_taxi.csv --time-col timestamp \\",
+        "  --target value --rows-as-steps --out runs/nyc",
+    ),
+)

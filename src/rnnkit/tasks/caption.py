@@ -36,6 +36,8 @@ from rnnkit.data.tokens import BOS, EOS, PAD, UNK, pad_ids
 from rnnkit.errors import RnnkitError
 from rnnkit.io import atomic_write_bytes, atomic_write_json, read_json
 from rnnkit.models.seq2seq import (
+    ATTENTIONS,
+    CELLS,
     AttentionDecoder,
     Hypothesis,
     Seq2Seq,
@@ -45,8 +47,10 @@ from rnnkit.models.seq2seq import (
 from rnnkit.models.vision import ConvEncoder
 from rnnkit.predictor import Predictor, check_inputs
 from rnnkit.tasks.common import settings_from_dict, train_task
+from rnnkit.tasks.spec import TaskSpec
 from rnnkit.tasks.translate import Translation, check_beam, translation_of
 from rnnkit.training import checkpoint as ckpt
+from rnnkit.training.options import choice
 from rnnkit.training.trainer import StepOutput, TrainConfig
 
 NAME = "caption"
@@ -58,7 +62,32 @@ MAX_WORDS = 3  # the longest class name ("ankle boot") with its article
 
 @dataclass
 class CaptionConfig:
-    """Everything that rebuilds the scenes and the model (stored in config.json)."""
+    """Everything that rebuilds the scenes and the model (stored in config.json).
+
+    Attributes:
+        data: Fashion-MNIST folder (IDX files, gzip'd or not), or the data set fashion-mnist;
+            none: /usr/share/datasets/fashion-mnist (apt-get install dataset-fashion-mnist).
+        slots: 28-pixel cells of a scene (its width).
+        min_items: Fewest items in a scene.
+        max_items: Most items in a scene.
+        valid_images: Training pictures kept for validation scenes.
+        valid_scenes: Validation scenes.
+        eval_scenes: Validation scenes captioned at each evaluation.
+        test_scenes: Test scenes (Fashion-MNIST test pictures) scored after training.
+        scene_seed: Seed of the validation and test scenes.
+        channels: Feature maps of the last conv stage.
+        stages: Conv + ReLU + pool stages.
+        cell: The decoder's recurrent cell.
+        embed: Word embedding size.
+        decoder_hidden: Decoder units.
+        decoder_layers: Decoder layers.
+        attention: Bahdanau (additive) or Luong (dot, general).
+        dropout: Dropout.
+        label_smoothing: Label smoothing of the words.
+        batch: Scenes per step.
+        beam: Beam size of the final evaluation.
+        length_penalty: Beam search's length normalisation exponent.
+    """
 
     data: str = ""
     slots: int = 4
@@ -71,11 +100,11 @@ class CaptionConfig:
     scene_seed: int = 1234
     channels: int = 64
     stages: int = 3
-    cell: str = "gru"
+    cell: str = choice("gru", CELLS)
     embed: int = 64
     decoder_hidden: int = 256
     decoder_layers: int = 1
-    attention: str = "additive"
+    attention: str = choice("additive", ATTENTIONS)
     dropout: float = 0.1
     label_smoothing: float = 0.0
     batch: int = 64
@@ -450,3 +479,20 @@ def format_report(summary: dict[str, Any]) -> str:
                      f"{100 * summary['test_items']:.1f}% ({summary['test_size']} scenes, "
                      f"beam {summary['beam']})")  # fmt: skip
     return "\n".join(lines)
+
+
+SPEC = TaskSpec(
+    NAME,
+    "Train a CNN encoder + attention decoder to caption Fashion-MNIST scenes (BLEU, exact).",
+    CaptionConfig,
+    DEFAULT_TRAIN,
+    train,
+    format_report,
+    load_predictor,
+    paths=("data",),
+    examples=(
+        "rnnkit train caption --out runs/caption",
+        "rnnkit caption runs/caption --example scene.png --plot attention.png",
+        "rnnkit caption runs/caption scene.png",
+    ),
+)

@@ -30,12 +30,15 @@ from rnnkit.data.text import Vocab, read_text, split_train_valid
 from rnnkit.errors import RnnkitError
 from rnnkit.export import Graph
 from rnnkit.io import atomic_write_json
+from rnnkit.layers import IMPLS
 from rnnkit.models.heads import check_sampling
 from rnnkit.models.sequence import SequenceModel
 from rnnkit.predictor import Predictor, Result, check_inputs
-from rnnkit.tasks.common import settings_from_dict, train_task
+from rnnkit.tasks.common import format_fit, settings_from_dict, train_task
+from rnnkit.tasks.spec import TaskSpec
 from rnnkit.training import checkpoint as ckpt
 from rnnkit.training.distributed import World, shard_batch
+from rnnkit.training.options import choice
 from rnnkit.training.tbptt import StreamBatches, stream_loss_sum
 from rnnkit.training.trainer import FitResult, StepOutput, TrainConfig
 
@@ -45,25 +48,48 @@ VOCAB = "vocab.json"
 
 @dataclass
 class CharLMConfig:
-    """Everything that rebuilds the data pipeline and the model (stored in config.json)."""
+    """Everything that rebuilds the data pipeline and the model (stored in config.json).
+
+    Attributes:
+        text: Text file to learn (or a data set: tiny-shakespeare): the first 90% trains, the
+            last 10% validates.
+        encoding: Encoding of the text file.
+        unit: Token unit.
+        valid_fraction: The end of the text that validates.
+        min_count: Keep tokens seen this often; others become <unk>.
+        max_vocab: Keep at most this many tokens (the most frequent); none: all.
+        cell: The recurrent cell.
+        embed: Embedding size.
+        hidden: Hidden units per layer.
+        layers: Recurrent layers.
+        dropout: Dropout.
+        weight_dropout: DropConnect on the recurrent weights (runs rnnkit's engine, not
+            torch's kernel); 0: off.
+        locked_dropout: One dropout mask per sequence, the same at every step.
+        impl: The recurrence's implementation: rnnkit's BPTT engine, torch's kernel, or auto.
+        seq_len: Time steps per training window.
+        batch: Sequences per step.
+        batching: random windows, or stream: truncated BPTT carrying the state.
+        eval_tokens: Validation tokens scored at each evaluation (all of them at the end).
+    """
 
     text: str = ""
     encoding: str = "utf-8"
-    unit: str = "char"
+    unit: str = choice("char", ("char", "word"))
     valid_fraction: float = 0.1
     min_count: int = 1
     max_vocab: int | None = None
-    cell: str = "lstm"
+    cell: str = choice("lstm", ("lstm", "gru", "rnn"))
     embed: int = 128
     hidden: int = 512
     layers: int = 3
     dropout: float = 0.3
     weight_dropout: float = 0.0
     locked_dropout: bool = False
-    impl: str = "auto"
+    impl: str = choice("auto", IMPLS)
     seq_len: int = 128
     batch: int = 64
-    batching: str = "random"
+    batching: str = choice("random", ("random", "stream"))
     eval_tokens: int = 32768
 
     def check(self) -> None:
@@ -575,3 +601,22 @@ def eval_report(run_dir: str, metrics: dict[str, float]) -> str:
         f"state carried through the text: {metrics['loss_carried']:.4f} nats/{per} "
         f"({metrics['bits_carried']:.4f} bits/{per})"
     )
+
+
+SPEC = TaskSpec(
+    NAME,
+    "Train a character-level (or --unit word) language model on a text file.",
+    CharLMConfig,
+    DEFAULT_TRAIN,
+    train,
+    format_fit,
+    load_predictor,
+    paths=("text",),
+    examples=(
+        "rnnkit data fetch tiny-shakespeare            # once: the data set, sha256 checked",
+        "rnnkit train charlm --text tiny-shakespeare --out runs/shakespeare",
+        "rnnkit train charlm --text notes.txt --cell gru --hidden-size 256 --max-time 5m",
+        "rnnkit train charlm --config charlm.toml --seed 2     # flags override the file",
+        "rnnkit train charlm --resume runs/shakespeare --max-time 20m",
+    ),
+)

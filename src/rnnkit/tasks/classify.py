@@ -26,11 +26,13 @@ from torch.nn.utils.rnn import pad_sequence
 from rnnkit.errors import RnnkitError
 from rnnkit.export import Graph, ragged_batch
 from rnnkit.io import atomic_write_json
+from rnnkit.layers import IMPLS
 from rnnkit.models.backbone import CELLS
 from rnnkit.models.classifier import POOLINGS, SequenceClassifier
 from rnnkit.predictor import Predictor, Result, check_inputs
 from rnnkit.tasks.common import train_task
 from rnnkit.training import checkpoint as ckpt
+from rnnkit.training.options import choice
 from rnnkit.training.trainer import StepOutput, TrainConfig
 
 EVAL_BATCH = 256
@@ -39,15 +41,29 @@ Augment = Callable[[Tensor, torch.Generator], Tensor]
 
 @dataclass
 class ClassifierSettings:
-    """The model and batching settings every classification task has (flags of the same names)."""
+    """The model and batching settings every classification task has (flags of the same names).
 
-    cell: str = "lstm"
+    Attributes:
+        cell: The recurrent cell.
+        hidden: Hidden units per direction.
+        layers: Recurrent layers.
+        bidirectional: Read the sequence both ways.
+        pooling: How the steps' outputs become one vector: the last step's, their mean, their
+            maximum, or an attention-weighted sum.
+        dropout: Dropout (inputs, between layers, head).
+        impl: The recurrence's implementation: rnnkit's BPTT engine, torch's kernel, or auto.
+        batch: Examples per step.
+        bucket: Draw a batch among BUCKET x batch examples of similar length; 0: any lengths.
+        valid_fraction: Training part held out to validate.
+    """
+
+    cell: str = choice("lstm", tuple(CELLS))
     hidden: int = 128
     layers: int = 1
     bidirectional: bool = True
-    pooling: str = "max"
+    pooling: str = choice("max", POOLINGS)
     dropout: float = 0.3
-    impl: str = "auto"
+    impl: str = choice("auto", IMPLS)
     batch: int = 32
     bucket: int = 0
     valid_fraction: float = 0.1
@@ -271,6 +287,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     return (f"{n} partitions: test accuracy {100 * summary['mean_accuracy']:.2f}% mean, "
             f"{100 * summary['std_accuracy']:.2f}% std; {summary['cpu_seconds'] / 60:.1f} "
             "CPU-minutes")  # fmt: skip
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """The lines `rnnkit train` prints: a cross-validation's summary or one run's test."""
+    return format_summary(result) if "partitions" in result else format_test(result)
 
 
 def format_test(result: dict[str, Any]) -> str:

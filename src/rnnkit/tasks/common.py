@@ -17,7 +17,13 @@ from typing import Any, TypeVar
 from rnnkit.data import registry
 from rnnkit.errors import RnnkitError
 from rnnkit.training import checkpoint as ckpt
-from rnnkit.training.options import TRAIN_KEYS, check_types, merge_settings, parse_duration
+from rnnkit.training.options import (
+    TRAIN_KEYS,
+    check_types,
+    flag_of,
+    merge_settings,
+    parse_duration,
+)
 from rnnkit.training.trainer import FitResult, Task, TrainConfig, Trainer
 
 Settings = TypeVar("Settings")
@@ -84,8 +90,18 @@ def train_task(
     for key, value in task_values.items():
         if getattr(settings, key) != value:
             raise RnnkitError(
-                f"cannot change --{key.replace('_', '-')} when resuming (the run has "
+                f"cannot change {flag_of(key)} when resuming (the run has "
                 f"{getattr(settings, key)!r}); start a new run instead"
             )
     config = TrainConfig.from_dict({**saved["train"], **train_values})
     return Trainer(make_task(settings), config, resume, resume=True).fit()
+
+
+def format_fit(result: FitResult) -> str:
+    """How training ended: the stop reason, steps, time, run and final validation metrics."""
+    minutes, seconds = divmod(round(result.elapsed), 60)
+    lines = [f"{result.stop_reason}: {result.step} steps in {minutes}m{seconds:02d}s; run in "
+             f"{result.run_dir}"]  # fmt: skip
+    if result.final:
+        lines.append("validation: " + "  ".join(f"{k} {v:.4f}" for k, v in result.final.items()))
+    return "\n".join(lines)

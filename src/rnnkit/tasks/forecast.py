@@ -35,6 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit.data.timeseries import (
+    CALENDAR,
+    FILL_POLICIES,
     Scaler,
     TimeSeries,
     calendar_features,
@@ -47,13 +49,16 @@ from rnnkit.data.timeseries import (
 )
 from rnnkit.errors import RnnkitError, shorten
 from rnnkit.io import atomic_write_json, read_json
-from rnnkit.models.forecaster import ForecastNet
+from rnnkit.layers import IMPLS
+from rnnkit.models.forecaster import MODES, ForecastNet
 from rnnkit.models.heads import GaussianHead
 from rnnkit.predictor import Predictor, Result, check_inputs
 from rnnkit.tasks.backtest import backtest, rolling_origins
-from rnnkit.tasks.common import settings_from_dict, train_task
+from rnnkit.tasks.common import format_fit, settings_from_dict, train_task
+from rnnkit.tasks.spec import TaskSpec
 from rnnkit.tasks.timeseries_plots import plot_backtest, plot_forecast
 from rnnkit.training import checkpoint as ckpt
+from rnnkit.training.options import choice
 from rnnkit.training.trainer import FitResult, StepOutput, TrainConfig, Trainer
 
 NAME = "forecast"
@@ -64,37 +69,64 @@ SCALER, HISTORY = "scaler.json", "history.json"
 class ForecastConfig:
     """What rebuilds the model and its data pipeline (stored in config.json).
 
-    The data (`train`, `run`; empty for a `Forecaster` fitted on a `TimeSeries` in Python):
-    ``csv`` the CSV file, ``time_col`` its time column, ``columns`` its target columns (empty:
-    every column but the time column and the covariates; filled in when the CSV is read),
-    ``covariates`` its covariate columns, ``fill`` the gap policy, ``returns`` whether the
-    targets are prices turned into log returns. A loaded run reads histories the same way.
-    ``targets`` (the model's target names: ``columns``, or "<column> log return"),
-    ``covariates`` and ``freq`` are filled in from the series by `Forecaster.fit`.
+    The data (``csv`` to ``returns``) is empty for a `Forecaster` fitted on a `TimeSeries` in
+    Python; a loaded run reads histories the same way. ``targets``, ``covariates`` and ``freq``
+    are filled in from the series by `Forecaster.fit`.
+
+    Attributes:
+        csv: CSV file with a time column, or a data set's (airline-passengers,
+            nab/realKnownCause/nyc_taxi.csv).
+        time_col: Name of the time column.
+        columns: Target column (repeatable); none: every column but the time column and the
+            covariates (filled in when the CSV is read).
+        fill: Policy for gaps and NaN: refuse them, interpolate, or carry the last value
+            forward.
+        returns: Forecast the log returns of a price.
+        input_chunk_length: Steps the network reads.
+        output_chunk_length: Steps it forecasts at once (direct mode).
+        mode: direct: all steps at once; autoregressive: one step at a time, fed back.
+        likelihood: gaussian: intervals from a Gaussian; none: a point forecast (MSE).
+        cell: The recurrent cell.
+        hidden_size: Hidden units per layer.
+        num_layers: Recurrent layers.
+        dropout: Dropout between layers.
+        detrend: Subtract each input window's mean level.
+        log: Model the log of the targets (positive series).
+        calendar: Calendar covariate (repeatable).
+        batch_size: Windows per step.
+        val_fraction: The end of the series that validates; 0: none.
+        impl: The recurrence's implementation: rnnkit's BPTT engine, torch's kernel, or auto.
+        targets: The model's target names (the columns, or "<column> log return").
+        covariates: Past covariate column (repeatable).
+        freq: The series' frequency.
     """
 
     csv: str = ""
     time_col: str = ""
     columns: list[str] = field(default_factory=list)
-    fill: str = "refuse"
+    fill: str = choice("refuse", FILL_POLICIES)
     returns: bool = False
     input_chunk_length: int = 24
     output_chunk_length: int = 6
-    mode: str = "direct"
-    likelihood: str | None = "gaussian"
-    cell: str = "lstm"
+    mode: str = choice("direct", MODES)
+    likelihood: str | None = choice("gaussian", ("gaussian", None))
+    cell: str = choice("lstm", ("lstm", "gru", "rnn"))
     hidden_size: int = 32
     num_layers: int = 1
     dropout: float = 0.0
     detrend: bool = True
     log: bool = False
-    calendar: list[str] = field(default_factory=list)
+    calendar: list[str] = field(default_factory=list, metadata={"choices": CALENDAR})
     batch_size: int = 32
     val_fraction: float = 0.0
-    impl: str = "auto"
+    impl: str = choice("auto", IMPLS)
     targets: list[str] = field(default_factory=list)
     covariates: list[str] = field(default_factory=list)
     freq: str = ""
+
+    def __post_init__(self) -> None:
+        if self.likelihood == "none":  # the command line's and a TOML file's word for None
+            self.likelihood = None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ForecastConfig:
@@ -774,3 +806,22 @@ class ForecastPredictor(Predictor):
 def load_predictor(run_dir: str | Path, checkpoint: str = "best") -> ForecastPredictor:
     """The `ForecastPredictor` of a run (`rnnkit.load`)."""
     return ForecastPredictor(run_dir, checkpoint)
+
+
+SPEC = TaskSpec(
+    NAME,
+    "Train a forecaster on a CSV (`rnnkit predict RUN --horizon N` forecasts with it).",
+    ForecastConfig,
+    TRAIN_DEFAULTS,
+    train,
+    format_fit,
+    load_predictor,
+    paths=("csv",),
+    internal=("targets", "freq"),
+    examples=(
+        "rnnkit data fetch airline-passengers",
+        "rnnkit train forecast --csv airline-passengers --time-col Month --target Passengers \\",
+        "  --log --mode autoregressive --calendar month --out runs/airline",
+        "rnnkit predict runs/airline --horizon 12 --json",
+    ),
+)

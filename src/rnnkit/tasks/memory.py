@@ -19,6 +19,7 @@ Cells (``cell``): "rnn" (Elman, tanh), "irnn" (relu, identity init; Le et al. 20
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -29,12 +30,14 @@ from torch import Tensor, nn
 
 from rnnkit.data.synthetic import ADDING_BASELINE_MSE, adding_problem, copy_baseline, copy_memory
 from rnnkit.errors import RnnkitError
+from rnnkit.layers import IMPLS
 from rnnkit.models.backbone import CELLS
 from rnnkit.models.classifier import ManyToOne
 from rnnkit.models.sequence import SequenceModel
-from rnnkit.tasks.common import settings_from_dict
+from rnnkit.tasks.common import format_fit, settings_from_dict
+from rnnkit.tasks.spec import Flag, TaskSpec
 from rnnkit.training import checkpoint as ckpt
-from rnnkit.training.options import TRAIN_KEYS, merge_settings, parse_duration
+from rnnkit.training.options import TRAIN_KEYS, choice, flag_of, merge_settings, parse_duration
 from rnnkit.training.trainer import FitResult, StepOutput, TrainConfig, Trainer
 
 PROBLEMS = ("adding", "copy")
@@ -47,16 +50,29 @@ DEFAULT_T = {"adding": 200, "copy": 100}
 
 @dataclass
 class MemoryConfig:
-    """Everything that rebuilds a memory task and its model (stored in config.json)."""
+    """Everything that rebuilds a memory task and its model (stored in config.json).
+
+    Attributes:
+        problem: adding or copy.
+        T: Sequence length (the delay).
+        cell: rnn: Elman tanh; irnn: relu + identity init; lstm; gru.
+        hidden: Hidden units.
+        layers: Recurrent layers.
+        batch: Sequences per step.
+        forget_bias: LSTM forget-gate bias at init; none: the layer's.
+        impl: The recurrence's implementation: rnnkit's BPTT engine, torch's kernel, or auto.
+        valid_size: Validation sequences.
+        test_size: Test sequences.
+    """
 
     problem: str = "adding"
     T: int = 200
-    cell: str = "lstm"
+    cell: str = choice("lstm", tuple(CELLS))
     hidden: int = 64
     layers: int = 1
     batch: int = 50
     forget_bias: float | None = None
-    impl: str = "auto"
+    impl: str = choice("auto", IMPLS)
     valid_size: int = 1000
     test_size: int = 10000
 
@@ -265,8 +281,8 @@ def train(
         for key, value in task_values.items():
             if getattr(task.cfg, key) != value:
                 raise RnnkitError(
-                    f"cannot change --{key} when resuming (the run has {getattr(task.cfg, key)!r});"
-                    " start a new run instead"
+                    f"cannot change {flag_of(key)} when resuming (the run has "
+                    f"{getattr(task.cfg, key)!r}); start a new run instead"
                 )
         saved = ckpt.read_config(resume)["train"]
         return Trainer(
@@ -281,3 +297,28 @@ def train(
         Path(out) if out else Path("runs") / f"{problem}-T{task.cfg.T}-{task.cfg.cell}-{stamp}"
     )
     return Trainer(task, config, run_dir).fit()
+
+
+HELP = {
+    "adding": "The adding problem: the sum of the two marked numbers of a length-T sequence.\n\n"
+    "Always answering 1 scores MSE 0.167; solved means test MSE < 0.01.",
+    "copy": "Copy memory: repeat 10 symbols after a delay of T blanks.\n\nThe memoryless "
+    "baseline is 10 ln 8 / (T + 20) nats per step.",
+}
+EXAMPLES = {
+    "adding": ("rnnkit train adding --cell lstm --T 200",
+               "rnnkit train adding --cell rnn --T 200 --clip 0 --out runs/adding-rnn-noclip"),
+    "copy": ("rnnkit train copy --T 100", "rnnkit train copy --cell gru --T 100 --max-time 10m"),
+}  # fmt: skip
+
+
+def _spec(problem: str) -> TaskSpec:
+    lrs = "; ".join(f"{cell}: {lr:g}" for cell, lr in DEFAULT_LR.items())
+    return TaskSpec(problem, HELP[problem], MemoryConfig, DEFAULT_TRAIN,
+                    functools.partial(train, problem), format_fit, internal=("problem",),
+                    shown={"T": str(DEFAULT_T[problem]), "lr": lrs},
+                    extras=(Flag("threads", "Torch CPU threads.  [default: torch's]", int),),
+                    examples=EXAMPLES[problem])  # fmt: skip
+
+
+SPECS = {problem: _spec(problem) for problem in PROBLEMS}

@@ -39,11 +39,14 @@ from rnnkit.data.music import (
 )
 from rnnkit.errors import RnnkitError
 from rnnkit.io import atomic_write_bytes
+from rnnkit.layers import IMPLS
 from rnnkit.models.frames import HEADS, FrameModel
 from rnnkit.models.heads import bernoulli_nll, check_sampling
 from rnnkit.predictor import Predictor, Result, check_inputs
-from rnnkit.tasks.common import settings_from_dict, train_task
+from rnnkit.tasks.common import format_fit, settings_from_dict, train_task
+from rnnkit.tasks.spec import TaskSpec
 from rnnkit.training import checkpoint as ckpt
+from rnnkit.training.options import choice
 from rnnkit.training.trainer import FitResult, StepOutput, TrainConfig
 
 NAME = "music"
@@ -51,19 +54,35 @@ NAME = "music"
 
 @dataclass
 class MusicConfig:
-    """Everything that rebuilds the data pipeline and the model (stored in config.json)."""
+    """Everything that rebuilds the data pipeline and the model (stored in config.json).
 
-    data: str = "jsb-chorales"  # a data set of the registry, or a file or folder
+    Attributes:
+        data: JSB chorales JSON (train/valid/test), a folder of MIDI files, or a data set.
+        steps_per_quarter: MIDI folders: frames per quarter note.
+        cell: The recurrent cell.
+        hidden: Hidden units per layer.
+        layers: Recurrent layers.
+        dropout: Dropout on the recurrent outputs.
+        input_dropout: Dropout on the input frames.
+        weight_dropout: DropConnect on the recurrent weights.
+        head: bernoulli: independent keys; nade: the keys of a frame jointly.
+        nade_hidden: Hidden units of the NADE head.
+        impl: The recurrence's implementation: rnnkit's BPTT engine, torch's kernel, or auto.
+        batch: Pieces per step.
+        transpose: Random transposition of the training pieces, +- this many semitones (0-12).
+    """
+
+    data: str = "jsb-chorales"
     steps_per_quarter: int = 1
-    cell: str = "lstm"
+    cell: str = choice("lstm", ("lstm", "gru", "rnn"))
     hidden: int = 256
     layers: int = 1
     dropout: float = 0.3
     input_dropout: float = 0.1
     weight_dropout: float = 0.5
-    head: str = "bernoulli"
+    head: str = choice("bernoulli", HEADS)
     nade_hidden: int = 128
-    impl: str = "auto"
+    impl: str = choice("auto", IMPLS)
     batch: int = 8
     transpose: int = 0
 
@@ -448,3 +467,22 @@ def compose(
     atomic_write_bytes(png, roll_png(roll, title, prime=composition.prime_frames))
     return {"midi": str(out_path), "png": str(png), "prime_frames": composition.prime_frames,
             "frames": frames, "notes": composition.notes}  # fmt: skip
+
+
+SPEC = TaskSpec(
+    NAME,
+    "Train a next-frame model of polyphonic music (88-key piano rolls).\n\nThe validation loss "
+    "is the negative log-likelihood per frame (nats, summed over the keys).",
+    MusicConfig,
+    DEFAULT_TRAIN,
+    train,
+    format_fit,
+    load_predictor,
+    paths=("data",),
+    examples=(
+        "rnnkit data fetch jsb-chorales                # once: the data set, sha256 checked",
+        "rnnkit train music --out runs/jsb             # --data jsb-chorales",
+        "rnnkit train music --head nade",
+        "rnnkit train music --data my_midi_folder/ --steps-per-quarter 2 --max-time 10m",
+    ),
+)

@@ -24,10 +24,13 @@ from rnnkit.data.labelled import read_labelled
 from rnnkit.data.text import Vocab, tokenize_words
 from rnnkit.errors import RnnkitError
 from rnnkit.io import atomic_write_json
+from rnnkit.models.classifier import POOLINGS
 from rnnkit.tasks import classify
 from rnnkit.tasks.classify import ClassifierSettings, ClassifyTask, Split
 from rnnkit.tasks.common import settings_from_dict
+from rnnkit.tasks.spec import Flag, TaskSpec
 from rnnkit.training import checkpoint as ckpt
+from rnnkit.training.options import choice
 from rnnkit.training.trainer import TrainConfig
 
 NAME = "sentiment"
@@ -36,9 +39,24 @@ VOCAB = "vocab.json"
 
 @dataclass
 class SentimentConfig(ClassifierSettings):
-    """Everything that rebuilds the data split and the model (stored in config.json)."""
+    """Everything that rebuilds the data split and the model (stored in config.json).
 
-    data: str = "mr"  # a data set of the registry, or a file or folder
+    Attributes:
+        data: MR folder (rt-polarity.pos/.neg), a CSV/TSV, a folder per class, or a data set.
+        text_col: CSV/TSV: the text column.
+        label_col: CSV/TSV: the label column.
+        encoding: Encoding of the files.
+        lowercase: Lowercase the texts.
+        min_count: Keep words seen this often; others become <unk>.
+        max_vocab: Keep at most this many words (the most frequent).
+        embed: Word embedding size.
+        word_dropout: Training words turned <unk> at this rate; 0: off.
+        folds: Stratified folds.
+        fold: The fold that tests (one run).
+        split_seed: Seed of the folds and of the validation part.
+    """
+
+    data: str = "mr"
     text_col: str = "text"
     label_col: str = "label"
     encoding: str = "utf-8"
@@ -53,7 +71,7 @@ class SentimentConfig(ClassifierSettings):
     hidden: int = 100
     batch: int = 50
     bucket: int = 4
-    pooling: str = "attention"
+    pooling: str = choice("attention", POOLINGS)
     dropout: float = 0.5
 
     def check(self) -> None:
@@ -215,3 +233,22 @@ class SentimentPredictor(classify.ClassifierPredictor):
 def load_predictor(run_dir: str | Path, checkpoint: str = "best") -> SentimentPredictor:
     """The `SentimentPredictor` of a run (`rnnkit.load`)."""
     return SentimentPredictor(run_dir, checkpoint)
+
+
+SPEC = TaskSpec(
+    NAME,
+    "Train a sentence classifier (sentiment) on labelled texts; test on a held-out fold.",
+    SentimentConfig,
+    DEFAULT_TRAIN,
+    train,
+    classify.format_result,
+    load_predictor,
+    paths=("data",),
+    extras=(Flag("cv", "Cross-validate: every fold tests once (runs in --out); mean and std."),),
+    examples=(
+        "rnnkit data fetch mr                          # once: the data set, sha256 checked",
+        "rnnkit train sentiment --out runs/mr          # --data mr",
+        "rnnkit train sentiment --cv --out runs/mr-cv",
+        "rnnkit train sentiment --data reviews.csv --text-col review --label-col stars",
+    ),
+)

@@ -23,10 +23,13 @@ import torch
 
 from rnnkit.data import audio, registry
 from rnnkit.errors import RnnkitError
+from rnnkit.models.classifier import POOLINGS
 from rnnkit.tasks import classify
 from rnnkit.tasks.classify import ClassifierSettings, ClassifyTask, Split
 from rnnkit.tasks.common import settings_from_dict
+from rnnkit.tasks.spec import Flag, TaskSpec
 from rnnkit.training import checkpoint as ckpt
+from rnnkit.training.options import choice
 from rnnkit.training.trainer import TrainConfig
 
 NAME = "speech-digits"
@@ -35,17 +38,28 @@ DIGITS = [str(d) for d in range(10)]
 
 @dataclass
 class SpeechConfig(ClassifierSettings):
-    """Everything that rebuilds the data split, the features and the model (config.json)."""
+    """Everything that rebuilds the data split, the features and the model (config.json).
 
-    data: str = audio.FSDD  # a data set of the registry, or a recordings folder
+    Attributes:
+        data: FSDD recordings folder ({digit}_{speaker}_{index}.wav) or a data set.
+        split: standard (index 0-4 tests) or speaker:NAME (that speaker tests).
+        features: The features of each frame.
+        sample_rate: Recordings are resampled to this rate (Hz).
+        n_mels: Mel bands.
+        n_mfcc: MFCC coefficients.
+        specaugment: SpecAugment masks on the training features.
+        split_seed: Seed of the validation part.
+    """
+
+    data: str = audio.FSDD
     split: str = "standard"
-    features: str = "mfcc"
+    features: str = choice("mfcc", ("mfcc", "logmel"))
     sample_rate: int = 8000
     n_mels: int = 40
     n_mfcc: int = 20
     specaugment: bool = True
     split_seed: int = 0
-    pooling: str = "mean"
+    pooling: str = choice("mean", POOLINGS)
     hidden: int = 64
     layers: int = 2
     dropout: float = 0.2
@@ -180,3 +194,21 @@ class SpeechPredictor(classify.ClassifierPredictor):
 def load_predictor(run_dir: str | Path, checkpoint: str = "best") -> SpeechPredictor:
     """The `SpeechPredictor` of a run (`rnnkit.load`)."""
     return SpeechPredictor(run_dir, checkpoint)
+
+
+SPEC = TaskSpec(
+    NAME,
+    "Train a spoken-digit recogniser (one digit per recording); test on held-out recordings.",
+    SpeechConfig,
+    DEFAULT_TRAIN,
+    train,
+    classify.format_result,
+    load_predictor,
+    paths=("data",),
+    extras=(Flag("loso", "Leave one speaker out, each in turn (runs in --out); mean and std."),),
+    examples=(
+        "rnnkit data fetch fsdd                        # once: the data set, sha256 checked",
+        "rnnkit train speech-digits --out runs/fsdd    # --data fsdd",
+        "rnnkit train speech-digits --loso",
+    ),
+)

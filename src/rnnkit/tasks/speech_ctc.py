@@ -26,13 +26,16 @@ from rnnkit.data import audio
 from rnnkit.errors import RnnkitError
 from rnnkit.export import Graph, ragged_batch
 from rnnkit.io import atomic_write_json
+from rnnkit.layers import IMPLS
 from rnnkit.models import ctc
 from rnnkit.models.sequence import SequenceModel
 from rnnkit.predictor import Predictor, Result, check_inputs
 from rnnkit.tasks.classify import EVAL_BATCH, pad, stamp
 from rnnkit.tasks.common import settings_from_dict, train_task
+from rnnkit.tasks.spec import TaskSpec
 from rnnkit.tasks.speech import read_input
 from rnnkit.training import checkpoint as ckpt
+from rnnkit.training.options import choice
 from rnnkit.training.trainer import StepOutput, TrainConfig
 
 NAME = "speech-ctc"
@@ -42,9 +45,27 @@ VALID_SEED, TEST_SEED = 1_000_003, 2_000_003
 
 @dataclass
 class CTCConfig:
-    """Everything that rebuilds the data, the features and the model (config.json)."""
+    """Everything that rebuilds the data, the features and the model (config.json).
 
-    data: str = audio.FSDD  # a data set of the registry, or a recordings folder
+    Attributes:
+        data: FSDD recordings folder ({digit}_{speaker}_{index}.wav) or a data set.
+        sample_rate: Recordings are resampled to this rate (Hz).
+        n_mels: Mel bands of the log-mel features.
+        stack: Feature frames per step.
+        specaugment: SpecAugment masks on the training features.
+        min_digits: Fewest digits of an utterance (recordings joined).
+        max_digits: Most digits of an utterance.
+        hidden: LSTM units per direction.
+        layers: Bidirectional LSTM layers.
+        dropout: Dropout between layers.
+        impl: The recurrence's implementation: rnnkit's BPTT engine, torch's kernel, or auto.
+        batch: Utterances per step.
+        valid_size: Validation utterances.
+        test_size: Test utterances.
+        beam: Prefix-beam width of the test and of transcribing.
+    """
+
+    data: str = audio.FSDD
     sample_rate: int = 8000
     n_mels: int = 40
     stack: int = 3
@@ -54,7 +75,7 @@ class CTCConfig:
     hidden: int = 64
     layers: int = 2
     dropout: float = 0.2
-    impl: str = "auto"
+    impl: str = choice("auto", IMPLS)
     batch: int = 16
     valid_size: int = 100
     test_size: int = 500
@@ -345,3 +366,16 @@ def format_report(report: dict[str, Any]) -> str:
     return (f"test ({report['test_size']} utterances): digit error rate "
             f"{100 * report['test_der_greedy']:.2f}% greedy, {100 * report['test_der_beam']:.2f}% "
             f"prefix beam; alignment in {report['run_dir']}/alignment.png")  # fmt: skip
+
+
+SPEC = TaskSpec(
+    NAME,
+    "Train a recogniser of spoken digit strings (bidirectional LSTM + CTC).",
+    CTCConfig,
+    DEFAULT_TRAIN,
+    train,
+    format_report,
+    load_predictor,
+    paths=("data",),
+    examples=("rnnkit train speech-ctc --out runs/ctc   # --data fsdd (rnnkit data fetch fsdd)",),
+)

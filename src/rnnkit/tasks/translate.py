@@ -33,6 +33,8 @@ from rnnkit.data.tokens import BOS, EOS, PAD, pad_ids
 from rnnkit.errors import RnnkitError
 from rnnkit.io import atomic_write_bytes, atomic_write_json
 from rnnkit.models.seq2seq import (
+    ATTENTIONS,
+    CELLS,
     AttentionDecoder,
     Hypothesis,
     Seq2Seq,
@@ -42,7 +44,9 @@ from rnnkit.models.seq2seq import (
 )
 from rnnkit.predictor import Predictor, Result, check_inputs
 from rnnkit.tasks.common import settings_from_dict, train_task
+from rnnkit.tasks.spec import TaskSpec
 from rnnkit.training import checkpoint as ckpt
+from rnnkit.training.options import choice
 from rnnkit.training.trainer import StepOutput, TrainConfig
 
 NAME = "translate"
@@ -51,7 +55,36 @@ SRC_SPM, TGT_SPM = "src.spm", "tgt.spm"
 
 @dataclass
 class TranslateConfig:
-    """Everything that rebuilds the data pipeline and the model (stored in config.json)."""
+    """Everything that rebuilds the data pipeline and the model (stored in config.json).
+
+    Attributes:
+        src: Source sentences, one per line (plain or .gz).
+        tgt: Their translations, line by line.
+        valid_src: Validation sources; none: the last valid_fraction of the pairs.
+        valid_tgt: Validation targets.
+        test_src: Test sources: translated with beam search after training.
+        test_tgt: Test references (BLEU, chrF).
+        encoding: Encoding of the files.
+        valid_fraction: Pairs held out to validate when there is no --valid-src.
+        src_vocab: Source subword pieces.
+        tgt_vocab: Target subword pieces.
+        subword: The subword model (sentencepiece's).
+        max_len: Subword pieces kept per sentence.
+        cell: The recurrent cell of encoder and decoder.
+        embed: Embedding size.
+        hidden: Encoder units per direction.
+        layers: Encoder layers.
+        decoder_hidden: Decoder units.
+        decoder_layers: Decoder layers.
+        attention: Bahdanau (additive) or Luong (dot, general).
+        dropout: Dropout.
+        teacher_forcing: Teacher-forcing ratio.
+        label_smoothing: Label smoothing of the targets.
+        batch: Sentence pairs per step.
+        beam: Beam size of the final evaluation.
+        length_penalty: Beam search's length normalisation exponent.
+        eval_sentences: Validation sentences translated at each evaluation (BLEU).
+    """
 
     src: str = ""
     tgt: str = ""
@@ -63,15 +96,15 @@ class TranslateConfig:
     valid_fraction: float = 0.05
     src_vocab: int = 8000
     tgt_vocab: int = 8000
-    subword: str = "unigram"
+    subword: str = choice("unigram", ("unigram", "bpe"))
     max_len: int = 80
-    cell: str = "gru"
+    cell: str = choice("gru", CELLS)
     embed: int = 256
     hidden: int = 256
     layers: int = 1
     decoder_hidden: int = 512
     decoder_layers: int = 1
-    attention: str = "additive"
+    attention: str = choice("additive", ATTENTIONS)
     dropout: float = 0.3
     teacher_forcing: float = 1.0
     label_smoothing: float = 0.1
@@ -104,6 +137,9 @@ class TranslateConfig:
         if self.length_penalty < 0:
             raise RnnkitError(f"length_penalty must be >= 0, got {self.length_penalty}")
 
+
+#: the settings naming files
+FILES = ("src", "tgt", "valid_src", "valid_tgt", "test_src", "test_tgt")
 
 #: training defaults of `rnnkit train translate` (Multi30k: 29,000 pairs, ~450 steps per epoch)
 DEFAULT_TRAIN = TrainConfig(lr=2e-3, warmup_steps=200, clip=1.0, max_time=60 * 60,
@@ -443,9 +479,8 @@ def train(
         made.append(Translate(cfg, subwords))
         return made[-1]
 
-    files = ("src", "tgt", "valid_src", "valid_tgt", "test_src", "test_tgt")
     result = train_task(NAME, TranslateConfig, make_task, DEFAULT_TRAIN, flags, config_file, out,
-                        resume, paths=files)  # fmt: skip
+                        resume, paths=FILES)  # fmt: skip
     summary = {"run_dir": str(result.run_dir), "steps": result.step, "elapsed": result.elapsed,
                "stop_reason": result.stop_reason, "valid": result.final}  # fmt: skip
     if made[-1].cfg.test_src and result.stop_reason not in ("interrupted", "diverged"):
@@ -465,3 +500,22 @@ def format_report(summary: dict[str, Any]) -> str:
         lines.append(f"test: BLEU {summary['test_bleu']:.2f}  chrF {summary['test_chrf']:.2f} "
                      f"({summary['test_size']} sentences, beam {summary['beam']})")  # fmt: skip
     return "\n".join(lines)
+
+
+SPEC = TaskSpec(
+    NAME,
+    "Train an attention encoder-decoder to translate (subword vocabularies, BLEU).",
+    TranslateConfig,
+    DEFAULT_TRAIN,
+    train,
+    format_report,
+    load_predictor,
+    paths=FILES,
+    examples=(
+        "rnnkit data fetch multi30k                    # once: the data set, sha256 checked",
+        "rnnkit train translate --src multi30k/train.en.gz --tgt multi30k/train.de.gz \\",
+        "  --valid-src multi30k/val.en.gz --valid-tgt multi30k/val.de.gz \\",
+        "  --test-src multi30k/test_2016_flickr.en.gz \\",
+        "  --test-tgt multi30k/test_2016_flickr.de.gz --out runs/en-de",
+    ),
+)

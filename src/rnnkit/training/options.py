@@ -7,6 +7,8 @@ then the flags actually given on the command line.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import re
 import sys
 import types
@@ -70,12 +72,18 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 def merge_settings(
     config_file: str | None, flags: dict[str, Any], known: set[str]
 ) -> dict[str, Any]:
-    """The TOML file's settings overridden by the flags that were given (not None).
+    """The TOML file's settings overridden by the flags that were given (not None). A file may
+    name a setting by its flag (``hidden_size`` or ``hidden-size`` for ``hidden``).
 
     Raises:
         RnnkitError: a key of the file is not in ``known`` (names the key and the file).
     """
     values = read_toml(config_file) if config_file else {}
+    aliases = {flag_of(name)[2:].replace("-", "_"): name for name in FLAG_NAMES}
+    values = {
+        aliases[k] if k not in known and aliases.get(k) in known else k: v
+        for k, v in values.items()
+    }
     unknown = sorted(set(values) - known)
     if unknown:
         raise RnnkitError(
@@ -171,3 +179,58 @@ def _fits(value: Any, hint: Any) -> bool:
     if origin is dict:
         return isinstance(value, dict)
     return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def choice(default: str | None, options: tuple[str | None, ...]) -> Any:
+    """A dataclass field holding one of ``options`` (the command line offers them as choices;
+    None among them is written "none")."""
+    return dataclasses.field(default=default, metadata={"choices": tuple(options)})
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The help text of each field of dataclass ``cls``: the ``Attributes:`` section of its
+    docstring and its bases' (one ``name: text`` line per field, continued on lines indented
+    deeper), a subclass's text winning."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        docs.update(_attributes(inspect.getdoc(klass) or "" if klass is not object else ""))
+    return docs
+
+
+def _attributes(doc: str) -> dict[str, str]:
+    """``name: text`` entries of the ``Attributes:`` section of a docstring."""
+    lines = doc.split("Attributes:", 1)[1].splitlines() if "Attributes:" in doc else []
+    found: dict[str, str] = {}
+    name = None
+    for line in lines[1:]:
+        if not line.strip():
+            break
+        entry = _ENTRY.match(line)
+        if entry:
+            name = entry.group(1)
+            found[name] = entry.group(2).strip()
+        elif name is not None:
+            found[name] += " " + line.strip()
+    return found
+
+
+_ENTRY = re.compile(r"^ {4}(\w+): (.*)$")
+
+
+#: command-line flags of the settings whose flag is not their name in kebab-case: torch's names
+#: for the sizes, one target or covariate column per flag, and the on/off pairs named for the
+#: off side
+FLAG_NAMES = {
+    "hidden": "--hidden-size",
+    "layers": "--num-layers",
+    "columns": "--target",
+    "covariates": "--covariate",
+    "bidirectional": "--bidirectional/--unidirectional",
+    "regular": "--regular/--rows-as-steps",
+}
+
+
+def flag_of(name: str) -> str:
+    """The command-line flag of setting ``name`` (``hidden`` -> ``--hidden-size``; for an on/off
+    pair, its "on" side)."""
+    return FLAG_NAMES.get(name, "--" + name.replace("_", "-")).split("/")[0]

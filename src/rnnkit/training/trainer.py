@@ -98,7 +98,7 @@ from rnnkit.training.devices import (
     to_device,
 )
 from rnnkit.training.metrics import MetricsLog, Progress, plot_loss_curve
-from rnnkit.training.options import check_types
+from rnnkit.training.options import check_types, choice
 from rnnkit.training.tbptt import detach_state
 from rnnkit.training.threads import ThreadTuner, adapting
 
@@ -138,23 +138,39 @@ class Task(Protocol):
 class TrainConfig:
     """Settings of the training loop (budgets in steps, epochs or seconds; None: no limit).
 
-    ``clip`` None or 0 disables clipping (the norm is still logged). ``eval_every`` and
-    ``log_every`` are in steps; ``checkpoint_every`` None means "at every evaluation".
-    ``keep_checkpoints``: complete checkpoints kept in ``checkpoints/`` (at least 2, so that a
-    damaged newest one falls back to the one before).
-    ``monitor``: the validation metric that picks the best checkpoint and drives early
-    stopping, a key of the task's ``evaluate`` result; ``monitor_mode`` "min" (e.g. a loss) or
-    "max" (e.g. accuracy). ``FitResult.best_loss`` holds its best value.
-    ``patience``: stop after that many evaluations without an improvement of ``min_delta``.
-    ``progress``: "auto" (bar on a terminal, log lines otherwise), "bar", "log" or "none".
-    ``on_nonfinite``: what a NaN/inf loss or gradient norm does; the step is never applied:
-    "raise" raises RnnkitError; "stop" ends training with ``stop_reason="diverged"`` and keeps
-    the last checkpoint as it is (no new save); "skip" warns, logs ``"skipped": true`` and goes
-    on with the next batch (RnnkitError after `MAX_SKIPS` skipped steps in a row).
-    ``device``: "auto" (CUDA, else MPS, else the CPU), "cpu", "cuda", "cuda:N" or "mps"
-    (`rnnkit.training.devices.resolve_device`); a resumed run may change it.
-    ``precision``: "fp32", "bf16" (bfloat16 autocast), "fp16" (CUDA: float16 autocast with a
-    gradient scaler) or "auto" (bf16 where the device has it natively, else fp16 on CUDA).
+    Attributes:
+        lr: Peak learning rate (AdamW).
+        weight_decay: AdamW weight decay.
+        betas: AdamW's betas.
+        warmup_steps: Warm-up steps (linear, then the schedule).
+        schedule: Learning-rate schedule after the warm-up.
+        min_lr_ratio: The schedule's last learning rate, as a fraction of the peak.
+        clip: Clip the gradient norm; 0 or none: off (the norm is still logged).
+        max_steps: Step budget; none: no limit.
+        max_epochs: Epoch budget; none: no limit.
+        max_time: Time budget: 900 (seconds), 90s, 15m, 1h; none: no limit.
+        eval_every: Steps between evaluations.
+        log_every: Steps between log lines.
+        checkpoint_every: Steps between checkpoints; none: at every evaluation.
+        keep_checkpoints: Complete checkpoints kept in checkpoints/ (at least 2, so that a
+            damaged newest one falls back to the one before).
+        patience: Stop after this many evaluations without progress; none: never.
+        min_delta: The least improvement that counts as progress.
+        monitor: The validation metric that picks the best checkpoint and drives early
+            stopping (a key of the task's ``evaluate`` result; `FitResult.best_loss` holds its
+            best value).
+        monitor_mode: min (e.g. a loss) or max (e.g. accuracy).
+        seed: Random seed.
+        progress: auto: a bar on a terminal, log lines otherwise.
+        tensorboard: Also log to TensorBoard.
+        on_nonfinite: A NaN/inf loss or gradient norm (the step is never applied): raise an
+            error; stop, keeping the last checkpoint as it is (stop reason "diverged"); or skip
+            the step with a warning (an error after MAX_SKIPS skipped steps in a row).
+        precision: bf16: the training forward pass in bfloat16 (about 2x faster on CPUs with
+            AMX or AVX-512 BF16); fp16 (CUDA): float16 with a gradient scaler; auto: bf16 where
+            the hardware has it, else fp16 on CUDA.
+        device: Train on this device: auto (CUDA, else MPS, else the CPU), cpu, cuda, cuda:N
+            or mps; a resumed run may change it.
     """
 
     lr: float = 2e-3
@@ -176,10 +192,10 @@ class TrainConfig:
     monitor: str = "loss"
     monitor_mode: str = "min"
     seed: int = 0
-    progress: str = "auto"
+    progress: str = choice("auto", ("auto", "bar", "log", "none"))
     tensorboard: bool = False
-    on_nonfinite: str = "raise"
-    precision: str = "fp32"
+    on_nonfinite: str = choice("raise", ("raise", "stop", "skip"))
+    precision: str = choice("fp32", ("fp32", "bf16", "fp16", "auto"))
     device: str = "auto"
 
     #: fields that may change when resuming (the rest must match the run's config.json)
