@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -20,11 +19,11 @@ import pytest
 pytest.importorskip("fastapi", reason="the serve extra: pip install 'rnnkit[serve]'")
 
 import httpx  # noqa: E402
-import uvicorn  # noqa: E402
 from serve_runs import charlm_run, sentiment_run  # noqa: E402
 
 import rnnkit  # noqa: E402
-from rnnkit.serve.app import Limits, create_app  # noqa: E402
+from rnnkit.serve.app import Limits  # noqa: E402
+from rnnkit.serve.background import serving  # noqa: E402
 
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "serving"
 
@@ -39,25 +38,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serving(runs, limits: Limits | None = None):
-    """The app on 127.0.0.1:PORT in a thread; yields (base url, app)."""
-    app = create_app({name: rnnkit.load(path) for name, path in runs.items()}, limits)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(500):
-        if server.started:
-            break
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}", app
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
 
 
 def test_a_full_run_refuses_more_streams_and_a_leaving_client_frees_its_slot(runs):

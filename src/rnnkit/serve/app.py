@@ -309,10 +309,12 @@ def _event_stream(run: Served, settings: dict, limits: Limits, request: Request)
 
     async def send():
         try:
-            while True:
-                event = await events.get()
-                yield f"data: {json.dumps(event, allow_nan=False)}\n\n"
-                if event.get("done"):
+            while True:  # every event waiting goes out in one write
+                batch = [await events.get()]
+                while not events.empty() and not batch[-1].get("done"):
+                    batch.append(events.get_nowait())
+                yield "".join(f"data: {json.dumps(e, allow_nan=False)}\n\n" for e in batch)
+                if batch[-1].get("done"):
                     return
         finally:
             stream.cancel()
