@@ -13,7 +13,7 @@ import click
 import pytest
 
 from rnnkit.cli import main
-from rnnkit.cli.options import default_of, shown
+from rnnkit.cli.options import default_of, shown, shown_train
 from rnnkit.tasks import TASKS, task_spec
 from rnnkit.training.options import TRAIN_KEYS, field_docs, flag_of
 
@@ -92,8 +92,8 @@ def test_train_help_shows_the_task_defaults(name):
         assert docs.get(f.name), f"{name}: setting {f.name} has no help text"
         want = spec.shown.get(f.name, shown(default_of(f)))
         assert shown_default(text, flag_of(f.name)) == want, f"{name} {flag_of(f.name)}"
-    for key, field in TRAIN_KEYS.items():
-        want = spec.shown.get(key, shown(getattr(spec.default_train, field)) or "none")
+    for key in TRAIN_KEYS:
+        want = spec.shown.get(key) or shown_train(spec.default_train, key)
         assert shown_default(text, flag_of(key)) == want, f"{name} {flag_of(key)}"
 
 
@@ -136,3 +136,9 @@ def test_a_spec_names_every_task():
         spec = task_spec(name)
         assert spec.name == name and spec.help and spec.examples
         assert set(spec.paths) <= {f.name for f in dataclasses.fields(spec.settings)}
+
+
+def test_a_time_budget_is_shown_as_typed():
+    from rnnkit.tasks.charlm import DEFAULT_TRAIN
+
+    assert DEFAULT_TRAIN.max_time == 900 and shown_train(DEFAULT_TRAIN, "max_time") == "15m"

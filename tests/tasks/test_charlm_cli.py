@@ -139,20 +139,3 @@ def test_log_lines_when_output_is_not_a_terminal(workspace, tmp_path):
     assert result.exit_code == 0 and "step 2 loss" in result.output and "tok/s" in result.output
     assert time.perf_counter() - start < 60
     assert Path(tmp_path / "r" / "loss.png").read_bytes()[:4] == b"\x89PNG"
-
-
-def test_help_states_the_real_defaults():
-    import re
-
-    from rnnkit.tasks.charlm import DEFAULT_TRAIN, CharLMConfig
-
-    text = " ".join(run_cli("train", "charlm", "--help").output.split())
-    shown = dict(re.findall(r"--([a-z-]+) [A-Z]+ (?:(?!--)[^[])*\[default: ([^\]]+)\]", text))
-    cfg, train = CharLMConfig(), DEFAULT_TRAIN
-    expected = {"hidden": cfg.hidden, "layers": cfg.layers, "embed": cfg.embed, "seq-len":
-                cfg.seq_len, "batch": cfg.batch, "dropout": cfg.dropout, "lr": train.lr, "clip":
-                train.clip, "warmup": train.warmup_steps, "eval-every": train.eval_every,
-                "log-every": train.log_every, "seed": train.seed}  # fmt: skip
-    for flag, value in expected.items():
-        assert float(shown[flag]) == value, flag
-    assert shown["max-time"] == "15m" and train.max_time == 900

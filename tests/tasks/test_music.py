@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 
 import mido
@@ -159,18 +158,3 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path):
     result = runner.invoke(main, ["compose", str(out), "--out", "x.mid", "--prime", "none.mid"])
     assert result.exit_code == 2 and "MIDI file none.mid does not exist" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-
-
-def test_train_music_help_states_the_real_defaults():
-    text = " ".join(CliRunner().invoke(main, ["train", "music", "--help"]).output.split())
-    cfg, loop = music.MusicConfig(), music.DEFAULT_TRAIN
-    shown = {"hidden": cfg.hidden, "layers": cfg.layers, "batch": cfg.batch, "head": cfg.head,
-             "dropout": cfg.dropout, "input-dropout": cfg.input_dropout, "cell": cfg.cell,
-             "weight-dropout": cfg.weight_dropout, "nade-hidden": cfg.nade_hidden,
-             "transpose": cfg.transpose, "lr": loop.lr, "warmup": loop.warmup_steps,
-             "clip": loop.clip, "weight-decay": loop.weight_decay, "max-steps": loop.max_steps,
-             "eval-every": loop.eval_every, "log-every": loop.log_every,
-             "patience": loop.patience, "seed": loop.seed}  # fmt: skip
-    for flag, value in shown.items():
-        pattern = rf"(?<![\w-])--{flag} \S+ [^\[]*\[default: {re.escape(str(value))}\]"
-        assert re.search(pattern, text), flag

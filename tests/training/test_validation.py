@@ -67,7 +67,7 @@ def test_user_errors_exit_2_in_one_line_and_bugs_exit_1_with_a_traceback(tmp_pat
     user = rnnkit(f"cli.main(['sample', {str(tmp_path / 'missing')!r}])")
     assert user.returncode == 2 and user.stderr.count("\n") == 1
     assert user.stderr.startswith("error: run directory") and "Traceback" not in user.stderr
-    bug = rnnkit("cli._task_of = lambda *args: 1 / 0\ncli.main(['sample', 'run'])")
+    bug = rnnkit("cli.use._task_of = lambda *args: 1 / 0\ncli.main(['sample', 'run'])")
     assert bug.returncode == 1
     assert "Traceback" in bug.stderr and "ZeroDivisionError" in bug.stderr
 

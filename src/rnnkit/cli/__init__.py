@@ -16,6 +16,7 @@ import click
 from rnnkit.cli import data, kernels, lab, timeseries, use
 from rnnkit.cli.train import train
 from rnnkit.errors import RnnkitError
+from rnnkit.serve.command import serve
 
 
 class _Group(click.Group):
@@ -59,7 +60,7 @@ def main() -> None:
 
 
 for command in (train, *use.COMMANDS, timeseries.forecast, timeseries.detect, lab.demo,
-                lab.diagnose, data.data, kernels.kernels):  # fmt: skip
+                lab.diagnose, data.data, kernels.kernels, serve):  # fmt: skip
     main.add_command(command)
 
 

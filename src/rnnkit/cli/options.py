@@ -33,6 +33,20 @@ def shown(value: Any) -> str | None:
     return None if value in (None, "") else str(value)
 
 
+def shown_train(defaults: Any, key: str) -> str:
+    """The default of training-loop flag ``key`` (`TRAIN_KEYS`) in the `TrainConfig`
+    ``defaults``, as the help shows it (a time budget in h, m or s)."""
+    from rnnkit.training.options import TRAIN_KEYS
+
+    value = getattr(defaults, TRAIN_KEYS[key])
+    if key == "max_time" and value:
+        for unit, seconds in (("h", 3600), ("m", 60)):
+            if value % seconds == 0:
+                return f"{value / seconds:g}{unit}"
+        return f"{value:g}s"
+    return shown(value) or "none"
+
+
 def default_of(f: dataclasses.Field) -> Any:
     """The default value of dataclass field ``f``."""
     if f.default_factory is not dataclasses.MISSING:
@@ -94,7 +108,7 @@ def loop_options(defaults: Any, shown_as: dict[str, str] | None = None) -> list[
     options = []
     for key, name in TRAIN_KEYS.items():
         hint = str if key == "max_time" else hints[name]  # "15m" as well as seconds
-        value = (shown_as or {}).get(key, shown(getattr(defaults, name)) or "none")
+        value = (shown_as or {}).get(key) or shown_train(defaults, key)
         options.append(option(found[name], hint, docs.get(name, ""), value, key))
     return options
 

@@ -15,7 +15,8 @@ RESUMING = "Ctrl-C saves a checkpoint and stops; `rnnkit train --resume RUN` con
 
 
 class TaskGroup(click.Group):
-    """The tasks of `rnnkit.tasks.TASKS` as subcommands, each made when asked for."""
+    """The tasks of `rnnkit.tasks.TASKS` as subcommands, each made when asked for;
+    ``--resume RUN [FLAGS]`` runs ``TASK [FLAGS] --resume RUN`` for RUN's task."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         from rnnkit.tasks import TASKS
@@ -27,33 +28,44 @@ class TaskGroup(click.Group):
 
         return train_command(task_spec(name)) if name in TASKS else None
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if len(args) >= 2 and args[0] == "--resume" and args[1] not in ctx.help_option_names:
+            args = [task_of(args[1]), *args[2:], "--resume", args[1]]
+        return super().parse_args(ctx, args)
+
+
+def task_of(run: str) -> str:
+    """The task of the run directory ``run``, one `rnnkit train` has."""
+    from rnnkit.tasks import TASKS
+    from rnnkit.training.checkpoint import read_config
+
+    task = read_config(run).get("task")
+    if task not in TASKS:
+        raise RnnkitError(f"{run} is a {task!r} run, which `rnnkit train` cannot resume")
+    return task
+
 
 @click.group(cls=TaskGroup, invoke_without_command=True)
-@click.option("--resume", "resume_run", type=DIR, metavar="RUN",
-              help="Continue RUN, whatever its task.")  # fmt: skip
+@click.option(
+    "--resume",
+    metavar="RUN",
+    type=DIR,
+    help="Continue RUN, whatever its task (flags after RUN: its new budgets).",
+)
 @click.pass_context
-def train(ctx: click.Context, resume_run: str | None) -> None:
+def train(ctx: click.Context, resume: str | None) -> None:
     """Train a model for one task; each task is a subcommand.
 
     \b
     Examples:
       rnnkit train charlm --text notes.txt --out runs/notes
       rnnkit train --resume runs/notes      # after a kill, a full disk, Ctrl-C...
+      rnnkit train --resume runs/notes --max-time 30m
     """
-    if ctx.invoked_subcommand is not None:
-        if resume_run is not None:
-            raise RnnkitError("give --resume after the task (rnnkit train TASK --resume RUN)")
-        return
-    if resume_run is None:
+    if resume is not None:
+        raise RnnkitError("give --resume after the task (rnnkit train TASK --resume RUN)")
+    if ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())
-        return
-    from rnnkit.training.checkpoint import read_config
-
-    task = read_config(resume_run).get("task")
-    command = train.get_command(ctx, task) if isinstance(task, str) else None
-    if command is None:
-        raise RnnkitError(f"{resume_run} is a {task!r} run, which `rnnkit train` cannot resume")
-    ctx.invoke(command, resume=resume_run)
 
 
 def train_command(spec: Any) -> click.Command:
