@@ -225,8 +225,9 @@ const PANELS = { "charlm": generatePanel, "sentiment": classifierPanel, "speech-
   "forecast": forecastPanel, "anomaly": anomalyPanel, "music": musicPanel };
 
 function panelFor(run) {
-  const figures = Object.entries(run.figures || {}).filter(([k]) => k !== "step")
-    .map(([k, v]) => `${k} ${typeof v === "number" ? +v.toFixed(4) : v}`).join(", ");
+  const figures = Object.entries(run.figures || {})
+    .filter(([k, v]) => typeof v === "number" && !["step", "elapsed"].includes(k))
+    .map(([k, v]) => `${k} ${+v.toFixed(4)}`).join(", ");
   const out = $("div", { class: "output", "data-run": run.name });
   const panel = $("section", { class: "run", id: `run-${run.name}`, "data-task": run.task },
     $("h2", {}, run.name), $("div", { class: "meta" }, `${run.task}${figures ? "; " + figures : ""}`));
