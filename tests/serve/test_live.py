@@ -25,7 +25,7 @@ import rnnkit  # noqa: E402
 from rnnkit.serve.app import Limits  # noqa: E402
 from rnnkit.serve.background import serving  # noqa: E402
 
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "serving"
+SHOTS = Path(__file__).resolve().parents[2] / "docs" / "img"
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +131,7 @@ def test_the_playground_lists_the_runs_and_runs_each_panel(runs):
             generated = rnnkit.load(runs["shakespeare"]).generate("First Citizen", 200, seed=1)
             assert shown == "First Citizen" + generated.text
             if os.environ.get("RNNKIT_SCREENSHOTS"):  # docs/serving.md's pictures
-                SHOTS.mkdir(exist_ok=True)
-                review.screenshot(str(SHOTS / "sentiment.png"))
-                writer.screenshot(str(SHOTS / "charlm.png"))
+                review.screenshot(str(SHOTS / "serving-sentiment.png"))
+                writer.screenshot(str(SHOTS / "serving-charlm.png"))
     finally:
         driver.quit()
