@@ -30,6 +30,11 @@ SHOTS = Path(__file__).resolve().parents[2] / "docs" / "img"
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    """Tiny runs; ``RNNKIT_SERVE_RUNS=shakespeare=DIR,reviews=DIR`` serves trained ones instead
+    (with ``RNNKIT_SCREENSHOTS=1``: docs/serving.md's pictures)."""
+    given = os.environ.get("RNNKIT_SERVE_RUNS")
+    if given:
+        return dict(pair.split("=", 1) for pair in given.split(","))
     root = tmp_path_factory.mktemp("live")
     return {"shakespeare": charlm_run(root), "reviews": sentiment_run(root)}
 
