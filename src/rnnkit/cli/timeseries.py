@@ -4,6 +4,7 @@ forecast` and `rnnkit train anomaly`, made when first needed (the task modules i
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
@@ -17,8 +18,9 @@ class SpecCommand(click.Command):
     """A command whose options are those of a task's `TaskSpec` (made when first needed) and
     its own."""
 
-    def __init__(self, task: str, own: Callable[[], list[click.Parameter]], **kwargs: Any):
-        self.task, self.own, self._params = task, own, None
+    def __init__(self, task: str, own: Callable[[], list[click.Parameter]],
+                 shown: dict[str, str] | None = None, **kwargs: Any):  # fmt: skip
+        self.task, self.own, self.shown, self._params = task, own, shown or {}, None
         super().__init__(**kwargs)
 
     @property
@@ -27,6 +29,7 @@ class SpecCommand(click.Command):
             from rnnkit.tasks import task_spec
 
             spec = task_spec(self.task)
+            spec = dataclasses.replace(spec, shown={**spec.shown, **self.shown})
             self._params = [*self.own(), *setting_options(spec),
                             *loop_options(spec.default_train, spec.shown)]  # fmt: skip
         return self._params
@@ -37,9 +40,11 @@ class SpecCommand(click.Command):
             self._params = value
 
 
-def split(task: str, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The settings given and the training-loop settings (`TrainConfig` fields, over the task's
+def split(task: str, values: dict[str, Any]) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+    """The data (the CSV, a data set's resolved, its time column and target columns), the
+    other settings given, and the training-loop settings (`TrainConfig` fields, over the task's
     defaults) of ``values``."""
+    from rnnkit.data import registry
     from rnnkit.tasks import task_spec
     from rnnkit.training.options import TRAIN_KEYS, parse_duration
 
@@ -47,7 +52,10 @@ def split(task: str, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
     loop = {TRAIN_KEYS[k]: values.pop(k) for k in list(values) if k in TRAIN_KEYS}
     if "max_time" in loop:
         loop["max_time"] = parse_duration(loop["max_time"])
-    return values, {**asdict(task_spec(task).default_train), **loop}
+    csv = values.pop("csv", "")
+    data = [registry.resolve(csv) if csv else csv, values.pop("time_col", ""),
+            values.pop("columns", [])]  # fmt: skip
+    return data, values, {**asdict(task_spec(task).default_train), **loop}
 
 
 def _forecast_options() -> list[click.Parameter]:
@@ -79,8 +87,7 @@ def forecast_run(horizon: int, out: str, level: float, backtest_start: str | Non
     """
     from rnnkit.tasks import forecast as task
 
-    settings, loop = split("forecast", values)
-    data = [settings.pop(k, d) for k, d in (("csv", ""), ("time_col", ""), ("columns", []))]
+    data, settings, loop = split("forecast", values)
     report = task.run(*data, horizon, out, backtest_start=backtest_start, level=level,
                       backtest_every=backtest_every, season=season, train=loop,
                       **settings)  # fmt: skip
@@ -110,16 +117,15 @@ def detect_run(out: str, windows: str | None, series_key: str | None, **values: 
     from rnnkit.data import registry
     from rnnkit.tasks import anomaly
 
-    settings, loop = split("anomaly", values)
-    data = [settings.pop(k, d) for k, d in (("csv", ""), ("time_col", ""), ("columns", []))]
-    data[0] = registry.resolve(data[0]) if data[0] else data[0]
+    data, settings, loop = split("anomaly", values)
     windows = registry.resolve(windows) if windows else windows
     report = anomaly.run(*data, out, windows=windows, series_key=series_key, train=loop,
                          **settings)  # fmt: skip
     click.echo(anomaly.format_report(report))
 
 
-forecast = SpecCommand("forecast", _forecast_options, name="forecast", callback=forecast_run,
+forecast = SpecCommand("forecast", _forecast_options, {"output_chunk_length": "--horizon"},
+                       name="forecast", callback=forecast_run,
                        help=forecast_run.__doc__)  # fmt: skip
-detect = SpecCommand("anomaly", _detect_options, name="detect", callback=detect_run,
+detect = SpecCommand("anomaly", _detect_options, None, name="detect", callback=detect_run,
                      help=detect_run.__doc__)  # fmt: skip

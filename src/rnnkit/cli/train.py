@@ -30,6 +30,8 @@ class TaskGroup(click.Group):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if len(args) >= 2 and args[0] == "--resume" and args[1] not in ctx.help_option_names:
+            if args[2:3] and args[2] in self.list_commands(ctx):
+                raise RnnkitError("give --resume after the task (rnnkit train TASK --resume RUN)")
             args = [task_of(args[1]), *args[2:], "--resume", args[1]]
         return super().parse_args(ctx, args)
 

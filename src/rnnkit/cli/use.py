@@ -35,6 +35,17 @@ DEVICE = click.option(
 )
 
 
+def checkpoint_option(default: str = "best"):
+    """The ``--checkpoint`` flag: the run's best validation checkpoint, or its last."""
+    return click.option(
+        "--checkpoint",
+        type=click.Choice(["best", "last"]),
+        default=default,
+        show_default=True,
+        help="The best validation checkpoint, or the last.",
+    )
+
+
 def _task_of(run: str, function: str):
     """The task module of a run directory, checked to offer ``function``."""
     from rnnkit.tasks import task_module
@@ -57,9 +68,7 @@ def _task_of(run: str, function: str):
 )
 @click.option("--top-p", type=float, help="Sample within the nucleus of probability p.")
 @click.option("--seed", default=1, show_default=True, help="Seed: same seed, same text.")
-@click.option(
-    "--checkpoint", type=click.Choice(["last", "best"]), default="last", show_default=True
-)
+@checkpoint_option("last")
 @DEVICE
 def sample(run: str, prompt, length, temperature, top_k, top_p, seed, checkpoint, device) -> None:
     """Generate text from a trained RUN, printing it as it is drawn.
@@ -145,8 +154,7 @@ def _call_task(function, run: str, options: dict):
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per input and line.")
 @click.option("--explain", is_flag=True, help="Classifiers: the attention weight of each step.")
 @click.option("--horizon", type=click.IntRange(min=1), help="Forecasts: steps ahead.")
-@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best",
-              show_default=True)  # fmt: skip
+@checkpoint_option()
 @DEVICE
 def predict(run: str, inputs: tuple[str, ...], as_json: bool, explain: bool, horizon: int | None,
             checkpoint: str, device: str | None) -> None:  # fmt: skip
@@ -177,8 +185,7 @@ def predict(run: str, inputs: tuple[str, ...], as_json: bool, explain: bool, hor
 @click.option("--format", "fmt", type=click.Choice(["onnx", "pt2"]), default="onnx",
               show_default=True, help="onnx: for ONNX Runtime; pt2: torch.export.")  # fmt: skip
 @click.option("--out", type=DIR, help="Folder to write into.  [default: RUN/export]")
-@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best",
-              show_default=True)  # fmt: skip
+@checkpoint_option()
 def export(run: str, fmt: str, out: str | None, checkpoint: str) -> None:
     """Export a trained RUN's model with dynamic batch and time axes, checked against PyTorch
     on the run's own inputs at two lengths, and model.json beside it (inputs, outputs,
@@ -209,7 +216,7 @@ def export(run: str, fmt: str, out: str | None, checkpoint: str) -> None:
 @click.command()
 @click.argument("run", type=DIR)
 @click.argument("wav", type=FILE)
-@click.option("--beam", type=int, help="Prefix-beam width; 0: greedy.  [default: the run's, 8]")
+@click.option("--beam", type=int, help="Prefix-beam width; 0: greedy.  [default: the run's --beam]")
 @DEVICE
 def transcribe(run: str, wav: str, beam: int | None, device: str | None) -> None:
     """The digits spoken in WAV, by a trained speech-ctc RUN.
@@ -227,10 +234,9 @@ def transcribe(run: str, wav: str, beam: int | None, device: str | None) -> None
 @click.argument("text", required=False)
 @click.option("--file", type=FILE, help="Translate each line of this file instead.")
 @click.option("--ref", type=FILE, help="With --file: reference translations; prints BLEU and chrF.")
-@click.option("--beam", type=int, help="Beam size; 1: greedy.  [default: the run's, 5]")
+@click.option("--beam", type=int, help="Beam size; 1: greedy.  [default: the run's --beam]")
 @click.option("--plot", type=FILE, help="Write the attention of the (first) sentence to this PNG.")
-@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best",
-              show_default=True)  # fmt: skip
+@checkpoint_option()
 @DEVICE
 def translate_(run, text, file, ref, beam, plot, checkpoint, device) -> None:
     """Translate TEXT (or --file) with a trained translate RUN.
@@ -252,10 +258,9 @@ def translate_(run, text, file, ref, beam, plot, checkpoint, device) -> None:
 @click.option("--example", type=FILE, metavar="PNG",
               help="Instead of IMAGE: write a test scene to this PNG and caption it.")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True, help="The --example scene.")
-@click.option("--beam", type=int, help="Beam size; 1: greedy.  [default: the run's, 3]")
+@click.option("--beam", type=int, help="Beam size; 1: greedy.  [default: the run's --beam]")
 @click.option("--plot", type=FILE, help="Write where each word looked to this PNG.")
-@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best",
-              show_default=True)  # fmt: skip
+@checkpoint_option()
 @DEVICE
 def caption_(run, image, example, seed, beam, plot, checkpoint, device) -> None:
     """Caption IMAGE (a grayscale scene of the run's size) with a trained caption RUN.
@@ -281,9 +286,7 @@ def caption_(run, image, example, seed, beam, plot, checkpoint, device) -> None:
 @click.option("--prime", type=FILE, help="MIDI file to continue (kept at the start of the output).")
 @click.option("--temperature", default=1.0, show_default=True, help="0: each key's likelier value.")
 @click.option("--seed", default=1, show_default=True, help="Seed: same seed, same piece.")
-@click.option(
-    "--checkpoint", type=click.Choice(["last", "best"]), default="best", show_default=True
-)
+@checkpoint_option()
 @DEVICE
 def compose(run: str, out: str, frames, tempo, prime, temperature, seed, checkpoint,
             device) -> None:  # fmt: skip
