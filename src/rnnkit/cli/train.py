@@ -82,11 +82,12 @@ def train_command(spec: Any) -> click.Command:
             click.echo(f"checkpoint saved; continue with --resume {result.run_dir}", err=True)
             sys.exit(130)
 
+    out = spec.out or f"runs/{spec.name}-DATE-TIME"
     params = [
         click.Option(["--config", "config_file"], type=FILE,
                      help="TOML file of settings named like the flags (the flags win)."),
         click.Option(["--out"], type=DIR,
-                     help=f"Run directory to create.  [default: runs/{spec.name}-DATE-TIME]"),
+                     help=f"Run directory to create.  [default: {out}]"),
         click.Option(["--resume"], type=DIR, help="Continue the run in this directory."),
         *setting_options(spec),
         *loop_options(spec.default_train, spec.shown),

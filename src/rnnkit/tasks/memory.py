@@ -318,7 +318,8 @@ def _spec(problem: str) -> TaskSpec:
                     functools.partial(train, problem), format_fit, internal=("problem",),
                     shown={"T": str(DEFAULT_T[problem]), "lr": lrs},
                     extras=(Flag("threads", "Torch CPU threads.  [default: torch's]", int),),
-                    examples=EXAMPLES[problem])  # fmt: skip
+                    examples=EXAMPLES[problem],
+                    out=f"runs/{problem}-TT-CELL-DATE-TIME")  # fmt: skip
 
 
 SPECS = {problem: _spec(problem) for problem in PROBLEMS}

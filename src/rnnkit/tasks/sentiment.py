@@ -244,6 +244,7 @@ SPEC = TaskSpec(
     classify.format_result,
     load_predictor,
     paths=("data",),
+    out=f"runs/{NAME}-DATE-TIME; with --cv, the folder of its runs runs/sentiment-cv-DATE-TIME",
     extras=(Flag("cv", "Cross-validate: every fold tests once (runs in --out); mean and std."),),
     examples=(
         "rnnkit data fetch mr                          # once: the data set, sha256 checked",

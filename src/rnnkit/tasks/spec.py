@@ -40,6 +40,7 @@ class TaskSpec:
         shown: defaults shown in the help where the task's differ from the dataclass's.
         extras: flags passed to ``train`` beside the settings.
         examples: command lines for the help.
+        out: where a new run goes without ``--out`` (default ``runs/NAME-DATE-TIME``).
     """
 
     name: str
@@ -54,3 +55,4 @@ class TaskSpec:
     shown: dict[str, str] = field(default_factory=dict)
     extras: tuple[Flag, ...] = ()
     examples: tuple[str, ...] = ()
+    out: str = ""

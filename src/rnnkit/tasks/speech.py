@@ -205,6 +205,7 @@ SPEC = TaskSpec(
     classify.format_result,
     load_predictor,
     paths=("data",),
+    out=f"runs/{NAME}-DATE-TIME; with --loso, the folder of its runs runs/speech-loso-DATE-TIME",
     extras=(Flag("loso", "Leave one speaker out, each in turn (runs in --out); mean and std."),),
     examples=(
         "rnnkit data fetch fsdd                        # once: the data set, sha256 checked",
