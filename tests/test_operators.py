@@ -120,3 +120,38 @@ def test_dropout_operator_is_differentiable_with_the_same_mask():
     (grad,) = torch.autograd.grad(y.sum(), x)
     torch.testing.assert_close(grad, OPS.masked_scale(torch.ones_like(x), 0.5, 7, 2.0))
     assert 0 < int((grad == 0).sum()) < 64
+
+
+def test_kernels_imported_under_a_meta_device_context_still_compute():
+    """A module imported inside ``with torch.device("meta")`` (as a trainer's meta-device size
+    check imports the layers) must not keep tensors of that device for later calls: the
+    operators would route to their fake kernels and return uninitialised memory."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "with torch.device('meta'):\n"
+        "    import rnnkit.kernels.loops, rnnkit.scan\n"
+        "import rnnkit\n"
+        "torch.manual_seed(0)\n"
+        "layer, x = rnnkit.GRU(1, 8), torch.rand(6, 16, 1, requires_grad=True)\n"
+        "out, h = layer(x)\n"
+        "out.square().sum().backward()\n"
+        "with rnnkit.kernels.build.fused_enabled(False):\n"
+        "    reference = layer(x)[0]\n"
+        "assert torch.allclose(out, reference, atol=1e-6), 'outputs'\n"
+        "assert all(torch.isfinite(p.grad).all() for p in layer.parameters()), 'gradients'\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_an_operator_refuses_tensors_on_several_devices():
+    from rnnkit.errors import RnnkitError
+
+    gx, w_hh, h0 = torch.randn(T, B, H), torch.randn(H, H), torch.randn(B, H)
+    meta = torch.empty(0, device="meta")
+    with pytest.raises(RnnkitError, match="one device"):
+        OPS.elman_forward(gx, w_hh, meta, h0, torch.empty(0, dtype=torch.bool), 0)

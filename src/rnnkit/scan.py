@@ -135,7 +135,8 @@ class _MinScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, kind: int, projected: Tensor, h0: Tensor, mask: Tensor | None):
-        flat_mask = _EMPTY_MASK if mask is None else mask.reshape(mask.shape[:2]).contiguous()
+        flat_mask = (torch.empty(0, dtype=torch.bool, device=h0.device) if mask is None
+                     else mask.reshape(mask.shape[:2]).contiguous())  # fmt: skip
         h = _OPS.min_scan_forward(projected, h0, flat_mask, kind)
         ctx.kind = kind
         ctx.save_for_backward(projected, h, h0, flat_mask)
@@ -149,7 +150,6 @@ class _MinScan(torch.autograd.Function):
         return None, grad_p, grad_h0, None
 
 
-_EMPTY_MASK = torch.empty(0, dtype=torch.bool)
 _OPS = torch.ops.rnnkit
 
 

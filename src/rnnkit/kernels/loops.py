@@ -169,8 +169,8 @@ def stack_step(code: int | None, x: Tensor, state: tuple[Tensor, ...], weights: 
     are not CPU float32/float64."""
     if code is None or not _state["enabled"] or not handles(x) or extension() is None:
         return None
-    weights = [_EMPTY if w is None else w for w in weights]
-    c = state[1] if len(state) > 1 else _EMPTY
+    weights = [_none(x) if w is None else w for w in weights]
+    c = state[1] if len(state) > 1 else _none(x)
     h, c, output = _state["module"].stack_step(x, state[0], c, weights, code)
     return output, ((h, c) if len(state) > 1 else (h,))
 
@@ -183,6 +183,19 @@ def _zoneout_keeps(zoneout, steps: int, h0: Tensor) -> tuple[Tensor | None, Tens
     if not zoneout.training:
         return tuple(h0.new_full((steps, *h0.shape), p) for p in zoneout.rates)
     return zoneout.sample(steps, (h0, h0))
+
+
+def _none(like: Tensor) -> Tensor:
+    """An absent bias, mask or state for an operator: empty, on ``like``'s device (made per
+    call: a tensor made at import would take whatever device a caller's context set then)."""
+    return like.new_empty(0)
+
+
+def _flat_mask(mask: Tensor | None, like: Tensor) -> Tensor:
+    """A loop's (T, B) bool mask from (T, B, 1), or an empty one (no padding)."""
+    if mask is None:
+        return torch.empty(0, dtype=torch.bool, device=like.device)
+    return mask.squeeze(-1).contiguous()
 
 
 def _given(grad: Tensor) -> Tensor | None:
@@ -210,11 +223,11 @@ class _FusedLSTM(torch.autograd.Function):
     def forward(
         ctx, recording, gx, weight_hh, bias_hh, h0, c0, mask, recurrent_mask, keep_h, keep_c, peep
     ):
-        flat_mask = mask.squeeze(-1).contiguous() if mask is not None else _EMPTY_MASK
-        rec = recurrent_mask if recurrent_mask is not None else _EMPTY
-        keeps = (keep_h, keep_c) if keep_h is not None else (_EMPTY, _EMPTY)
-        bias = bias_hh if bias_hh is not None else _EMPTY
-        peep = peep if peep is not None else _EMPTY
+        flat_mask = _flat_mask(mask, gx)
+        rec = recurrent_mask if recurrent_mask is not None else _none(gx)
+        keeps = (keep_h, keep_c) if keep_h is not None else (_none(gx), _none(gx))
+        bias = bias_hh if bias_hh is not None else _none(gx)
+        peep = peep if peep is not None else _none(gx)
         states, cells, cache = _OPS.lstm_forward(gx, weight_hh, bias, h0, c0, flat_mask, rec,
                                                 *keeps, peep)  # fmt: skip
         output = _outputs(states, mask, recording)
@@ -251,8 +264,8 @@ class _FusedProjectedLSTM(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, recording, gx, weight_hh, bias_hh, weight_hr, h0, c0, mask):
-        flat_mask = mask.squeeze(-1).contiguous() if mask is not None else _EMPTY_MASK
-        bias = bias_hh if bias_hh is not None else _EMPTY
+        flat_mask = _flat_mask(mask, gx)
+        bias = bias_hh if bias_hh is not None else _none(gx)
         states, cells, cache = _OPS.lstmp_forward(gx, weight_hh, bias, weight_hr, h0, c0, flat_mask)
         output = _outputs(states, mask, recording)
         ctx.has_bias = bias_hh is not None
@@ -283,7 +296,7 @@ class _FusedLayerNormLSTM(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, recording, gx, weight_hh, h0, c0, mask, *params):
-        flat_mask = mask.squeeze(-1).contiguous() if mask is not None else _EMPTY_MASK
+        flat_mask = _flat_mask(mask, gx)
         states, cells, cache, stats = _OPS.ln_lstm_forward(
             gx, weight_hh, h0, c0, flat_mask, list(params)
         )
@@ -321,16 +334,16 @@ class _FusedLoop(torch.autograd.Function):
         if weight_ih is not None:
             x = gx.reshape(-1, gx.shape[-1])
             gx = matmul(x, weight_ih.t()).view(*gx.shape[:2], -1)
-        flat_mask = mask.squeeze(-1).contiguous() if mask is not None else _EMPTY_MASK
+        flat_mask = _flat_mask(mask, gx)
         ctx.has_bias_ih = bias_ih is not None
         if code == 3:
-            bias, bias_in = (_EMPTY if b is None else b for b in (bias_hh, bias_ih))
+            bias, bias_in = (_none(gx) if b is None else b for b in (bias_hh, bias_ih))
             states, cache, stats = _OPS.gru_forward(gx, weight_hh, bias, h0, flat_mask,
                                                    list(params), bias_in)  # fmt: skip
         else:
             if bias_ih is not None:  # an Elman layer has both biases or neither
                 bias_hh = bias_hh + bias_ih
-            bias = _EMPTY if bias_hh is None else bias_hh
+            bias = _none(gx) if bias_hh is None else bias_hh
             states = _OPS.elman_forward(gx, weight_hh, bias, h0, flat_mask, code)
             cache, stats = None, None
         output = _outputs(states, mask, recording)
@@ -371,8 +384,6 @@ class _FusedLoop(torch.autograd.Function):
         return None, None, *grads, None, grad_weight_ih, *grad_params
 
 
-_EMPTY_MASK = torch.empty(0, dtype=torch.bool)
-_EMPTY = torch.empty(0)  # an absent bias or cell state for the C++ functions (never read)
 _STEP_CODES = {"lstm": 4, "gru": 3, "elman": None}  # kernel -> code of `stack_step`
 # kernel name (`Cell.kernel`) -> its run function, (cell, recording, gx, weight_hh, bias_hh,
 # state0, mask, params, recurrent_mask, zoneout) -> (output, final state)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from rnnkit.errors import RnnkitError
+
 _LIBRARY = torch.library.Library("rnnkit", "DEF")
 _SCHEMAS = (
     "gru_forward(Tensor gx, Tensor w_hh, Tensor b_hh, Tensor h0, Tensor mask, Tensor[] ln, "
@@ -49,7 +51,31 @@ for _schema in _SCHEMAS:
 
 
 def _fake(name: str):
-    return torch.library.register_fake(f"rnnkit::{name}", lib=_LIBRARY)
+    """Register the decorated function as operator ``name``'s fake kernel, refusing tensors on
+    several devices (the kernel's outputs would not be computed: e.g. an empty tensor made on
+    the meta device beside CPU inputs routes the call here)."""
+
+    def register(kernel):
+        def checked(*args):
+            devices = {t.device for t in _tensors(args)}
+            if len(devices) > 1:
+                raise RnnkitError(f"rnnkit::{name} takes tensors on one device, got "
+                                  f"{sorted(map(str, devices))}")  # fmt: skip
+            return kernel(*args)
+
+        return torch.library.register_fake(f"rnnkit::{name}", checked, lib=_LIBRARY)
+
+    return register
+
+
+def _tensors(args) -> list[Tensor]:
+    found = []
+    for a in args:
+        if isinstance(a, Tensor):
+            found.append(a)
+        elif isinstance(a, (list, tuple)):
+            found += [t for t in a if isinstance(t, Tensor)]
+    return found
 
 
 def _new(like: Tensor, *shape) -> Tensor:
