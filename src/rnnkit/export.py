@@ -48,6 +48,7 @@ class Graph:
     metadata: JSON a client needs beside the model (vocabulary, classes, scalers, ...).
     samples: steps -> inputs by name at that sequence length, from the run's own data.
     source: where `samples` come from, in words (for the report).
+    lengths: the two sequence lengths the export is checked at.
     """
 
     module: nn.Module
@@ -57,6 +58,7 @@ class Graph:
     metadata: dict[str, Any]
     samples: Callable[[int], dict[str, Tensor]]
     source: str
+    lengths: tuple[int, int] = CHECK_LENGTHS
 
 
 def ragged_batch(examples: list[Tensor], steps: int) -> tuple[Tensor, Tensor]:
@@ -85,7 +87,7 @@ def export_run(
     graph.module.eval()
     started = time.perf_counter()
     data, run = (_onnx if fmt == "onnx" else _pt2)(graph)
-    checks = [_check(graph, run, steps) for steps in CHECK_LENGTHS]
+    checks = [_check(graph, run, steps) for steps in graph.lengths]
     worst = max(c["max_abs_diff"] for c in checks)
     if not worst <= TOLERANCE:
         raise RnnkitError(f"the {fmt} export differs from PyTorch by {worst:.3g} (more than "
