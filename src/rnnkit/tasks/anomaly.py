@@ -568,6 +568,15 @@ class AnomalyPredictor(Predictor):
     def threshold(self) -> float:
         return self.calibration["threshold"]
 
+    def graph(self):
+        """What `rnnkit export` records: the forecaster's network over scaled windows
+        (`rnnkit.tasks.forecast_export`); model.json adds the detector's calibration (the
+        threshold on its scores) and settings."""
+        from rnnkit.tasks.forecast_export import export_graph
+
+        return export_graph(self.forecaster, {"detector": self.calibration,
+                                              "detect_settings": asdict(self.cfg)})  # fmt: skip
+
     def predict(self, inputs: Sequence[Any]) -> list[Anomalies]:
         """One `Anomalies` per series."""
         cfg = self.cfg

@@ -29,10 +29,10 @@ class _WindowGraph(nn.Module):
         return mean if scale is None else (mean, scale)
 
 
-def export_graph(predictor) -> Graph:
-    """The `Graph` of a forecast run (``predictor``: its `ForecastPredictor`), checked on
-    windows of the run's own history."""
-    forecaster, cfg = predictor.forecaster, predictor.cfg
+def export_graph(forecaster, extra: dict | None = None) -> Graph:
+    """The `Graph` of a forecast or anomaly run's fitted `Forecaster`, checked on windows of
+    the run's own history; ``extra``: more metadata (an anomaly run's threshold)."""
+    cfg = forecaster.cfg
     rows = forecaster.scalers.inputs(forecaster.history, cfg.calendar)  # (N, F) scaled
     gaussian = cfg.likelihood is not None
     step_axis = {0: "B"} if cfg.mode == "direct" else {0: "B", 1: "T"}
@@ -52,7 +52,7 @@ def export_graph(predictor) -> Graph:
                 "covariates": cfg.covariates, "calendar": cfg.calendar, "freq": cfg.freq,
                 "mode": cfg.mode, "input_chunk_length": cfg.input_chunk_length,
                 "output_chunk_length": cfg.output_chunk_length, "log": cfg.log,
-                "likelihood": cfg.likelihood}  # fmt: skip
+                "likelihood": cfg.likelihood, **(extra or {})}  # fmt: skip
     longest = min(len(rows), cfg.input_chunk_length)
     lengths = (max(2, longest // 2), longest)  # the window the run reads, and half of it
     if lengths[0] == lengths[1]:
