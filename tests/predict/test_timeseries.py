@@ -34,6 +34,14 @@ def monthly_csv(path: Path, rows: int = 60) -> Path:
     return path
 
 
+def walk_csv(path: Path, rows: int = 240) -> Path:
+    """A monthly random walk: a forecast's uncertainty grows with the horizon."""
+    values = 100 + np.cumsum(np.random.default_rng(3).normal(size=rows))
+    index = pd.date_range("2000-01-01", periods=rows, freq="MS")
+    pd.DataFrame({"month": index.strftime("%Y-%m"), "y": values}).to_csv(path, index=False)
+    return path
+
+
 def hourly_csv(path: Path, rows: int = 300, spike: int = 250) -> Path:
     t = np.arange(rows)
     values = np.sin(2 * np.pi * t / 24) + 0.05 * np.random.default_rng(1).normal(size=rows)
@@ -47,6 +55,7 @@ def hourly_csv(path: Path, rows: int = 300, spike: int = 250) -> Path:
 def data(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("series")
     monthly_csv(folder / "monthly.csv")
+    walk_csv(folder / "walk.csv")
     hourly_csv(folder / "hourly.csv")
     return folder
 
@@ -57,6 +66,18 @@ def forecast_run(data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "direct"
     args = ["forecast", "--csv", str(data / "monthly.csv"), "--time-col", "month", "--target",
             "y", "--horizon", "3", *MODEL, "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def default_run(data, tmp_path_factory) -> Path:
+    """`rnnkit train forecast`'s run of the random walk with every default (direct,
+    output_chunk_length 6, Gaussian, input_chunk_length 24, 1500 steps): issue 29's check."""
+    out = tmp_path_factory.mktemp("runs") / "default"
+    args = ["train", "forecast", "--csv", str(data / "walk.csv"), "--time-col", "month",
+            "--target", "y", "--out", str(out)]  # fmt: skip
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     return out
@@ -200,7 +221,6 @@ def test_forecast_bad_input_is_one_rnnkit_error(forecast_run, data, tmp_path):
         "has no column 'y'": lambda: predictor.predict([str(tmp_path / "other.csv")]),
         "horizon must be at least 1": lambda: predictor.forecast(horizon=0),
         "horizon is a number of steps": lambda: predictor.forecast(horizon=2.5),
-        "horizon 4 is longer than": lambda: predictor.forecast(horizon=4),
         "level must be in": lambda: predictor.forecast(level=1.5),
         "a CSV path, a DataFrame or a TimeSeries, got int": lambda: predictor.predict([5]),
         "at least one input": lambda: predictor.predict([]),
@@ -229,6 +249,8 @@ def test_forecast_train_resumes_where_it_stopped(data, tmp_path):
         forecast.train({"hidden_size": 4, "max_steps": 9}, resume=str(run))
     answer = rnnkit.load(run).forecast()
     assert list(answer.mean) == ["y"] and len(answer.times) == 6  # output_chunk_length's default
+    with pytest.raises(RnnkitError, match="horizon 7 is longer.*future values of the covariates"):
+        rnnkit.load(run).forecast(horizon=7)  # chunks after the first would need x's future
     with pytest.raises(RnnkitError, match="no data to train on"):
         forecast.train({"time_col": "month", **LOOP}, out=str(tmp_path / "none"))
 
@@ -333,3 +355,64 @@ def test_rnnkit_predict_forecasts_the_run_own_series_with_a_horizon(forecast_run
     assert answer["times"] == expected["times"] and len(answer["times"]) == 3
     for column, values in expected["mean"].items():
         assert answer["mean"][column] == pytest.approx(values, abs=1e-6)
+
+
+# --- direct mode beyond output_chunk_length ----------------------------------------------------
+
+
+def bounded(answer: Forecast, column: str = "y") -> bool:
+    rows = zip(answer.lower[column], answer.mean[column], answer.upper[column])
+    return all(lo <= m <= hi for lo, m, hi in rows)
+
+
+def test_a_direct_run_forecasts_beyond_its_chunk_by_sampling(default_run, data):
+    predictor = rnnkit.load(default_run)
+    chunk = predictor.horizon
+    assert (chunk, predictor.cfg.mode, predictor.cfg.likelihood) == (6, "direct", "gaussian")
+    plain, long = predictor.forecast(), predictor.forecast(horizon=15)  # 2.5 chunks
+    assert long.times[:chunk] == plain.times and len(long.times) == 15
+    assert long.times[-1] == "2021-03-01T00:00:00" and bounded(long)
+    assert long.mean["y"][:chunk] == pytest.approx(plain.mean["y"], abs=1e-5, rel=1e-5)
+    width = np.subtract(long.upper["y"], long.lower["y"])
+    assert np.mean(width[chunk:] - width[:-chunk]) > 0  # a step vs the step a chunk before
+    per_chunk = [width[i : i + 3].mean() for i in range(0, 15, chunk)]  # positions all share
+    assert np.all(np.diff(per_chunk) >= 0), per_chunk
+    assert predictor.forecast(horizon=15).to_dict() == long.to_dict()  # seeded
+    frame = Forecaster.load(default_run, "best").predict(15)
+    assert long.mean["y"] == pytest.approx(frame["y"].tolist(), abs=1e-6)
+    assert long.upper["y"] == pytest.approx(frame["y_upper"].tolist(), abs=1e-6)
+    within = predictor.forecast(horizon=4)  # within the chunk: one pass, as before
+    assert within.mean["y"] == plain.mean["y"][:4] and within.lower["y"] == plain.lower["y"][:4]
+    histories = [str(data / "walk.csv"), pd.read_csv(data / "walk.csv")[:40]]
+    together = predictor.predict(histories, horizon=15)
+    for history, batched in zip(histories, together):
+        assert bounded(batched)
+        assert_same_forecast(batched, predictor.predict([history], horizon=15)[0])
+
+
+def test_rnnkit_predict_a_default_direct_run_12_steps(default_run):
+    result = CliRunner().invoke(main, ["predict", str(default_run), "--horizon", "12", "--json"])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.output)
+    rows = zip(answer["lower"]["y"], answer["mean"]["y"], answer["upper"]["y"])
+    assert len(answer["times"]) == 12 and answer["times"][0] == "2020-01-01T00:00:00"
+    assert sum(lo <= m <= hi for lo, m, hi in rows) == 12
+
+
+def test_point_forecasts_are_chained_on_the_forecast(data, tmp_path):
+    flags = {"csv": str(data / "monthly.csv"), "time_col": "month", "columns": ["y"],
+             "likelihood": "none", "input_chunk_length": 12, "output_chunk_length": 3,
+             "hidden_size": 8, "calendar": ["month"], **LOOP}  # fmt: skip
+    forecast.train(flags, out=str(tmp_path / "run"))
+    predictor = rnnkit.load(tmp_path / "run")
+    long = predictor.forecast(horizon=7)
+    assert long.lower is None and long.level is None and len(long.mean["y"]) == 7
+    frame = pd.read_csv(data / "monthly.csv")[["month", "y"]]
+    for chunk in range(3):  # the run's own forecast of the history extended by its forecast
+        months = pd.to_datetime(long.times[: 3 * chunk]).strftime("%Y-%m")
+        extended = pd.concat(
+            [frame, pd.DataFrame({"month": months, "y": long.mean["y"][: 3 * chunk]})]
+        )
+        step = predictor.forecast(history=extended).mean["y"]
+        want = long.mean["y"][3 * chunk : 3 * chunk + 3]
+        assert step[: len(want)] == pytest.approx(want, abs=1e-5, rel=1e-5)

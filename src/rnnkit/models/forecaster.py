@@ -11,6 +11,11 @@ Two modes (Darts' "block" and "autoregressive" models):
                       the targets at t + 1 (trained with teacher forcing); `generate` feeds each
                       prediction back with the next step's known covariates (e.g. calendar).
 
+`generate` forecasts any n steps in either mode: one step (autoregressive) or one chunk of L_out
+steps (direct) at a time, each appended to the input with the future steps' known covariates
+and fed back; with ``samples`` each step or chunk is drawn from the Gaussian first (ancestral
+sampling: every path continues from its own draws).
+
 Output: ``likelihood="gaussian"`` gives a mean and a scale per value (`GaussianHead`), None a
 point forecast (scale None, trained with squared error). ``detrend=True`` subtracts each input
 window's mean level of the targets before the encoder and adds it back to the outputs (a
@@ -88,6 +93,16 @@ class ForecastNet(nn.Module):
             h = h[:, -1:]  # (B, 1, H)
         return self._head(h, level)
 
+    @staticmethod
+    def draw(
+        mean: Tensor, scale: Tensor | None, samples: int, generator: torch.Generator | None
+    ) -> Tensor:
+        """A draw from the Gaussian (mean, scale) if ``samples`` and a scale, else ``mean``."""
+        if not samples or scale is None:
+            return mean
+        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+        return mean + scale * noise
+
     @torch.no_grad()
     def generate(
         self,
@@ -96,25 +111,42 @@ class ForecastNet(nn.Module):
         samples: int = 0,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Autoregressive forecast of n = future_covariates.shape[1] steps.
+        """Forecast of n = future_covariates.shape[1] steps, fed back step by step
+        (autoregressive) or chunk by chunk (direct).
 
-        x (B, L_in, F), future_covariates (B, n, K) -> (B, n, C) means fed back (``samples=0``),
-        or (S, B, n, C) sample paths, each step drawn from the Gaussian and fed back.
+        x (B, L_in, F), future_covariates (B, n, K) -> (B, n, C) means fed back (``samples=0``;
+        without a likelihood the point forecasts), or (S, B, n, C) sample paths, each step
+        (chunk) drawn from the Gaussian and fed back. Direct: the K known covariates must be
+        all the non-target features (no past-only covariates).
         """
-        if self.mode != "autoregressive":
-            raise RnnkitError("generate needs an autoregressive model")
         s = max(samples, 1)
         x, future = x.repeat(s, 1, 1), future_covariates.repeat(s, 1, 1)  # (S*B, ., .)
-        level = self.level(x)
-        h, state = self._encode(x, level)
-        steps = []
-        for t in range(future.shape[1]):
-            mean, scale = self._head(h[:, -1:], level)  # (S*B, 1, C)
-            if samples and scale is not None:
-                noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
-                mean = mean + scale * noise
-            steps.append(mean)
-            step_in = torch.cat([mean, future[:, t : t + 1]], dim=-1)
-            h, state = self._encode(step_in, level, state)
-        paths = torch.cat(steps, dim=1)  # (S*B, n, C)
+        n = future.shape[1]
+        if self.mode == "direct":
+            paths = self._chain(x, future, samples, generator)
+        else:
+            level = self.level(x)
+            h, state = self._encode(x, level)
+            steps = []
+            for t in range(n):
+                mean, scale = self._head(h[:, -1:], level)  # (S*B, 1, C)
+                mean = self.draw(mean, scale, samples, generator)
+                steps.append(mean)
+                step_in = torch.cat([mean, future[:, t : t + 1]], dim=-1)
+                h, state = self._encode(step_in, level, state)
+            paths = torch.cat(steps, dim=1)  # (S*B, n, C)
         return paths.reshape(s, -1, *paths.shape[1:]) if samples else paths
+
+    def _chain(
+        self, x: Tensor, future: Tensor, samples: int, generator: torch.Generator | None
+    ) -> Tensor:
+        """Direct mode's `generate`: (S*B, L_in, F), (S*B, n, K) -> (S*B, n, C), one chunk per
+        forward pass, each (drawn, then) appended to its own window, the oldest rows dropped."""
+        n, length, chunks = future.shape[1], x.shape[1], []
+        for t in range(0, n, self.steps):
+            mean, scale = self(x)  # (S*B, L_out, C)
+            chunks.append(self.draw(mean, scale, samples, generator))
+            if t + self.steps < n:
+                known = future[:, t : t + self.steps]
+                x = torch.cat([x, torch.cat([chunks[-1], known], dim=-1)], dim=1)[:, -length:]
+        return torch.cat(chunks, dim=1)[:, :n]

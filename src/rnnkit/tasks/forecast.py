@@ -451,7 +451,8 @@ class Forecaster:
         return self
 
     def predict(self, n: int, series: TimeSeries | None = None, level: float = 0.9) -> pd.DataFrame:
-        """The ``n`` steps after ``series`` (default: the series it was fitted on).
+        """The ``n`` steps after ``series`` (default: the series it was fitted on); in direct
+        mode ``n`` may exceed ``output_chunk_length`` (see `forecast_windows`).
 
         Returns a DataFrame indexed by the future timestamps with, per target, the point
         forecast and (Gaussian likelihood) the bounds ``<col>_lower``/``<col>_upper`` of the
@@ -475,8 +476,9 @@ class Forecaster:
 
         Origin b reads rows ``ends[b] - L_in .. ends[b] - 1`` and forecasts rows ``ends[b] ..
         ends[b] + n - 1``. Returns "mean" (B, n, C), and with a Gaussian likelihood "lower" and
-        "upper" (B, n, C): the central ``level`` interval (autoregressive: quantiles of
-        ``samples`` sampled paths, drawn with a fixed seed).
+        "upper" (B, n, C): the central ``level`` interval (autoregressive, and direct beyond
+        ``output_chunk_length``: quantiles of ``samples`` sampled paths, drawn with a fixed
+        seed; see `forecast_windows`).
         """
         self._fitted()
         self._check_request(series, ends, n)
@@ -502,12 +504,22 @@ class Forecaster:
         seed_each: bool = False,
     ) -> dict[str, np.ndarray]:
         """`forecast_at` of input windows ``x`` (B, L_in, F) (`window_inputs`); ``futures``
-        the n timestamps after each window (the autoregressive mode's calendar). Sample paths
+        the n timestamps after each window (the calendar of the steps fed back). Sample paths
         come from one generator seeded 0 (``seed_each``: one per window, so that a window's
-        interval does not depend on the others in the batch)."""
+        interval does not depend on the others in the batch).
+
+        Direct mode within ``output_chunk_length`` (n <= L_out): one forward pass, the
+        Gaussian's interval. Beyond it, chunk by chunk (`ForecastNet.generate`): ``samples``
+        paths of the first chunk are drawn from the predictive Gaussian, each appended to its
+        own copy of the window (with the calendar of those steps), the next chunk forecast for
+        all paths in one batch and drawn again, until n steps; the interval is the paths'
+        quantiles (so it widens with the horizon, as in the autoregressive mode) and the mean
+        the chunks chained on the forecast means (its first chunk is the plain forecast).
+        Without a likelihood the chunks are chained on the point forecast itself (no
+        interval)."""
         model = self._fitted()
         with torch.inference_mode(), torch_threads(self.threads):
-            if self.cfg.mode == "direct":
+            if self.cfg.mode == "direct" and n <= self.cfg.output_chunk_length:
                 mean, scale = (t[:, :n] if t is not None else None for t in model(x))
                 bounds = None if scale is None else GaussianHead.interval(mean, scale, level)
             else:
@@ -525,7 +537,8 @@ class Forecaster:
         samples: int,
         seed_each: bool,
     ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
-        """Autoregressive: the mean path, and quantiles of sampled paths (Gaussian)."""
+        """The mean path fed back (`ForecastNet.generate`: autoregressive, or direct beyond
+        ``output_chunk_length``), and quantiles of sampled paths (Gaussian)."""
         future = np.stack([calendar_features(f, self.cfg.calendar) for f in futures])
         future = torch.tensor(future, dtype=torch.float32)  # (B, n, 2 * calendar)
         mean = self.model.generate(x, future)
@@ -557,11 +570,12 @@ class Forecaster:
             )
         if n < 1:
             raise RnnkitError(f"the horizon must be at least 1 step, got {n}")
-        if cfg.mode == "direct" and n > cfg.output_chunk_length:
+        if cfg.mode == "direct" and n > cfg.output_chunk_length and cfg.covariates:
             raise RnnkitError(
                 f"horizon {n} is longer than the model's output_chunk_length "
-                f"{cfg.output_chunk_length}; train with --output-chunk-length {n} or use "
-                "--mode autoregressive"
+                f"{cfg.output_chunk_length}, and forecasting chunk after chunk needs the future "
+                f"values of the covariates {cfg.covariates}; train with --output-chunk-length "
+                f"{n} or without covariates"
             )
         if min(ends) < cfg.input_chunk_length or max(ends) > len(series):
             raise RnnkitError(
@@ -725,7 +739,9 @@ class Forecast(Result):
 class ForecastPredictor(Predictor):
     """A trained forecast run: ``forecast(horizon, history)`` -> a `Forecast` of the steps after
     ``history`` (default: the end of the run's own series); ``predict([history, ...])`` the
-    run's horizon (``output_chunk_length``) after each, as one batch.
+    run's horizon (``output_chunk_length``) after each, as one batch. Any horizon can be asked
+    (direct mode: beyond ``output_chunk_length`` chunk by chunk, see
+    `Forecaster.forecast_windows`; not for a run with covariates).
 
     A history is a CSV path or a DataFrame with the run's time column (a DataFrame may carry
     the times as its DatetimeIndex instead), target columns and covariates, read as the run
