@@ -416,3 +416,30 @@ def test_point_forecasts_are_chained_on_the_forecast(data, tmp_path):
         step = predictor.forecast(history=extended).mean["y"]
         want = long.mean["y"][3 * chunk : 3 * chunk + 3]
         assert step[: len(want)] == pytest.approx(want, abs=1e-5, rel=1e-5)
+
+
+@pytest.mark.parametrize("fixture", ["default_run", "autoregressive_run"])
+def test_forecast_runs_export_windows_to_onnx(request, fixture, tmp_path):
+    """issue 29: `rnnkit export` of a forecast run reads its input and gives finite outputs in
+    ONNX Runtime, equal to PyTorch's on the run's own windows."""
+    ort = pytest.importorskip("onnxruntime", reason="the export extra: pip install onnxruntime")
+    run = request.getfixturevalue(fixture)
+    result = CliRunner().invoke(main, ["export", str(run), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    described = json.loads((tmp_path / "model.json").read_text())
+    assert [d["name"] for d in described["inputs"]] == ["window"]
+    assert described["inputs"][0]["shape"][:2] == ["B", "T"]
+    assert [d["name"] for d in described["outputs"]] == ["mean", "scale"]
+    assert described["scalers"] and described["targets"]
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"))
+    window = rnnkit.load(run).graph().samples(12)["window"]
+    mean, scale = session.run(None, {"window": window.numpy()})
+    assert np.isfinite(mean).all() and (scale > 0).all()
+
+
+def test_anomaly_runs_export_with_their_threshold(detect_out, tmp_path):
+    pytest.importorskip("onnxruntime", reason="the export extra: pip install onnxruntime")
+    result = CliRunner().invoke(main, ["export", str(detect_out / "model"), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    described = json.loads((tmp_path / "model.json").read_text())
+    assert described["task"] == "anomaly" and described["detector"]["threshold"] > 0

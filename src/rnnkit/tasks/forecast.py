@@ -776,6 +776,13 @@ class ForecastPredictor(Predictor):
         own series), with central ``level`` intervals."""
         return self._forecasts(check_inputs(inputs, self.takes), horizon, level)
 
+    def graph(self):
+        """What `rnnkit export` records: the network over scaled windows
+        (`rnnkit.tasks.forecast_export`)."""
+        from rnnkit.tasks.forecast_export import export_graph
+
+        return export_graph(self.forecaster)
+
     def parse(self, args: Sequence[str]) -> list[str | None]:
         """Command-line arguments are CSV paths; none: the run's own series."""
         return [str(a) for a in args] or [None]
