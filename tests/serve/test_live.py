@@ -50,10 +50,12 @@ def test_a_full_run_refuses_more_streams_and_a_leaving_client_frees_its_slot(run
         body = {"prompt": "First", "max_tokens": 10**7, "stream": True}  # until the client leaves
         with httpx.Client(base_url=url, timeout=30) as client:
             with client.stream("POST", "/v1/runs/shakespeare/generate", json=body) as first:
-                line = next(first.iter_lines())
+                lines = first.iter_lines()  # kept: a closed iterator closes the response
+                line = next(lines)
                 assert json.loads(line[len("data: ") :])["step"] == 0
                 second = client.post("/v1/runs/shakespeare/generate", json=body)
                 assert second.status_code == 429 and "streams already" in second.json()["error"]
+                lines.close()
             run = app.state.served["shakespeare"]
             for _ in range(500):  # the scheduler drops the stream at its next step
                 if run.streams == 0 and not run.scheduler.active:

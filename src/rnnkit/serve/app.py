@@ -310,7 +310,11 @@ def _event_stream(run: Served, settings: dict, limits: Limits, request: Request)
     async def send():
         try:
             while True:  # every event waiting goes out in one write
-                batch = [await events.get()]
+                try:
+                    batch = [await asyncio.wait_for(events.get(), limits.timeout)]
+                except asyncio.TimeoutError:
+                    stalled = f"no token for {limits.timeout:g} s; the stream is ended"
+                    batch = [{"done": True, "error": stalled}]
                 while not events.empty() and not batch[-1].get("done"):
                     batch.append(events.get_nowait())
                 yield "".join(f"data: {json.dumps(e, allow_nan=False)}\n\n" for e in batch)

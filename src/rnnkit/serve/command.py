@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import click
@@ -55,5 +56,11 @@ def serve(runs: tuple[str, ...], host: str, port: int, token: str | None, checkp
     app = create_app(predictors, limits, token)
     where = f"http://{host}:{port}/"
     click.echo(f"serving {', '.join(names)} at {where} (the playground; API: {where}openapi.json)")
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)
+    # uvicorn drains on SIGTERM, then raises it again with the handler found before it: this
+    # one only notes it, so the command ends normally (exit 0) rather than by the signal
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     click.echo("stopped")

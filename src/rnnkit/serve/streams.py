@@ -85,8 +85,19 @@ class StreamScheduler:
                         stream.emit({"done": True, "error": "the server is shutting down"})
                     return
                 for stream in joining:
-                    self._join(stream)
-                self._step()
+                    self._guarded([stream], self._join, stream)
+                self._guarded(list(self.active), self._step)
+
+    def _guarded(self, streams: list[Stream], work, *args) -> None:
+        """``work(*args)``; if it raises, end ``streams`` (those it was working on) with an
+        error event rather than the thread, so that the others go on."""
+        try:
+            work(*args)
+        except Exception as err:  # a failure must not stall every stream
+            for stream in streams:
+                stream.emit({"done": True, "error": f"generation failed: {err}"})
+                if stream in self.active:
+                    self.active.remove(stream)
 
     def _join(self, stream: Stream) -> None:
         """Read the prompt (alone), keep the state and the logits after its last token."""
