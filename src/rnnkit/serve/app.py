@@ -302,8 +302,7 @@ def _event_stream(run: Served, settings: dict, limits: Limits, request: Request)
     check_sampling(settings["temperature"], settings["top_k"], settings["top_p"])
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[dict] = asyncio.Queue()
-    stream = Stream(ids, emit=lambda e: loop.call_soon_threadsafe(events.put_nowait, e),
-                    **settings)  # fmt: skip
+    stream = Stream(ids, emit=events.put_nowait, loop=loop, **settings)
     run.streams += 1
     run.scheduler.submit(stream)
 

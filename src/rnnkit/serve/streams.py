@@ -9,12 +9,14 @@ gone (`Stream.cancel`). Each stream draws exactly what `CharLMPredictor.stream` 
 same seed (its generator draws for it alone); the batched step agrees with a lone one to float
 rounding.
 
-The scheduler runs on a thread of its own; events reach the server through each stream's
-``emit`` (called on that thread: the server hands them to its event loop).
+The scheduler runs on a thread of its own. A stream's events go to its ``emit``: on the event
+loop ``loop`` if the stream names one (all the events of a step in one hand-over per loop), else
+on the scheduler's thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import queue
 import threading
@@ -39,6 +41,7 @@ class Stream:
     top_p: float | None
     seed: int
     emit: Callable[[dict[str, Any]], None]
+    loop: asyncio.AbstractEventLoop | None = None
     cancelled: bool = False
     pieces: list[str] = dataclasses.field(default_factory=list)
     state: Any = None
@@ -58,6 +61,7 @@ class StreamScheduler:
         self.predictor, self.model = predictor, predictor.model
         self.waiting: queue.Queue[Stream | None] = queue.Queue()
         self.active: list[Stream] = []
+        self.outbox: list[tuple[Stream, dict[str, Any]]] = []  # this step's events
         self.steps = 0  # batched model steps taken (for the tests and the benchmark)
         self.thread = threading.Thread(target=self._run, name="rnnkit-streams", daemon=True)
         self.thread.start()
@@ -82,11 +86,28 @@ class StreamScheduler:
                         break
                 if None in joining:
                     for stream in self.active + [s for s in joining if s is not None]:
-                        stream.emit({"done": True, "error": "the server is shutting down"})
+                        self._say(stream, {"done": True, "error": "the server is shutting down"})
+                    self._send()
                     return
                 for stream in joining:
                     self._guarded([stream], self._join, stream)
                 self._guarded(list(self.active), self._step)
+                self._send()
+
+    def _say(self, stream: Stream, event: dict[str, Any]) -> None:
+        self.outbox.append((stream, event))
+
+    def _send(self) -> None:
+        """Hand this step's events over: one call per event loop, the rest directly."""
+        by_loop: dict[Any, list] = {}
+        for stream, event in self.outbox:
+            by_loop.setdefault(stream.loop, []).append((stream, event))
+        self.outbox = []
+        for loop, items in by_loop.items():
+            if loop is None:
+                _deliver(items)
+            else:
+                loop.call_soon_threadsafe(_deliver, items)
 
     def _guarded(self, streams: list[Stream], work, *args) -> None:
         """``work(*args)``; if it raises, end ``streams`` (those it was working on) with an
@@ -95,7 +116,7 @@ class StreamScheduler:
             work(*args)
         except Exception as err:  # a failure must not stall every stream
             for stream in streams:
-                stream.emit({"done": True, "error": f"generation failed: {err}"})
+                self._say(stream, {"done": True, "error": f"generation failed: {err}"})
                 if stream in self.active:
                     self.active.remove(stream)
 
@@ -118,7 +139,7 @@ class StreamScheduler:
                 going.append(stream)
             else:
                 text = "".join(stream.pieces)
-                stream.emit({"done": True, "text": text, "tokens": len(stream.pieces)})
+                self._say(stream, {"done": True, "text": text, "tokens": len(stream.pieces)})
         self.active = going
         if not going:
             return
@@ -138,7 +159,12 @@ class StreamScheduler:
         step = len(stream.pieces)
         stream.pieces.append(piece)
         stream.previous = token_id
-        stream.emit({"token": piece, "probability": probability, "step": step})
+        self._say(stream, {"token": piece, "probability": probability, "step": step})
+
+
+def _deliver(items: list[tuple[Stream, dict[str, Any]]]) -> None:
+    for stream, event in items:
+        stream.emit(event)
 
 
 def _stack(states: list[Any]) -> Any:
