@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import json
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,8 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+
+from rnnkit.serve.background import free_port
 
 WORDS = ["the", "a", "film", "story", "acting", "plot", "moving", "dull", "wonderful", "boring",
          "great", "awful", "funny", "slow", "characters", "music", "ending", "scenes", "director",
@@ -75,12 +76,6 @@ def server_process(runs: dict[str, Path]):
     finally:
         process.terminate()
         process.wait(timeout=30)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -177,18 +177,18 @@ def _quiet_native_stderr() -> Iterator[None]:
     shape inference, which the check after export makes moot); shown if the block raises."""
     sys.stderr.flush()
     saved = os.dup(2)
+    failed = True
     with tempfile.TemporaryFile() as held:
         os.dup2(held.fileno(), 2)
         try:
             yield
-        except BaseException:
-            os.dup2(saved, 2)
-            held.seek(0)
-            sys.stderr.write(held.read().decode("utf-8", "replace"))
-            raise
+            failed = False
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+            if failed:
+                held.seek(0)
+                sys.stderr.write(held.read().decode("utf-8", "replace"))
 
 
 def _as_list(outputs: Any) -> list[Tensor]:

@@ -16,6 +16,7 @@ lists the modules; a run names its task in config.json, never a module).
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import inspect
 import math
@@ -144,7 +145,5 @@ def _finite(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_finite(v) for v in value]
     if isinstance(value, bytes):
-        import base64
-
         return base64.b64encode(value).decode("ascii")
     return value

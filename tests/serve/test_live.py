@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from serve_runs import charlm_run, sentiment_run  # noqa: E402
 
 import rnnkit  # noqa: E402
 from rnnkit.serve.app import Limits  # noqa: E402
-from rnnkit.serve.background import serving  # noqa: E402
+from rnnkit.serve.background import free_port, serving  # noqa: E402
 
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "img"
 
@@ -37,12 +36,6 @@ def runs(tmp_path_factory):
         return dict(pair.split("=", 1) for pair in given.split(","))
     root = tmp_path_factory.mktemp("live")
     return {"shakespeare": charlm_run(root), "reviews": sentiment_run(root)}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_a_full_run_refuses_more_streams_and_a_leaving_client_frees_its_slot(runs):

@@ -23,7 +23,7 @@ def serving(runs: dict[str, str | os.PathLike], limits=None, token: str | None =
     from rnnkit.serve.app import create_app
 
     app = create_app({name: load(path) for name, path in runs.items()}, limits, token)
-    port = port or _free_port()
+    port = port or free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="rnnkit-serve", daemon=True)
@@ -40,7 +40,8 @@ def serving(runs: dict[str, str | os.PathLike], limits=None, token: str | None =
         thread.join(timeout=15)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

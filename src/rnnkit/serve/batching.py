@@ -15,7 +15,6 @@ import concurrent.futures
 import dataclasses
 from typing import Any
 
-from rnnkit.errors import RnnkitError
 from rnnkit.predictor import Predictor, Result
 
 
@@ -73,9 +72,9 @@ class Batcher:
         inputs = [item for request in group for item in request.inputs]
         try:
             results = await self.run(self._call, inputs, group[0].options)
-        except Exception:
+        except Exception as err:
             if len(group) == 1:
-                _settle(group[0], error=_error())
+                _settle(group[0], error=err)
                 return
             for request in group:
                 await self._answer([request])
@@ -101,13 +100,6 @@ def _same_options(batch: list[_Request]) -> list[list[_Request]]:
         else:
             groups.append([request])
     return groups
-
-
-def _error() -> BaseException:
-    """The exception being handled (a failed predict call)."""
-    import sys
-
-    return sys.exc_info()[1] or RnnkitError("prediction failed")
 
 
 def _settle(request: _Request, results: list[Result] | None = None, error=None) -> None:
