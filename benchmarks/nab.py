@@ -25,8 +25,9 @@ import numpy as np
 import pandas as pd
 
 from rnnkit.data.timeseries import read_csv
-from rnnkit.tasks import anomaly, nab
-from rnnkit.tasks.timeseries_plots import plot_anomalies
+from rnnkit.diagnostics.timeseries_plots import plot_anomalies
+from rnnkit.evaluation import nab
+from rnnkit.tasks import anomaly
 
 CATEGORIES = ("realKnownCause", "artificialWithAnomaly")
 

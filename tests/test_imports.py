@@ -84,3 +84,18 @@ def test_the_kernels_know_no_cells():
     assert not any(t.startswith("rnnkit.cells") for m in kernels for t in graph[m])
     cells = [m for m in graph if m.startswith("rnnkit.cells")]
     assert not any(t in ("rnnkit.layers", "rnnkit.recurrence") for m in cells for t in graph[m])
+
+
+def test_no_task_imports_another_task():
+    """A task module imports shared parts (rnnkit.tasks.classify, .seq2seq, .common,
+    rnnkit.forecasting, ...), never another task's module; nothing outside rnnkit.tasks but the
+    command line, the server and the run diagnostics imports a task."""
+    from rnnkit.tasks import TASKS
+
+    graph = import_graph()
+    tasks = set(TASKS.values())
+    for task in tasks:
+        assert not (graph[task] & tasks) - {task}, f"{task} imports {graph[task] & tasks}"
+    allowed = ("rnnkit.tasks", "rnnkit.cli", "rnnkit.serve", "rnnkit.diagnostics.runs")
+    outside = [m for m in graph if not m.startswith(allowed) and graph[m] & tasks]
+    assert not outside, f"{outside} import task modules"

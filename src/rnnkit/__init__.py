@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from rnnkit._version import __version__ as __version__
 
 #: public name -> the module that defines it
 _WHERE = {
@@ -22,6 +22,7 @@ _WHERE = {
     "PeepholeLSTMCell": "rnnkit.cells",
     "ProjectedLSTMCell": "rnnkit.cells",
     "Dropout": "rnnkit.dropout",
+    "Forecaster": "rnnkit.forecasting.forecaster",
     "dropout": "rnnkit.dropout",
     "RnnkitError": "rnnkit.errors",
     "tune_process": "rnnkit.kernels.build",
@@ -44,6 +45,7 @@ __all__ = [
     "Cell",
     "Dropout",
     "ElmanCell",
+    "Forecaster",
     "GRUCell",
     "LSTMCell",
     "LayerNormGRUCell",
@@ -95,6 +97,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the names as plain imports
     )
     from rnnkit.dropout import Dropout, dropout
     from rnnkit.errors import RnnkitError
+    from rnnkit.forecasting.forecaster import Forecaster
     from rnnkit.kernels.build import tune_process
     from rnnkit.layers import GRU, LSTM, RNN, Recurrent
     from rnnkit.predictor import Predictor, load

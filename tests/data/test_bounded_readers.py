@@ -23,7 +23,7 @@ import sentencepiece as spm
 from rnnkit.data import audio, bounded, images, labelled, music, subword, text, timeseries
 from rnnkit.data.parallel import read_lines
 from rnnkit.errors import RnnkitError
-from rnnkit.tasks import nab
+from rnnkit.evaluation import nab
 
 DEEP = b"[" * 100_000  # nests deeper than Python's recursion limit
 MiB = 1 << 20

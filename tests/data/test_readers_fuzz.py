@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from rnnkit.data import audio, images, labelled, music, subword, text, timeseries
 from rnnkit.errors import RnnkitError
-from rnnkit.tasks import nab
+from rnnkit.evaluation import nab
 from rnnkit.training import checkpoint as ckpt
 from rnnkit.training import options
 

@@ -23,7 +23,8 @@ from rnnkit.data.tokens import BOS, EOS
 from rnnkit.errors import RnnkitError
 from rnnkit.models.seq2seq import gnmt_penalty
 from rnnkit.tasks.caption import CaptionPredictor, to_images
-from rnnkit.tasks.translate import TranslatePredictor, Translation
+from rnnkit.tasks.seq2seq import Translation
+from rnnkit.tasks.translate import TranslatePredictor
 
 TRANSLATE = ["--src-vocab", "400", "--tgt-vocab", "400", "--embed", "8", "--hidden-size", "8",
              "--decoder-hidden", "16", "--batch", "8", "--beam", "2", "--max-steps", "4",

@@ -16,10 +16,11 @@ from click.testing import CliRunner
 import rnnkit
 from rnnkit.cli import main
 from rnnkit.errors import RnnkitError
+from rnnkit.forecasting.forecaster import Forecaster
 from rnnkit.io import read_json
 from rnnkit.tasks import anomaly, forecast
 from rnnkit.tasks.anomaly import Anomalies, AnomalyPredictor
-from rnnkit.tasks.forecast import Forecast, Forecaster, ForecastPredictor
+from rnnkit.tasks.forecast import Forecast, ForecastPredictor
 
 MODEL = ["--input-chunk-length", "12", "--hidden-size", "8", "--max-steps", "20"]
 LOOP = {"max_steps": 4, "eval_every": 2, "log_every": 2, "warmup": 1, "progress": "none"}

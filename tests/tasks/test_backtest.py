@@ -8,7 +8,7 @@ import pytest
 
 from rnnkit.data.timeseries import TimeSeries
 from rnnkit.errors import RnnkitError
-from rnnkit.tasks.backtest import (
+from rnnkit.evaluation.backtest import (
     directional_accuracy,
     ets,
     mae,

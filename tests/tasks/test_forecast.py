@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from rnnkit.cli import main
 from rnnkit.data.timeseries import TimeSeries
 from rnnkit.errors import RnnkitError
-from rnnkit.tasks.forecast import ForecastConfig, Forecaster, ForecastTask
+from rnnkit.forecasting.forecaster import ForecastConfig, Forecaster, ForecastTask
 
 FAST = {"max_steps": 40, "warmup_steps": 5, "eval_every": 40}
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rnnkit.tasks.nab import (
+from rnnkit.evaluation.nab import (
     best_threshold,
     corpus_score,
     probation_length,

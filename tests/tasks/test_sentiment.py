@@ -10,9 +10,9 @@ import torch
 from click.testing import CliRunner
 
 from rnnkit.cli import main
+from rnnkit.data.batching import draw_batch
 from rnnkit.data.labelled import read_labelled
 from rnnkit.errors import RnnkitError
-from rnnkit.tasks.classify import draw_batch
 
 GOOD = ["a wonderful moving film", "great acting and a great story", "i loved it", "superb fun"]
 BAD = ["a dull boring mess", "terrible acting , awful story", "i hated it", "tedious junk"]

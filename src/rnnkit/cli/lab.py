@@ -64,7 +64,7 @@ def diagnose_gradients(runs: tuple[str, ...], at: str, seed: int, out: str | Non
     Examples:
       rnnkit diagnose gradients runs/demo-*/rnn runs/demo-*/lstm --out flow.png
     """
-    from rnnkit.tasks.diagnose import gradient_flow_report
+    from rnnkit.diagnostics.runs import gradient_flow_report
 
     click.echo(gradient_flow_report(runs, at, seed, out))
 
@@ -83,6 +83,6 @@ def diagnose_weight_grads(runs: tuple[str, ...], out: str | None) -> None:
     Examples:
       rnnkit diagnose weight-grads runs/rnn-clip runs/rnn-noclip --out clipping.png
     """
-    from rnnkit.tasks.diagnose import weight_gradient_report
+    from rnnkit.diagnostics.runs import weight_gradient_report
 
     click.echo(weight_gradient_report(runs, out))

@@ -23,6 +23,7 @@ import warnings
 import wave
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -244,3 +245,25 @@ def _silence(
 def load_features(recordings: list[Recording], cfg: FeatureConfig) -> list[Tensor]:
     """The features (T_i, F) of each recording, read at ``cfg.sample_rate``."""
     return [features(read_wav(r.path, cfg.sample_rate), cfg) for r in recordings]
+
+
+def wave_input(item: Any, sample_rate: int, task: str) -> np.ndarray:
+    """The wave (N,) float32 of a predictor's input: a WAV file (a str or Path, read with
+    `read_wav`, resampled to ``sample_rate`` with a warning) or a waveform already at
+    ``sample_rate`` (a 1-D float numpy array or tensor, samples in [-1, 1])."""
+    if isinstance(item, (str, os.PathLike)):
+        if not str(item).strip():
+            raise RnnkitError(f"an empty path; a {task} run takes WAV files or waveforms")
+        return read_wav(item, sample_rate)
+    if isinstance(item, torch.Tensor):
+        item = item.detach().cpu().numpy()
+    if not isinstance(item, np.ndarray):
+        raise RnnkitError(f"a {task} run takes WAV paths or waveforms (1-D float arrays at "
+                          f"{sample_rate} Hz), got {type(item).__name__}")  # fmt: skip
+    if item.ndim != 1 or item.size == 0 or not np.issubdtype(item.dtype, np.floating):
+        raise RnnkitError(f"a waveform is a non-empty 1-D float array of samples in [-1, 1] at "
+                          f"{sample_rate} Hz (mono), got {item.dtype} of shape "
+                          f"{tuple(item.shape)}")  # fmt: skip
+    if not np.isfinite(item).all():
+        raise RnnkitError("the waveform holds NaN or infinite samples")
+    return item.astype(np.float32)

@@ -46,13 +46,13 @@ import torch
 from scipy import stats
 
 from rnnkit.data.timeseries import FILL_POLICIES, TimeSeries
+from rnnkit.diagnostics.timeseries_plots import plot_anomalies
 from rnnkit.errors import RnnkitError
-from rnnkit.io import atomic_write_json, read_json
-from rnnkit.layers import IMPLS
-from rnnkit.predictor import Predictor, Result, check_inputs
-from rnnkit.tasks import forecast, nab
-from rnnkit.tasks.common import format_fit, settings_from_dict, train_task
-from rnnkit.tasks.forecast import (
+from rnnkit.evaluation import nab
+from rnnkit.forecasting.forecaster import (
+    DEFAULT_TRAIN as FORECAST_TRAIN,
+)
+from rnnkit.forecasting.forecaster import (
     ForecastConfig,
     Forecaster,
     ForecastTask,
@@ -62,8 +62,14 @@ from rnnkit.tasks.forecast import (
     series_input,
     torch_threads,
 )
+from rnnkit.forecasting.forecaster import (
+    read_series as read_forecast_series,
+)
+from rnnkit.io import atomic_write_json, read_json
+from rnnkit.layers import IMPLS
+from rnnkit.predictor import Predictor, Result, check_inputs
+from rnnkit.tasks.common import format_fit, settings_from_dict, train_task
 from rnnkit.tasks.spec import TaskSpec
-from rnnkit.tasks.timeseries_plots import plot_anomalies
 from rnnkit.training import checkpoint as ckpt
 from rnnkit.training.options import choice
 from rnnkit.training.trainer import FitResult, TrainConfig, Trainer
@@ -329,7 +335,7 @@ def fit_detector(
 ) -> Detection:
     """`detect` with the run's settings ``cfg``: train, calibrate (`save_calibration`)."""
     task = AnomalyTask(cfg, series)
-    config = TrainConfig.from_dict({**forecast.DEFAULT_TRAIN, **DEFAULT_TRAIN, **(train or {})})
+    config = TrainConfig.from_dict({**FORECAST_TRAIN, **DEFAULT_TRAIN, **(train or {})})
     with run_directory(run_dir) as path, torch_threads(1):
         Trainer(task, config, path).fit()
         return save_calibration(path, task)
@@ -455,13 +461,13 @@ def format_report(report: DetectReport) -> str:
 # --- `rnnkit train anomaly`, and a trained detector as a `Predictor` ----------------------------
 
 #: training defaults of `rnnkit train anomaly`: the detector's, with a progress display
-TRAIN_DEFAULTS = TrainConfig.from_dict({**forecast.DEFAULT_TRAIN, **DEFAULT_TRAIN,
+TRAIN_DEFAULTS = TrainConfig.from_dict({**FORECAST_TRAIN, **DEFAULT_TRAIN,
                                         "progress": "auto"})  # fmt: skip
 
 
 def read_series(cfg: AnomalyConfig) -> TimeSeries:
     """The series of ``cfg``'s CSV."""
-    return forecast.read_series(forecaster_config(cfg), cfg.regular)[0]
+    return read_forecast_series(forecaster_config(cfg), cfg.regular)[0]
 
 
 def train(

@@ -47,8 +47,8 @@ from rnnkit.models.seq2seq import (
 from rnnkit.models.vision import ConvEncoder
 from rnnkit.predictor import Predictor, check_inputs
 from rnnkit.tasks.common import settings_from_dict, train_task
+from rnnkit.tasks.seq2seq import Translation, check_beam, translation_of
 from rnnkit.tasks.spec import TaskSpec
-from rnnkit.tasks.translate import Translation, check_beam, translation_of
 from rnnkit.training import checkpoint as ckpt
 from rnnkit.training.options import choice
 from rnnkit.training.trainer import StepOutput, TrainConfig

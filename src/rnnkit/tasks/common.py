@@ -105,3 +105,8 @@ def format_fit(result: FitResult) -> str:
     if result.final:
         lines.append("validation: " + "  ".join(f"{k} {v:.4f}" for k, v in result.final.items()))
     return "\n".join(lines)
+
+
+def stamp(prefix: str) -> str:
+    """A run name ``PREFIX-DATE-TIME``."""
+    return time.strftime(f"{prefix}-%Y%m%d-%H%M%S")

@@ -29,9 +29,9 @@ import torch
 from rnnkit.data.synthetic import ADDING_BASELINE_MSE
 from rnnkit.diagnostics.gradient_flow import decay_summary
 from rnnkit.diagnostics.plots import plot_gradient_flow, plot_validation_curves
+from rnnkit.diagnostics.runs import run_gradient_norms
 from rnnkit.errors import RnnkitError
 from rnnkit.kernels.report import prepare as prepare_kernels
-from rnnkit.tasks.diagnose import run_gradient_norms
 from rnnkit.tasks.memory import DEFAULT_LR, SOLVED_MSE, MemoryConfig, MemoryTask
 from rnnkit.training.metrics import read_metrics
 from rnnkit.training.trainer import TrainConfig, Trainer

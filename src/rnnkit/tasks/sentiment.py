@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from rnnkit.data.batching import stratified_folds
 from rnnkit.data.labelled import read_labelled
 from rnnkit.data.text import Vocab, tokenize_words
 from rnnkit.errors import RnnkitError
@@ -27,7 +28,7 @@ from rnnkit.io import atomic_write_json
 from rnnkit.models.classifier import POOLINGS
 from rnnkit.tasks import classify
 from rnnkit.tasks.classify import ClassifierSettings, ClassifyTask, Split
-from rnnkit.tasks.common import settings_from_dict
+from rnnkit.tasks.common import settings_from_dict, stamp
 from rnnkit.tasks.spec import Flag, TaskSpec
 from rnnkit.training import checkpoint as ckpt
 from rnnkit.training.options import choice
@@ -110,7 +111,7 @@ def make_task(cfg: SentimentConfig) -> ClassifyTask:
     """Read and split the data, build the vocabulary on the training part, encode."""
     cfg.check()
     data = read_labelled(cfg.data, cfg.text_col, cfg.label_col, cfg.encoding)
-    folds = classify.stratified_folds(data.labels, cfg.folds, cfg.split_seed)
+    folds = stratified_folds(data.labels, cfg.folds, cfg.split_seed)
     texts = {"test": [], "rest": []}
     for text, label, f in zip(data.texts, data.labels, folds):
         texts["test" if f == cfg.fold else "rest"].append((text, label))
@@ -164,7 +165,7 @@ def train(
     if resume is not None or flags.get("fold") is not None:
         raise RnnkitError("--cv trains every fold anew: drop --resume and --fold")
     folds = flags.get("folds") or SentimentConfig.folds
-    base = Path(out) if out else Path("runs") / classify.stamp("sentiment-cv")
+    base = Path(out) if out else Path("runs") / stamp("sentiment-cv")
     return classify.partitioned({f"fold-{k:02d}": k for k in range(folds)}, "fold", base, run)
 
 

@@ -13,12 +13,10 @@ Prediction: `SpeechPredictor` (`rnnkit.load`): WAV files or waveforms -> a `Clas
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from rnnkit.data import audio, registry
@@ -26,7 +24,7 @@ from rnnkit.errors import RnnkitError
 from rnnkit.models.classifier import POOLINGS
 from rnnkit.tasks import classify
 from rnnkit.tasks.classify import ClassifierSettings, ClassifyTask, Split
-from rnnkit.tasks.common import settings_from_dict
+from rnnkit.tasks.common import settings_from_dict, stamp
 from rnnkit.tasks.spec import Flag, TaskSpec
 from rnnkit.training import checkpoint as ckpt
 from rnnkit.training.options import choice
@@ -120,7 +118,7 @@ def train(
         raise RnnkitError("--loso trains one run per speaker anew: drop --resume and --split")
     folder = registry.resolve(flags.get("data") or SpeechConfig.data)
     speakers = sorted({r.speaker for r in audio.fsdd_recordings(folder)})
-    base = Path(out) if out else Path("runs") / classify.stamp("speech-loso")
+    base = Path(out) if out else Path("runs") / stamp("speech-loso")
     splits = {f"speaker-{s}": f"speaker:{s}" for s in speakers}
     return classify.partitioned(splits, "split", base, run)
 
@@ -138,28 +136,6 @@ def load_run(run_dir: str | Path, checkpoint: str = "best"):
     return ckpt.load_trained(build, run_dir, checkpoint), cfg
 
 
-def read_input(item: Any, sample_rate: int, task: str) -> np.ndarray:
-    """The wave (N,) float32 of a predictor's input: a WAV file (a str or Path, read with
-    `audio.read_wav`, resampled to ``sample_rate`` with a warning) or a waveform already at
-    ``sample_rate`` (a 1-D float numpy array or tensor, samples in [-1, 1])."""
-    if isinstance(item, (str, os.PathLike)):
-        if not str(item).strip():
-            raise RnnkitError(f"an empty path; a {task} run takes WAV files or waveforms")
-        return audio.read_wav(item, sample_rate)
-    if isinstance(item, torch.Tensor):
-        item = item.detach().cpu().numpy()
-    if not isinstance(item, np.ndarray):
-        raise RnnkitError(f"a {task} run takes WAV paths or waveforms (1-D float arrays at "
-                          f"{sample_rate} Hz), got {type(item).__name__}")  # fmt: skip
-    if item.ndim != 1 or item.size == 0 or not np.issubdtype(item.dtype, np.floating):
-        raise RnnkitError(f"a waveform is a non-empty 1-D float array of samples in [-1, 1] at "
-                          f"{sample_rate} Hz (mono), got {item.dtype} of shape "
-                          f"{tuple(item.shape)}")  # fmt: skip
-    if not np.isfinite(item).all():
-        raise RnnkitError("the waveform holds NaN or infinite samples")
-    return item.astype(np.float32)
-
-
 class SpeechPredictor(classify.ClassifierPredictor):
     """A trained speech-digits run: ``predict([wav_path_or_waveform, ...])`` -> a
     `Classification` per recording (label "0".."9"), with the attention weight of each feature
@@ -174,7 +150,7 @@ class SpeechPredictor(classify.ClassifierPredictor):
 
     def encode_input(self, item: Any) -> tuple[torch.Tensor, None]:
         """The (T, F) feature frames of a recording, as training computes them."""
-        wave = read_input(item, self.cfg.sample_rate, NAME)
+        wave = audio.wave_input(item, self.cfg.sample_rate, NAME)
         return audio.features(wave, self.cfg.feature_config()), None
 
     def graph(self) -> classify.Graph:

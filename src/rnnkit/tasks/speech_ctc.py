@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit.data import audio
+from rnnkit.data.batching import pad
 from rnnkit.errors import RnnkitError
 from rnnkit.export import Graph, ragged_batch
 from rnnkit.io import atomic_write_json
@@ -30,10 +31,9 @@ from rnnkit.layers import IMPLS
 from rnnkit.models import ctc
 from rnnkit.models.sequence import SequenceModel
 from rnnkit.predictor import Predictor, Result, check_inputs
-from rnnkit.tasks.classify import EVAL_BATCH, pad, stamp
-from rnnkit.tasks.common import settings_from_dict, train_task
+from rnnkit.tasks.classify import EVAL_BATCH
+from rnnkit.tasks.common import settings_from_dict, stamp, train_task
 from rnnkit.tasks.spec import TaskSpec
-from rnnkit.tasks.speech import read_input
 from rnnkit.training import checkpoint as ckpt
 from rnnkit.training.options import choice
 from rnnkit.training.trainer import StepOutput, TrainConfig
@@ -300,7 +300,7 @@ class CTCPredictor(Predictor):
         width = self.cfg.beam if beam is None else beam
         if isinstance(width, bool) or not isinstance(width, int) or width < 0:
             raise RnnkitError(f"beam must be an integer >= 0 (0: greedy), got {width!r}")
-        xs = [frames(read_input(item, self.cfg.sample_rate, NAME), self.cfg)
+        xs = [frames(audio.wave_input(item, self.cfg.sample_rate, NAME), self.cfg)
               for item in check_inputs(inputs, self.takes)]  # fmt: skip
         order = sorted(range(len(xs)), key=lambda i: len(xs[i]))
         results: list[Transcription | None] = [None] * len(xs)
@@ -323,7 +323,7 @@ class CTCPredictor(Predictor):
             recordings = audio.fsdd_recordings(self.cfg.data)[:8]
         except RnnkitError as err:
             raise RnnkitError(f"the export is checked on the run's recordings: {err}") from None
-        examples = [frames(read_input(r.path, self.cfg.sample_rate, NAME), self.cfg)
+        examples = [frames(audio.wave_input(r.path, self.cfg.sample_rate, NAME), self.cfg)
                     for r in recordings]  # fmt: skip
 
         def samples(steps: int) -> dict[str, Tensor]:

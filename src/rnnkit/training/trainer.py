@@ -82,7 +82,7 @@ from typing import Any, BinaryIO, Protocol
 import torch
 from torch import Tensor, nn
 
-import rnnkit
+from rnnkit._version import __version__
 from rnnkit.errors import RnnkitError, shorten
 from rnnkit.io import check_writable, json_bytes, read_bytes, read_json
 from rnnkit.training import checkpoint as ckpt
@@ -437,7 +437,7 @@ class Trainer:
     def _create_run(self) -> None:
         train = asdict(self.config)
         run = {"task": self.task.name, "task_config": self.task.config(), "train": train}
-        ckpt.write_config(self.run_dir, {**run, "rnnkit_version": rnnkit.__version__})
+        ckpt.write_config(self.run_dir, {**run, "rnnkit_version": __version__})
         self.task.save_assets(self.run_dir)
 
     # --- checkpoints ----------------------------------------------------------------------

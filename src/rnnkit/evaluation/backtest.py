@@ -183,8 +183,9 @@ def backtest(
     returns: bool = False,
     level: float = 0.9,
 ) -> Backtest:
-    """Train ``forecaster`` (a `rnnkit.tasks.forecast.Forecaster`) before ``start``, forecast
-    ``n`` steps at every origin beside the baselines, and tabulate; see the module docstring."""
+    """Train ``forecaster`` (a `rnnkit.forecasting.forecaster.Forecaster`) before ``start``,
+    forecast ``n`` steps at every origin beside the baselines, and tabulate; see the module
+    docstring."""
     origins = rolling_origins(series, start, n, every)
     forecaster.fit(series[: origins[0]])
     rnn = forecaster.forecast_at(series, origins, n, level)

@@ -1,6 +1,6 @@
 """Diagnostics of run directories: a run's model on a batch of its own task, and what
-`rnnkit diagnose` prints and draws for a list of runs. This is where runs meet the diagnostics
-(`rnnkit.diagnostics` itself knows nothing of tasks or files)."""
+`rnnkit diagnose` prints and draws for a list of runs. The one module of `rnnkit.diagnostics` that
+knows tasks and run folders (the others take models and numbers)."""
 
 from __future__ import annotations
 
