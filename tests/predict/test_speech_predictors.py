@@ -106,10 +106,11 @@ def test_digits_answer_label_probabilities_and_attention_per_frame(digits_run, r
 
 def test_digits_features_are_the_training_features(digits_run, recordings):
     """Probabilities equal the model's on the features training computes (`load_features`)."""
-    model, cfg = speech.load_run(digits_run)
+    predictor = speech.load_predictor(digits_run)
+    model, cfg = predictor.model, predictor.cfg
     found = {Path(r.path).name: r for r in audio.fsdd_recordings(recordings)}
     chosen = [found[name] for name in NAMES]
-    results = speech.load_predictor(digits_run).predict(paths(recordings))
+    results = predictor.predict(paths(recordings))
     for x, result in zip(audio.load_features(chosen, cfg.feature_config()), results):
         probs, alpha = model.predict(x.unsqueeze(1))
         assert list(result.probabilities.values()) == pytest.approx(probs[0].tolist(), abs=1e-5)
@@ -159,12 +160,13 @@ def test_ctc_answers_text_posteriors_and_symbols(ctc_run, recordings):
 
 
 def test_ctc_posteriors_are_the_models_on_training_frames(ctc_run, recordings):
-    model, cfg = speech_ctc.load_run(ctc_run)
+    predictor = speech_ctc.load_predictor(ctc_run)
+    model, cfg = predictor.model, predictor.cfg
     path = recordings / NAMES[2]
     with torch.no_grad():
         (log_probs,) = speech_ctc.posteriors(model, [speech_ctc.frames(audio.read_wav(path, RATE),
                                                                        cfg)])  # fmt: skip
-    (result,) = speech_ctc.load_predictor(ctc_run).predict([path])
+    (result,) = predictor.predict([path])
     torch.testing.assert_close(torch.tensor(result.posteriors), log_probs.exp(), atol=1e-6,
                                rtol=0)  # fmt: skip
 

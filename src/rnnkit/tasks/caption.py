@@ -46,11 +46,11 @@ from rnnkit.models.seq2seq import (
 )
 from rnnkit.models.vision import ConvEncoder
 from rnnkit.predictor import Predictor, check_inputs
-from rnnkit.tasks.common import settings_from_dict, train_task
+from rnnkit.tasks.common import train_task
 from rnnkit.tasks.seq2seq import Translation, check_beam, translation_of
 from rnnkit.tasks.spec import TaskSpec
-from rnnkit.training import checkpoint as ckpt
 from rnnkit.training.options import choice
+from rnnkit.training.runs import load_run
 from rnnkit.training.trainer import StepOutput, TrainConfig
 
 NAME = "caption"
@@ -306,20 +306,6 @@ def caption_pixels(
 # --- trained runs: loading, captioning, testing ------------------------------------------------
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best"):
-    """The model (eval mode), vocabulary and settings of a caption run."""
-    run_dir = Path(run_dir)
-    config = ckpt.read_config(run_dir)
-    if config.get("task") != NAME:
-        raise RnnkitError(f"{run_dir} is a {config.get('task')!r} run, not a caption run")
-    cfg = settings_from_dict(CaptionConfig, config["task_config"], NAME)
-    if not (run_dir / VOCAB).is_file():
-        raise RnnkitError(f"{run_dir / VOCAB} is missing; the run is incomplete")
-    vocab = Vocabulary(read_json(run_dir / VOCAB))
-    model = ckpt.load_trained(lambda: build_model(cfg, len(vocab)), run_dir, checkpoint)
-    return model, vocab, cfg
-
-
 def check_image(pixels: np.ndarray, cfg: CaptionConfig, path: str | Path) -> np.ndarray:
     """Refuse an image whose size is not the scenes' the run was trained on."""
     height, width = cfg.scene_size
@@ -340,8 +326,13 @@ class CaptionPredictor(Predictor):
     takes = "an image file or (H, W) uint8 pixels"
 
     def __init__(self, run_dir: str | Path, checkpoint: str = "best") -> None:
-        self.model, self.vocab, self.cfg = load_run(run_dir, checkpoint)
-        super().__init__(run_dir, ckpt.read_config(run_dir), checkpoint)
+        def build(cfg: CaptionConfig, parts: dict[str, Any]) -> Seq2Seq:
+            return build_model(cfg, len(parts[VOCAB]))
+
+        files = {VOCAB: lambda path: Vocabulary(read_json(path))}
+        run = load_run(run_dir, NAME, CaptionConfig, build, checkpoint, files=files)
+        self.model, self.vocab, self.cfg = run.model, run.parts[VOCAB], run.settings
+        super().__init__(run_dir, run.config, checkpoint)
         self.grid = list(self.model.encoder.grid(*self.cfg.scene_size))
 
     def pixels_of(self, image: Any, number: int = 1) -> np.ndarray:

@@ -34,11 +34,12 @@ from rnnkit.layers import IMPLS
 from rnnkit.models.heads import check_sampling
 from rnnkit.models.sequence import SequenceModel
 from rnnkit.predictor import Predictor, Result, check_inputs
-from rnnkit.tasks.common import format_fit, settings_from_dict, train_task
+from rnnkit.tasks.common import format_fit, train_task
 from rnnkit.tasks.spec import TaskSpec
 from rnnkit.training import checkpoint as ckpt
 from rnnkit.training.distributed import World, shard_batch
 from rnnkit.training.options import choice
+from rnnkit.training.runs import TrainedRun, load_run
 from rnnkit.training.tbptt import StreamBatches, stream_loss_sum
 from rnnkit.training.trainer import FitResult, StepOutput, TrainConfig
 
@@ -254,22 +255,14 @@ class _BatchFirst(nn.Module):
 # --- rebuilding a trained run (rnnkit sample / eval) --------------------------------------------
 
 
-def load_run(
-    run_dir: str | Path, checkpoint: str = "last"
-) -> tuple[SequenceModel, Vocab, CharLMConfig]:
-    """The model (eval mode), vocabulary and task config of a charlm run.
+def read_run(run_dir: str | Path, checkpoint: str = "last") -> TrainedRun[CharLMConfig]:
+    """A charlm run (`rnnkit.training.runs.load_run`), its `Vocab` in ``parts[VOCAB]``.
 
     ``checkpoint``: "last" (model.safetensors) or "best" (best.safetensors, the best periodic
     validation loss).
     """
-    run_dir = Path(run_dir)
-    config = ckpt.read_config(run_dir)
-    if config.get("task") != NAME:
-        raise RnnkitError(f"{run_dir} is a {config.get('task')!r} run, not a charlm run")
-    cfg = settings_from_dict(CharLMConfig, config["task_config"], NAME)
-    vocab = Vocab.load(run_dir / VOCAB)
-    model = ckpt.load_trained(lambda: build_model(cfg, len(vocab)), run_dir, checkpoint)
-    return model, vocab, cfg
+    build = lambda cfg, parts: build_model(cfg, len(parts[VOCAB]))  # noqa: E731
+    return load_run(run_dir, NAME, CharLMConfig, build, checkpoint, files={VOCAB: Vocab.load})
 
 
 # --- a trained run answering prompts (rnnkit.load) --------------------------------------------
@@ -338,8 +331,9 @@ class CharLMPredictor(Predictor):
     takes = "a prompt (text to continue)"
 
     def __init__(self, run_dir: str | Path, checkpoint: str = "best") -> None:
-        self.model, self.vocab, self.cfg = load_run(run_dir, checkpoint)
-        super().__init__(run_dir, ckpt.read_config(run_dir), checkpoint)
+        run = read_run(run_dir, checkpoint)
+        self.model, self.vocab, self.cfg = run.model, run.parts[VOCAB], run.settings
+        super().__init__(run_dir, run.config, checkpoint)
 
     @property
     def default_start(self) -> str:
@@ -578,7 +572,8 @@ def evaluate_file(
 ) -> dict[str, float]:
     """Metrics of a trained run on a text file (``split``: "all" of it, or its "valid" part as
     cut in training); see `evaluate_ids`. Adds ``tokens``."""
-    model, vocab, cfg = load_run(run_dir, checkpoint)
+    run = read_run(run_dir, checkpoint)
+    model, vocab, cfg = run.model, run.parts[VOCAB], run.settings
     content = read_text(text, encoding)
     if split not in ("all", "valid"):
         raise RnnkitError(f"split must be 'all' or 'valid', got {split!r}")

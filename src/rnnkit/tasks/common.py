@@ -19,26 +19,14 @@ from rnnkit.errors import RnnkitError
 from rnnkit.training import checkpoint as ckpt
 from rnnkit.training.options import (
     TRAIN_KEYS,
-    check_types,
     flag_of,
     merge_settings,
     parse_duration,
 )
+from rnnkit.training.runs import settings_from_dict
 from rnnkit.training.trainer import FitResult, Task, TrainConfig, Trainer
 
 Settings = TypeVar("Settings")
-
-
-def settings_from_dict(cls: type[Settings], values: dict[str, Any], task: str) -> Settings:
-    """The dataclass ``cls`` from ``values``, refusing unknown keys (a typo in a config file)."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise RnnkitError(
-            f"unknown {task} setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-        )
-    check_types(cls, values, task)
-    return cls(**values)
 
 
 def train_task(

@@ -43,10 +43,10 @@ from rnnkit.layers import IMPLS
 from rnnkit.models.frames import HEADS, FrameModel
 from rnnkit.models.heads import bernoulli_nll, check_sampling
 from rnnkit.predictor import Predictor, Result, check_inputs
-from rnnkit.tasks.common import format_fit, settings_from_dict, train_task
+from rnnkit.tasks.common import format_fit, train_task
 from rnnkit.tasks.spec import TaskSpec
-from rnnkit.training import checkpoint as ckpt
 from rnnkit.training.options import choice
+from rnnkit.training.runs import TrainedRun, load_run
 from rnnkit.training.trainer import FitResult, StepOutput, TrainConfig
 
 NAME = "music"
@@ -102,7 +102,7 @@ class MusicConfig:
 
 
 #: training defaults of `rnnkit train music` (JSB chorales: 229 training pieces, ~29 steps an
-#: epoch at batch 8; the best validation model is kept, see `load_run`)
+#: epoch at batch 8; the best validation model is kept, see `read_run`)
 DEFAULT_TRAIN = TrainConfig(
     lr=2e-3, warmup_steps=50, clip=1.0, max_steps=6000, eval_every=200, log_every=50, patience=10
 )
@@ -194,15 +194,10 @@ def evaluate_rolls(model: nn.Module, rolls: list[Tensor], batch: int = 32) -> di
 # --- rebuilding a trained run (rnnkit eval / compose) ------------------------------------------
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[FrameModel, MusicConfig]:
-    """The model (eval mode) and task config of a music run; ``checkpoint`` "best" (the best
+def read_run(run_dir: str | Path, checkpoint: str = "best") -> TrainedRun[MusicConfig]:
+    """A music run (`rnnkit.training.runs.load_run`); ``checkpoint`` "best" (the best
     validation NLL, falling back to the last if there was no evaluation) or "last"."""
-    run_dir = Path(run_dir)
-    config = ckpt.read_config(run_dir)
-    if config.get("task") != NAME:
-        raise RnnkitError(f"{run_dir} is a {config.get('task')!r} run, not a music run")
-    cfg = settings_from_dict(MusicConfig, config["task_config"], NAME)
-    return ckpt.load_trained(lambda: build_model(cfg), run_dir, checkpoint), cfg
+    return load_run(run_dir, NAME, MusicConfig, lambda cfg, _: build_model(cfg), checkpoint)
 
 
 # --- a trained run composing on request (rnnkit.load) ------------------------------------------
@@ -258,8 +253,9 @@ class MusicPredictor(Predictor):
     takes = "a primer MIDI file, or compose's settings (a dict; frames=32,seed=7 as an argument)"
 
     def __init__(self, run_dir: str | Path, checkpoint: str = "best") -> None:
-        self.model, self.cfg = load_run(run_dir, checkpoint)
-        super().__init__(run_dir, ckpt.read_config(run_dir), checkpoint)
+        run = read_run(run_dir, checkpoint)
+        self.model, self.cfg = run.model, run.settings
+        super().__init__(run_dir, run.config, checkpoint)
 
     def compose(
         self,
@@ -420,7 +416,8 @@ def evaluate_file(
 ) -> dict[str, float]:
     """NLL per frame of a trained run on ``split`` of its own data, or of ``data`` (a JSB-style
     JSON or a folder of MIDI files) if given; see `evaluate_rolls`. Adds ``pieces``."""
-    model, cfg = load_run(run_dir, checkpoint)
+    run = read_run(run_dir, checkpoint)
+    model, cfg = run.model, run.settings
     music = read_music(data or cfg.data, cfg.steps_per_quarter)
     rolls = music.split(split)
     return {**evaluate_rolls(model, rolls), "pieces": float(len(rolls))}

@@ -28,10 +28,10 @@ from rnnkit.io import atomic_write_json
 from rnnkit.models.classifier import POOLINGS
 from rnnkit.tasks import classify
 from rnnkit.tasks.classify import ClassifierSettings, ClassifyTask, Split
-from rnnkit.tasks.common import settings_from_dict, stamp
+from rnnkit.tasks.common import stamp
 from rnnkit.tasks.spec import Flag, TaskSpec
-from rnnkit.training import checkpoint as ckpt
 from rnnkit.training.options import choice
+from rnnkit.training.runs import load_run
 from rnnkit.training.trainer import TrainConfig
 
 NAME = "sentiment"
@@ -169,23 +169,10 @@ def train(
     return classify.partitioned({f"fold-{k:02d}": k for k in range(folds)}, "fold", base, run)
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best"):
-    """The model (eval mode), vocabulary and settings of a sentiment run."""
-    run_dir = Path(run_dir)
-    config = ckpt.read_config(run_dir)
-    if config.get("task") != NAME:
-        raise RnnkitError(f"{run_dir} is a {config.get('task')!r} run, not a sentiment run")
-    saved = dict(config["task_config"])
-    classes = saved.pop("classes", None)
-    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
-        raise RnnkitError(f"{run_dir}/config.json has no list of class names; the run is damaged")
-    cfg = settings_from_dict(SentimentConfig, saved, NAME)
-    vocab = Vocab.load(run_dir / VOCAB)
-
-    def build() -> torch.nn.Module:
-        return classify.build_classifier(cfg, len(classes), vocab_size=len(vocab), embed=cfg.embed)
-
-    return ckpt.load_trained(build, run_dir, checkpoint), vocab, cfg, classes
+def _class_names(saved: Any) -> list[str]:
+    if not (isinstance(saved, list) and saved and all(isinstance(c, str) for c in saved)):
+        raise RnnkitError("no list of class names")
+    return saved
 
 
 class SentimentPredictor(classify.ClassifierPredictor):
@@ -196,8 +183,14 @@ class SentimentPredictor(classify.ClassifierPredictor):
     takes = "a text"
 
     def __init__(self, run_dir: str | Path, checkpoint: str = "best") -> None:
-        model, self.vocab, self.cfg, classes = load_run(run_dir, checkpoint)
-        super().__init__(run_dir, ckpt.read_config(run_dir), checkpoint, model, classes)
+        def build(cfg: SentimentConfig, parts: dict[str, Any]) -> torch.nn.Module:
+            classes, words = len(parts["classes"]), len(parts[VOCAB])
+            return classify.build_classifier(cfg, classes, vocab_size=words, embed=cfg.embed)
+
+        run = load_run(run_dir, NAME, SentimentConfig, build, checkpoint,
+                       files={VOCAB: Vocab.load}, entries={"classes": _class_names})  # fmt: skip
+        self.vocab, self.cfg = run.parts[VOCAB], run.settings
+        super().__init__(run_dir, run.config, checkpoint, run.model, run.parts["classes"])
 
     def encode_input(self, item: Any) -> tuple[torch.Tensor, list[str]]:
         if not isinstance(item, str):

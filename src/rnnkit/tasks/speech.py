@@ -24,10 +24,10 @@ from rnnkit.errors import RnnkitError
 from rnnkit.models.classifier import POOLINGS
 from rnnkit.tasks import classify
 from rnnkit.tasks.classify import ClassifierSettings, ClassifyTask, Split
-from rnnkit.tasks.common import settings_from_dict, stamp
+from rnnkit.tasks.common import stamp
 from rnnkit.tasks.spec import Flag, TaskSpec
-from rnnkit.training import checkpoint as ckpt
 from rnnkit.training.options import choice
+from rnnkit.training.runs import load_run
 from rnnkit.training.trainer import TrainConfig
 
 NAME = "speech-digits"
@@ -123,19 +123,6 @@ def train(
     return classify.partitioned(splits, "split", base, run)
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best"):
-    """The model (eval mode) and settings of a speech-digits run."""
-    run_dir = Path(run_dir)
-    config = ckpt.read_config(run_dir)
-    if config.get("task") != NAME:
-        raise RnnkitError(f"{run_dir} is a {config.get('task')!r} run, not a {NAME} run")
-    saved = {k: v for k, v in config["task_config"].items() if k != "classes"}
-    cfg = settings_from_dict(SpeechConfig, saved, NAME)
-    size = cfg.feature_config().size
-    build = lambda: classify.build_classifier(cfg, 10, features=size)  # noqa: E731
-    return ckpt.load_trained(build, run_dir, checkpoint), cfg
-
-
 class SpeechPredictor(classify.ClassifierPredictor):
     """A trained speech-digits run: ``predict([wav_path_or_waveform, ...])`` -> a
     `Classification` per recording (label "0".."9"), with the attention weight of each feature
@@ -145,8 +132,13 @@ class SpeechPredictor(classify.ClassifierPredictor):
     takes = "a WAV file or a waveform"
 
     def __init__(self, run_dir: str | Path, checkpoint: str = "best") -> None:
-        model, self.cfg = load_run(run_dir, checkpoint)
-        super().__init__(run_dir, ckpt.read_config(run_dir), checkpoint, model, DIGITS)
+        def build(cfg: SpeechConfig, _: dict) -> torch.nn.Module:
+            return classify.build_classifier(cfg, 10, features=cfg.feature_config().size)
+
+        classes = {"classes": lambda saved: saved}  # stored for reading; the digits are fixed
+        run = load_run(run_dir, NAME, SpeechConfig, build, checkpoint, entries=classes)
+        self.cfg = run.settings
+        super().__init__(run_dir, run.config, checkpoint, run.model, DIGITS)
 
     def encode_input(self, item: Any) -> tuple[torch.Tensor, None]:
         """The (T, F) feature frames of a recording, as training computes them."""

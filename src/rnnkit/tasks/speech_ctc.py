@@ -32,10 +32,11 @@ from rnnkit.models import ctc
 from rnnkit.models.sequence import SequenceModel
 from rnnkit.predictor import Predictor, Result, check_inputs
 from rnnkit.tasks.classify import EVAL_BATCH
-from rnnkit.tasks.common import settings_from_dict, stamp, train_task
+from rnnkit.tasks.common import stamp, train_task
 from rnnkit.tasks.spec import TaskSpec
 from rnnkit.training import checkpoint as ckpt
 from rnnkit.training.options import choice
+from rnnkit.training.runs import load_run
 from rnnkit.training.trainer import StepOutput, TrainConfig
 
 NAME = "speech-ctc"
@@ -255,16 +256,6 @@ def draw_alignment(model: nn.Module, task: CTCTask, path: Path) -> None:
     plot_ctc_alignment(half, log_probs, LABELS, path, title)
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[SequenceModel, CTCConfig]:
-    """The model (eval mode) and settings of a speech-ctc run."""
-    run_dir = Path(run_dir)
-    config = ckpt.read_config(run_dir)
-    if config.get("task") != NAME:
-        raise RnnkitError(f"{run_dir} is a {config.get('task')!r} run, not a {NAME} run")
-    cfg = settings_from_dict(CTCConfig, config["task_config"], NAME)
-    return ckpt.load_trained(lambda: build_model(cfg), run_dir, checkpoint), cfg
-
-
 @dataclass
 class Transcription(Result):
     """A CTC recogniser's answer for one recording.
@@ -292,8 +283,9 @@ class CTCPredictor(Predictor):
     takes = "a WAV file or a waveform"
 
     def __init__(self, run_dir: str | Path, checkpoint: str = "best") -> None:
-        self.model, self.cfg = load_run(run_dir, checkpoint)
-        super().__init__(run_dir, ckpt.read_config(run_dir), checkpoint)
+        run = load_run(run_dir, NAME, CTCConfig, lambda cfg, _: build_model(cfg), checkpoint)
+        self.model, self.cfg = run.model, run.settings
+        super().__init__(run_dir, run.config, checkpoint)
 
     def predict(self, inputs: Sequence[Any], beam: int | None = None) -> list[Transcription]:
         """One `Transcription` per input, the inputs run as batches of similar lengths."""

@@ -43,11 +43,11 @@ from rnnkit.models.seq2seq import (
     teacher_forced_loss,
 )
 from rnnkit.predictor import Predictor, check_inputs
-from rnnkit.tasks.common import settings_from_dict, train_task
+from rnnkit.tasks.common import train_task
 from rnnkit.tasks.seq2seq import Translation, check_beam, translation_of
 from rnnkit.tasks.spec import TaskSpec
-from rnnkit.training import checkpoint as ckpt
 from rnnkit.training.options import choice
+from rnnkit.training.runs import TrainedRun, load_run
 from rnnkit.training.trainer import StepOutput, TrainConfig
 
 NAME = "translate"
@@ -302,18 +302,15 @@ def translate_texts(
 # --- trained runs: loading, translating, testing --------------------------------------------
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best"):
-    """The model (eval mode), source and target subword models and settings of a run."""
-    run_dir = Path(run_dir)
-    config = ckpt.read_config(run_dir)
-    if config.get("task") != NAME:
-        raise RnnkitError(f"{run_dir} is a {config.get('task')!r} run, not a translate run")
-    cfg = settings_from_dict(TranslateConfig, config["task_config"], NAME)
-    src_spm, tgt_spm = Subword.load(run_dir / SRC_SPM), Subword.load(run_dir / TGT_SPM)
-    model = ckpt.load_trained(
-        lambda: build_model(cfg, len(src_spm), len(tgt_spm)), run_dir, checkpoint
-    )
-    return model, src_spm, tgt_spm, cfg
+def read_run(run_dir: str | Path, checkpoint: str = "best") -> TrainedRun[TranslateConfig]:
+    """A translate run (`rnnkit.training.runs.load_run`), its source and target `Subword`
+    models in ``parts[SRC_SPM]`` and ``parts[TGT_SPM]``."""
+
+    def build(cfg: TranslateConfig, parts: dict[str, Any]) -> Seq2Seq:
+        return build_model(cfg, len(parts[SRC_SPM]), len(parts[TGT_SPM]))
+
+    files = {SRC_SPM: Subword.load, TGT_SPM: Subword.load}
+    return load_run(run_dir, NAME, TranslateConfig, build, checkpoint, files=files)
 
 
 class TranslatePredictor(Predictor):
@@ -324,8 +321,10 @@ class TranslatePredictor(Predictor):
     takes = "a sentence"
 
     def __init__(self, run_dir: str | Path, checkpoint: str = "best") -> None:
-        self.model, self.src_spm, self.tgt_spm, self.cfg = load_run(run_dir, checkpoint)
-        super().__init__(run_dir, ckpt.read_config(run_dir), checkpoint)
+        run = read_run(run_dir, checkpoint)
+        self.model, self.cfg = run.model, run.settings
+        self.src_spm, self.tgt_spm = run.parts[SRC_SPM], run.parts[TGT_SPM]
+        super().__init__(run_dir, run.config, checkpoint)
 
     def encode(self, sentence: Any, number: int) -> list[int]:
         """The source ids the encoder reads: at most ``max_len`` - 1 pieces, then EOS."""
@@ -402,7 +401,8 @@ def plot_attention_of(result: Translation, path: str | Path, title: str) -> Path
 
 def test_report(task: Translate, run_dir: Path, checkpoint: str = "best") -> dict[str, Any]:
     """BLEU of ``checkpoint`` on the test files (beam search); writes ``test.json``."""
-    model, _, _, cfg = load_run(run_dir, checkpoint)
+    run = read_run(run_dir, checkpoint)
+    model, cfg = run.model, run.settings
     pairs = read_parallel(cfg.test_src, cfg.test_tgt, cfg.encoding)
     started = time.time()
     outputs = translate_texts(model, task.src_spm, task.tgt_spm, [s for s, _ in pairs], cfg,
