@@ -14,6 +14,7 @@ from rnnkit.data.timeseries import (
     detect_frequency,
     make_windows,
     read_csv,
+    season_of,
 )
 from rnnkit.errors import RnnkitError
 
@@ -45,6 +46,37 @@ def test_reads_sorts_and_reports(tmp_path):
 )
 def test_detect_frequency_with_and_without_gaps(index, freq):
     assert detect_frequency(index) == freq
+
+
+@pytest.mark.parametrize(
+    ("index", "freq", "season"),
+    [
+        (pd.date_range("2024-01-01", periods=40, freq="D").delete([3, 10, 11]), "D", 7),
+        (pd.date_range("2024-01-01", periods=40, freq="B").delete([4, 20]), "B", 5),
+        (pd.date_range("2024-01-07", periods=30, freq="W").delete(3), "W-SUN", 52),
+        (pd.date_range("2024-01-01", periods=60, freq="h").delete([5, 6, 30]), "h", 24),
+        (pd.date_range("2020-01-31", periods=20, freq="ME").delete([4, 9]), "ME", 12),
+        (pd.date_range("2020-02-01", periods=20, freq="QS-FEB").delete(3), "QS-FEB", 4),
+        (pd.date_range("2020-03-31", periods=20, freq="QE").delete([3, 4]), "QE-DEC", 4),
+        (pd.date_range("2000-01-01", periods=10, freq="YS").delete(3), "YS-JAN", 1),
+        (pd.date_range("2024-01-01", periods=40, freq="2D").delete(5), "2D", 1),
+    ],
+)
+def test_gaps_keep_the_frequency_and_its_season(index, freq, season):
+    found = detect_frequency(index)
+    assert found == freq and season_of(found) == season
+    grid = pd.date_range(index[0], index[-1], freq=found)
+    assert index.difference(grid).empty and len(grid) > len(index)  # on the grid, gaps missing
+
+
+def test_a_daily_csv_with_missing_days_is_daily(tmp_path):
+    days = pd.date_range("2024-01-01", periods=30, freq="D").delete([2, 9, 10, 17])
+    values = np.arange(30.0)[np.isin(pd.date_range("2024-01-01", periods=30), days)]
+    lines = [f"{d:%Y-%m-%d},{v}" for d, v in zip(days, values)]
+    s = read_csv(write(tmp_path, "day,y\n" + "\n".join(lines) + "\n"), "day", fill="interpolate")
+    assert s.freq == "D" and season_of(s.freq) == 7 and len(s) == 30
+    assert s.report["gaps"] == 4
+    np.testing.assert_allclose(s.values[:, 0], np.arange(30.0))  # a line interpolates exactly
 
 
 def gappy(tmp_path: Path) -> Path:

@@ -243,28 +243,68 @@ def _refuse_duplicates(index: pd.DatetimeIndex, source: str) -> None:
 
 
 def detect_frequency(index: pd.DatetimeIndex, source: str = "the data") -> str:
-    """The frequency of a sorted index as a pandas alias ("MS", "h", "5min", ...).
+    """The frequency of a sorted index as a pandas alias ("MS", "QS-JAN", "D", "B", "h", ...).
 
-    Tolerates gaps: the step is the most common difference, with calendar months, quarters and
-    years recognised by their day of month.
+    Tolerates gaps: for dates on the first (or the last) day of their month the step is the
+    largest number of months dividing every difference; otherwise the most common difference,
+    named as days ("D", season 7, not pandas' "24h"), business days when no date falls on a
+    weekend ("B"), weeks ("W-SUN") or a duration ("h", "5min"). So a daily series with missing
+    days is daily; `from_frame` then checks that every timestamp lies on that grid, and the
+    grid's missing steps are gaps.
     """
     if len(index) < 3:
         raise RnnkitError(f"{source} has {len(index)} rows; a time series needs at least 3")
     with warnings.catch_warnings():  # pandas 3 warns that infer_freq will return an offset
-        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore")
         inferred = pd.infer_freq(index)
     if inferred is not None:
-        return pd.tseries.frequencies.to_offset(inferred).freqstr
-    step = pd.Series(index[1:] - index[:-1]).mode().iloc[0]
-    days = step / pd.Timedelta(days=1)
-    calendar = ((28, 31, "MS", "ME"), (89, 92, "QS", "QE"), (365, 366, "YS", "YE"))
-    for low, high, start, end in calendar:
-        if low <= days <= high:
-            if (index.day == 1).all():
-                return start
-            if index.is_month_end.all():
-                return end
-    return pd.tseries.frequencies.to_offset(step).freqstr
+        return _alias(pd.tseries.frequencies.to_offset(inferred))
+    monthly = _monthly_frequency(index)
+    if monthly is not None:
+        return monthly
+    step = int(pd.Series(np.diff(index.as_unit("ns").asi8)).mode().iloc[0])
+    day, dates = pd.Timedelta(days=1).value, index.normalize().equals(index)
+    weekdays = index.dayofweek
+    if dates and step == day and (weekdays < 5).all() and (np.diff(weekdays) < 0).any():
+        return "B"  # weekdays only, across several weeks: business days
+    if dates and step == 7 * day:
+        return "W-" + ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")[weekdays[0]]
+    return _alias(pd.tseries.frequencies.to_offset(pd.Timedelta(step)))
+
+
+def _monthly_frequency(index: pd.DatetimeIndex) -> str | None:
+    """A month-based alias ("MS"/"ME", "QS-<month>"/"QE-<month>", "YS-"/"YE-", "<k>MS"/"<k>ME")
+    for dates all at midnight on the first (or all on the last) day of their month, gaps
+    allowed; else None."""
+    if not index.normalize().equals(index):
+        return None
+    if (index.day == 1).all():
+        kind = "S"
+    elif index.is_month_end.all():
+        kind = "E"
+    else:
+        return None
+    months = index.year * 12 + index.month - 1
+    k = int(np.gcd.reduce(np.diff(months)))
+    if k < 1:
+        return None
+    names = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+    first = int(months[0]) % 12  # 0 = January
+    if k == 3:  # QS-JAN: quarters start in Jan/Apr/Jul/Oct; QE-DEC: they end in Mar/.../Dec
+        return f"QS-{names[first % 3]}" if kind == "S" else f"QE-{names[9 + first % 3]}"
+    if k == 12:
+        return f"Y{kind}-{names[first]}"
+    return f"{k if k > 1 else ''}M{kind}"
+
+
+def _alias(offset: pd.DateOffset) -> str:
+    """The alias of ``offset``, a whole number of days as "D" ("24h" in pandas otherwise)."""
+    if isinstance(offset, pd.offsets.Tick):
+        delta = pd.Timedelta(offset)
+        if delta >= pd.Timedelta(days=1) and delta % pd.Timedelta(days=1) == pd.Timedelta(0):
+            days = delta // pd.Timedelta(days=1)
+            return "D" if days == 1 else f"{days}D"
+    return offset.freqstr
 
 
 def fill_missing(
