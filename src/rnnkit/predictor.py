@@ -41,6 +41,11 @@ class Result:
         """One line for a person (what ``rnnkit predict`` prints without --json)."""
         return str(self.to_dict())
 
+    def rows(self) -> list[dict[str, Any]]:
+        """What ``rnnkit predict --json`` prints, one JSON object a line: the result (a
+        forecast: one row per step and column)."""
+        return [self.to_dict()]
+
     def explained(self) -> str:
         """`summary` and what the model looked at (``rnnkit predict --explain``), where a
         result has it."""

@@ -120,7 +120,9 @@ def assert_same_forecast(got: Forecast, want: Forecast, tol: float = 1e-5) -> No
 
 def assert_strict_json(result) -> None:
     text = json.dumps(result.to_dict(), allow_nan=False)
-    assert "NaN" not in text and "\n" not in result.summary()
+    assert "NaN" not in text
+    for row in result.rows():
+        json.dumps(row, allow_nan=False)
 
 
 # --- forecasts ---------------------------------------------------------------------------------
@@ -145,7 +147,9 @@ def test_own_history_forecast_equals_the_forecasters(forecast_run, checkpoint):
     assert all(w < lo for w, lo in zip(wider.lower["y"], result.lower["y"]))
     assert len(predictor.forecast(horizon=2).times) == 2
     assert_strict_json(result)
-    assert result.summary().startswith("y: ")
+    lines = result.summary().splitlines()
+    assert lines[0].split() == ["time", "y", "y_lower", "y_upper"] and len(lines) == 5
+    assert lines[1].split()[0] == "2005-01-01T00:00:00" and lines[-1] == "3 steps (90% intervals)"
 
 
 def test_a_history_as_csv_or_frame_forecasts_like_the_run(forecast_run, data):
@@ -351,11 +355,12 @@ def test_rnnkit_predict_forecasts_the_run_own_series_with_a_horizon(forecast_run
 
     result = CliRunner().invoke(main, ["predict", str(forecast_run), "--horizon", "3", "--json"])
     assert result.exit_code == 0, result.output
-    answer = json.loads(result.output)
+    rows = [json.loads(line) for line in result.output.splitlines()]
     expected = rnnkit.load(forecast_run).forecast(horizon=3).to_dict()
-    assert answer["times"] == expected["times"] and len(answer["times"]) == 3
-    for column, values in expected["mean"].items():
-        assert answer["mean"][column] == pytest.approx(values, abs=1e-6)
+    assert [r["time"] for r in rows] == expected["times"] and len(rows) == 3
+    assert {r["column"] for r in rows} == {"y"} and {r["level"] for r in rows} == {0.9}
+    for key in ("mean", "lower", "upper"):
+        assert [r[key] for r in rows] == pytest.approx(expected[key]["y"], abs=1e-6)
 
 
 # --- direct mode beyond output_chunk_length ----------------------------------------------------
@@ -394,10 +399,9 @@ def test_a_direct_run_forecasts_beyond_its_chunk_by_sampling(default_run, data):
 def test_rnnkit_predict_a_default_direct_run_12_steps(default_run):
     result = CliRunner().invoke(main, ["predict", str(default_run), "--horizon", "12", "--json"])
     assert result.exit_code == 0, result.output
-    answer = json.loads(result.output)
-    rows = zip(answer["lower"]["y"], answer["mean"]["y"], answer["upper"]["y"])
-    assert len(answer["times"]) == 12 and answer["times"][0] == "2020-01-01T00:00:00"
-    assert sum(lo <= m <= hi for lo, m, hi in rows) == 12
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert len(rows) == 12 and rows[0]["time"] == "2020-01-01T00:00:00"
+    assert sum(r["lower"] <= r["mean"] <= r["upper"] for r in rows) == 12
 
 
 def test_point_forecasts_are_chained_on_the_forecast(data, tmp_path):

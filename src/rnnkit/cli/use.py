@@ -151,7 +151,7 @@ def _call_task(function, run: str, options: dict):
 @click.command()
 @click.argument("run", type=DIR)
 @click.argument("inputs", nargs=-1, metavar="[INPUT]...")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per input and line.")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines: per input (forecast: per step).")
 @click.option("--explain", is_flag=True, help="Classifiers: the attention weight of each step.")
 @click.option("--horizon", type=click.IntRange(min=1), help="Forecasts: steps ahead.")
 @checkpoint_option()
@@ -175,7 +175,8 @@ def predict(run: str, inputs: tuple[str, ...], as_json: bool, explain: bool, hor
         predictor = load(run, checkpoint)
         for result in answer(predictor, inputs, options):
             if as_json:
-                click.echo(json.dumps(result.to_dict(), allow_nan=False))
+                for row in result.rows():
+                    click.echo(json.dumps(row, allow_nan=False))
             else:
                 click.echo(result.explained() if explain else result.summary())
 

@@ -163,17 +163,28 @@ class Forecast(Result):
     upper: dict[str, list[float]] | None
     level: float | None
 
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per step and target column: time, column, mean, lower, upper, level."""
+        d = self.to_dict()
+        lower, upper = d["lower"] or {}, d["upper"] or {}
+        return [
+            {"time": time, "column": column, "mean": values[k],
+             "lower": lower[column][k] if lower else None,
+             "upper": upper[column][k] if upper else None, "level": d["level"]}
+            for column, values in d["mean"].items() for k, time in enumerate(d["times"])
+        ]  # fmt: skip
+
     def summary(self) -> str:
-        parts = []
+        """A table: a line per step, a column per target (with its interval)."""
+        table = pd.DataFrame({"time": self.times})
         for column, values in self.mean.items():
-            shown = [f"{v:.4g}" for v in values]
+            table[column] = values
             if self.lower is not None and self.upper is not None:
-                bounds = zip(self.lower[column], self.upper[column])
-                shown = [f"{v} [{lo:.4g}, {hi:.4g}]" for v, (lo, hi) in zip(shown, bounds)]
-            parts.append(f"{column}: " + ", ".join(shown))
-        interval = "" if self.level is None else f", {self.level:.0%} intervals"
-        span = f"{len(self.times)} steps from {self.times[0]}{interval}"
-        return f"{'; '.join(parts)}  ({span})"
+                table[f"{column}_lower"] = self.lower[column]
+                table[f"{column}_upper"] = self.upper[column]
+        interval = "" if self.level is None else f" ({self.level:.0%} intervals)"
+        text = table.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+        return f"{text}\n{len(self.times)} steps{interval}"
 
 
 class ForecastPredictor(Predictor):
