@@ -5,9 +5,11 @@ for binary vectors (independent Bernoulli, and NADE for a joint distribution) wi
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from rnnkit.errors import RnnkitError
 
@@ -33,22 +35,120 @@ def sample_logits(
 
     ``temperature`` divides the logits (0: argmax); ``top_k`` keeps the k likeliest classes;
     ``top_p`` keeps the smallest set of likeliest classes whose probability reaches p (nucleus).
+    The draws are `torch.multinomial`'s with ``generator`` (`draw_rows`).
     """
-    check_sampling(temperature, top_k, top_p)
-    if temperature == 0.0:
-        return logits.argmax(-1)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+    settings = Sampling.of([(temperature, top_k, top_p)] * logits.shape[0], logits.shape[-1])
+    return draw_rows(logits, settings, generator)
+
+
+class Sampling(NamedTuple):
+    """Sampling settings of B rows (each its own), as `draw_rows` applies them batched.
+
+    ``temperature`` (B, 1) float (1 where the row takes the likeliest class), ``top_k`` (B, 1)
+    int64 (V: off), ``top_p`` (B, 1) float (inf: off); ``drawn`` (B,) bools, False where
+    the temperature is 0. Derived: ``largest_k``, the largest top-k below V (0: none);
+    ``kth`` (B, 1), where each row's k-th largest logit is among the ``largest_k`` largest
+    (``largest_k`` itself for a row without top-k: a -inf put there); ``any_off``, whether
+    a row has no top-k; ``nucleus``, whether a row has a top-p. Build with
+    `Sampling.of`; `rows` selects rows (streams leaving a batch), `cat` joins settings.
+    """
+
+    temperature: Tensor
+    top_k: Tensor
+    top_p: Tensor
+    drawn: tuple[bool, ...]
+    largest_k: int = 0
+    kth: Tensor | None = None
+    any_off: bool = False
+    nucleus: bool = False
+
+    @staticmethod
+    def of(rows: Sequence[tuple[float, int | None, float | None]], classes: int) -> Sampling:
+        """Settings of rows ``(temperature, top_k, top_p)`` for logits of ``classes`` (V)."""
+        for row in rows:
+            check_sampling(*row)
+        temperature = torch.tensor([[t if t > 0 else 1.0] for t, _, _ in rows])
+        top_k = torch.tensor([[min(k, classes) if k is not None else classes] for _, k, _ in rows])
+        top_p = torch.tensor([[p if p is not None and p < 1 else math.inf] for _, _, p in rows])
+        drawn = tuple(t > 0 for t, _, _ in rows)
+        return Sampling(temperature, top_k, top_p, drawn)._flagged(classes)
+
+    def rows(self, rows: Sequence[int], classes: int) -> Sampling:
+        """The settings of rows ``rows``."""
+        index = torch.tensor(rows, dtype=torch.int64)
+        parts = (t.index_select(0, index) for t in self[:3])
+        return Sampling(*parts, tuple(self.drawn[b] for b in rows))._flagged(classes)
+
+    @staticmethod
+    def cat(parts: Sequence[Sampling], classes: int) -> Sampling:
+        """The rows of ``parts`` in order."""
+        joined = (torch.cat(tensors) for tensors in zip(*(p[:3] for p in parts)))
+        drawn = tuple(d for p in parts for d in p.drawn)
+        return Sampling(*joined, drawn)._flagged(classes)
+
+    def _flagged(self, classes: int) -> Sampling:
+        on = self.top_k < classes
+        largest_k = int(self.top_k[on].max()) if bool(on.any()) else 0
+        kth = torch.where(on, self.top_k - 1, largest_k)
+        nucleus = bool(self.top_p.isfinite().any())
+        return self._replace(largest_k=largest_k, kth=kth, any_off=not bool(on.all()),
+                             nucleus=nucleus)  # fmt: skip
+
+
+def filtered_probs(logits: Tensor, settings: Sampling) -> Tensor:
+    """Each row's sampling distribution (B, V): the softmax of its logits / temperature, zero
+    outside its top-k and its nucleus of mass top-p (the likeliest classes whose mass before
+    them is under p); a row of temperature 0 as one of temperature 1. Every operation is row by
+    row, so a row's result does not depend on the other rows of the batch."""
+    logits = logits / settings.temperature
+    if settings.largest_k:
+        largest = torch.topk(logits, settings.largest_k, dim=-1).values
+        if settings.any_off:  # their k-th largest: -inf, nothing masked
+            largest = nn.functional.pad(largest, (0, 1), value=float("-inf"))
+        kth = largest.gather(1, settings.kth)  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
+    if settings.nucleus:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         probs = sorted_logits.softmax(-1)
-        beyond = probs.cumsum(-1) - probs >= top_p  # mass before this class already reaches p
+        beyond = probs.cumsum(-1) - probs >= settings.top_p  # mass before it already reaches p
         sorted_logits = sorted_logits.masked_fill(beyond, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return logits.softmax(-1)
+
+
+def draw_rows(
+    logits: Tensor,
+    settings: Sampling,
+    generator: torch.Generator | Sequence[torch.Generator | None] | None = None,
+) -> Tensor:
+    """One class per row of logits (B, V) -> (B,) int64, row b with settings b (`Sampling`):
+    the likeliest class where its temperature is 0, else a draw from `filtered_probs`.
+
+    A draw is `torch.multinomial`'s (the argmax of p / q with q ~ Exp(1) per class), so the
+    same generator gives the same classes as ``torch.multinomial(p, 1)``. ``generator``: one
+    for all rows (one call fills q for them all, as multinomial does), or a sequence of B, row
+    b's q drawn by generator b alone, so that a row draws the same class in any batch; rows
+    with temperature 0 draw nothing from theirs.
+    """
+    if not any(settings.drawn):
+        return logits.argmax(-1)
+    probs = filtered_probs(logits, settings)
+    greedy = not all(settings.drawn)
+    q = torch.ones_like(probs) if greedy else torch.empty_like(probs)
+    if generator is None or isinstance(generator, torch.Generator):
+        q.exponential_(generator=generator)
+    else:
+        if len(generator) != logits.shape[0]:
+            raise RnnkitError(f"{len(generator)} generators for a batch of {logits.shape[0]}")
+        for row, drawn, row_generator in zip(q, settings.drawn, generator):
+            if drawn:
+                row.exponential_(generator=row_generator)
+    best, drawn = (probs / q).max(-1)
+    if bool(best.isnan().any()):
+        raise RnnkitError("the model's outputs are not numbers (NaN); nothing to draw from")
+    if greedy:
+        drawn = torch.where(torch.tensor(settings.drawn), drawn, logits.argmax(-1))
+    return drawn
 
 
 class GaussianHead(torch.nn.Module):

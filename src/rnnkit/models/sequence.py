@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from rnnkit.dropout import Dropout, locked_dropout
 from rnnkit.errors import RnnkitError
 from rnnkit.models.backbone import make_rnn
-from rnnkit.models.heads import check_sampling, sample_logits
+from rnnkit.models.heads import Sampling, check_sampling, draw_rows
 
 
 class SequenceModel(nn.Module):
@@ -121,8 +121,9 @@ class SequenceModel(nn.Module):
                 last = logits[-1]  # (B, O)
             else:  # each column's logits after its own last prompt token
                 last = logits[lengths.to(logits.device) - 1, torch.arange(ids.shape[1])]
+            settings = Sampling.of([(temperature, top_k, top_p)] * ids.shape[1], last.shape[-1])
             for _ in range(max_new_tokens):
-                token = _draw(last, temperature, top_k, top_p, generator)  # (B,)
+                token = draw_rows(last, settings, generator)  # (B,)
                 yield token, last
                 logits, state = self(token.unsqueeze(0), state)  # one step: (1, B, O)
                 last = logits[-1]
@@ -147,21 +148,3 @@ class SequenceModel(nn.Module):
         ids = prompt_ids.unsqueeze(1) if prompt_ids.dim() == 1 else prompt_ids
         out = torch.cat([ids, torch.stack(new)]) if new else ids
         return out.squeeze(1) if prompt_ids.dim() == 1 else out
-
-
-def _draw(
-    logits: Tensor,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    generator: torch.Generator | Sequence[torch.Generator] | None,
-) -> Tensor:
-    """One token per row of ``logits`` (B, O) -> (B,): with one generator for all rows, or
-    with a sequence of B generators, row b drawn alone with generator b."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return sample_logits(logits, temperature, top_k, top_p, generator)
-    if len(generator) != logits.shape[0]:
-        raise RnnkitError(f"{len(generator)} generators for a batch of {logits.shape[0]}")
-    rows = [sample_logits(logits[b : b + 1], temperature, top_k, top_p, g)
-            for b, g in enumerate(generator)]  # fmt: skip
-    return torch.cat(rows)

@@ -1,13 +1,14 @@
 """Continuous batching of generation streams: `StreamScheduler`.
 
 An RNN's whole memory of a stream is its state, a few vectors, so streams can share the model's
-steps freely: a stream joins by reading its prompt alone (one pass, its state and first logits
-kept), and from then on every step draws each active stream's next token with its own
-generator and sampling settings, then advances all of them in one batched model step, their
-states stacked along the batch axis. A stream leaves when it has its tokens or its client has
-gone (`Stream.cancel`). Each stream draws exactly what `CharLMPredictor.stream` draws with the
-same seed (its generator draws for it alone); the batched step agrees with a lone one to float
-rounding.
+steps freely. The active streams are the rows of one batch whose state, logits, sampling
+settings and generators stay stacked; rows are selected only when streams leave (they have
+their tokens, or their client has gone: `Stream.cancel`) and appended when streams join (the
+prompts that arrived since the last step read together in one pass with lengths). Every step
+draws all the rows' tokens at once (`rnnkit.models.heads.draw_rows`: each row's settings, each
+row's generator drawing for it alone) and advances them in one model step. Each stream draws
+exactly what `CharLMPredictor.stream` draws with the same seed; the batched steps agree with
+lone ones to float rounding.
 
 The scheduler runs on a thread of its own. A stream's events go to its ``emit``: on the event
 loop ``loop`` if the stream names one (all the events of a step in one hand-over per loop), else
@@ -24,9 +25,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from rnnkit.models.heads import sample_logits
+from rnnkit.models.heads import Sampling, draw_rows
 
 
 @dataclasses.dataclass(eq=False)
@@ -44,10 +45,7 @@ class Stream:
     loop: asyncio.AbstractEventLoop | None = None
     cancelled: bool = False
     pieces: list[str] = dataclasses.field(default_factory=list)
-    state: Any = None
-    last: Tensor | None = None  # (1, V): the logits the next token is drawn from
     previous: int = 0  # the last token read
-    generator: torch.Generator | None = None
 
     def cancel(self) -> None:
         """Leave at the next step (the client disconnected)."""
@@ -60,7 +58,13 @@ class StreamScheduler:
     def __init__(self, predictor: Any) -> None:
         self.predictor, self.model = predictor, predictor.model
         self.waiting: queue.Queue[Stream | None] = queue.Queue()
-        self.active: list[Stream] = []
+        self.active: list[Stream] = []  # the streams of the batch's rows, in order
+        # the batch's rows, stacked: state (axis 1), logits (B, V) the next tokens are drawn
+        # from, sampling settings, generators
+        self.state: Any = None
+        self.last: Tensor | None = None
+        self.settings: Sampling | None = None
+        self.generators: list[torch.Generator] = []
         self.outbox: list[tuple[Stream, dict[str, Any]]] = []  # this step's events
         self.steps = 0  # batched model steps taken (for the tests and the benchmark)
         self.thread = threading.Thread(target=self._run, name="rnnkit-streams", daemon=True)
@@ -89,8 +93,7 @@ class StreamScheduler:
                         self._say(stream, {"done": True, "error": "the server is shutting down"})
                     self._send()
                     return
-                for stream in joining:
-                    self._guarded([stream], self._join, stream)
+                self._guarded(joining, self._join, joining)
                 self._guarded(list(self.active), self._step)
                 self._send()
 
@@ -117,49 +120,79 @@ class StreamScheduler:
         except Exception as err:  # a failure must not stall every stream
             for stream in streams:
                 self._say(stream, {"done": True, "error": f"generation failed: {err}"})
-                if stream in self.active:
-                    self.active.remove(stream)
+            failed = set(streams)
+            self._keep([b for b, s in enumerate(self.active) if s not in failed])
 
-    def _join(self, stream: Stream) -> None:
-        """Read the prompt (alone), keep the state and the logits after its last token."""
-        stream.generator = torch.Generator().manual_seed(stream.seed)
-        stream.previous = int(stream.ids[-1])
-        logits, stream.state = self.model(stream.ids.unsqueeze(1))
-        stream.last = logits[-1]
-        self.active.append(stream)
+    def _join(self, joining: list[Stream]) -> None:
+        """Read the prompts of ``joining`` in one pass (with lengths) and add their rows: state,
+        logits after the last prompt token, sampling settings, seeded generator."""
+        for stream in joining:
+            if stream.max_tokens == 0 and not stream.cancelled:
+                self._say(stream, {"done": True, "text": "", "tokens": 0})
+        joining = [s for s in joining if s.max_tokens > 0 and not s.cancelled]
+        if not joining:
+            return
+        ids = nn.utils.rnn.pad_sequence([s.ids for s in joining])  # (T, K)
+        lengths = torch.tensor([len(s.ids) for s in joining])
+        logits, state = self.model(ids, lengths=lengths)
+        last = logits[lengths - 1, torch.arange(len(joining))]  # (K, V)
+        rows = [(s.temperature, s.top_k, s.top_p) for s in joining]
+        settings = Sampling.of(rows, last.shape[-1])
+        generators = [torch.Generator().manual_seed(s.seed) for s in joining]
+        for stream in joining:
+            stream.previous = int(stream.ids[-1])
+        if self.active:
+            state = _cat([self.state, state])
+            last = torch.cat([self.last, last])
+            settings = Sampling.cat([self.settings, settings], last.shape[-1])
+            generators = self.generators + generators
+        self.state, self.last, self.settings, self.generators = state, last, settings, generators
+        self.active = self.active + joining
 
     def _step(self) -> None:
-        """Draw a token for each active stream; advance those that go on in one model step."""
+        """Draw a token for each active stream (all rows at once, each with its own settings
+        and generator); advance those that go on in one model step."""
+        self._keep([b for b, s in enumerate(self.active) if not s.cancelled])
+        if not self.active:
+            return
+        tokens = draw_rows(self.last, self.settings, self.generators)  # (B,)
+        chances = self.last.float().softmax(-1).gather(1, tokens.unsqueeze(1)).squeeze(1)
         going = []
-        for stream in self.active:
-            if stream.cancelled:
-                continue
-            self._draw(stream)
+        for row, (stream, token, chance) in enumerate(
+            zip(self.active, tokens.tolist(), chances.tolist())
+        ):
+            piece = self.predictor._piece(stream.previous, token)
+            self._say(stream, {"token": piece, "probability": chance, "step": len(stream.pieces)})
+            stream.pieces.append(piece)
+            stream.previous = token
             if len(stream.pieces) < stream.max_tokens:
-                going.append(stream)
+                going.append(row)
             else:
                 text = "".join(stream.pieces)
                 self._say(stream, {"done": True, "text": text, "tokens": len(stream.pieces)})
-        self.active = going
-        if not going:
+        if len(going) < len(self.active):
+            tokens = tokens[going]
+            self._keep(going)
+        if not self.active:
             return
-        tokens = torch.tensor([[s.previous for s in going]])  # (1, B)
-        logits, state = self.model(tokens, _stack([s.state for s in going]))
-        for column, stream in enumerate(going):
-            stream.last = logits[-1, column : column + 1]
-            stream.state = _column(state, column)
+        logits, self.state = self.model(tokens.unsqueeze(0), self.state)  # (1, B, V)
+        self.last = logits[0]
         self.steps += 1
 
-    def _draw(self, stream: Stream) -> None:
-        token = sample_logits(stream.last, stream.temperature, stream.top_k, stream.top_p,
-                              stream.generator)  # fmt: skip
-        token_id = int(token[0])
-        probability = float(stream.last.float().softmax(-1)[0, token_id])
-        piece = self.predictor._piece(stream.previous, token_id)
-        step = len(stream.pieces)
-        stream.pieces.append(piece)
-        stream.previous = token_id
-        self._say(stream, {"token": piece, "probability": probability, "step": step})
+    def _keep(self, rows: list[int]) -> None:
+        """Keep only the streams of batch rows ``rows`` (ascending), their rows selected."""
+        if len(rows) == len(self.active):
+            return
+        self.active = [self.active[b] for b in rows]
+        if not rows:
+            self.state = self.last = self.settings = None
+            self.generators = []
+            return
+        index = torch.tensor(rows)
+        self.state = _select(self.state, index)
+        self.last = self.last.index_select(0, index)
+        self.settings = self.settings.rows(rows, self.last.shape[-1])
+        self.generators = [self.generators[b] for b in rows]
 
 
 def _deliver(items: list[tuple[Stream, dict[str, Any]]]) -> None:
@@ -167,15 +200,15 @@ def _deliver(items: list[tuple[Stream, dict[str, Any]]]) -> None:
         stream.emit(event)
 
 
-def _stack(states: list[Any]) -> Any:
-    """States of single streams ((L, 1, H) tensors, or tuples of them) stacked on axis 1."""
+def _cat(states: list[Any]) -> Any:
+    """Batched states ((L, B_i, H) tensors, or tuples of them) joined on axis 1."""
     if isinstance(states[0], tuple):
         return tuple(torch.cat(parts, dim=1) for parts in zip(*states))
     return torch.cat(states, dim=1)
 
 
-def _column(state: Any, column: int) -> Any:
-    """Stream ``column``'s state (batch axis 1 kept, of size 1)."""
+def _select(state: Any, index: Tensor) -> Any:
+    """Rows ``index`` (K,) of a batched state (axis 1)."""
     if isinstance(state, tuple):
-        return tuple(s[:, column : column + 1] for s in state)
-    return state[:, column : column + 1]
+        return tuple(s.index_select(1, index) for s in state)
+    return state.index_select(1, index)
