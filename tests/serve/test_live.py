@@ -1,17 +1,14 @@
 """The server on a real socket (uvicorn in a thread, or `rnnkit serve` in a process): stream
-slots and disconnects, SIGTERM, and the playground in headless Chromium."""
+slots and disconnects, SIGTERM. tests/serve/test_playground.py drives the page in a browser."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -20,20 +17,12 @@ pytest.importorskip("fastapi", reason="the serve extra: pip install 'rnnkit[serv
 import httpx  # noqa: E402
 from serve_runs import charlm_run, sentiment_run  # noqa: E402
 
-import rnnkit  # noqa: E402
 from rnnkit.serve.app import Limits  # noqa: E402
 from rnnkit.serve.background import free_port, serving  # noqa: E402
-
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "img"
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Tiny runs; ``RNNKIT_SERVE_RUNS=shakespeare=DIR,reviews=DIR`` serves trained ones instead
-    (with ``RNNKIT_SCREENSHOTS=1``: docs/serving.md's pictures)."""
-    given = os.environ.get("RNNKIT_SERVE_RUNS")
-    if given:
-        return dict(pair.split("=", 1) for pair in given.split(","))
     root = tmp_path_factory.mktemp("live")
     return {"shakespeare": charlm_run(root), "reviews": sentiment_run(root)}
 
@@ -79,59 +68,3 @@ def test_sigterm_drains_and_exits_zero(runs):
         assert time.monotonic() - started < 15 and "stopped" in out
     finally:
         process.kill()
-
-
-def chromium_driver():
-    """A headless Chromium through Selenium, or a skip saying what is missing."""
-    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium")
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver_path = shutil.which("chromedriver")
-    if not browser or not driver_path:
-        pytest.skip("no Chromium here: apt-get install chromium chromium-driver (CI installs them)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                 "--window-size=1100,900"):  # fmt: skip
-        options.add_argument(flag)
-    service = webdriver.ChromeService(executable_path=driver_path)
-    return webdriver.Chrome(options=options, service=service)
-
-
-def test_the_playground_lists_the_runs_and_runs_each_panel(runs):
-    driver = chromium_driver()
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    wait = WebDriverWait(driver, 30)
-    try:
-        with serving(runs) as (url, _):
-            driver.get(url + "/")
-            wait.until(lambda d: "2 run(s)" in d.find_element(By.ID, "status").text)
-            status = driver.find_element(By.ID, "status").text
-            assert "shakespeare" in status and "reviews" in status
-            review = driver.find_element(By.ID, "run-reviews")
-            box = review.find_element(By.CSS_SELECTOR, "input[type=text]")
-            box.clear()
-            box.send_keys("a wonderful moving film")
-            review.find_element(By.TAG_NAME, "button").click()
-            wait.until(lambda d: review.find_elements(By.CSS_SELECTOR, ".tokens .token"))
-            label = review.find_element(By.CSS_SELECTOR, ".label").text
-            expected = rnnkit.load(runs["reviews"]).predict(["a wonderful moving film"])[0]
-            assert label == expected.label
-            words = [t.text for t in review.find_elements(By.CSS_SELECTOR, ".tokens .token")]
-            assert words == ["a", "wonderful", "moving", "film"]
-            writer = driver.find_element(By.ID, "run-shakespeare")
-            prompt = writer.find_element(By.TAG_NAME, "textarea")
-            prompt.clear()
-            prompt.send_keys("First Citizen")
-            writer.find_element(By.TAG_NAME, "button").click()
-            output = writer.find_element(By.CSS_SELECTOR, ".output")
-            wait.until(lambda d: output.get_attribute("data-done") == "true")
-            shown = output.get_attribute("textContent")  # the text as streamed, spaces kept
-            generated = rnnkit.load(runs["shakespeare"]).generate("First Citizen", 200, seed=1)
-            assert shown == "First Citizen" + generated.text
-            if os.environ.get("RNNKIT_SCREENSHOTS"):  # docs/serving.md's pictures
-                review.screenshot(str(SHOTS / "serving-sentiment.png"))
-                writer.screenshot(str(SHOTS / "serving-charlm.png"))
-    finally:
-        driver.quit()

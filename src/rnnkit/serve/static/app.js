@@ -26,8 +26,14 @@ async function api(path, body) {
 }
 
 const show = (out, text, error = false) => { out.textContent = text; out.classList.toggle("error", error); };
+// A panel's answer in place of what it showed before (an error included).
+const display = (out, ...nodes) => { out.classList.remove("error"); out.replaceChildren(...nodes); };
 const field = (label, input) => $("label", {}, label + " ", input);
 const number = (value, attrs = {}) => $("input", { type: "number", value, style: "width:6em", ...attrs });
+const chosen = (input, what) => {
+  if (!input.files.length) throw new Error(`choose ${what} first`);
+  return input.files[0];
+};
 const fileBase64 = (file) => new Promise((resolve, reject) => {
   const reader = new FileReader();
   reader.onload = () => resolve(reader.result.split(",")[1]);
@@ -60,16 +66,31 @@ function shadedTokens(result) {
   return line;
 }
 
+// A file input that shows what was chosen: an audio player for a recording, the picture.
+function fileInput(accept, kind) {
+  const input = $("input", { type: "file", accept }), preview = $("div", { class: "preview" });
+  input.onchange = () => {
+    if (!input.files.length) { preview.replaceChildren(); return; }
+    const src = URL.createObjectURL(input.files[0]);
+    preview.replaceChildren(kind === "audio" ? $("audio", { controls: "", src })
+      : $("img", { src, alt: input.files[0].name, class: "scene" }));
+  };
+  return [input, preview];
+}
+
 function classifierPanel(run, panel, out) {
   const speech = run.task === "speech-digits";
-  const input = speech ? $("input", { type: "file", accept: ".wav,audio/wav" })
-    : $("input", { type: "text", value: "a gripping , funny and moving film" });
-  panel.append(input, $("button", { onclick: async () => {
+  const [input, preview] = speech ? fileInput(".wav,audio/wav", "audio")
+    : [$("input", { type: "text", value: "a gripping , funny and moving film" }), ""];
+  panel.append(input, preview, $("button", { onclick: async () => {
     try {
-      const item = speech ? { wav: await fileBase64(input.files[0]) } : input.value;
+      const item = speech ? { wav: await fileBase64(chosen(input, "a WAV file")) } : input.value;
       const [result] = await predict(run, [item]);
-      out.replaceChildren($("p", { class: "label" }, `${result.label}`), probabilities(result));
+      display(out, $("p", { class: "label" }, `${result.label}`), probabilities(result));
       if (result.attention && result.tokens) out.append(shadedTokens(result));
+      else if (result.attention) {
+        out.append($("p", {}, "attention over the recording's frames:"), linePlot(result.attention));
+      }
     } catch (err) { show(out, err.message, true); }
   } }, speech ? "Classify the recording" : "Classify"));
 }
@@ -107,67 +128,147 @@ function attentionTable(result) {
   const table = $("table", { class: "attention" });
   const sources = result.source_tokens || result.attention[0].map((_, j) => `${j}`);
   table.append($("tr", {}, $("th"), ...sources.map((s) => $("th", {}, s))));
-  result.attention.forEach((row, i) => {
+  result.attention.forEach((row, i) => {  // shaded by the row's largest weight
+    const top = Math.max(...row) || 1;
     table.append($("tr", {}, $("th", {}, result.target_tokens[i] || ""),
-      ...row.map((a) => $("td", { style: `background: rgba(30, 100, 220, ${a.toFixed(2)})`, title: a.toFixed(3) }, ""))));
+      ...row.map((a) => $("td", { style: `background: rgba(30, 100, 220, ${(a / top).toFixed(2)})`, title: a.toFixed(3) }, ""))));
   });
   return table;
 }
 
+// The picture under each word's attention: a cell of the encoder's grid (2 ** stages pixels
+// square) shaded by the weight the word gave it.
+async function attentionMaps(result, file, stages) {
+  const picture = new Image();
+  picture.src = URL.createObjectURL(file);
+  await picture.decode();
+  const [rows, cols] = result.grid, region = 2 ** stages, zoom = 2;
+  const box = $("div", { class: "maps" });
+  result.attention.forEach((weights, i) => {
+    const canvas = $("canvas", { width: picture.width * zoom, height: picture.height * zoom });
+    const context = canvas.getContext("2d"), top = Math.max(...weights);
+    context.imageSmoothingEnabled = false;
+    context.drawImage(picture, 0, 0, canvas.width, canvas.height);
+    weights.forEach((a, j) => {
+      context.fillStyle = `rgba(255, 140, 0, ${(0.7 * a / top).toFixed(2)})`;
+      context.fillRect((j % cols) * region * zoom, Math.floor(j / cols) * region * zoom,
+        region * zoom, region * zoom);
+    });
+    box.append($("figure", {}, canvas, $("figcaption", {}, result.target_tokens[i] || "")));
+  });
+  return box;
+}
+
 function translatePanel(run, panel, out) {
   const caption = run.task === "caption";
-  const input = caption ? $("input", { type: "file", accept: "image/png" })
-    : $("input", { type: "text", value: "Go." });
-  panel.append(input, $("button", { onclick: async () => {
+  const [input, preview] = caption ? fileInput("image/png", "image")
+    : [$("input", { type: "text", value: "A little girl climbs into a wooden playhouse." }), ""];
+  panel.append(input, preview, $("button", { onclick: async () => {
     try {
-      const item = caption ? { png: await fileBase64(input.files[0]) } : input.value;
-      const [result] = await predict(run, [item]);
-      out.replaceChildren($("p", { class: "label" }, result.text), attentionTable(result));
+      const file = caption ? chosen(input, "a PNG scene") : null;
+      const [result] = await predict(run, [caption ? { png: await fileBase64(file) } : input.value]);
+      display(out, $("p", { class: "label" }, result.text), caption && result.grid
+        ? await attentionMaps(result, file, run.settings.stages) : attentionTable(result));
     } catch (err) { show(out, err.message, true); }
   } }, caption ? "Caption" : "Translate"));
 }
 
+// The posteriors (frames x symbols, the blank first) as a picture: a frame ``data-cell`` pixels
+// across (2 to 12, the picture about 640 wide), a symbol a row of 10 pixels, darker where likelier.
+function posteriorsPicture(result) {
+  const frames = result.posteriors.length, cell = Math.max(2, Math.min(12, Math.floor(640 / frames)));
+  const canvas = $("canvas", { width: cell * frames, height: 10 * result.symbols.length, "data-cell": cell });
+  const context = canvas.getContext("2d");
+  result.posteriors.forEach((frame, t) => frame.forEach((p, k) => {
+    context.fillStyle = `rgba(34, 68, 102, ${p.toFixed(3)})`;
+    context.fillRect(cell * t, 10 * k, cell, 10);
+  }));
+  const names = $("div", { class: "symbols" }, ...result.symbols.map((s) => $("div", {}, s === "_" ? "blank" : s)));
+  return $("div", { class: "posteriors" }, names, canvas);
+}
+
 function transcribePanel(run, panel, out) {
-  const input = $("input", { type: "file", accept: ".wav,audio/wav" });
-  panel.append(input, $("button", { onclick: async () => {
+  const [input, preview] = fileInput(".wav,audio/wav", "audio");
+  panel.append(input, preview, $("button", { onclick: async () => {
     try {
-      const [result] = await predict(run, [{ wav: await fileBase64(input.files[0]) }]);
-      show(out, result.text || "(nothing heard)");
+      const [result] = await predict(run, [{ wav: await fileBase64(chosen(input, "a WAV file")) }]);
+      display(out, $("p", { class: "label" }, result.text || "(nothing heard)"),
+        $("p", {}, "each frame's probabilities of the blank and the digits:"), posteriorsPicture(result));
     } catch (err) { show(out, err.message, true); }
   } }, "Transcribe"));
 }
 
-function linePlot(series, band) {
-  const width = 640, height = 240, pad = 30;
-  const all = series.concat(band ? band.flat() : []).filter((v) => v !== null);
+const NS = "http://www.w3.org/2000/svg";
+const svgNode = (tag, attrs) => {
+  const node = document.createElementNS(NS, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  return node;
+};
+const figure = (v) => (Math.abs(v) >= 1e5 ? v.toExponential(3) : `${+v.toPrecision(5)}`);
+
+// A line plot of ``series`` (nulls skipped) with the lowest and highest value and the first and
+// last of ``ticks`` written on the axes; options: ``band`` [lower, upper] drawn as an area,
+// ``threshold`` a dashed line, ``marks`` the indices circled in red.
+function linePlot(series, { band = null, threshold = null, marks = [], ticks = null } = {}) {
+  const width = 640, height = 220, left = 60, right = 10, top = 10, bottom = 24;
+  const all = series.concat(band ? band.flat() : [], threshold === null ? [] : [threshold])
+    .filter((v) => v !== null);
   const lo = Math.min(...all), hi = Math.max(...all), n = series.length;
-  const x = (i) => pad + (i * (width - 2 * pad)) / Math.max(1, n - 1);
-  const y = (v) => height - pad - ((v - lo) * (height - 2 * pad)) / (hi - lo || 1);
-  const ns = "http://www.w3.org/2000/svg", svg = document.createElementNS(ns, "svg");
-  svg.setAttribute("width", width); svg.setAttribute("height", height);
+  const x = (i) => left + (i * (width - left - right)) / Math.max(1, n - 1);
+  const y = (v) => height - bottom - ((v - lo) * (height - top - bottom)) / (hi - lo || 1);
+  const points = (values) => values.map((v, i) => (v === null ? null : `${x(i)},${y(v)}`)).filter(Boolean);
+  const svg = svgNode("svg", { width, height, viewBox: `0 0 ${width} ${height}` });
   if (band) {
-    const upper = band[1].map((v, i) => `${x(i)},${y(v)}`), lower = band[0].map((v, i) => `${x(i)},${y(v)}`).reverse();
-    const area = document.createElementNS(ns, "polygon");
-    area.setAttribute("points", upper.concat(lower).join(" ")); area.setAttribute("fill", "rgba(70,130,220,0.25)");
-    svg.append(area);
+    svg.append(svgNode("polygon", { class: "band", fill: "rgba(70,130,220,0.25)",
+      points: points(band[1]).concat(points(band[0]).reverse()).join(" ") }));
   }
-  const line = document.createElementNS(ns, "polyline");
-  line.setAttribute("points", series.map((v, i) => `${x(i)},${y(v)}`).join(" "));
-  line.setAttribute("fill", "none"); line.setAttribute("stroke", "#246"); line.setAttribute("stroke-width", "2");
-  svg.append(line);
+  if (threshold !== null) {
+    svg.append(svgNode("line", { class: "threshold", x1: left, x2: width - right, y1: y(threshold),
+      y2: y(threshold), stroke: "#b00", "stroke-dasharray": "4 3" }));
+  }
+  svg.append(svgNode("polyline", { class: "series", fill: "none", stroke: "#246", "stroke-width": 2,
+    points: points(series).join(" ") }));
+  for (const i of marks) svg.append(svgNode("circle", { class: "mark", cx: x(i), cy: y(series[i]), r: 4, fill: "#d22" }));
+  const text = (content, attrs) => { const t = svgNode("text", { "font-size": 11, fill: "#555", ...attrs }); t.textContent = content; return t; };
+  svg.append(text(figure(hi), { x: left - 4, y: top + 8, "text-anchor": "end" }),
+    text(figure(lo), { x: left - 4, y: height - bottom, "text-anchor": "end" }));
+  if (ticks) {
+    svg.append(text(ticks[0], { x: left, y: height - 6 }),
+      text(ticks.at(-1), { x: width - right, y: height - 6, "text-anchor": "end" }));
+  }
   return svg;
+}
+
+// ISO times as a person reads them: the dates alone when every time is midnight.
+const readable = (times) => (times.every((t) => t.endsWith("T00:00:00"))
+  ? times.map((t) => t.slice(0, -9)) : times.map((t) => t.replace("T", " ")));
+
+function forecastTable(result, column) {
+  const times = readable(result.times), interval = result.lower !== null;
+  const table = $("table", { class: "values" }, $("tr", {}, $("th", {}, "time"), $("th", {}, column),
+    ...(interval ? [$("th", {}, `${Math.round(100 * result.level)}% lower`), $("th", {}, "upper")] : [])));
+  times.forEach((time, i) => {
+    const cells = [result.mean[column][i], ...(interval ? [result.lower[column][i], result.upper[column][i]] : [])];
+    table.append($("tr", {}, $("td", {}, time), ...cells.map((v) => $("td", {}, figure(v)))));
+  });
+  return table;
 }
 
 function forecastPanel(run, panel, out) {
   const horizon = number(run.settings.output_chunk_length || 12, { min: 1 });
-  panel.append(field("horizon", horizon), $("button", { onclick: async () => {
+  const level = number(0.9, { step: 0.05, min: 0.05, max: 0.99 });
+  panel.append(field("horizon", horizon), field("interval level", level), $("button", { onclick: async () => {
     try {
-      const response = await api(`/v1/runs/${encodeURIComponent(run.name)}/forecast`, { horizon: +horizon.value });
+      const response = await api(`/v1/runs/${encodeURIComponent(run.name)}/forecast`,
+        { horizon: +horizon.value, level: +level.value });
       const result = await response.json();
-      const column = Object.keys(result.mean)[0];
-      const band = result.lower ? [result.lower[column], result.upper[column]] : null;
-      out.replaceChildren($("p", {}, `${column}: ${result.times[0]} .. ${result.times.at(-1)}`),
-        linePlot(result.mean[column], band));
+      const times = readable(result.times);
+      display(out, $("p", {}, `${times.length} steps after the run's series, ${times[0]} to ${times.at(-1)}`));
+      for (const column of Object.keys(result.mean)) {
+        const band = result.lower ? [result.lower[column], result.upper[column]] : null;
+        out.append($("div", { class: "plot", "data-column": column },
+          linePlot(result.mean[column], { band, ticks: times }), forecastTable(result, column)));
+      }
     } catch (err) { show(out, err.message, true); }
   } }, "Forecast"));
 }
@@ -176,14 +277,25 @@ function anomalyPanel(run, panel, out) {
   const input = $("input", { type: "file", accept: ".csv,text/csv" });
   panel.append(input, $("button", { onclick: async () => {
     try {
-      const [result] = await predict(run, [{ csv: await fileBase64(input.files[0]) }]);
-      const flagged = result.flags.reduce((a, f) => a + f, 0);
-      out.replaceChildren($("p", {}, `${flagged} of ${result.flags.length} rows flagged (threshold ${result.threshold.toFixed(3)})`),
-        linePlot(result.scores, null));
+      const [result] = await predict(run, [{ csv: await fileBase64(chosen(input, "a CSV file")) }]);
+      const flagged = result.flags.flatMap((f, i) => (f ? [i] : []));
+      const [column] = Object.keys(result.values), ticks = readable(result.times);
+      const table = $("table", { class: "values" }, $("tr", {}, $("th", {}, "time"), $("th", {}, column), $("th", {}, "score")));
+      for (const i of flagged.slice(0, 50)) {
+        table.append($("tr", {}, $("td", {}, ticks[i]),
+          $("td", {}, figure(result.values[column][i])), $("td", {}, figure(result.scores[i]))));
+      }
+      display(out, $("p", { class: "label" }, `${flagged.length} of ${result.flags.length} rows `
+        + `flagged (score above the threshold ${figure(result.threshold)})`),
+        $("p", {}, `${column}, flagged rows circled:`), linePlot(result.values[column], { marks: flagged, ticks }),
+        $("p", {}, "anomaly score and threshold:"), linePlot(result.scores, { threshold: result.threshold, ticks }),
+        table, flagged.length > 50 ? $("p", {}, `and ${flagged.length - 50} more`) : "");
     } catch (err) { show(out, err.message, true); }
   } }, "Score the series"));
 }
 
+// The roll (frames x 88 keys from A0): a frame 4 pixels across, a key 2 pixels high, low keys
+// at the bottom.
 function pianoRoll(roll) {
   const canvas = $("canvas", { width: Math.max(200, roll.length * 4), height: 176 });
   const context = canvas.getContext("2d");
@@ -192,8 +304,10 @@ function pianoRoll(roll) {
   return canvas;
 }
 
-function play(roll, tempo) {
-  const audio = new AudioContext(), step = 60 / tempo / 4;
+// Each run of a key's frames as one tone; a frame lasts 1 / stepsPerQuarter quarter notes, as in
+// the MIDI file.
+function play(roll, tempo, stepsPerQuarter) {
+  const audio = new AudioContext(), step = 60 / tempo / stepsPerQuarter;
   roll.forEach((frame, t) => frame.forEach((on, p) => {
     if (!on || (t > 0 && roll[t - 1][p])) return;
     let length = 1;
@@ -207,15 +321,18 @@ function play(roll, tempo) {
 }
 
 function musicPanel(run, panel, out) {
-  const frames = number(64, { min: 1 }), seed = number(1);
-  panel.append(field("frames", frames), field("seed", seed), $("button", { onclick: async () => {
+  const frames = number(64, { min: 1 }), seed = number(1), tempo = number(80, { min: 1 });
+  const perQuarter = run.settings.steps_per_quarter || 1;
+  panel.append(field("frames", frames), field("seed", seed), field("tempo", tempo), $("button", { onclick: async () => {
     try {
       const response = await api(`/v1/runs/${encodeURIComponent(run.name)}/compose`,
-        { frames: +frames.value, seed: +seed.value, format: "json" });
+        { frames: +frames.value, seed: +seed.value, tempo: +tempo.value, format: "json" });
       const result = await response.json();
-      const link = $("a", { href: "data:audio/midi;base64," + result.midi, download: `${run.name}.mid` }, "download the MIDI");
-      out.replaceChildren($("p", {}, `${result.notes} notes; `, link, " ",
-        $("button", { onclick: () => play(result.piano_roll, result.tempo) }, "play")), pianoRoll(result.piano_roll));
+      const link = $("a", { href: "data:audio/midi;base64," + result.midi, download: `${run.name}.mid`,
+        class: "download" }, "download the MIDI");
+      display(out, $("p", { class: "label" }, `${result.frames} frames, ${result.notes} notes; `, link, " ",
+        $("button", { onclick: () => play(result.piano_roll, result.tempo, perQuarter) }, "play")),
+        pianoRoll(result.piano_roll));
     } catch (err) { show(out, err.message, true); }
   } }, "Compose"));
 }
