@@ -140,3 +140,32 @@ def test_dropout_records_torch_dropout_under_tracing():
     layer = rnnkit.Dropout(0.5).train()
     traced = torch.jit.trace(layer, (torch.ones(4, 6),), check_trace=False)
     assert "aten::dropout" in str(traced.graph) or "aten::feature_dropout" in str(traced.graph)
+
+
+def test_the_compile_constant_mark_is_dynamos_own():
+    """`constant_to_compile` sets the mark torch.compiler.assume_constant_result sets (it is
+    used to keep torch._dynamo out of import time)."""
+    from rnnkit.kernels import build
+
+    def a() -> bool:
+        return True
+
+    def b() -> bool:
+        return True
+
+    torch.compiler.assume_constant_result(a)
+    build.constant_to_compile(b)
+    assert vars(a) == vars(b) == {"_dynamo_marked_constant": True}
+    assert build.loops_loaded._dynamo_marked_constant is True
+
+
+def test_loading_a_forecaster_imports_neither_torch_dynamo_nor_matplotlib():
+    """torch._dynamo and matplotlib take seconds to import: `rnnkit predict` on a forecast run
+    pays for neither (they load when a model is compiled or a picture drawn)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, rnnkit.layers, rnnkit.tasks.forecast, rnnkit.tasks.anomaly; "
+            "print(sorted({'torch._dynamo', 'matplotlib'} & set(sys.modules)))")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

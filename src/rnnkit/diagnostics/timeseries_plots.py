@@ -1,31 +1,43 @@
-"""Pictures of forecasts, backtests and anomaly detections (matplotlib, Agg, PNG files)."""
+"""Pictures of forecasts, backtests and anomaly detections: PNG files drawn on matplotlib
+`Figure` objects (its Agg canvas; no pyplot, so the host's backend is left alone), matplotlib
+imported when a picture is drawn."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from rnnkit.data.timeseries import TimeSeries
 
-from rnnkit.data.timeseries import TimeSeries  # noqa: E402
+
+def _figure(**options: Any):
+    """A new matplotlib `Figure` (``figsize`` etc.)."""
+    from matplotlib.figure import Figure
+
+    return Figure(**options)
+
+
+def _colors() -> list[str]:
+    """matplotlib's colour cycle."""
+    from matplotlib import rcParams
+
+    return rcParams["axes.prop_cycle"].by_key()["color"]
 
 
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_forecast(
     series: TimeSeries, forecast: pd.DataFrame, path: Path, history: int = 120, title: str = ""
 ) -> None:
     """The last ``history`` steps of each target, the forecast and its interval band."""
-    fig, axes = plt.subplots(len(series.columns), 1, figsize=(9, 3.2 * len(series.columns)),
-                             squeeze=False)  # fmt: skip
+    fig = _figure(figsize=(9, 3.2 * len(series.columns)))
+    axes = fig.subplots(len(series.columns), 1, squeeze=False)
     tail = series[max(0, len(series) - history) :]
     for ax, (i, name) in zip(axes[:, 0], enumerate(series.columns)):
         ax.plot(tail.index, tail.values[:, i], color="black", lw=1.2, label="history")
@@ -44,9 +56,10 @@ def plot_backtest(series: TimeSeries, result, path: Path, title: str = "") -> No
     (every n-th origin; n = 1: every origin), for the first target."""
     n = result.actual.shape[1]
     start = max(0, result.origins[0] - 2 * n)
-    fig, ax = plt.subplots(figsize=(9, 3.6))
+    fig = _figure(figsize=(9, 3.6))
+    ax = fig.subplots()
     ax.plot(series.index[start:], series.values[start:, 0], color="black", lw=1.2, label="actual")
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = _colors()
     for k, (name, f) in enumerate(result.forecasts.items()):
         style = {"color": colors[k % len(colors)], "lw": 1.1, "alpha": 0.85}
         if n == 1:  # one step ahead: the forecasts of all origins as one line
@@ -74,8 +87,8 @@ def plot_anomalies(
 ) -> None:
     """The series with detections (red marks) and true windows (shaded), and the score with
     its threshold below."""
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 5), sharex=True,
-                                      gridspec_kw={"height_ratios": [2, 1]})  # fmt: skip
+    fig = _figure(figsize=(11, 5))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     t = series.index
     top.plot(t, series.values[:, 0], color="black", lw=0.6)
     for k, (a, b) in enumerate(windows):

@@ -319,20 +319,28 @@ def _small_extension(stem: str, fallback: str) -> ModuleType | None:
     return state["module"]
 
 
-@torch.compiler.assume_constant_result
+def constant_to_compile(fn):
+    """``torch.compiler.assume_constant_result(fn)`` without importing torch._dynamo, which
+    takes seconds: the mark it sets, read when torch.compile traces (tests/test_export.py checks
+    the two agree)."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@constant_to_compile
 def loops_loaded() -> bool:
     """True if the time loops' extension is loaded (`extension`, building it on first use).
     ``torch.compile`` takes the answer as a constant rather than tracing the build."""
     return extension() is not None
 
 
-@torch.compiler.assume_constant_result
+@constant_to_compile
 def scan_loaded() -> bool:
     """True if the scans' extension is loaded (`scan_extension`), a constant to torch.compile."""
     return scan_extension() is not None
 
 
-@torch.compiler.assume_constant_result
+@constant_to_compile
 def dropout_loaded() -> bool:
     """True if the dropout extension is loaded (`dropout_extension`)."""
     return dropout_extension() is not None
