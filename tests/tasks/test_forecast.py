@@ -88,6 +88,12 @@ def test_cli_forecast_writes_table_and_png(tmp_path):
     assert "y_lower" in result.output and "ETS (statsmodels)" in result.output
     for name in ("forecast.csv", "forecast.png", "backtest.csv", "backtest.png", "config.json"):
         assert (tmp_path / "out" / name).is_file()
+    table = pd.read_csv(tmp_path / "out" / "backtest.csv", index_col="model")
+    assert {"MASE", "coverage_90", "MSIS", "QL", "note"} <= set(table.columns)
+    assert "AutoARIMA (statsforecast)" in table.index
+    rnn = table.loc["rnnkit LSTM"]
+    assert 0 <= rnn["coverage_90"] <= 1 and rnn["MSIS"] > 0 and rnn["QL"] > 0
+    assert "note: ETS (statsmodels): point forecast: no interval" in result.output
 
 
 @pytest.mark.parametrize(

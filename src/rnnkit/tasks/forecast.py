@@ -113,7 +113,9 @@ def format_report(report: ForecastReport) -> str:
     if report.backtest is not None:
         b = report.backtest
         lines += ["", f"backtest: {len(b.origins)} origins, horizon {b.actual.shape[1]}:",
-                  b.table.to_string(float_format=lambda v: f"{v:.4g}", na_rep="")]  # fmt: skip
+                  b.table.drop(columns="note").to_string(float_format=lambda v: f"{v:.4g}",
+                                                         na_rep="")]  # fmt: skip
+        lines += [f"  note: {name}: {note}" for name, note in b.table["note"].items() if note]
     lines += ["", "wrote " + ", ".join(str(f) for f in report.files)]
     return "\n".join(lines)
 
