@@ -2,6 +2,7 @@
 prints JSON.
 
     python -m benchmarks.serve [--charlm RUN] [--sentiment RUN] [--clients 64] [--streams 32]
+                               [--repeat 3] [--server-threads N]
 
 Without RUN arguments it makes runs of the docs' architectures (docs/charlm.md: a 3 x 512 LSTM
 over characters with embedding 128; docs/sentiment.md: a bidirectional LSTM of 100 over word
@@ -11,8 +12,10 @@ depends on the architecture, not on the weights.
 The server runs in a process of its own (``python -m rnnkit.serve``), the clients here.
 Predict: the same sentiment requests (one sentence each) sent one at a time, then by
 ``--clients`` concurrent clients; requests/s of each and their ratio, p50/p99 latency.
-Generation: one stream of ``--tokens`` tokens alone, then ``--streams`` at once; aggregate
-tokens/s and its ratio, p99 time to first token. Every request is counted by status.
+Generation: one stream of ``--tokens`` tokens alone, then ``--streams`` at once, the pair
+``--repeat`` times; aggregate tokens/s of each, the ratio of their medians, p99 time to first
+token. Every request is counted by status; the load average before and after is printed with the
+figures (the clients and the server share the machine: other work on it skews the ratio).
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,13 +63,15 @@ def make_runs(root: Path) -> dict[str, Path]:
 
 
 @contextlib.contextmanager
-def server_process(runs: dict[str, Path]):
+def server_process(runs: dict[str, Path], threads: int | None = None):
     """``rnnkit serve`` of ``runs`` in a process of its own (the clients here do not share its
-    interpreter); yields its URL."""
+    interpreter), with ``threads`` torch threads (OMP_NUM_THREADS; None: torch's default);
+    yields its URL."""
     port = free_port()
     command = [sys.executable, "-m", "rnnkit.serve", *map(str, runs.values()), "--port", str(port),
                "--max-streams", "256"]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(1200):
@@ -146,7 +153,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=512)
     parser.add_argument("--streams", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=3, help="one stream, then many: N times")
+    parser.add_argument("--server-threads", type=int, help="torch threads in the server")
     args = parser.parse_args()
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as folder:
         runs = make_runs(Path(folder)) if not (args.charlm and args.sentiment) else {}
         runs = {"charlm": Path(args.charlm or runs["charlm"]),
@@ -154,21 +164,34 @@ def main() -> None:
         rng = random.Random(1)
         sentences = [" ".join(rng.choices(WORDS, k=rng.randint(5, 40)))
                      for _ in range(args.requests)]  # fmt: skip
-        with server_process(runs) as url:
+        with server_process(runs, args.server_threads) as url:
             asyncio.run(predicts(url, sentences[:16], 1))  # warm-up
             alone = asyncio.run(predicts(url, sentences[: args.requests // 4], 1))
             together = asyncio.run(predicts(url, sentences, args.clients))
             asyncio.run(streams(url, 1, 10))  # warm-up
-            one = asyncio.run(streams(url, 1, args.tokens))
-            many = asyncio.run(streams(url, args.streams, args.tokens))
+            pairs = [(asyncio.run(streams(url, 1, args.tokens)),
+                      asyncio.run(streams(url, args.streams, args.tokens)))
+                     for _ in range(args.repeat)]  # fmt: skip
     print(json.dumps({
         "runs": {k: str(v) for k, v in runs.items()} if args.charlm else "made here (1 step)",
         "predict": {"one_at_a_time": alone, "concurrent": together,
                     "speedup": round(together["requests_per_s"] / alone["requests_per_s"], 2)},
-        "generate": {"one_stream": one, "concurrent": many,
-                     "speedup": round(many["tokens_per_s"] / one["tokens_per_s"], 2)},
-        "threads": __import__("torch").get_num_threads(),
+        "generate": generation_summary(pairs),
+        "server_threads": args.server_threads or __import__("torch").get_num_threads(),
+        "load_average": {"before": load_before, "after": os.getloadavg()},
     }, indent=2))  # fmt: skip
+
+
+def generation_summary(pairs: list[tuple[dict, dict]]) -> dict:
+    """The (one stream, many streams) runs and the ratio of their median tokens/s."""
+    one = statistics.median(a["tokens_per_s"] for a, _ in pairs)
+    many = statistics.median(b["tokens_per_s"] for _, b in pairs)
+    return {"one_stream_tokens_per_s": [a["tokens_per_s"] for a, _ in pairs],
+            "concurrent_tokens_per_s": [b["tokens_per_s"] for _, b in pairs],
+            "speedup_of_medians": round(many / one, 2),
+            "speedups": [round(b["tokens_per_s"] / a["tokens_per_s"], 2) for a, b in pairs],
+            "p99_first_token_ms": [b["p99_first_token_ms"] for _, b in pairs],
+            "runs": [{"one_stream": a, "concurrent": b} for a, b in pairs]}  # fmt: skip
 
 
 if __name__ == "__main__":
