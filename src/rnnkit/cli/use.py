@@ -183,34 +183,45 @@ def predict(run: str, inputs: tuple[str, ...], as_json: bool, explain: bool, hor
 
 @click.command()
 @click.argument("run", type=DIR)
-@click.option("--format", "fmt", type=click.Choice(["onnx", "pt2"]), default="onnx",
-              show_default=True, help="onnx: for ONNX Runtime; pt2: torch.export.")  # fmt: skip
+@click.option("--format", "fmt", default="onnx", show_default=True,
+              help="onnx (for ONNX Runtime) or pt2 (torch.export).")  # fmt: skip
 @click.option("--out", type=DIR, help="Folder to write into.  [default: RUN/export]")
 @checkpoint_option()
 def export(run: str, fmt: str, out: str | None, checkpoint: str) -> None:
     """Export a trained RUN's model with dynamic batch and time axes, checked against PyTorch
     on the run's own inputs at two lengths, and model.json beside it (inputs, outputs,
-    vocabulary or classes).
+    vocabulary or classes). Generative runs export their step function, the state in and out;
+    translate and caption runs an encoder and a decoder step (encoder.onnx, decoder.onnx),
+    checked together by greedy decoding.
 
     \b
     Examples:
       rnnkit export runs/mr                      # runs/mr/export/model.onnx
       rnnkit export runs/mr --format pt2 --out exported/
+      rnnkit export runs/en-de --out en-de/      # en-de/encoder.onnx, decoder.onnx, *.spm
     """
-    from rnnkit.export import export_run
+    from rnnkit.export import check_format, export_run
     from rnnkit.predictor import load
 
+    check_format(fmt)
     report = export_run(load(run, checkpoint), fmt, out)
-    checks = report["check"]["lengths"]
-    worst = max(c["max_abs_diff"] for c in checks)
-    lengths = ", ".join(str(c["steps"]) for c in checks)
+    click.echo(f"exported {run} ({report['task']}) to {', '.join(report['paths'].values())}")
     runtime = "ONNX Runtime" if fmt == "onnx" else "the saved program"
-    click.echo(f"exported {run} ({report['task']}) to {report['path']}")
-    click.echo(f"checked: {runtime} against PyTorch at T = {lengths} on "
-               f"{report['check']['data']}: largest difference {worst:.2g}")  # fmt: skip
-    inputs = "; ".join(f"{d['name']} {tuple(d['shape'])} {d['dtype']}" for d in report["inputs"])
-    outputs = ", ".join(d["name"] for d in report["outputs"])
-    click.echo(f"inputs: {inputs}; outputs: {outputs}")
+    for name, graph in report.get("graphs", {"": report}).items():
+        checks, label = graph["check"]["lengths"], f"{name}: " if name else ""
+        worst = max(c["max_abs_diff"] for c in checks)
+        lengths = ", ".join(str(c["steps"]) for c in checks)
+        click.echo(f"{label}checked: {runtime} against PyTorch at {graph['check']['axis']} = "
+                   f"{lengths} on {graph['check']['data']}: largest difference "
+                   f"{worst:.2g}")  # fmt: skip
+        inputs = "; ".join(f"{d['name']} {tuple(d['shape'])} {d['dtype']}" for d in graph["inputs"])
+        outputs = ", ".join(d["name"] for d in graph["outputs"])
+        click.echo(f"{label}inputs: {inputs}; outputs: {outputs}")
+    chained = report["check"].get("chained")
+    if chained:
+        click.echo(f"chained: greedy decoding of {chained['data']} gives PyTorch's tokens "
+                   f"({chained['steps']} steps, largest difference "
+                   f"{chained['max_abs_diff']:.2g})")  # fmt: skip
     click.echo(f"described in {report['described']}")
 
 

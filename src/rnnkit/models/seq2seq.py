@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from rnnkit.dropout import Dropout
 from rnnkit.errors import RnnkitError
+from rnnkit.kernels import loops
 from rnnkit.models.backbone import make_rnn
 
 CELLS = ("gru", "lstm")
@@ -347,7 +348,11 @@ class AttentionDecoder(nn.Module):
         if self.input_feeding:
             x = torch.cat([x, state.feed], dim=-1)
         hx = state.rnn if self.num_states == 2 else state.rnn[0]
-        top, new = self.rnn.step(x, hx)  # (B, H), (L, B, H) or a tuple of them
+        if loops.exporting(x):  # a one-step forward: the layer knows how each exporter records it
+            output, new = self.rnn(x.unsqueeze(0), hx)
+            top = output[0]
+        else:
+            top, new = self.rnn.step(x, hx)  # (B, H), (L, B, H) or a tuple of them
         context, weights = self.attention(top, encoded.memory, encoded.mask, prepared)
         attentional = torch.tanh(self.combine(torch.cat([top, context], dim=-1)))  # h~ (B, H)
         new = new if isinstance(new, tuple) else (new,)

@@ -335,6 +335,13 @@ class CaptionPredictor(Predictor):
         super().__init__(run_dir, run.config, checkpoint)
         self.grid = list(self.model.encoder.grid(*self.cfg.scene_size))
 
+    def graph(self):
+        """What `rnnkit export` records: the encoder and the decoder's step, which a client
+        chains (`rnnkit.tasks.seq2seq_export`)."""
+        from rnnkit.tasks.seq2seq_export import caption_chain
+
+        return caption_chain(self)
+
     def pixels_of(self, image: Any, number: int = 1) -> np.ndarray:
         """The checked pixels (H, W) uint8 of an image file or array (input ``number``)."""
         if isinstance(image, (str, os.PathLike)):

@@ -257,6 +257,13 @@ class MusicPredictor(Predictor):
         self.model, self.cfg = run.model, run.settings
         super().__init__(run_dir, run.config, checkpoint)
 
+    def graph(self):
+        """What `rnnkit export` records: the step composing the next frame, the state in and
+        out (`rnnkit.tasks.music_export`)."""
+        from rnnkit.tasks.music_export import export_graph
+
+        return export_graph(self, build_model, COMPOSE_DEFAULTS["tempo"])
+
     def compose(
         self,
         frames: int = 64,

@@ -326,6 +326,13 @@ class TranslatePredictor(Predictor):
         self.src_spm, self.tgt_spm = run.parts[SRC_SPM], run.parts[TGT_SPM]
         super().__init__(run_dir, run.config, checkpoint)
 
+    def graph(self):
+        """What `rnnkit export` records: the encoder and the decoder's step, which a client
+        chains (`rnnkit.tasks.seq2seq_export`)."""
+        from rnnkit.tasks.seq2seq_export import translate_chain
+
+        return translate_chain(self)
+
     def encode(self, sentence: Any, number: int) -> list[int]:
         """The source ids the encoder reads: at most ``max_len`` - 1 pieces, then EOS."""
         if not isinstance(sentence, str):
