@@ -11,10 +11,14 @@ from click.testing import CliRunner
 
 from rnnkit.cli import main
 from rnnkit.tasks.anomaly import (
+    MAX_SCORE,
+    MIN_HISTORY,
     DetectConfig,
     accumulate,
+    beyond_range,
     dynamic_threshold,
     flags_from,
+    likelihood_scores,
     threshold_scores,
 )
 
@@ -43,13 +47,54 @@ def test_dynamic_threshold_separates_outliers_from_noise():
 def test_calibrated_threshold_is_a_chi_square_tail_after_rescaling():
     rng = np.random.default_rng(1)
     z = 3.0 * np.abs(rng.normal(size=20000))  # miscalibrated by a factor 3: rescaled away
-    cfg = DetectConfig(accumulate=20, refractory=0)
+    cfg = DetectConfig(threshold="calibrated", accumulate=20, refractory=0)
     score, flags, threshold = threshold_scores(z, 1000, cfg)
     assert threshold == pytest.approx(np.sqrt(65.4207 / 20), rel=1e-5)  # chi2.isf(1e-6, 20)
     assert flags.sum() == 0
     z[15000:15010] = 15.0
     _, flags, _ = threshold_scores(z, 1000, cfg)
     assert 15000 <= np.flatnonzero(flags).min() <= 15010
+
+
+def test_likelihood_judges_recent_errors_against_the_series_own():
+    rng = np.random.default_rng(2)
+    z = np.abs(rng.normal(size=20000))
+    z[:32] = 0.0  # no forecast for the first rows
+    score = likelihood_scores(z, 32, 10, 8640)
+    assert not score[: 32 + MIN_HISTORY].any() and score[32 + MIN_HISTORY :].all()
+    np.testing.assert_allclose(likelihood_scores(5.0 * z, 32, 10, 8640), score, atol=1e-9)
+    assert score.max() < 6.0  # no 1e-6 tail event in noise
+    z[15000:15010] = 6.0  # a burst: its mean over 10 rows is far out of the past means
+    burst = likelihood_scores(z, 32, 10, 8640)
+    assert burst[15000:15010].max() > 20.0 and burst.max() <= MAX_SCORE
+    np.testing.assert_array_equal(burst[:15000], score[:15000])  # causal
+    noisier = z.copy()
+    noisier[10000:] *= 3.0  # a new, noisier regime: an alarm, then it becomes the norm
+    after = likelihood_scores(noisier, 32, 10, 1000)
+    assert after[10000:10010].max() > 6.0 and after[12000:15000].max() < 6.0
+
+
+def test_beyond_range_flags_values_outside_the_past_range_by_five_percent():
+    values = np.array([0.0, 1.0, 0.5, 1.04, 1.2, -0.1, 0.3])
+    np.testing.assert_array_equal(np.flatnonzero(beyond_range(values)), [4, 5])
+    assert not beyond_range(values, first=5)[4]
+    assert not beyond_range(np.array([2.0, 2.0, 2.0, 5.0])).any()  # no range yet
+    two = np.stack([np.zeros(7), values], axis=1)
+    np.testing.assert_array_equal(np.flatnonzero(beyond_range(two)), [4, 5])
+
+
+def test_likelihood_threshold_flags_a_burst_and_a_new_extreme():
+    rng = np.random.default_rng(3)
+    z = np.abs(rng.normal(size=5000))
+    values = np.sin(np.arange(5000) / 10.0)[:, None]
+    values[4000] = 1.5  # beyond [-1, 1] by more than 5%
+    z[2500:2510] = 6.0
+    score, flags, threshold = threshold_scores(z, 750, DetectConfig(), values, first=0)
+    assert threshold == pytest.approx(6.0) and score[4000] == MAX_SCORE
+    (burst, extreme) = np.flatnonzero(flags)  # one alarm for the burst (refractory 200)
+    assert 2500 <= burst <= 2503 and extreme == 4000
+    _, flags, _ = threshold_scores(z, 750, DetectConfig(spatial=False), values)
+    assert np.flatnonzero(flags).tolist() == [burst]
 
 
 def test_cli_detect_finds_a_spike_and_scores_it(tmp_path):

@@ -1,8 +1,11 @@
-"""The NAB scorer on hand-made cases (standard profile: A_TP 1, A_FP 0.11, A_FN 1)."""
+"""The NAB scorer on hand-made cases (standard profile: A_TP 1, A_FP 0.11, A_FN 1), and on
+Numenta's published results."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -74,3 +77,26 @@ def test_corpus_sums_before_normalising_and_threshold_sweep():
     scores = [np.where(flags_at(400), 5.0, 1.0), np.where(flags_at(700), 4.0, 1.0)]
     threshold, best = best_threshold([W, other], scores)
     assert threshold == pytest.approx(4.0) and best.normalized == pytest.approx(100.0)
+
+
+def test_numenta_published_scores_are_reproduced():
+    """Numenta's own scorer's figures for its detector (NAB v1.0, standard profile): each
+    file's raw score, and the final normalised score 70.1 over the 58 files."""
+    fixture = Path(__file__).parents[1] / "fixtures" / "nab_numenta_standard.json"
+    published = json.loads(fixture.read_text())
+    results = []
+    for key, s in published["series"].items():
+        t = pd.date_range("2015-01-01", periods=s["rows"], freq="5min")
+        weights = row_weights(t, [(t[a], t[b]) for a, b in s["windows"]])
+        result = score_flags(weights, flags_of(s["rows"], s["flagged"]))
+        assert result.raw == pytest.approx(s["published_raw"], abs=1e-9), key
+        results.append(result)
+    total = sum(results[1:], results[0])
+    assert len(results) == 58 and total.null == -116.0
+    assert total.normalized == pytest.approx(published["published_final_standard"], abs=1e-6)
+
+
+def flags_of(rows: int, flagged: list[int]) -> np.ndarray:
+    flags = np.zeros(rows, bool)
+    flags[flagged] = True
+    return flags

@@ -163,6 +163,24 @@ def _nab_url(path: str) -> str:
     return f"{_NAB}/{'labels' if path.endswith('.json') else 'data'}/{path}"
 
 
+#: `DataSet.manifest_sha256` of NAB's whole corpus (58 series, labels, licence), guarding the
+#: manifest shipped beside this module; its files keep the paths of NAB's repository
+NAB_FULL_MANIFEST_SHA256 = "04737ed53d31e078c776e02f499243d6145b9470122c327586a0f5a6b247f571"
+
+
+def _nab_full_files() -> tuple[DataFile, ...]:
+    """NAB's 58 series (data/CATEGORY/NAME.csv), labels (labels/) and licence, from the
+    package's manifest (path, size, sha256 per file), checked against the registry's digest."""
+    text = (Path(__file__).with_name("manifests") / "nab-full.json").read_bytes()
+    files = tuple(DataFile(p, digest, size, f"{_NAB}/{p}")
+                  for p, size, digest in json.loads(text)["files"])  # fmt: skip
+    listing = "".join(f"{f.sha256}  {f.path}\n" for f in sorted(files, key=_path_key))
+    if hashlib.sha256(listing.encode()).hexdigest() != NAB_FULL_MANIFEST_SHA256:
+        raise RnnkitError("rnnkit's NAB manifest (rnnkit/data/manifests/nab-full.json) does not "
+                          "match the registry's digest; reinstall rnnkit")  # fmt: skip
+    return files
+
+
 _MULTI30K = f"{_GITHUB}/multi30k/dataset/master/data/task1/raw"
 _MULTI30K_FILES = (
     ("test_2016_flickr.de.gz", 22890,
@@ -282,6 +300,18 @@ def datasets() -> dict[str, DataSet]:
             "Numenta Anomaly Benchmark: the realKnownCause, artificialWithAnomaly and "
             "artificialNoAnomaly series (timestamp,value) with the official labels and windows",
             tuple(DataFile(p, h, n, _nab_url(p)) for p, n, h in _NAB_FILES),
+            "MIT (NAB, LICENSE.txt)",
+            "Lavin, A. and Ahmad, S. (2015). Evaluating real-time anomaly detection "
+            "algorithms: the Numenta Anomaly Benchmark. IEEE ICMLA 2015.",
+            "https://github.com/numenta/NAB",
+        ),
+        DataSet(
+            "nab-full",
+            "Numenta Anomaly Benchmark, all 58 series in its 7 categories (realAWSCloudwatch, "
+            "realAdExchange, realKnownCause, realTraffic, realTweets, artificialNoAnomaly, "
+            "artificialWithAnomaly) under data/, the official labels and windows under labels/ "
+            "(the layout of NAB's repository: `rnnkit data import nab-full NAB_CLONE`)",
+            _nab_full_files(),
             "MIT (NAB, LICENSE.txt)",
             "Lavin, A. and Ahmad, S. (2015). Evaluating real-time anomaly detection "
             "algorithms: the Numenta Anomaly Benchmark. IEEE ICMLA 2015.",

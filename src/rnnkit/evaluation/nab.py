@@ -196,15 +196,25 @@ def best_threshold(
     candidates: int = 200,
 ) -> tuple[float, NabScore]:
     """NAB's own protocol: the one threshold (over all series) maximising the corpus score,
-    searched over the distinct scores (at most ``candidates`` of their quantiles);
-    ``to_flags(scores, threshold)`` turns scores into flags. It uses the labels: report it
-    apart from a label-free threshold."""
-    grid = np.unique(np.concatenate(scores))
-    if len(grid) > candidates:
-        grid = np.unique(np.quantile(grid, np.linspace(0.0, 1.0, candidates), method="lower"))
+    searched over the distinct scores (`threshold_grid`); ``to_flags(scores, threshold)`` turns
+    scores into flags. It uses the labels: report it apart from a label-free threshold."""
+    grid = threshold_grid(scores, candidates)
     best = (math.inf, corpus_score(weights, [np.zeros(len(s), bool) for s in scores]))
     for threshold in grid:
         result = corpus_score(weights, [to_flags(s, threshold) for s in scores])
         if result.raw > best[1].raw:
             best = (float(threshold), result)
     return best
+
+
+def threshold_grid(scores: list[np.ndarray], candidates: int = 200) -> np.ndarray:
+    """Thresholds to search over the scores of several series: every distinct score if there
+    are at most ``candidates``, else ``candidates`` of their quantiles spread evenly and as many
+    again in the upper tail (quantiles 1 - 10^-k, k up to 7), where a detector's best
+    threshold flags a few rows in thousands."""
+    grid = np.unique(np.concatenate(scores))
+    if len(grid) <= candidates:
+        return grid
+    levels = np.concatenate([np.linspace(0.0, 1.0, candidates),
+                             1.0 - np.logspace(-7.0, -1.0, candidates)])  # fmt: skip
+    return np.unique(np.quantile(grid, np.clip(levels, 0.0, 1.0), method="lower"))

@@ -10,27 +10,41 @@ Shape legend: T rows, C targets.
    rather than flagged.
 2. Standardised error of each row t >= L_in: z_t = (y_t - mean_t) / scale_t, from the
    network's predicted mean and scale (C > 1: the root mean square over targets).
-3. Score: the root mean square of z over the last ``accumulate`` rows (a short accumulation,
-   so that a run of moderate errors counts as much as one large error).
-4. Threshold, without labels (``threshold``):
-   "calibrated" (default) z is first rescaled so that its median magnitude after the training
-              part is that of a standard normal (0.6745: the network's scale is fitted in
-              sample and too small out of it); then, were z standard normal, the mean of k
-              squares is chi^2_k / k, and a row is flagged when its score is a ``p_value`` tail
-              event of that law: threshold sqrt(chi2.isf(p, k) / k);
-   "dynamic"  the nonparametric dynamic threshold of Hundman et al. (2018): eps = mu + k sigma of
-              the scores after the training part, k in 2..10 chosen to maximise the relative
-              drop of mean and deviation when the points above eps are removed, penalised by
-              the number of points and runs above it;
-   "quantile" the ``quantile`` of the scores after the training part.
-   All three read the scores of the whole series (offline), never the labels.
-5. Flags: a row is flagged when its score reaches the threshold and no flag was raised in the
+3. Score and threshold, without labels (``threshold``):
+   "likelihood" (default) Numenta's anomaly likelihood (Ahmad et al. 2017) on |z|: the mean
+              m_t of |z| over the last ``accumulate`` rows is compared with a Gaussian fitted
+              to the same means over the ``likelihood_window`` rows before t (its scale at
+              least 10% of its mean); the score is -log10 of m_t's upper-tail probability under
+              it (at most `MAX_SCORE`; 0 with fewer than `MIN_HISTORY` rows of history), and
+              the threshold -log10(``p_value``). Each series is judged against its own recent
+              errors, so neither the network's scale nor the series' noise level has to be
+              calibrated. With ``spatial`` (as Numenta's detector), a value beyond the range
+              of the values before it by more than 5% of that range (`SPATIAL_TOLERANCE`)
+              scores `MAX_SCORE`. Causal: a row's score reads that row and the rows before it.
+   "calibrated" the score is the root mean square of z over the last ``accumulate`` rows, z
+              first rescaled so that its median magnitude after the training part is that of
+              a standard normal (0.6745: the network's scale is fitted in sample and too small
+              out of it); were z then standard normal, the mean of k squares is chi^2_k / k,
+              and a row is flagged when its score is a ``p_value`` tail event of that law:
+              threshold sqrt(chi2.isf(p, k) / k);
+   "dynamic"  that root mean square (not rescaled), with the nonparametric dynamic threshold
+              of Hundman et al. (2018): eps = mu + k sigma of the scores after the training
+              part, k in 2..10 chosen to maximise the relative drop of mean and deviation when
+              the points above eps are removed, penalised by the number of points and runs
+              above it;
+   "quantile" that root mean square, with the ``quantile`` of the scores after the training
+              part as the threshold.
+   The last three read the scores of the whole series (offline); none reads labels.
+4. Flags: a row is flagged when its score reaches the threshold and no flag was raised in the
    ``refractory`` rows before it (one alarm per event).
 
 A detector's run (`train`, or ``OUT/model`` of `run`) is an anomaly run: the forecaster's
 weights, scalers and history, its settings (`AnomalyConfig`) and ``detector.json``, the
 threshold and the rescaling of z (step 4) chosen on the training series for each checkpoint
 ("last", "best"). `AnomalyPredictor` scores new series with them.
+
+The defaults (likelihood, accumulate 10, p_value 1e-6, refractory 200) were chosen on NAB's
+realKnownCause and artificialWithAnomaly categories; docs/anomaly.md reports them on the others.
 """
 
 from __future__ import annotations
@@ -76,8 +90,16 @@ from rnnkit.training.trainer import FitResult, TrainConfig, Trainer
 
 NAME = "anomaly"
 DETECTOR = "detector.json"
-THRESHOLDS = ("calibrated", "dynamic", "quantile")
+THRESHOLDS = ("likelihood", "calibrated", "dynamic", "quantile")
 ONE_SIGMA = 0.6826894921370859  # P(|Z| < 1): the interval whose half-width is one scale
+#: likelihood: rows of past scores before a row's score is more than 0
+MIN_HISTORY = 100
+#: likelihood: the highest score (-log10 of a tail probability); a spatial anomaly's score
+MAX_SCORE = 100.0
+#: likelihood: the Gaussian's scale is at least this fraction of its mean
+STD_FLOOR = 0.1
+#: spatial anomaly: a value beyond the range seen so far by more than this fraction of it
+SPATIAL_TOLERANCE = 0.05
 
 
 @dataclass
@@ -87,22 +109,28 @@ class DetectConfig:
     Attributes:
         train_fraction: Early part of the series that trains.
         input_chunk_length: Steps the forecaster reads.
-        accumulate: Rows averaged into a score.
-        threshold: Label-free rule: calibrated (a tail probability of the training part's
-            scores), dynamic (the largest gap in k sigmas) or quantile (of the scores).
-        p_value: calibrated: tail probability.
+        accumulate: Rows averaged into a score (likelihood: the mean |z|; the others: the
+            root mean square of z).
+        threshold: Label-free rule: likelihood (a tail probability of the recent errors
+            against the series' own past errors), calibrated (a chi-square tail probability),
+            dynamic (the largest gap in k sigmas) or quantile (of the scores).
+        p_value: likelihood, calibrated: tail probability.
         quantile: quantile: of the scores.
+        likelihood_window: likelihood: rows of past scores the Gaussian is fitted to.
+        spatial: likelihood: also flag a value beyond the range seen so far (by 5% of it).
         refractory: Quiet rows after a detection.
         calendar: Calendar covariates the training part's frequency offers.
     """
 
     train_fraction: float = 0.15
     input_chunk_length: int = 32
-    accumulate: int = 20
-    threshold: str = choice("calibrated", THRESHOLDS)
+    accumulate: int = 10
+    threshold: str = choice("likelihood", THRESHOLDS)
     p_value: float = 1e-6
     quantile: float = 0.999
-    refractory: int = 300
+    likelihood_window: int = 8640
+    spatial: bool = True
+    refractory: int = 200
     calendar: bool = True
 
     def check(self, rows: int) -> None:
@@ -114,6 +142,11 @@ class DetectConfig:
             )
         if self.accumulate < 1 or self.refractory < 0:
             raise RnnkitError("accumulate must be >= 1 and refractory >= 0")
+        if not 0.0 < self.p_value < 1.0:
+            raise RnnkitError(f"p_value must be in (0, 1), got {self.p_value}")
+        if self.likelihood_window < MIN_HISTORY:
+            raise RnnkitError(f"likelihood_window must be >= {MIN_HISTORY} rows, got "
+                              f"{self.likelihood_window}")  # fmt: skip
         need = 2 * (self.input_chunk_length + 1)
         if int(self.train_fraction * rows) < need:
             raise RnnkitError(
@@ -245,10 +278,7 @@ def errors_of(model: Forecaster, batch: Sequence[TimeSeries]) -> list[np.ndarray
 
 def accumulate(z: np.ndarray, k: int) -> np.ndarray:
     """Root mean square of z over the last ``k`` rows (fewer at the start): (T,) -> (T,)."""
-    sq = np.concatenate([[0.0], np.cumsum(z**2)])
-    t = np.arange(1, len(z) + 1)
-    count = np.minimum(t, k)
-    return np.sqrt((sq[t] - sq[t - count]) / count)
+    return np.sqrt(accumulate_mean(z**2, k))
 
 
 K_SIGMAS = np.arange(2.0, 10.5, 0.5)
@@ -276,10 +306,11 @@ def flags_from(scores: np.ndarray, threshold: float, refractory: int, start: int
     """Rows from ``start`` on whose score reaches ``threshold``, at most one per ``refractory``
     rows: (T,) -> (T,) bool."""
     flags = np.zeros(len(scores), bool)
-    last = -refractory - 1
-    for i in np.flatnonzero(scores >= threshold):
-        if i >= start and i - last > refractory:
-            flags[i], last = True, i
+    above = np.flatnonzero(scores >= threshold)
+    k = int(np.searchsorted(above, start))
+    while k < len(above):  # one step per flag: jump past the refractory rows
+        flags[above[k]] = True
+        k = int(np.searchsorted(above, above[k] + refractory + 1))
     return flags
 
 
@@ -344,9 +375,10 @@ def fit_detector(
 def calibrate(
     model: Forecaster, series: TimeSeries, train_end: int, cfg: DetectConfig
 ) -> Detection:
-    """Score every row of ``series`` with ``model`` and choose the threshold (steps 2 to 5)."""
+    """Score every row of ``series`` with ``model`` and choose the threshold (steps 2 to 4)."""
     z = standardized_errors(model, series)
-    return Detection(z, *threshold_scores(z, train_end, cfg), train_end, z_scale(z, train_end, cfg))
+    found = threshold_scores(z, train_end, cfg, series.values, model.cfg.input_chunk_length)
+    return Detection(z, *found, train_end, z_scale(z, train_end, cfg))
 
 
 def save_calibration(run_dir: Path, task: AnomalyTask) -> Detection:
@@ -377,18 +409,83 @@ def z_scale(z: np.ndarray, train_end: int, cfg: DetectConfig) -> float:
 
 
 def threshold_scores(
-    z: np.ndarray, train_end: int, cfg: DetectConfig
+    z: np.ndarray,
+    train_end: int,
+    cfg: DetectConfig,
+    values: np.ndarray | None = None,
+    first: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Scores, flags and threshold of standardised errors z (T,); see the module docstring."""
-    score = accumulate(z * z_scale(z, train_end, cfg), cfg.accumulate)
+    """Scores, flags from ``train_end`` on, and threshold of standardised errors z (T,) (see
+    the module docstring); ``values`` (T, C): the series' (for ``spatial``; None: not checked);
+    ``first``: the first row with a forecast (z is 0 before)."""
+    score = row_scores(z, cfg, z_scale(z, train_end, cfg), values, first)
     after = score[train_end:]
-    if cfg.threshold == "calibrated":
+    if cfg.threshold == "likelihood":
+        threshold = float(-np.log10(cfg.p_value))
+    elif cfg.threshold == "calibrated":
         threshold = float(np.sqrt(stats.chi2.isf(cfg.p_value, cfg.accumulate) / cfg.accumulate))
     elif cfg.threshold == "dynamic":
         threshold = dynamic_threshold(after)
     else:
         threshold = float(np.quantile(after, cfg.quantile))
     return score, flags_from(score, threshold, cfg.refractory, start=train_end), threshold
+
+
+def row_scores(
+    z: np.ndarray,
+    cfg: DetectConfig,
+    scale: float = 1.0,
+    values: np.ndarray | None = None,
+    first: int = 0,
+) -> np.ndarray:
+    """The scores (T,) of z (T,) under ``cfg.threshold``'s rule: the likelihood's (with the
+    spatial anomalies of ``values`` (T, C) at `MAX_SCORE`), or the root mean square of
+    ``scale * z`` over ``cfg.accumulate`` rows."""
+    if cfg.threshold != "likelihood":
+        return accumulate(z * scale, cfg.accumulate)
+    score = likelihood_scores(z, first, cfg.accumulate, cfg.likelihood_window)
+    if cfg.spatial and values is not None:
+        score[beyond_range(values, first)] = MAX_SCORE
+    return score
+
+
+def likelihood_scores(z: np.ndarray, first: int, k: int, window: int) -> np.ndarray:
+    """Anomaly likelihood (T,) of z (T,) from row ``first`` on (0 before): -log10 of the upper
+    tail probability of the mean |z| over the last ``k`` rows under a Gaussian fitted to those
+    means over the ``window`` rows before (see the module docstring)."""
+    means = accumulate_mean(np.abs(z[first:]), k)
+    sums = [np.concatenate([[0.0], np.cumsum(means**p)]) for p in (1, 2)]
+    t = np.arange(len(means))
+    low = np.maximum(0, t - window)
+    count = np.maximum(t - low, 1)
+    mu = (sums[0][t] - sums[0][low]) / count
+    var = np.maximum((sums[1][t] - sums[1][low]) / count - mu**2, 0.0)
+    sd = np.maximum(np.sqrt(var), np.maximum(STD_FLOOR * mu, 1e-12))
+    score = np.clip(-stats.norm.logsf((means - mu) / sd) / np.log(10.0), 0.0, MAX_SCORE)
+    score[t - low < MIN_HISTORY] = 0.0
+    return np.concatenate([np.zeros(len(z) - len(means)), score])
+
+
+def accumulate_mean(x: np.ndarray, k: int) -> np.ndarray:
+    """Mean of x over the last ``k`` rows (fewer at the start): (T,) -> (T,)."""
+    sums = np.concatenate([[0.0], np.cumsum(x)])
+    t = np.arange(1, len(x) + 1)
+    count = np.minimum(t, k)
+    return (sums[t] - sums[t - count]) / count
+
+
+def beyond_range(values: np.ndarray, first: int = 0) -> np.ndarray:
+    """Spatial anomalies (T,) bool of ``values`` (T, C) (or (T,)): rows from ``first`` on where
+    a target lies beyond the range of its values before by more than `SPATIAL_TOLERANCE` of
+    that range (never while that range is 0)."""
+    v = np.asarray(values, float).reshape(len(values), -1)
+    high = np.maximum.accumulate(v, axis=0)[:-1]
+    low = np.minimum.accumulate(v, axis=0)[:-1]
+    margin = SPATIAL_TOLERANCE * (high - low)
+    out = (high > low) & ((v[1:] > high + margin) | (v[1:] < low - margin))
+    found = np.concatenate([[False], out.any(axis=1)])
+    found[:first] = False
+    return found
 
 
 @dataclass
@@ -500,12 +597,13 @@ class Anomalies(Result):
     """The detector's answer for one series of T rows.
 
     ``times`` (T,): the rows' timestamps, ISO strings. ``values``: per target column, the T
-    values read ({column: (T,)}). ``scores`` (T,): the root mean square of the calibrated
-    one-step standardised errors over the last ``accumulate`` rows; the first
-    ``input_chunk_length`` rows have no forecast: their error counts as 0 and their score is 0
-    (never null). ``flags`` (T,): 1 where the score reaches ``threshold`` and no row was
-    flagged in the ``refractory`` rows before, else 0. ``threshold``: the run's, chosen on its
-    training series.
+    values read ({column: (T,)}). ``scores`` (T,): the run's rule's score of the one-step
+    standardised errors (likelihood: -log10 of a tail probability, from 0 to 100, 0 without
+    `MIN_HISTORY` rows of history; the other rules: the root mean square of the calibrated
+    errors over the last ``accumulate`` rows); the first ``input_chunk_length`` rows have no
+    forecast: their error counts as 0 and their score is 0 (never null). ``flags`` (T,): 1
+    where the score reaches ``threshold`` and no row was flagged in the ``refractory`` rows
+    before, else 0. ``threshold``: the run's, chosen on its training series.
     """
 
     times: list[str]
@@ -596,9 +694,9 @@ class AnomalyPredictor(Predictor):
         return [str(a) for a in args]
 
     def _result(self, series: TimeSeries, z: np.ndarray) -> Anomalies:
-        cfg = self.cfg
-        score = accumulate(z * self.calibration["z_scale"], cfg.accumulate)
-        flags = flags_from(score, self.threshold, cfg.refractory, start=cfg.input_chunk_length)
+        cfg, first = self.cfg, self.cfg.input_chunk_length
+        score = row_scores(z, cfg, self.calibration["z_scale"], series.values, first)
+        flags = flags_from(score, self.threshold, cfg.refractory, start=first)
         values = {c: series.values[:, i].tolist() for i, c in enumerate(series.columns)}
         return Anomalies([t.isoformat() for t in series.index], values, score.tolist(),
                          flags.astype(int).tolist(), self.threshold)  # fmt: skip
