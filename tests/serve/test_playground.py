@@ -52,7 +52,7 @@ def chromium_driver(downloads: Path):
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                 "--window-size=1100,900"):  # fmt: skip
+                 "--window-size=1100,1400"):  # fmt: skip
         options.add_argument(flag)
     options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
                                               "download.prompt_for_download": False})  # fmt: skip
@@ -145,8 +145,11 @@ def check_digits(panel: Panel, wav: Path) -> None:
     (expected,) = panel.predictor.predict([str(wav)])
     assert panel.text() == expected.label
     check_probabilities(panel, expected)
-    drawn = panel.find("svg polyline.series").get_attribute("points").split()
-    assert len(drawn) == len(expected.attention)  # a point per frame
+    drawn = [line.get_attribute("points").split() for line in panel.all("svg polyline.series")]
+    if expected.attention is None:  # a run pooling by mean or last state
+        assert drawn == []
+    else:
+        assert [len(points) for points in drawn] == [len(expected.attention)]  # one per frame
 
 
 def check_ctc(panel: Panel, wav: Path) -> None:
@@ -232,16 +235,18 @@ def check_anomaly(panel: Panel, csv: Path) -> None:
 def check_music(panel: Panel, _) -> None:
     panel.click("Compose")
     expected = panel.predictor.compose(frames=64, seed=1, tempo=80)
-    assert f"{expected.frames} frames, {expected.notes} notes" in panel.text()
+    assert f"{expected.frames} frames, {expected.notes} notes" in panel.text(".summary")
     link = panel.find("a.download")
     assert base64.b64decode(link.get_attribute("href").split(",", 1)[1]) == expected.midi
     link.click()  # the browser saves the file the link names
     saved = panel.folder / link.get_attribute("download")
     panel.wait.until(lambda _: saved.exists() and saved.stat().st_size == len(expected.midi))
     assert saved.read_bytes() == expected.midi
-    xs = [4 * t + 1 for t in range(len(expected.piano_roll))]  # frame t, key p: 4 x 2 pixels
-    ys = [174 - 2 * p for p in range(88)]  # at (4 t, 174 - 2 p)
-    drawn = panel.driver.execute_script(OPACITY, panel.find("canvas"), xs, ys)
+    canvas = panel.find("canvas")
+    width = int(canvas.get_attribute("data-frame"))  # frame t, key p: width x 2 pixels at
+    xs = [width * t + width // 2 for t in range(len(expected.piano_roll))]  # (width t,
+    ys = [3 * (87 - p) for p in range(88)]  # 3 (87 - p)), the keys from A0 up
+    drawn = panel.driver.execute_script(OPACITY, canvas, xs, ys)
     assert [[round(a) for a in frame] for frame in drawn] == expected.piano_roll
 
 

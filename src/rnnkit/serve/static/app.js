@@ -102,6 +102,7 @@ function generatePanel(run, panel, out) {
   panel.append(prompt, field("tokens", tokens), field("temperature", temperature), field("seed", seed),
     $("button", { onclick: async () => {
       show(out, prompt.value);
+      delete out.dataset.done;
       try {
         const response = await api(`/v1/runs/${encodeURIComponent(run.name)}/generate`, {
           prompt: prompt.value, max_tokens: +tokens.value, temperature: +temperature.value,
@@ -117,6 +118,7 @@ function generatePanel(run, panel, out) {
           for (const event of events) {
             const data = JSON.parse(event.replace(/^data: /, ""));
             if (data.token !== undefined) out.textContent += data.token;
+            if (data.error) out.append($("span", { class: "error" }, `\n(${data.error})`));
             if (data.done) out.dataset.done = "true";
           }
         }
@@ -294,13 +296,16 @@ function anomalyPanel(run, panel, out) {
   } }, "Score the series"));
 }
 
-// The roll (frames x 88 keys from A0): a frame 4 pixels across, a key 2 pixels high, low keys
-// at the bottom.
+// The roll (frames x 88 keys from A0): a frame ``data-frame`` pixels across (2 to 10, the roll
+// about 640 wide), a key 3 pixels high, low keys at the bottom; a line at each C.
 function pianoRoll(roll) {
-  const canvas = $("canvas", { width: Math.max(200, roll.length * 4), height: 176 });
+  const frame = Math.max(2, Math.min(10, Math.floor(640 / roll.length)));
+  const canvas = $("canvas", { width: frame * roll.length, height: 3 * 88, "data-frame": frame });
   const context = canvas.getContext("2d");
+  context.fillStyle = "#ddd";
+  for (let p = 3; p < 88; p += 12) context.fillRect(0, 3 * (87 - p) + 2, canvas.width, 1);
   context.fillStyle = "#246";
-  roll.forEach((frame, t) => frame.forEach((on, p) => { if (on) context.fillRect(t * 4, 174 - 2 * p, 4, 2); }));
+  roll.forEach((keys, t) => keys.forEach((on, p) => { if (on) context.fillRect(frame * t, 3 * (87 - p), frame, 2); }));
   return canvas;
 }
 
@@ -330,7 +335,7 @@ function musicPanel(run, panel, out) {
       const result = await response.json();
       const link = $("a", { href: "data:audio/midi;base64," + result.midi, download: `${run.name}.mid`,
         class: "download" }, "download the MIDI");
-      display(out, $("p", { class: "label" }, `${result.frames} frames, ${result.notes} notes; `, link, " ",
+      display(out, $("p", { class: "summary" }, `${result.frames} frames, ${result.notes} notes; `, link, " ",
         $("button", { onclick: () => play(result.piano_roll, result.tempo, perQuarter) }, "play")),
         pianoRoll(result.piano_roll));
     } catch (err) { show(out, err.message, true); }
