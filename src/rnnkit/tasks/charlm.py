@@ -38,7 +38,7 @@ from rnnkit.tasks.common import format_fit, train_task
 from rnnkit.tasks.spec import TaskSpec
 from rnnkit.training import checkpoint as ckpt
 from rnnkit.training.distributed import World, shard_batch
-from rnnkit.training.options import choice
+from rnnkit.training.options import choice, path
 from rnnkit.training.runs import TrainedRun, load_run
 from rnnkit.training.tbptt import StreamBatches, stream_loss_sum
 from rnnkit.training.trainer import FitResult, StepOutput, TrainConfig
@@ -74,7 +74,7 @@ class CharLMConfig:
         eval_tokens: Validation tokens scored at each evaluation (all of them at the end).
     """
 
-    text: str = ""
+    text: str = path()
     encoding: str = "utf-8"
     unit: str = choice("char", ("char", "word"))
     valid_fraction: float = 0.1
@@ -540,7 +540,7 @@ def train(
         return CharLM(cfg, Vocab.load(Path(resume) / VOCAB) if resume is not None else None)
 
     return train_task(NAME, CharLMConfig, make_task, DEFAULT_TRAIN, flags, config_file, out,
-                      resume, paths=("text",))  # fmt: skip
+                      resume)  # fmt: skip
 
 
 def sample(
@@ -606,7 +606,6 @@ SPEC = TaskSpec(
     train,
     format_fit,
     load_predictor,
-    paths=("text",),
     examples=(
         "rnnkit data fetch tiny-shakespeare            # once: the data set, sha256 checked",
         "rnnkit train charlm --text tiny-shakespeare --out runs/shakespeare",

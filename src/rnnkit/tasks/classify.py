@@ -202,7 +202,7 @@ def test_report(task: ClassifyTask, run_dir: Path, checkpoint: str = "best") -> 
 def train_and_test(
     name: str, settings_cls: type, make_task: Callable[[Any], ClassifyTask],
     default_train: TrainConfig, flags: dict[str, Any], config_file: str | None,
-    out: str | None, resume: str | None, paths: tuple[str, ...] = (),
+    out: str | None, resume: str | None,
 ) -> dict[str, Any]:  # fmt: skip
     """Train one run through `train_task`, then score its best checkpoint on the test split.
     Returns the fit's summary and the test report."""
@@ -213,8 +213,7 @@ def train_and_test(
         made.append(make_task(settings))
         return made[-1]
 
-    result = train_task(name, settings_cls, make, default_train, flags, config_file, out,
-                        resume, paths)  # fmt: skip
+    result = train_task(name, settings_cls, make, default_train, flags, config_file, out, resume)
     report = test_report(made[-1], result.run_dir)
     return {"run_dir": str(result.run_dir), "steps": result.step, "elapsed": result.elapsed,
             "cpu_seconds": time.process_time() - cpu,

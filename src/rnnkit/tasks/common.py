@@ -22,6 +22,7 @@ from rnnkit.training.options import (
     flag_of,
     merge_settings,
     parse_duration,
+    path_fields,
 )
 from rnnkit.training.runs import settings_from_dict
 from rnnkit.training.trainer import FitResult, Task, TrainConfig, Trainer
@@ -49,9 +50,10 @@ def train_task(
         default_train: the task's training-loop defaults.
         flags: command-line values (None: not given), named like the dataclass fields and
             `TRAIN_KEYS`.
-        paths: settings that name files or folders; stored as absolute paths. A value (or, for
-            a new run, the default) that is not an existing path may name a data set of the
-            registry (``jsb-chorales``, ``nab/realKnownCause/nyc_taxi.csv``: `registry.resolve`).
+        paths: settings that name files or folders besides the fields made with
+            `rnnkit.training.options.path`; stored as absolute paths. A value (or, for a new
+            run, the default) that is not an existing path may name a data set of the registry
+            (``jsb-chorales``, ``nab/realKnownCause/nyc_taxi.csv``: `registry.resolve`).
     """
     task_keys = {f.name for f in fields(settings_cls)}
     values = merge_settings(config_file, flags, task_keys | set(TRAIN_KEYS))
@@ -60,7 +62,7 @@ def train_task(
     task_values = {k: v for k, v in values.items() if k in task_keys}
     train_values = {TRAIN_KEYS[k]: v for k, v in values.items() if k in TRAIN_KEYS}
     defaults = {f.name: f.default for f in fields(settings_cls)}
-    for key in paths:
+    for key in dict.fromkeys((*paths, *path_fields(settings_cls))):
         value = task_values.get(key)
         if key not in task_values and resume is None:
             value = defaults.get(key)  # e.g. music's "jsb-chorales"

@@ -30,7 +30,7 @@ from rnnkit.tasks import classify
 from rnnkit.tasks.classify import ClassifierSettings, ClassifyTask, Split
 from rnnkit.tasks.common import stamp
 from rnnkit.tasks.spec import Flag, TaskSpec
-from rnnkit.training.options import choice
+from rnnkit.training.options import choice, path
 from rnnkit.training.runs import load_run
 from rnnkit.training.trainer import TrainConfig
 
@@ -57,7 +57,7 @@ class SentimentConfig(ClassifierSettings):
         split_seed: Seed of the folds and of the validation part.
     """
 
-    data: str = "mr"
+    data: str = path("mr")
     text_col: str = "text"
     label_col: str = "label"
     encoding: str = "utf-8"
@@ -156,9 +156,16 @@ def train(
     runs/sentiment-cv-DATE-TIME) and summarise; returns the test report or the summary."""
 
     def run(extra: dict[str, Any], run_out: str | None) -> dict[str, Any]:
-        return classify.train_and_test(NAME, SentimentConfig, make_task, DEFAULT_TRAIN,
-                                       {**flags, **extra}, config_file, run_out, resume,
-                                       paths=("data",))  # fmt: skip
+        return classify.train_and_test(
+            NAME,
+            SentimentConfig,
+            make_task,
+            DEFAULT_TRAIN,
+            {**flags, **extra},
+            config_file,
+            run_out,
+            resume,
+        )
 
     if not cv:
         return run({}, out)
@@ -237,7 +244,6 @@ SPEC = TaskSpec(
     train,
     classify.format_result,
     load_predictor,
-    paths=("data",),
     out=f"runs/{NAME}-DATE-TIME; with --cv, the folder of its runs runs/sentiment-cv-DATE-TIME",
     extras=(Flag("cv", "Cross-validate: every fold tests once (runs in --out); mean and std."),),
     examples=(

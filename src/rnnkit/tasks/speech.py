@@ -26,7 +26,7 @@ from rnnkit.tasks import classify
 from rnnkit.tasks.classify import ClassifierSettings, ClassifyTask, Split
 from rnnkit.tasks.common import stamp
 from rnnkit.tasks.spec import Flag, TaskSpec
-from rnnkit.training.options import choice
+from rnnkit.training.options import choice, path
 from rnnkit.training.runs import load_run
 from rnnkit.training.trainer import TrainConfig
 
@@ -49,7 +49,7 @@ class SpeechConfig(ClassifierSettings):
         split_seed: Seed of the validation part.
     """
 
-    data: str = audio.FSDD
+    data: str = path(audio.FSDD)
     split: str = "standard"
     features: str = choice("mfcc", ("mfcc", "logmel"))
     sample_rate: int = 8000
@@ -108,9 +108,16 @@ def train(
     (default runs/speech-loso-DATE-TIME) and summarise."""
 
     def run(extra: dict[str, Any], run_out: str | None) -> dict[str, Any]:
-        return classify.train_and_test(NAME, SpeechConfig, make_task, DEFAULT_TRAIN,
-                                       {**flags, **extra}, config_file, run_out, resume,
-                                       paths=("data",))  # fmt: skip
+        return classify.train_and_test(
+            NAME,
+            SpeechConfig,
+            make_task,
+            DEFAULT_TRAIN,
+            {**flags, **extra},
+            config_file,
+            run_out,
+            resume,
+        )
 
     if not loso:
         return run({}, out)
@@ -172,7 +179,6 @@ SPEC = TaskSpec(
     train,
     classify.format_result,
     load_predictor,
-    paths=("data",),
     out=f"runs/{NAME}-DATE-TIME; with --loso, the folder of its runs runs/speech-loso-DATE-TIME",
     extras=(Flag("loso", "Leave one speaker out, each in turn (runs in --out); mean and std."),),
     examples=(

@@ -35,7 +35,7 @@ from rnnkit.tasks.classify import EVAL_BATCH
 from rnnkit.tasks.common import stamp, train_task
 from rnnkit.tasks.spec import TaskSpec
 from rnnkit.training import checkpoint as ckpt
-from rnnkit.training.options import choice
+from rnnkit.training.options import choice, path
 from rnnkit.training.runs import load_run
 from rnnkit.training.trainer import StepOutput, TrainConfig
 
@@ -66,7 +66,7 @@ class CTCConfig:
         beam: Prefix-beam width of the test and of transcribing.
     """
 
-    data: str = audio.FSDD
+    data: str = path(audio.FSDD)
     sample_rate: int = 8000
     n_mels: int = 40
     stack: int = 3
@@ -232,8 +232,7 @@ def train(
         return made[-1]
 
     out = out or (None if resume else str(Path("runs") / stamp(NAME)))
-    result = train_task(NAME, CTCConfig, make, DEFAULT_TRAIN, flags, config_file, out, resume,
-                        paths=("data",))  # fmt: skip
+    result = train_task(NAME, CTCConfig, make, DEFAULT_TRAIN, flags, config_file, out, resume)
     task = made[-1]
     model = ckpt.load_trained(task.build_model, result.run_dir, "best")
     report = score(model, *task.fixed["test"], beam=task.cfg.beam)
@@ -368,6 +367,5 @@ SPEC = TaskSpec(
     train,
     format_report,
     load_predictor,
-    paths=("data",),
     examples=("rnnkit train speech-ctc --out runs/ctc   # --data fsdd (rnnkit data fetch fsdd)",),
 )

@@ -187,6 +187,17 @@ def choice(default: str | None, options: tuple[str | None, ...]) -> Any:
     return dataclasses.field(default=default, metadata={"choices": tuple(options)})
 
 
+def path(default: str = "") -> Any:
+    """A dataclass field naming a file, a folder or a data set of the registry; a run stores it
+    as an absolute path (`rnnkit.tasks.common.train_task`)."""
+    return dataclasses.field(default=default, metadata={"path": True})
+
+
+def path_fields(cls: type) -> tuple[str, ...]:
+    """The names of the fields of dataclass ``cls`` made with `path`."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("path"))
+
+
 def field_docs(cls: type) -> dict[str, str]:
     """The help text of each field of dataclass ``cls``: the ``Attributes:`` section of its
     docstring and its bases' (one ``name: text`` line per field, continued on lines indented
