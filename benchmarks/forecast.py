@@ -189,7 +189,8 @@ def run_series(spec: Spec, origins: int, darts: bool) -> dict:
     report = series.report
     return {
         "name": spec.name, "source": spec.source, "frequency": series.freq, "season": season,
-        "length": len(series), "gaps_filled": report["gaps"] + sum(report["missing"].values()),
+        "length": len(series), "gaps": report["gaps"],
+        "missing_filled": sum(report["missing"].values()),
         "horizon": h, "origins": len(result.origins), "every": every,
         "first_origin": str(series.index[first].date()),
         "cpu_seconds": round(time.process_time() - began, 2),

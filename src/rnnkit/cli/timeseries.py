@@ -66,11 +66,13 @@ def _forecast_options() -> list[click.Parameter]:
         click.Option(["--level"], type=float, default=0.9, show_default=True,
                      help="Interval level."),
         click.Option(["--backtest-start"],
-                     help="First rolling origin (a date): adds the backtest table."),
+                     help="First rolling origin (a date): adds the backtest table (backtest.csv: "
+                          "a row per model, MASE, sMAPE, coverage, MSIS, QL)."),
         click.Option(["--backtest-every"], type=int, default=1, show_default=True,
                      help="Steps between rolling origins."),
         click.Option(["--season"], type=int,
-                     help="Seasonal period of the baselines.  [default: from the frequency]"),
+                     help="Seasonal period of the classical models and of the MASE scale.  "
+                          "[default: from the frequency]"),
     ]  # fmt: skip
 
 
