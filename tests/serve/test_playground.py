@@ -27,6 +27,12 @@ import rnnkit  # noqa: E402
 from rnnkit.serve.background import serving  # noqa: E402
 
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "img"
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (BROWSER and CHROMEDRIVER),
+    reason="no Chromium here: apt-get install chromium chromium-driver (scripts/test does)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,22 +47,17 @@ def every_run(tmp_path_factory) -> dict[str, Path]:
 
 
 def chromium_driver(downloads: Path):
-    """A headless Chromium through Selenium saving downloads in ``downloads``, or a skip saying
-    what is missing."""
+    """A headless Chromium through Selenium saving downloads in ``downloads``."""
     from selenium import webdriver
 
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver_path = shutil.which("chromedriver")
-    if not browser or not driver_path:
-        pytest.skip("no Chromium here: apt-get install chromium chromium-driver (CI installs them)")
     options = webdriver.ChromeOptions()
-    options.binary_location = browser
+    options.binary_location = BROWSER
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
                  "--window-size=1100,1400"):  # fmt: skip
         options.add_argument(flag)
     options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
                                               "download.prompt_for_download": False})  # fmt: skip
-    service = webdriver.ChromeService(executable_path=driver_path)
+    service = webdriver.ChromeService(executable_path=CHROMEDRIVER)
     return webdriver.Chrome(options=options, service=service)
 
 
