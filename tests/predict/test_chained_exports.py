@@ -379,3 +379,44 @@ def test_music_exports_as_a_torch_program(music_runs, tmp_path):
                                torch.zeros(1, 2, 16), torch.zeros(1, 2, 16))  # fmt: skip
     assert frame.shape == logits.shape == (2, 88) and h.shape == c.shape == (1, 2, 16)
     assert torch.equal(frame[1], (logits[1] > 0).float())  # temperature 0: the likelier value
+
+
+# --- torch.export: a step taking its state as *state, and what it refuses --------------------
+
+
+def test_a_charlm_step_exports_as_a_torch_program_with_its_state(tmp_path):
+    """charlm's step takes its state as ``*state``: torch.export gets one dict of dynamic axes
+    per state tensor, grouped as forward takes them."""
+    (tmp_path / "text.txt").write_text("First Citizen:\nBefore we proceed any further.\n" * 30)
+    train("charlm", "--text", tmp_path / "text.txt", "--hidden-size", "16", "--num-layers", "1",
+          "--embed", "8", "--batch", "4", "--seq-len", "16", "--max-steps", "5", "--progress",
+          "none", "--out", tmp_path / "lm")  # fmt: skip
+    output = export_cli(tmp_path / "lm", tmp_path / "out", "--format", "pt2")
+    assert "inputs: ids ('T', 'B') int64; h (1, 'B', 16) float32; c (1, 'B', 16)" in output
+    step = torch.export.load(tmp_path / "out" / "model.pt2").module()
+    predictor = rnnkit.load(tmp_path / "lm")
+    ids = predictor.encode("First Cit").unsqueeze(1)
+    h = c = torch.zeros(1, 1, 16)
+    with torch.no_grad():
+        for t in range(len(ids)):  # one token at a time, the state fed back
+            logits, h, c = step(ids[t : t + 1], h, c)
+    (expected,) = predictor.next_tokens(["First Cit"], k=3)
+    top = logits[-1, 0].softmax(-1).topk(3)
+    assert [predictor.vocab.tokens[i] for i in top.indices] == expected.tokens
+    np.testing.assert_allclose(top.values.numpy(), expected.probabilities, atol=1e-6)
+
+
+def test_what_torch_export_refuses_is_one_line_and_leaves_nothing(
+    music_runs, tmp_path, monkeypatch
+):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Could not guard on data-dependent expression\nmore\ndetail")
+
+    monkeypatch.setattr(torch.export, "export", refuse)
+    result = CliRunner().invoke(main, ["export", str(music_runs["nade"]), "--format", "pt2",
+                                       "--out", str(tmp_path)])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.output == ("error: torch.export cannot record this model (RuntimeError: Could "
+                             "not guard on data-dependent expression); export it with --format "
+                             "onnx\n")  # fmt: skip
+    assert not any(tmp_path.iterdir())
