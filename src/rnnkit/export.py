@@ -152,16 +152,15 @@ def export_run(
         atomic_write_bytes(paths[name], data)
     for name, data in (chain.files if chain is not None else {}).items():
         atomic_write_bytes(folder / name, data)
-    head = {"task": predictor.task, "format": fmt}
+    described = {name: {"file": paths[name].name, **e[2]} for name, e in exported.items()}
     if chain is None:
-        body = {"file": paths["model"].name, **exported["model"][2]}
-        metadata = graph.metadata
+        body, metadata = described["model"], graph.metadata
     else:
-        graphs = {name: {"file": paths[name].name, **e[2]} for name, e in exported.items()}
-        body = {"graphs": graphs, "files": list(chain.files), "check": {"chained": chained}}
+        body = {"graphs": described, "files": list(chain.files), "check": {"chained": chained}}
         metadata = chain.metadata
-    report = {**head, **body, "run": str(predictor.run_dir), "checkpoint": predictor.checkpoint,
-              "seconds": round(time.perf_counter() - started, 2), "torch": torch.__version__,
+    seconds = round(time.perf_counter() - started, 2)
+    report = {"task": predictor.task, "format": fmt, **body, "run": str(predictor.run_dir),
+              "checkpoint": predictor.checkpoint, "seconds": seconds, "torch": torch.__version__,
               **metadata}  # fmt: skip
     atomic_write_json(folder / "model.json", report)
     path = paths["model"] if chain is None else folder
