@@ -15,6 +15,7 @@ import traceback
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("fastapi", reason="the serve extra: pip install 'rnnkit[serve]'")
 pytest.importorskip("selenium", reason="the dev extra's selenium: pip install selenium")
@@ -33,6 +34,16 @@ pytestmark = pytest.mark.skipif(
     not (BROWSER and CHROMEDRIVER),
     reason="no Chromium here: apt-get install chromium chromium-driver (scripts/test does)",
 )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: intra-op threads only slow them down (and the suite's workers share the
+    cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
