@@ -39,6 +39,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -140,7 +141,9 @@ def interval_levels(level: float) -> tuple[float, ...]:
     return tuple(sorted({0.5, 0.8, float(level)}))
 
 
-def quantiles_of(mean: np.ndarray, bounds: dict[float, tuple[np.ndarray, np.ndarray]]):
+def quantiles_of(
+    mean: np.ndarray, bounds: dict[float, tuple[np.ndarray, np.ndarray]]
+) -> dict[float, np.ndarray]:
     """{q: forecast}: the point forecast as the median, each interval's bounds as the
     (1 - l) / 2 and (1 + l) / 2 quantiles."""
     out = {0.5: mean}
@@ -186,7 +189,9 @@ def gaussian_bounds(
     return {lvl: (mean - z[lvl] * sd, mean + z[lvl] * sd) for lvl in levels}
 
 
-def with_residual_intervals(rule: Baseline, lag: int, widening: Callable[[int], np.ndarray]):
+def with_residual_intervals(
+    rule: Baseline, lag: int, widening: Callable[[int], np.ndarray]
+) -> Model:
     """``rule`` (a `Baseline`) with Gaussian intervals: sd = the RMS of its in-sample errors
     y_t - y_{t-lag} (lag 0: y_t - its forecast, the history's mean or 0) times ``widening(n)``
     (n,): sqrt(h) for naive, sqrt(floor((h - 1) / m) + 1) for seasonal naive (Hyndman and
@@ -261,7 +266,7 @@ def statsforecast_model(name: str, season: int) -> Model:
     return forecast
 
 
-def _statsforecast():
+def _statsforecast() -> Any:
     """``statsforecast.models``, imported leaving the process as it was: the import adds
     warning filters and sets OpenMP variables in ``os.environ`` (through threadpoolctl)."""
     environ = dict(os.environ)
@@ -399,7 +404,9 @@ def backtest(
     return result
 
 
-def _run_rnn(result: Backtest, series: TimeSeries, forecaster, n: int, levels) -> None:
+def _run_rnn(
+    result: Backtest, series: TimeSeries, forecaster, n: int, levels: tuple[float, ...]
+) -> None:
     """Train the RNN before the first origin, forecast at every origin (see `backtest`)."""
     name = "rnnkit " + forecaster.cfg.cell.upper()
     began = time.process_time()
@@ -414,11 +421,21 @@ def _run_rnn(result: Backtest, series: TimeSeries, forecaster, n: int, levels) -
         result.bounds[name] = bounds
     else:
         result.notes[name] = "point forecast (likelihood none): no interval"
+    found = getattr(forecaster, "calibration", None)
+    if found:
+        result.notes[name] = (f"intervals x{found['interval_scale']:.3g} (conformal: "
+                              f"{found['coverage_before']:.0%} covered on {found['values']} "
+                              f"values of {found['origins']} origins before)")  # fmt: skip
     result.seconds[name] = time.process_time() - began
 
 
 def _run_model(
-    result: Backtest, name: str, model: Model, values: np.ndarray, n: int, levels
+    result: Backtest,
+    name: str,
+    model: Model,
+    values: np.ndarray,
+    n: int,
+    levels: tuple[float, ...],
 ) -> None:
     """``model`` refitted at every origin; a failure at any origin leaves its row empty, with
     the first error in its note."""
