@@ -14,7 +14,7 @@ import pytest
 
 from rnnkit.cli import main
 from rnnkit.cli.options import default_of, shown, shown_train
-from rnnkit.tasks import TASKS, task_spec
+from rnnkit.tasks import SUMMARIES, TASKS, task_spec
 from rnnkit.training.options import TRAIN_KEYS, field_docs, flag_of
 
 #: options and arguments that name a file or folder and never a data set of the registry
@@ -132,9 +132,10 @@ def test_a_toml_file_may_name_settings_like_the_flags(tmp_path):
 
 
 def test_a_spec_names_every_task():
+    assert list(SUMMARIES) == list(TASKS)
     for name in TASKS:
         spec = task_spec(name)
-        assert spec.name == name and spec.help and spec.examples
+        assert spec.name == name and SUMMARIES[name] and spec.examples
         assert set(spec.paths) <= {f.name for f in dataclasses.fields(spec.settings)}
 
 

@@ -23,6 +23,16 @@ class TaskGroup(click.Group):
 
         return list(TASKS)
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The tasks and their summaries, without importing them."""
+        from rnnkit.tasks import SUMMARIES
+
+        width = formatter.width - 6 - max(map(len, SUMMARIES))
+        rows = [(name, click.utils.make_default_short_help(text, width))
+                for name, text in SUMMARIES.items()]  # fmt: skip
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         from rnnkit.tasks import TASKS, task_spec
 
@@ -95,5 +105,8 @@ def train_command(spec: Any) -> click.Command:
                        else x.kind, help=x.help) for x in spec.extras),
     ]  # fmt: skip
     examples = "\n".join(f"  {line}" for line in spec.examples)
-    text = f"{spec.help}\n\n{RESUMING}" + (f"\n\n\b\nExamples:\n{examples}" if examples else "")
+    from rnnkit.tasks import SUMMARIES
+
+    about = "\n\n".join(filter(None, (SUMMARIES[spec.name], spec.help, RESUMING)))
+    text = about + (f"\n\n\b\nExamples:\n{examples}" if examples else "")
     return click.Command(spec.name, callback=run, params=params, help=text)

@@ -28,6 +28,27 @@ TASKS: dict[str, str] = {
 }
 
 
+#: each task's summary: the first line of ``rnnkit train NAME --help`` and the task's line in
+#: ``rnnkit train --help`` (here, so that listing the tasks imports none of them)
+SUMMARIES: dict[str, str] = {
+    "charlm": "Train a character-level (or --unit word) language model on a text file.",
+    "music": "Train a next-frame model of polyphonic music (88-key piano rolls).",
+    "adding": "The adding problem: the sum of the two marked numbers of a length-T sequence.",
+    "copy": "Copy memory: repeat 10 symbols after a delay of T blanks.",
+    "forecast": "Train a forecaster on a CSV (`rnnkit predict RUN --horizon N` forecasts with it).",
+    "anomaly": "Train an anomaly detector on a CSV: a forecaster learns the early part, large "
+    "errors are flagged (`rnnkit predict RUN [CSV]` scores a series).",
+    "sentiment": "Train a sentence classifier (sentiment) on labelled texts; test on a held-out "
+    "fold.",
+    "speech-digits": "Train a spoken-digit recogniser (one digit per recording); test on held-out "
+    "recordings.",
+    "speech-ctc": "Train a recogniser of spoken digit strings (bidirectional LSTM + CTC).",
+    "translate": "Train an attention encoder-decoder to translate (subword vocabularies, BLEU).",
+    "caption": "Train a CNN encoder + attention decoder to caption Fashion-MNIST scenes (BLEU, "
+    "exact).",
+}
+
+
 def task_module(name: str) -> ModuleType:
     """The module of task ``name`` (a key of `TASKS`)."""
     if name not in TASKS:

@@ -600,7 +600,7 @@ def eval_report(run_dir: str, metrics: dict[str, float]) -> str:
 
 SPEC = TaskSpec(
     NAME,
-    "Train a character-level (or --unit word) language model on a text file.",
+    "",
     CharLMConfig,
     DEFAULT_TRAIN,
     train,

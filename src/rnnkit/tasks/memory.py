@@ -300,10 +300,8 @@ def train(
 
 
 HELP = {
-    "adding": "The adding problem: the sum of the two marked numbers of a length-T sequence.\n\n"
-    "Always answering 1 scores MSE 0.167; solved means test MSE < 0.01.",
-    "copy": "Copy memory: repeat 10 symbols after a delay of T blanks.\n\nThe memoryless "
-    "baseline is 10 ln 8 / (T + 20) nats per step.",
+    "adding": "Always answering 1 scores MSE 0.167; solved means test MSE < 0.01.",
+    "copy": "The memoryless baseline is 10 ln 8 / (T + 20) nats per step.",
 }
 EXAMPLES = {
     "adding": ("rnnkit train adding --cell lstm --T 200",

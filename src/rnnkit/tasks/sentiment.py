@@ -238,7 +238,7 @@ def load_predictor(run_dir: str | Path, checkpoint: str = "best") -> SentimentPr
 
 SPEC = TaskSpec(
     NAME,
-    "Train a sentence classifier (sentiment) on labelled texts; test on a held-out fold.",
+    "",
     SentimentConfig,
     DEFAULT_TRAIN,
     train,

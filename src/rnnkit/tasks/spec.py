@@ -29,7 +29,7 @@ class TaskSpec:
 
     Attributes:
         name: the task's name (``rnnkit train NAME``; stored in a run's config.json).
-        help: what the task trains (the command's help, first line a summary).
+        help: the command's help after its summary line (`rnnkit.tasks.SUMMARIES`), or "".
         settings: the settings dataclass (config.json's ``task_config``).
         default_train: the training-loop defaults (a `TrainConfig`).
         train: ``train(flags, config_file, out, resume, **extras)``: trains or resumes a run.

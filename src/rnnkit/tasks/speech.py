@@ -173,7 +173,7 @@ def load_predictor(run_dir: str | Path, checkpoint: str = "best") -> SpeechPredi
 
 SPEC = TaskSpec(
     NAME,
-    "Train a spoken-digit recogniser (one digit per recording); test on held-out recordings.",
+    "",
     SpeechConfig,
     DEFAULT_TRAIN,
     train,

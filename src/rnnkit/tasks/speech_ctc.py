@@ -361,7 +361,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 SPEC = TaskSpec(
     NAME,
-    "Train a recogniser of spoken digit strings (bidirectional LSTM + CTC).",
+    "",
     CTCConfig,
     DEFAULT_TRAIN,
     train,
