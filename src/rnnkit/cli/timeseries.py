@@ -70,14 +70,11 @@ def _forecast_options() -> list[click.Parameter]:
                           "a row per model, MASE, sMAPE, coverage, MSIS, QL)."),
         click.Option(["--backtest-every"], type=int, default=1, show_default=True,
                      help="Steps between rolling origins."),
-        click.Option(["--season"], type=int,
-                     help="Seasonal period of the classical models and of the MASE scale.  "
-                          "[default: from the frequency]"),
     ]  # fmt: skip
 
 
 def forecast_run(horizon: int, out: str, level: float, backtest_start: str | None,
-                 backtest_every: int, season: int | None, **values: Any) -> None:  # fmt: skip
+                 backtest_every: int, **values: Any) -> None:  # fmt: skip
     """Train a forecaster on a CSV, print the forecast with intervals, write a PNG.
 
     \b
@@ -91,7 +88,7 @@ def forecast_run(horizon: int, out: str, level: float, backtest_start: str | Non
 
     data, settings, loop = split("forecast", values)
     report = task.run(*data, horizon, out, backtest_start=backtest_start, level=level,
-                      backtest_every=backtest_every, season=season, train=loop,
+                      backtest_every=backtest_every, train=loop,
                       **settings)  # fmt: skip
     click.echo(task.format_report(report))
 

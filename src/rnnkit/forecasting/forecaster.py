@@ -44,6 +44,7 @@ from rnnkit.data.timeseries import (
     log_returns,
     make_windows,
     read_csv,
+    season_of,
 )
 from rnnkit.errors import RnnkitError, shorten
 from rnnkit.io import atomic_write_json, read_json
@@ -76,7 +77,8 @@ class ForecastConfig:
         fill: Policy for gaps and NaN: refuse them, interpolate, or carry the last value
             forward.
         returns: Forecast the log returns of a price.
-        input_chunk_length: Steps the network reads.
+        input_chunk_length: Steps the network reads; 0: from the data (`auto_input_length`:
+            three seasons or two horizons, at most a third of the series).
         output_chunk_length: Steps it forecasts at once (direct mode).
         mode: direct: all steps at once; autoregressive: one step at a time, fed back.
         likelihood: gaussian: intervals from a Gaussian; none: a point forecast (MSE).
@@ -85,7 +87,8 @@ class ForecastConfig:
         num_layers: Recurrent layers.
         dropout: Dropout between layers.
         detrend: Subtract each input window's mean level.
-        log: Model the log of the targets (positive series).
+        log: Model the log of the targets; not given: on when every training value is
+            positive (off for log returns).
         calendar: Calendar covariate (repeatable).
         batch_size: Windows per step.
         val_fraction: The end of the series that validates; 0: none.
@@ -93,6 +96,18 @@ class ForecastConfig:
         targets: The model's target names (the columns, or "<column> log return").
         covariates: Past covariate column (repeatable).
         freq: The series' frequency.
+        season: The seasonal period the defaults read (input length); 0: from the frequency
+            (12 monthly, 4 quarterly, 7 daily, ...).
+        members: Networks trained side by side from different initial weights (direct mode):
+            the forecast is their median, the interval their mixture's; 0: 5 in direct mode,
+            1 in autoregressive mode.
+        calibrate: Scale the intervals so that they cover their level on the last origins of
+            the series (a conformal correction: one more fit, on the series without its last
+            forecasts; see `Forecaster.fit`).
+        seasonal_base: Add the network's output (direct mode, detrend) to the window's last
+            season's level plus its seasonal profile (a smoothed seasonal naive) instead of its
+            mean level; a run stored without this setting has the mean level.
+        interval_scale: The factor the predictive scale is multiplied by (set by --calibrate).
     """
 
     csv: str = ""
@@ -100,7 +115,7 @@ class ForecastConfig:
     columns: list[str] = field(default_factory=list)
     fill: str = choice("refuse", FILL_POLICIES)
     returns: bool = False
-    input_chunk_length: int = 24
+    input_chunk_length: int = 0
     output_chunk_length: int = 6
     mode: str = choice("direct", MODES)
     likelihood: str | None = choice("gaussian", ("gaussian", None))
@@ -109,7 +124,7 @@ class ForecastConfig:
     num_layers: int = 1
     dropout: float = 0.0
     detrend: bool = True
-    log: bool = False
+    log: bool | None = None
     calendar: list[str] = field(default_factory=list, metadata={"choices": CALENDAR})
     batch_size: int = 32
     val_fraction: float = 0.0
@@ -117,6 +132,11 @@ class ForecastConfig:
     targets: list[str] = field(default_factory=list)
     covariates: list[str] = field(default_factory=list)
     freq: str = ""
+    season: int = 0
+    members: int = 0
+    calibrate: bool = True
+    seasonal_base: bool = True
+    interval_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.likelihood == "none":  # the command line's and a TOML file's word for None
@@ -182,6 +202,7 @@ def build_model(cfg: ForecastConfig) -> ForecastNet:
     return ForecastNet(
         cfg.input_size, len(cfg.targets), cfg.output_chunk_length, cfg.hidden_size,
         cfg.num_layers, cfg.cell, cfg.dropout, cfg.mode, cfg.likelihood, cfg.detrend, cfg.impl,
+        max(1, cfg.members), cfg.interval_scale, cfg.season if cfg.seasonal_base else 0,
     )  # fmt: skip
 
 
@@ -244,8 +265,9 @@ class ForecastTask:
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor], state: Any) -> StepOutput:
         x, y = batch
-        mean, scale = model(x, self.cfg.input_chunk_length)
-        return StepOutput(output_loss(mean, scale, y), tokens=y.numel())
+        outs = model.member_outputs(x, self.cfg.input_chunk_length)
+        loss = sum(output_loss(mean, scale, y) for mean, scale in outs) / len(outs)
+        return StepOutput(loss, tokens=y.numel())
 
     def evaluate(self, model: nn.Module, full: bool) -> dict[str, float]:
         x, y = self.valid
@@ -304,10 +326,31 @@ def read_series(cfg: ForecastConfig, regular: bool = True) -> tuple[TimeSeries, 
 
 
 def fitted_config(cfg: ForecastConfig, series: TimeSeries) -> ForecastConfig:
-    """``cfg`` with the model's targets, covariates and frequency taken from ``series``."""
-    return ForecastConfig.from_dict({**asdict(cfg), "targets": list(series.columns),
-                                     "covariates": list(series.covariate_names),
-                                     "freq": series.freq})  # fmt: skip
+    """``cfg`` with the model's targets, covariates and frequency taken from ``series``, and
+    the settings left to the data chosen (`data_defaults`)."""
+    cfg = ForecastConfig.from_dict({**asdict(cfg), "targets": list(series.columns),
+                                    "covariates": list(series.covariate_names),
+                                    "freq": series.freq})  # fmt: skip
+    return data_defaults(cfg, series)
+
+
+def data_defaults(cfg: ForecastConfig, series: TimeSeries) -> ForecastConfig:
+    """``cfg`` with its settings left to the data filled in from ``series`` (its training
+    rows): the season (from the frequency), the log (a positive series), the input length
+    (`auto_input_length`) and the ensemble's size."""
+    season = cfg.season or season_of(series.freq)
+    log = bool((series.values > 0).all()) if cfg.log is None else cfg.log
+    length = cfg.input_chunk_length or auto_input_length(len(series), season,
+                                                         cfg.output_chunk_length)  # fmt: skip
+    members = cfg.members or (5 if cfg.mode == "direct" else 1)
+    return replace(cfg, season=season, log=log, input_chunk_length=length, members=members)
+
+
+def auto_input_length(length: int, season: int, horizon: int) -> int:
+    """Steps read by default: three seasons or two horizons (the larger), at most a third of
+    the ``length`` rows left after a horizon (so that windows stay many), at least 2."""
+    want = max(3 * season, 2 * horizon)
+    return max(2, min(want, (length - horizon) // 3))
 
 
 def series_input(
@@ -367,13 +410,41 @@ DEFAULT_TRAIN: dict[str, Any] = {
     "lr": 3e-3, "warmup_steps": 50, "max_steps": 1500, "eval_every": 500, "log_every": 100,
     "progress": "none",
 }  # fmt: skip
+#: a forecaster's budget over `DEFAULT_TRAIN` (the anomaly detector keeps its own): 150 epochs
+#: of the training windows, at most ``max_steps`` (a small series overfits in more)
+BUDGET: dict[str, Any] = {"max_epochs": 150, "warmup_steps": 20}
+
+
+#: the interval level the conformal correction aims at, and the origins it reads at most
+CALIBRATION_LEVEL, CALIBRATION_ORIGINS = 0.9, 4
+#: the fewest training windows the calibration's first fit keeps
+MIN_WINDOWS = 8
+
+
+def calibration_origins(length: int, input_length: int, horizon: int) -> list[int]:
+    """The origins the calibration forecasts: up to `CALIBRATION_ORIGINS`, ``horizon // 2``
+    apart, the last ``horizon`` steps before the end, the first leaving `MIN_WINDOWS` training
+    windows before it. RnnkitError if not even one fits (then train with --no-calibrate)."""
+    every, fewest = max(1, horizon // 2), input_length + horizon + MIN_WINDOWS - 1
+    count = CALIBRATION_ORIGINS
+    while count and length - horizon - (count - 1) * every < fewest:
+        count -= 1
+    if not count:
+        raise RnnkitError(
+            f"the series ({length} steps) is too short to calibrate the intervals: that needs "
+            f"{fewest + horizon} steps with input_chunk_length {input_length} and horizon "
+            f"{horizon}; give --no-calibrate (calibrate=False) or a shorter input_chunk_length"
+        )
+    last = length - horizon
+    return [last - k * every for k in reversed(range(count))]
 
 
 class Forecaster:
     """An RNN forecaster: ``fit(series)``, then ``predict(n)``; trained by the generic trainer.
 
     Args:
-        train: training settings, a `TrainConfig` or a dict of its fields over `DEFAULT_TRAIN`.
+        train: training settings, a `TrainConfig` or a dict of its fields over `DEFAULT_TRAIN`
+            and `BUDGET`.
         threads: torch threads while fitting and forecasting (None: leave torch's setting). The
             default 1 is fastest for these small networks: on 2 busy cores, 2 threads made a
             training step 30 times slower than 1.
@@ -397,16 +468,26 @@ class Forecaster:
         self.cfg = ForecastConfig.from_dict(settings)
         self.threads = threads
         if not isinstance(train, TrainConfig):
-            train = TrainConfig.from_dict({**DEFAULT_TRAIN, **(train or {})})
+            train = TrainConfig.from_dict({**DEFAULT_TRAIN, **BUDGET, **(train or {})})
         self.train_config = train
         self.model: ForecastNet | None = None
         self.scalers: Scalers | None = None
         self.history: TimeSeries | None = None
         self.result: FitResult | None = None
+        self.calibration: dict[str, float] | None = None
 
     def fit(self, series: TimeSeries, run_dir: str | Path | None = None) -> Forecaster:
-        """Train on ``series`` into ``run_dir`` (None: a temporary directory). Returns self."""
+        """Train on ``series`` into ``run_dir`` (None: a temporary directory). Returns self.
+
+        With ``calibrate`` (and a likelihood) a first fit on ``series`` without its end
+        forecasts the last origins (`calibration_origins`); ``interval_scale`` becomes the
+        conformal quantile of those errors in units of the interval's half-width (so that the
+        nominal level covers them), the factor the final fit's intervals use; the figures
+        are in ``calibration``."""
         cfg = fitted_config(self.cfg, series)
+        cfg.check(series)
+        if cfg.calibrate and cfg.likelihood is not None:
+            cfg = replace(cfg, interval_scale=self._calibrate(cfg, series))
         task = ForecastTask(cfg, series)
         with run_directory(run_dir) as path, torch_threads(self.threads):
             trainer = Trainer(task, self.train_config, path)
@@ -414,6 +495,31 @@ class Forecaster:
         self.cfg, self.scalers, self.history = cfg, task.scalers, series
         self.model = trainer.model.eval()
         return self
+
+    def _calibrate(self, cfg: ForecastConfig, series: TimeSeries) -> float:
+        """The interval scale that makes the first fit's intervals cover ``CALIBRATION_LEVEL``
+        of the values it forecasts at the last origins (see `fit`); sets ``calibration``."""
+        origins = calibration_origins(len(series), cfg.input_chunk_length,
+                                      cfg.output_chunk_length)  # fmt: skip
+        h = cfg.output_chunk_length
+        first = Forecaster(
+            self.train_config,
+            self.threads,
+            **asdict(replace(cfg, calibrate=False, interval_scale=1.0)),
+        )
+        first.fit(series[: origins[0]])
+        out = first.forecast_at(series, origins, h, CALIBRATION_LEVEL)
+        scaled = first.scalers.targets.transform
+        y = np.stack([scaled(series.values[p : p + h]) for p in origins])
+        mean, lower, upper = (scaled(out[k]) for k in ("mean", "lower", "upper"))
+        ratio = np.where(y >= mean, (y - mean) / (upper - mean), (mean - y) / (mean - lower))
+        n = ratio.size
+        q = min(1.0, math.ceil((n + 1) * CALIBRATION_LEVEL) / n)
+        factor = float(np.quantile(ratio, q, method="higher"))
+        self.calibration = {"origins": len(origins), "values": n,
+                            "coverage_before": float(np.mean(ratio <= 1.0)),
+                            "interval_scale": factor}  # fmt: skip
+        return factor
 
     @classmethod
     def load(

@@ -17,12 +17,12 @@ import torch
 
 from rnnkit.data.timeseries import (
     TimeSeries,
-    season_of,
 )
 from rnnkit.diagnostics.timeseries_plots import plot_backtest, plot_forecast
 from rnnkit.errors import RnnkitError
 from rnnkit.evaluation.backtest import backtest, rolling_origins
 from rnnkit.forecasting.forecaster import (
+    BUDGET,
     DEFAULT_TRAIN,
     NAME,
     ForecastConfig,
@@ -71,12 +71,16 @@ def run(
 ) -> ForecastReport:
     """Read ``csv``, train on all of it into the run ``out``, forecast ``horizon`` steps
     (``forecast.csv``, ``forecast.png``); with ``backtest_start`` also backtest beside the
-    baselines (``backtest.csv``, ``backtest.png``). ``returns``: forecast log returns."""
+    baselines (``backtest.csv``, ``backtest.png``). ``returns``: forecast log returns.
+    ``season``: the seasonal period of the network's defaults, the classical models and the
+    MASE scale (None: from the frequency)."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RnnkitError(f"{out} exists and is not empty; choose another output directory (--out)")
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
     settings.setdefault("output_chunk_length", horizon)
+    if season is not None:
+        settings["season"] = season
     data = {"csv": str(Path(csv).expanduser().resolve()), "time_col": time_col,
             "columns": list(targets), "covariates": list(covariates), "fill": fill,
             "returns": returns}  # fmt: skip
@@ -91,7 +95,7 @@ def run(
     plot_forecast(series, forecast, files[1], max(120, 10 * horizon), Path(csv).stem)
     result = None
     if backtest_start is not None:
-        m = season_of(series.freq) if season is None else season
+        m = model.cfg.season
         result = backtest(series, Forecaster(train, **settings), backtest_start, horizon,
                           backtest_every, m, returns, level)  # fmt: skip
         files += [out / "backtest.csv", out / "backtest.png"]
@@ -123,7 +127,7 @@ def format_report(report: ForecastReport) -> str:
 # --- `rnnkit train forecast`, and a trained run as a `Predictor` --------------------------------
 
 #: training defaults of `rnnkit train forecast`: a `Forecaster`'s, with a progress display
-TRAIN_DEFAULTS = TrainConfig.from_dict({**DEFAULT_TRAIN, "progress": "auto"})
+TRAIN_DEFAULTS = TrainConfig.from_dict({**DEFAULT_TRAIN, **BUDGET, "progress": "auto"})
 
 
 def train(
