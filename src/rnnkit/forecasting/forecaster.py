@@ -410,9 +410,9 @@ DEFAULT_TRAIN: dict[str, Any] = {
     "lr": 3e-3, "warmup_steps": 50, "max_steps": 1500, "eval_every": 500, "log_every": 100,
     "progress": "none",
 }  # fmt: skip
-#: a forecaster's budget over `DEFAULT_TRAIN` (the anomaly detector keeps its own): 150 epochs
+#: a forecaster's budget over `DEFAULT_TRAIN` (the anomaly detector keeps its own): 80 epochs
 #: of the training windows, at most ``max_steps`` (a small series overfits in more)
-BUDGET: dict[str, Any] = {"max_epochs": 150, "warmup_steps": 20}
+BUDGET: dict[str, Any] = {"max_epochs": 80, "warmup_steps": 20}
 
 
 #: the interval level the conformal correction aims at, and the origins it reads at most
@@ -481,9 +481,11 @@ class Forecaster:
 
         With ``calibrate`` (and a likelihood) a first fit on ``series`` without its end
         forecasts the last origins (`calibration_origins`); ``interval_scale`` becomes the
-        conformal quantile of those errors in units of the interval's half-width (so that the
-        nominal level covers them), the factor the final fit's intervals use; the figures
-        are in ``calibration``."""
+        `CALIBRATION_LEVEL` quantile of those errors in units of the interval's half-width
+        (in the model's scaled units: the factor that makes that interval cover that share of
+        them; split conformal, the quantile interpolated rather than its conservative
+        finite-sample version, which with a few dozen values is their maximum); the final fit's
+        intervals use it. The figures are in ``calibration``."""
         cfg = fitted_config(self.cfg, series)
         cfg.check(series)
         if cfg.calibrate and cfg.likelihood is not None:
@@ -513,10 +515,8 @@ class Forecaster:
         y = np.stack([scaled(series.values[p : p + h]) for p in origins])
         mean, lower, upper = (scaled(out[k]) for k in ("mean", "lower", "upper"))
         ratio = np.where(y >= mean, (y - mean) / (upper - mean), (mean - y) / (mean - lower))
-        n = ratio.size
-        q = min(1.0, math.ceil((n + 1) * CALIBRATION_LEVEL) / n)
-        factor = float(np.quantile(ratio, q, method="higher"))
-        self.calibration = {"origins": len(origins), "values": n,
+        factor = float(np.quantile(ratio, CALIBRATION_LEVEL))
+        self.calibration = {"origins": len(origins), "values": ratio.size,
                             "coverage_before": float(np.mean(ratio <= 1.0)),
                             "interval_scale": factor}  # fmt: skip
         return factor
