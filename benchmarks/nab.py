@@ -11,11 +11,14 @@ the other categories given.
 
     python -m benchmarks.nab --data DIR [--categories A,B] --out runs/nab > nab.json
 
-DIR is a NAB folder: `rnnkit data path nab-full` (or nab), or a copy of NAB's repository (its
-``data/`` and ``labels/``). ``--categories`` defaults to every category folder with labelled
-windows. ``--reuse`` re-thresholds the per-series errors of an earlier run in ``--out`` (no
-training). ``--published NAB`` adds the scores of the detectors whose results NAB publishes
-(``NAB/results/DETECTOR``, at NAB's thresholds) on the same series, as scored by rnnkit.
+DIR is a NAB folder: `rnnkit data path nab-full` (or nab; the default), or a copy of NAB's
+repository (its ``data/`` and ``labels/``). ``--categories`` defaults to every category folder
+with labelled windows. ``--reuse`` re-thresholds the per-series errors of an earlier run in
+``--out`` (no training); ``--jobs 2`` trains two series at once. ``--tune A,B`` chooses the
+likelihood's p_value and the refractory period on categories A and B (`TUNE_GRID`, their labels)
+and reports the others as ``held_out``. ``--published NAB`` adds the scores of the detectors
+whose results NAB publishes (``NAB/results/DETECTOR``, at NAB's thresholds for the standard
+profile) on the same series, as scored by rnnkit.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import json
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +49,8 @@ RANDOM_SEEDS = 5
 def locate(data: Path, windows: str | None) -> tuple[Path, Path]:
     """The folder of the category folders and the windows file: a data set's folder (both at
     its top) or NAB's repository (``data/``, ``labels/``)."""
+    if not data.is_dir():
+        raise RnnkitError(f"NAB folder {data} does not exist; give --data")
     root = data / "data" if (data / "data").is_dir() else data
     found = [Path(windows)] if windows else [data / "combined_windows.json",
                                              data / "labels" / "combined_windows.json"]  # fmt: skip
@@ -72,16 +77,17 @@ def categories_of(root: Path, windows: dict, given: str | None) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and labelled(windows, p.name))
 
 
-def series_errors(path: Path, out: Path, reuse: bool, cfg: dict, seed: int) -> pd.DataFrame:
+def series_errors(path: Path, out: Path, reuse: bool, cfg: dict, train: dict) -> pd.DataFrame:
     """The per-row z of one series (trained now, or read back from ``out``), with the seconds
-    (wall, CPU) its training and scoring took; or one ``error`` (the detector refused it)."""
+    (wall, CPU) its training and scoring took; or one ``error`` (the detector refused it).
+    ``train``: the forecaster's training settings beside the detector's defaults."""
     cache = out / f"{path.parent.name}__{path.stem}.csv"
     if reuse and cache.is_file():
         return pd.read_csv(cache)
     series = read_csv(path, "timestamp", ["value"], regular=False)
     wall, cpu = time.perf_counter(), time.process_time()
     try:
-        detection = anomaly.detect(series, anomaly.DetectConfig(**cfg), train={"seed": seed})
+        detection = anomaly.detect(series, anomaly.DetectConfig(**cfg), train=train)
     except RnnkitError as err:  # e.g. a constant training part: reported, not scored
         return pd.DataFrame({"error": [str(err)]})
     frame = detection.frame(series).reset_index(names="time")[["time", "value", "z"]]
@@ -93,7 +99,10 @@ def series_errors(path: Path, out: Path, reuse: bool, cfg: dict, seed: int) -> p
 
 def all_errors(paths: list[Path], args, cfg: anomaly.DetectConfig) -> list[pd.DataFrame]:
     """`series_errors` of every series, in ``args.jobs`` processes."""
-    jobs = [(p, Path(args.out), args.reuse, asdict(cfg), args.seed) for p in paths]
+    train = {"seed": args.seed}
+    if args.max_steps:
+        train.update(max_steps=args.max_steps, eval_every=args.max_steps)
+    jobs = [(p, Path(args.out), args.reuse, asdict(cfg), train) for p in paths]
     if args.jobs <= 1:
         return [series_errors(*j) for j in jobs]
     with ProcessPoolExecutor(args.jobs) as pool:
@@ -108,18 +117,22 @@ def main() -> None:
     parser.add_argument("--out", default="runs/nab")
     parser.add_argument("--reuse", action="store_true")
     parser.add_argument("--seed", type=int, default=0, help="Training seed of every forecaster.")
+    parser.add_argument("--max-steps", type=int, help="Training steps (default: the detector's).")
     parser.add_argument("--jobs", type=int, default=1, help="Series trained at once.")
+    parser.add_argument("--tune", help="Choose p_value and refractory on these categories.")
     parser.add_argument("--published", help="NAB's repository: score its published results.")
     parser.add_argument("--img", help="Folder for the PNGs of every series.")
     args = parser.parse_args()
     try:
         report = run(args)
     except RnnkitError as err:
-        sys.exit(f"error: {err}")
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     print(json.dumps(report, indent=2, allow_nan=False))
 
 
 def default_data() -> Path:
+    """The registry's NAB data set: the whole corpus if it is there."""
     for name in ("nab-full", "nab"):
         if registry.is_present(name):
             return registry.path(name)
@@ -131,7 +144,9 @@ def run(args) -> dict:
     root, windows_file = locate(Path(args.data) if args.data else default_data(), args.windows)
     windows = json.loads(windows_file.read_text())
     categories = categories_of(root, windows, args.categories)
-    paths = sorted(p for c in categories for p in (root / c).glob("*.csv"))
+    tuned = categories_of(root, windows, args.tune) if args.tune else list(TUNED)
+    run_on = categories + [c for c in tuned if args.tune and c not in categories]
+    paths = sorted(p for c in run_on for p in (root / c).glob("*.csv"))
     if not paths:
         raise RnnkitError(f"no CSV files in {', '.join(categories)} under {root}")
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -142,7 +157,10 @@ def run(args) -> dict:
                for p, f in zip(paths, found) if "error" in f]  # fmt: skip
     paths, frames = zip(*[(p, f) for p, f in zip(paths, found) if "error" not in f])
     keys = [f"{p.parent.name}/{p.name}" for p in paths]
-    report = evaluate(keys, frames, windows, cfg)
+    tuning = {}
+    if args.tune:
+        cfg, tuning = tune(keys, frames, windows, cfg, tuned)
+    report = evaluate(keys, frames, windows, cfg, tuned)
     report["series"] += refused
     report["seconds"] = {
         "wall": round(time.perf_counter() - wall, 1),
@@ -150,11 +168,33 @@ def run(args) -> dict:
         "train_and_score_wall": round(sum(float(f["seconds"].iloc[0]) for f in frames), 1),
     }
     if args.published:
-        report["published"] = published(Path(args.published), keys, windows)
+        report["published"] = published(Path(args.published), keys, windows, tuned)
     if args.img:
         for path, key, frame in zip(paths, keys, frames):
             plot_one(path, frame, windows.get(key, []), key, Path(args.img), cfg)
-    return {"data": str(root), "categories": categories, "tuned_on": list(TUNED), **report}
+    return {"data": str(root), "categories": run_on, "tuned_on": tuned, **tuning, **report}
+
+
+#: the settings `tune` searches: the likelihood's tail probability and the refractory rows
+TUNE_GRID = {"p_value": (1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-10),
+             "refractory": (50, 100, 150, 200, 300, 600)}  # fmt: skip
+
+
+def tune(keys, frames, windows, cfg, categories: list[str]):
+    """The `TUNE_GRID` settings with the best label-free score on ``categories`` (their labels
+    are read, no other's), and the scores of the grid."""
+    chosen = [i for i, k in enumerate(keys) if k.split("/")[0] in categories]
+    weights = [weights_of(keys[i], frames[i]["time"], windows) for i in chosen]
+    grid = []
+    for p_value in TUNE_GRID["p_value"]:
+        for refractory in TUNE_GRID["refractory"]:
+            trial = replace(cfg, p_value=p_value, refractory=refractory)
+            found = nab.corpus_score(weights, [threshold(frames[i], trial)[1] for i in chosen])
+            grid.append({"p_value": p_value, "refractory": refractory,
+                         "score": round(found.normalized, 1)})  # fmt: skip
+    best = max(grid, key=lambda g: g["score"])
+    cfg = replace(cfg, p_value=best["p_value"], refractory=best["refractory"])
+    return cfg, {"tuning": {"categories": categories, "chosen": best, "grid": grid}}
 
 
 def threshold(frame: pd.DataFrame, cfg: anomaly.DetectConfig):
@@ -178,8 +218,9 @@ def score_of(result: nab.NabScore) -> dict:
             "fp": result.fp}  # fmt: skip
 
 
-def evaluate(keys: list[str], frames: list[pd.DataFrame], windows: dict, cfg) -> dict:
-    """Threshold every series' z with ``cfg``, score per series, per category and overall."""
+def evaluate(keys: list[str], frames: list[pd.DataFrame], windows: dict, cfg, tuned=TUNED) -> dict:
+    """Threshold every series' z with ``cfg``, score per series, per category, overall and on
+    the categories not in ``tuned``."""
     rows, weights, scores, flags = [], [], [], []
     for key, frame in zip(keys, frames):
         w = weights_of(key, frame["time"], windows)
@@ -191,7 +232,7 @@ def evaluate(keys: list[str], frames: list[pd.DataFrame], windows: dict, cfg) ->
                      **score_of(nab.score_flags(w, flag)),
                      "cpu_seconds": round(float(frame["cpu_seconds"].iloc[0]), 1)})  # fmt: skip
     groups = {"overall": list(range(len(keys)))}
-    held = [i for i, k in enumerate(keys) if k.split("/")[0] not in TUNED]
+    held = [i for i, k in enumerate(keys) if k.split("/")[0] not in tuned]
     if held and len(held) < len(keys):
         groups["held_out"] = held
     for i, key in enumerate(keys):
@@ -246,7 +287,7 @@ def best_threshold(weights, scores, to_flags, candidates: int = 200):
     return best
 
 
-def published(nab_root: Path, keys: list[str], windows: dict) -> dict:
+def published(nab_root: Path, keys: list[str], windows: dict, tuned=TUNED) -> dict:
     """Scores of NAB's published detector results on the series ``keys``, each detector at
     its threshold for the standard profile (config/thresholds.json), scored by rnnkit; and
     the detector's published final score over NAB's whole corpus."""
@@ -266,6 +307,8 @@ def published(nab_root: Path, keys: list[str], windows: dict) -> dict:
                                      frame["anomaly_score"].to_numpy() >= th)  # fmt: skip
             groups.setdefault(category, []).append(result)
             groups.setdefault("overall", []).append(result)
+            if category not in tuned:
+                groups.setdefault("held_out", []).append(result)
         found[detector] = {g: score_of(sum(r, nab.NabScore(0, 0, 0, 0, 0, 0)))["score"]
                            for g, r in groups.items()}  # fmt: skip
         found[detector]["published_final_all_58"] = round(finals[detector]["standard"], 2)

@@ -19,6 +19,7 @@ from rnnkit.tasks.anomaly import (
     dynamic_threshold,
     flags_from,
     likelihood_scores,
+    row_scores,
     threshold_scores,
 )
 
@@ -142,3 +143,12 @@ def test_cli_detect_bad_windows(tmp_path, missing):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2
     assert ("does not exist" if missing == "windows" else "no windows for") in result.output
+
+
+def test_likelihood_scores_nothing_before_its_history():
+    values = 1.1 ** np.arange(1000.0)[:, None]  # beyond the range so far on every row
+    z = np.ones(1000)
+    score = row_scores(z, DetectConfig(), values=values, first=12)
+    assert not score[: 12 + MIN_HISTORY].any() and (score[12 + MIN_HISTORY :] == MAX_SCORE).all()
+    plain = row_scores(z, DetectConfig(spatial=False), values=values, first=12)
+    assert plain.max() == pytest.approx(np.log10(2.0))  # constant errors: the median

@@ -20,7 +20,8 @@ Shape legend: T rows, C targets.
               errors, so neither the network's scale nor the series' noise level has to be
               calibrated. With ``spatial`` (as Numenta's detector), a value beyond the range
               of the values before it by more than 5% of that range (`SPATIAL_TOLERANCE`)
-              scores `MAX_SCORE`. Causal: a row's score reads that row and the rows before it.
+              scores `MAX_SCORE` (from the same row on as the likelihood). Causal: a row's
+              score reads that row and the rows before it.
    "calibrated" the score is the root mean square of z over the last ``accumulate`` rows, z
               first rescaled so that its median magnitude after the training part is that of
               a standard normal (0.6745: the network's scale is fitted in sample and too small
@@ -439,13 +440,13 @@ def row_scores(
     first: int = 0,
 ) -> np.ndarray:
     """The scores (T,) of z (T,) under ``cfg.threshold``'s rule: the likelihood's (with the
-    spatial anomalies of ``values`` (T, C) at `MAX_SCORE`), or the root mean square of
-    ``scale * z`` over ``cfg.accumulate`` rows."""
+    spatial anomalies of ``values`` (T, C) at `MAX_SCORE`, after the same `MIN_HISTORY` rows),
+    or the root mean square of ``scale * z`` over ``cfg.accumulate`` rows."""
     if cfg.threshold != "likelihood":
         return accumulate(z * scale, cfg.accumulate)
     score = likelihood_scores(z, first, cfg.accumulate, cfg.likelihood_window)
     if cfg.spatial and values is not None:
-        score[beyond_range(values, first)] = MAX_SCORE
+        score[beyond_range(values, first + MIN_HISTORY)] = MAX_SCORE
     return score
 
 
