@@ -49,7 +49,7 @@ from rnnkit.predictor import Predictor, check_inputs
 from rnnkit.tasks.common import train_task
 from rnnkit.tasks.seq2seq import Translation, check_beam, translation_of
 from rnnkit.tasks.spec import TaskSpec
-from rnnkit.training.options import choice
+from rnnkit.training.options import choice, path
 from rnnkit.training.runs import load_run
 from rnnkit.training.trainer import StepOutput, TrainConfig
 
@@ -89,7 +89,7 @@ class CaptionConfig:
         length_penalty: Beam search's length normalisation exponent.
     """
 
-    data: str = ""
+    data: str = path()
     slots: int = 4
     min_items: int = 1
     max_items: int = 4
@@ -455,7 +455,7 @@ def train(
         return made[-1]
 
     result = train_task(NAME, CaptionConfig, make_task, DEFAULT_TRAIN, flags, config_file, out,
-                        resume, paths=("data",))  # fmt: skip
+                        resume)  # fmt: skip
     summary = {"run_dir": str(result.run_dir), "steps": result.step, "elapsed": result.elapsed,
                "stop_reason": result.stop_reason, "valid": result.final}  # fmt: skip
     if result.stop_reason not in ("interrupted", "diverged"):
@@ -481,13 +481,12 @@ def format_report(summary: dict[str, Any]) -> str:
 
 SPEC = TaskSpec(
     NAME,
-    "Train a CNN encoder + attention decoder to caption Fashion-MNIST scenes (BLEU, exact).",
+    "",
     CaptionConfig,
     DEFAULT_TRAIN,
     train,
     format_report,
     load_predictor,
-    paths=("data",),
     examples=(
         "rnnkit train caption --out runs/caption",
         "rnnkit caption runs/caption --example scene.png --plot attention.png",

@@ -45,7 +45,7 @@ from rnnkit.models.heads import bernoulli_nll, check_sampling
 from rnnkit.predictor import Predictor, Result, check_inputs
 from rnnkit.tasks.common import format_fit, train_task
 from rnnkit.tasks.spec import TaskSpec
-from rnnkit.training.options import choice
+from rnnkit.training.options import choice, path
 from rnnkit.training.runs import TrainedRun, load_run
 from rnnkit.training.trainer import FitResult, StepOutput, TrainConfig
 
@@ -72,7 +72,7 @@ class MusicConfig:
         transpose: Random transposition of the training pieces, +- this many semitones (0-12).
     """
 
-    data: str = "jsb-chorales"
+    data: str = path("jsb-chorales")
     steps_per_quarter: int = 1
     cell: str = choice("lstm", ("lstm", "gru", "rnn"))
     hidden: int = 256
@@ -415,7 +415,7 @@ def train(
     """Train (or resume) a music model from command-line ``flags`` (None: not given), a TOML
     ``config_file`` and the defaults (`MusicConfig`, `DEFAULT_TRAIN`)."""
     return train_task(NAME, MusicConfig, MusicTask, DEFAULT_TRAIN, flags, config_file, out,
-                      resume, paths=("data",))  # fmt: skip
+                      resume)  # fmt: skip
 
 
 def evaluate_file(
@@ -475,14 +475,12 @@ def compose(
 
 SPEC = TaskSpec(
     NAME,
-    "Train a next-frame model of polyphonic music (88-key piano rolls).\n\nThe validation loss "
-    "is the negative log-likelihood per frame (nats, summed over the keys).",
+    "The validation loss is the negative log-likelihood per frame (nats, summed over the keys).",
     MusicConfig,
     DEFAULT_TRAIN,
     train,
     format_fit,
     load_predictor,
-    paths=("data",),
     examples=(
         "rnnkit data fetch jsb-chorales                # once: the data set, sha256 checked",
         "rnnkit train music --out runs/jsb             # --data jsb-chorales",

@@ -46,7 +46,7 @@ from rnnkit.predictor import Predictor, check_inputs
 from rnnkit.tasks.common import train_task
 from rnnkit.tasks.seq2seq import Translation, check_beam, translation_of
 from rnnkit.tasks.spec import TaskSpec
-from rnnkit.training.options import choice
+from rnnkit.training.options import choice, path
 from rnnkit.training.runs import TrainedRun, load_run
 from rnnkit.training.trainer import StepOutput, TrainConfig
 
@@ -87,12 +87,12 @@ class TranslateConfig:
         eval_sentences: Validation sentences translated at each evaluation (BLEU).
     """
 
-    src: str = ""
-    tgt: str = ""
-    valid_src: str = ""
-    valid_tgt: str = ""
-    test_src: str = ""
-    test_tgt: str = ""
+    src: str = path()
+    tgt: str = path()
+    valid_src: str = path()
+    valid_tgt: str = path()
+    test_src: str = path()
+    test_tgt: str = path()
     encoding: str = "utf-8"
     valid_fraction: float = 0.05
     src_vocab: int = 8000
@@ -138,9 +138,6 @@ class TranslateConfig:
         if self.length_penalty < 0:
             raise RnnkitError(f"length_penalty must be >= 0, got {self.length_penalty}")
 
-
-#: the settings naming files
-FILES = ("src", "tgt", "valid_src", "valid_tgt", "test_src", "test_tgt")
 
 #: training defaults of `rnnkit train translate` (Multi30k: 29,000 pairs, ~450 steps per epoch)
 DEFAULT_TRAIN = TrainConfig(lr=2e-3, warmup_steps=200, clip=1.0, max_time=60 * 60,
@@ -438,7 +435,7 @@ def train(
         return made[-1]
 
     result = train_task(NAME, TranslateConfig, make_task, DEFAULT_TRAIN, flags, config_file, out,
-                        resume, paths=FILES)  # fmt: skip
+                        resume)  # fmt: skip
     summary = {"run_dir": str(result.run_dir), "steps": result.step, "elapsed": result.elapsed,
                "stop_reason": result.stop_reason, "valid": result.final}  # fmt: skip
     if made[-1].cfg.test_src and result.stop_reason not in ("interrupted", "diverged"):
@@ -462,13 +459,12 @@ def format_report(summary: dict[str, Any]) -> str:
 
 SPEC = TaskSpec(
     NAME,
-    "Train an attention encoder-decoder to translate (subword vocabularies, BLEU).",
+    "",
     TranslateConfig,
     DEFAULT_TRAIN,
     train,
     format_report,
     load_predictor,
-    paths=FILES,
     examples=(
         "rnnkit data fetch multi30k                    # once: the data set, sha256 checked",
         "rnnkit train translate --src multi30k/train.en.gz --tgt multi30k/train.de.gz \\",
