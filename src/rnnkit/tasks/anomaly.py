@@ -41,7 +41,7 @@ Shape legend: T rows, C targets.
 
 A detector's run (`train`, or ``OUT/model`` of `run`) is an anomaly run: the forecaster's
 weights, scalers and history, its settings (`AnomalyConfig`) and ``detector.json``, the
-threshold and the rescaling of z (step 4) chosen on the training series for each checkpoint
+threshold and the rescaling of z (step 3) chosen on the training series for each checkpoint
 ("last", "best"). `AnomalyPredictor` scores new series with them.
 
 The defaults (likelihood, accumulate 10, p_value 1e-6, refractory 200) were chosen on NAB's
