@@ -11,10 +11,12 @@ registry, and series shipped inside pip packages: statsmodels, pmdarima and vega
 Protocol, the same for every series (nothing tuned per series): the last `MAX_LENGTH` rows;
 the horizon is M4's for the frequency (monthly 18, quarterly 8, daily 14; at most an eighth of
 the series); the last ``--origins`` rolling origins, ``h // 2`` steps apart, the last one
-``h`` steps before the end; `rnnkit.evaluation.backtest.backtest` with today's `Forecaster` at
+``h`` steps before the end; `rnnkit.evaluation.backtest.backtest` with the `Forecaster` at
 its defaults (what
 ``rnnkit forecast --csv --time-col --target --horizon --backtest-start`` trains: only
-``output_chunk_length`` = the horizon), trained once before the first origin, and every
+``output_chunk_length`` = the horizon; the season, log, input length, ensemble and conformal
+interval scale chosen from the data, see docs/forecasting.md), trained once before the first
+origin (its note gives the interval scale), and every
 classical model refitted at every origin, season from the frequency. ``--darts`` adds Darts'
 RNNModel and BlockRNNModel at their default settings, trained once like rnnkit's.
 
@@ -276,6 +278,19 @@ def against_classical(results: list[dict], overall: dict) -> dict:
     return out
 
 
+def rnnkit_defaults() -> dict:
+    """The `Forecaster`'s default settings and training budget (what the figures are of)."""
+    from dataclasses import asdict
+
+    from rnnkit.forecasting.forecaster import BUDGET, DEFAULT_TRAIN, ForecastConfig
+
+    keep = ("input_chunk_length", "mode", "likelihood", "cell", "hidden_size", "detrend", "log",
+            "season", "members", "calibrate", "seasonal_base")  # fmt: skip
+    cfg = asdict(ForecastConfig())
+    return {**{k: cfg[k] for k in keep}, **{k: v for k, v in {**DEFAULT_TRAIN, **BUDGET}.items()
+                                            if k != "progress"}}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", help="Comma-separated names (default: the whole suite).")
@@ -296,6 +311,7 @@ def main() -> None:
         print(f"{spec.name}: {results[-1]['cpu_seconds']} CPU s", file=sys.stderr, flush=True)
     report = {"protocol": {"origins": args.origins, "horizon": HORIZON, "level": 0.9,
                            "rnnkit": "Forecaster defaults, output_chunk_length = horizon"},
+              "rnnkit_defaults": rnnkit_defaults(),
               "series": results, "overall": summarise(results),
               "cpu_seconds": round(time.process_time() - began, 1),
               "wall_seconds": round(time.perf_counter() - wall, 1),

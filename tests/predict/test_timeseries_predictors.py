@@ -75,12 +75,16 @@ def forecast_run(data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def default_run(data, tmp_path_factory) -> Path:
     """`rnnkit train forecast`'s run of the random walk with every default (direct,
-    output_chunk_length 6, Gaussian, input_chunk_length 24, 1500 steps): issue 29's check."""
+    output_chunk_length 6, Gaussian, the input length, log, ensemble and conformal interval
+    scale chosen from the data, 80 epochs): issue 29's check."""
     out = tmp_path_factory.mktemp("runs") / "default"
     args = ["train", "forecast", "--csv", str(data / "walk.csv"), "--time-col", "month",
             "--target", "y", "--out", str(out)]  # fmt: skip
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
+    settings = json.loads((out / "config.json").read_text())["task_config"]
+    assert settings["members"] == 5 and settings["input_chunk_length"] > 0
+    assert settings["interval_scale"] > 0 and settings["interval_scale"] != 1.0  # calibrated
     return out
 
 

@@ -93,6 +93,7 @@ def test_cli_forecast_writes_table_and_png(tmp_path):
     assert "AutoARIMA (statsforecast)" in table.index
     rnn = table.loc["rnnkit LSTM"]
     assert 0 <= rnn["coverage_90"] <= 1 and rnn["MSIS"] > 0 and rnn["QL"] > 0
+    assert "(conformal: " in rnn["note"]  # the interval scale the calibration chose
     assert "note: ETS (statsmodels): point forecast: no interval" in result.output
 
 

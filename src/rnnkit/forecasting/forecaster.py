@@ -96,14 +96,16 @@ class ForecastConfig:
         targets: The model's target names (the columns, or "<column> log return").
         covariates: Past covariate column (repeatable).
         freq: The series' frequency.
-        season: The seasonal period the defaults read (input length); 0: from the frequency
-            (12 monthly, 4 quarterly, 7 daily, ...).
+        season: The seasonal period: of the defaults (input length, seasonal base) and, in a
+            backtest, of the classical models and the MASE scale; 0: from the frequency (12
+            monthly, 4 quarterly, 7 daily, 5 business-daily, ...).
         members: Networks trained side by side from different initial weights (direct mode):
             the forecast is their median, the interval their mixture's; 0: 5 in direct mode,
             1 in autoregressive mode.
         calibrate: Scale the intervals so that they cover their level on the last origins of
             the series (a conformal correction: one more fit, on the series without its last
-            forecasts; see `Forecaster.fit`).
+            forecasts; see `Forecaster.fit`; `rnnkit train forecast` makes that fit with the
+            default budget, and a resumed run keeps its scale).
         seasonal_base: Add the network's output (direct mode, detrend) to the window's last
             season's level plus its seasonal profile (a smoothed seasonal naive) instead of its
             mean level; a run stored without this setting has the mean level.
@@ -489,7 +491,7 @@ class Forecaster:
         cfg = fitted_config(self.cfg, series)
         cfg.check(series)
         if cfg.calibrate and cfg.likelihood is not None:
-            cfg = replace(cfg, interval_scale=self._calibrate(cfg, series))
+            cfg = replace(cfg, interval_scale=self.conformal_scale(cfg, series))
         task = ForecastTask(cfg, series)
         with run_directory(run_dir) as path, torch_threads(self.threads):
             trainer = Trainer(task, self.train_config, path)
@@ -498,7 +500,7 @@ class Forecaster:
         self.model = trainer.model.eval()
         return self
 
-    def _calibrate(self, cfg: ForecastConfig, series: TimeSeries) -> float:
+    def conformal_scale(self, cfg: ForecastConfig, series: TimeSeries) -> float:
         """The interval scale that makes the first fit's intervals cover ``CALIBRATION_LEVEL``
         of the values it forecasts at the last origins (see `fit`); sets ``calibration``."""
         origins = calibration_origins(len(series), cfg.input_chunk_length,

@@ -7,7 +7,7 @@ The model is `rnnkit.forecasting.forecaster.Forecaster`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +146,12 @@ def train(
     def make_task(cfg: ForecastConfig) -> ForecastTask:
         saved = resumed_scalers(resume, cfg.csv)
         series, cfg = read_series(cfg)
-        return ForecastTask(fitted_config(cfg, series), series, saved)
+        cfg = fitted_config(cfg, series)
+        if resume is None and cfg.calibrate and cfg.likelihood is not None:
+            cfg.check(series)
+            scale = Forecaster(threads=threads).conformal_scale(cfg, series)
+            cfg = replace(cfg, interval_scale=scale)
+        return ForecastTask(cfg, series, saved)
 
     with torch_threads(threads):
         return train_task(NAME, ForecastConfig, make_task, TRAIN_DEFAULTS, flags, config_file,
@@ -297,7 +302,7 @@ SPEC = TaskSpec(
     format_fit,
     load_predictor,
     paths=("csv",),
-    internal=("targets", "freq"),
+    internal=("targets", "freq", "interval_scale"),
     examples=(
         "rnnkit data fetch airline-passengers",
         "rnnkit train forecast --csv airline-passengers --time-col Month --target Passengers \\",
