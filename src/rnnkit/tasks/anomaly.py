@@ -86,7 +86,7 @@ from rnnkit.predictor import Predictor, Result, check_inputs
 from rnnkit.tasks.common import format_fit, settings_from_dict, train_task
 from rnnkit.tasks.spec import TaskSpec
 from rnnkit.training import checkpoint as ckpt
-from rnnkit.training.options import choice
+from rnnkit.training.options import choice, path
 from rnnkit.training.trainer import FitResult, TrainConfig, Trainer
 
 NAME = "anomaly"
@@ -184,7 +184,7 @@ class AnomalyConfig(DetectConfig):
             `calendar_for` finds in the training part).
     """
 
-    csv: str = ""
+    csv: str = path()
     time_col: str = ""
     columns: list[str] = field(default_factory=list)
     fill: str = choice("refuse", FILL_POLICIES)
@@ -587,7 +587,7 @@ def train(
 
     with torch_threads(threads):
         result = train_task(NAME, AnomalyConfig, make_task, TRAIN_DEFAULTS, flags, config_file,
-                            out, resume, paths=("csv",))  # fmt: skip
+                            out, resume)  # fmt: skip
         if result.stop_reason != "diverged":
             save_calibration(result.run_dir, made[-1])
     return result
@@ -710,14 +710,12 @@ def load_predictor(run_dir: str | Path, checkpoint: str = "best") -> AnomalyPred
 
 SPEC = TaskSpec(
     NAME,
-    "Train an anomaly detector on a CSV: a forecaster learns the early part, large errors are "
-    "flagged (`rnnkit predict RUN [CSV]` scores a series).",
+    "",
     AnomalyConfig,
     TRAIN_DEFAULTS,
     train,
     format_fit,
     load_predictor,
-    paths=("csv",),
     internal=("freq", "calendar_features"),
     examples=(
         "rnnkit data fetch nab",
