@@ -1,7 +1,7 @@
 """ONNX Runtime beside PyTorch on exported runs; prints JSON.
 
     python -m benchmarks.export_speed [--charlm RUN] [--sentiment RUN] [--translate RUN]
-        [--music RUN] [--repeats 30]
+        [--music RUN] [--repeats 30] [--threads N]
 
 Runs of the docs' architectures (`benchmarks.serve.make_runs`, `make_generative_runs`, or the
 runs given) exported with `rnnkit.export.export_run`, then timed on the same inputs: the
@@ -10,7 +10,10 @@ attention), the language model's step function reading one token for 1 and for 3
 the state carried, the translation decoder's step (one target token against a source of 16
 pieces, the state carried) for 1 sentence and for 32 (a batch, or a beam of 5 over 6 or 7
 sentences), and the music step (the next frame drawn after one frame) for 1 and 32 pieces.
-Median milliseconds of each, and PyTorch's time over ONNX Runtime's. The translate and music
+Median milliseconds of each, and PyTorch's time over ONNX Runtime's. ``--threads N``: N
+intra-op threads for both (default: torch's and ONNX Runtime's own, one per core); one thread
+is what to measure on a machine others load, where a parallel region waits for a thread the
+scheduler has not run (milliseconds). The translate and music
 runs are made from the data sets multi30k and jsb-chorales (`rnnkit data fetch`), one step each
 at the docs' settings (docs/translation.md, docs/music.md's NADE run).
 """
@@ -37,11 +40,19 @@ def median_ms(call, repeats: int) -> float:
     return round(1e3 * statistics.median(times), 3)
 
 
+#: intra-op threads of ONNX Runtime's sessions (None: its default); --threads sets it
+THREADS: dict[str, int | None] = {"ort": None}
+
+
 def compare(graph, report, inputs: dict, repeats: int) -> dict:
     """Median ms of the graph's module in PyTorch and of the exported file in ONNX Runtime."""
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(report["path"], providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    if THREADS["ort"] is not None:
+        options.intra_op_num_threads = THREADS["ort"]
+    session = onnxruntime.InferenceSession(report["path"], options,
+                                           providers=["CPUExecutionProvider"])  # fmt: skip
     feed = {name: t.numpy() for name, t in inputs.items()}
     with torch.inference_mode():
         ours = median_ms(lambda: graph.module(*inputs.values()), repeats)
@@ -104,7 +115,11 @@ def main() -> None:
     parser.add_argument("--translate")
     parser.add_argument("--music")
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--threads", type=int)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        THREADS["ort"] = args.threads
     import rnnkit
     from benchmarks.serve import make_runs
     from rnnkit.export import export_run
@@ -134,7 +149,8 @@ def main() -> None:
             made.update(make_generative_runs(Path(folder)))
         translate, music = args.translate or made["translate"], args.music or made["music"]
         results.update(generative(translate, music, Path(folder), args.repeats))
-    print(json.dumps({"torch_threads": torch.get_num_threads(), "results": results}, indent=2))
+    threads = {"torch_threads": torch.get_num_threads(), "ort_threads": THREADS["ort"] or "default"}
+    print(json.dumps({**threads, "results": results}, indent=2))
 
 
 if __name__ == "__main__":
