@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import click
 import pytest
+from click.testing import CliRunner
 
 from rnnkit.cli import main
 from rnnkit.cli.options import default_of, shown, shown_train
@@ -143,3 +144,13 @@ def test_a_time_budget_is_shown_as_typed():
     from rnnkit.tasks.charlm import DEFAULT_TRAIN
 
     assert DEFAULT_TRAIN.max_time == 900 and shown_train(DEFAULT_TRAIN, "max_time") == "15m"
+
+
+@pytest.mark.parametrize(
+    "args", [["predict", "run", "--checkpoint", "x"], ["train", "charlm", "--hidden-size", "a"],
+             ["no-such-command"]],
+)  # fmt: skip
+def test_a_mistaken_flag_or_command_is_one_line_and_status_2(args):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert result.output.startswith("error: ") and result.output.count("\n") == 1, result.output

@@ -25,6 +25,21 @@ class _Group(click.Group):
     "interrupted" and status 130 (143), and shows warnings (e.g. notes dropped from a MIDI
     file) as one line each."""
 
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        """click's main; a mistaken flag or argument is one line (``error: ...``), status 2."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.ClickException as err:
+            context = getattr(err, "ctx", None)
+            hint = f" (see: {context.command_path} --help)" if context is not None else ""
+            click.echo(f"error: {' '.join(err.format_message().splitlines())}{hint}", err=True)
+            sys.exit(err.exit_code)
+        except click.exceptions.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+
     def invoke(self, ctx: click.Context):
         try:
             with warnings.catch_warnings():
