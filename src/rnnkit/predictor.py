@@ -82,7 +82,8 @@ class Predictor:
         return list(args)
 
     def graph(self):
-        """What ``rnnkit export`` records of this run (`rnnkit.export.Graph`)."""
+        """What ``rnnkit export`` records of this run: a `rnnkit.export.Graph`, or a
+        `rnnkit.export.Chain` of graphs a client runs in turn (an encoder and a decoder step)."""
         raise RnnkitError(f"{self.task} runs cannot be exported yet")
 
     def describe(self) -> dict[str, Any]:
