@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -82,15 +84,18 @@ def test_cli_forecast_writes_table_and_png(tmp_path):
     csv = write_csv(tmp_path / "s.csv", 10 + np.sin(np.arange(60) / 2))
     args = ["forecast", "--csv", csv, "--time-col", "month", "--target", "y", "--horizon", "3",
             "--input-chunk-length", "12", "--hidden-size", "8", "--max-steps", "30",
-            "--backtest-start", "2004-06", "--out", str(tmp_path / "out")]  # fmt: skip
+            "--backtest-start", "2004-06", "--season", "6",
+            "--out", str(tmp_path / "out")]  # fmt: skip
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["task_config"]["season"] == 6
     assert "y_lower" in result.output and "ETS (statsmodels)" in result.output
     for name in ("forecast.csv", "forecast.png", "backtest.csv", "backtest.png", "config.json"):
         assert (tmp_path / "out" / name).is_file()
     table = pd.read_csv(tmp_path / "out" / "backtest.csv", index_col="model")
     assert {"MASE", "coverage_90", "MSIS", "QL", "note"} <= set(table.columns)
     assert "AutoARIMA (statsforecast)" in table.index
+    assert "seasonal naive (m=6)" in table.index  # --season: the network's and the peers'
     rnn = table.loc["rnnkit LSTM"]
     assert 0 <= rnn["coverage_90"] <= 1 and rnn["MSIS"] > 0 and rnn["QL"] > 0
     assert "(conformal: " in rnn["note"]  # the interval scale the calibration chose
