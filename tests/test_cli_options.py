@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from rnnkit.cli import main
 from rnnkit.cli.options import default_of, shown, shown_train
 from rnnkit.tasks import SUMMARIES, TASKS, task_spec
-from rnnkit.training.options import TRAIN_KEYS, field_docs, flag_of
+from rnnkit.training.options import TRAIN_KEYS, field_docs, flag_of, path_fields
 
 #: options and arguments that name a file or folder and never a data set of the registry
 PATHS = {"config_file", "out", "resume", "prime", "file", "ref", "plot", "example", "run",
@@ -137,7 +137,8 @@ def test_a_spec_names_every_task():
     for name in TASKS:
         spec = task_spec(name)
         assert spec.name == name and SUMMARIES[name] and spec.examples
-        assert set(spec.paths) <= {f.name for f in dataclasses.fields(spec.settings)}
+        synthetic = name in ("adding", "copy")  # the memory problems make their own data
+        assert synthetic or path_fields(spec.settings), f"{name} declares no data path"
 
 
 def test_a_time_budget_is_shown_as_typed():

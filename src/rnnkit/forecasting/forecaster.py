@@ -51,9 +51,9 @@ from rnnkit.io import atomic_write_json, read_json
 from rnnkit.layers import IMPLS
 from rnnkit.models.forecaster import MODES, ForecastNet
 from rnnkit.models.heads import GaussianHead
-from rnnkit.tasks.common import settings_from_dict
 from rnnkit.training import checkpoint as ckpt
-from rnnkit.training.options import choice
+from rnnkit.training.options import choice, path
+from rnnkit.training.runs import settings_from_dict
 from rnnkit.training.trainer import FitResult, StepOutput, TrainConfig, Trainer
 
 NAME = "forecast"
@@ -112,7 +112,7 @@ class ForecastConfig:
         interval_scale: The factor the predictive scale is multiplied by (set by --calibrate).
     """
 
-    csv: str = ""
+    csv: str = path()
     time_col: str = ""
     columns: list[str] = field(default_factory=list)
     fill: str = choice("refuse", FILL_POLICIES)

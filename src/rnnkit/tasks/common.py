@@ -39,7 +39,6 @@ def train_task(
     config_file: str | None = None,
     out: str | None = None,
     resume: str | None = None,
-    paths: tuple[str, ...] = (),
 ) -> FitResult:
     """Train a new run of task ``name`` (in ``out``, default ``runs/NAME-DATE-TIME``), or resume
     the run ``resume`` (its task settings may not change; its budgets may).
@@ -50,10 +49,11 @@ def train_task(
         default_train: the task's training-loop defaults.
         flags: command-line values (None: not given), named like the dataclass fields and
             `TRAIN_KEYS`.
-        paths: settings that name files or folders besides the fields made with
-            `rnnkit.training.options.path`; stored as absolute paths. A value (or, for a new
-            run, the default) that is not an existing path may name a data set of the registry
-            (``jsb-chorales``, ``nab/realKnownCause/nyc_taxi.csv``: `registry.resolve`).
+
+    Settings made with `rnnkit.training.options.path` name files or folders, stored as absolute
+    paths; a value (or, for a new run, the default) that is not an existing path may name a data
+    set of the registry (``jsb-chorales``, ``nab/realKnownCause/nyc_taxi.csv``:
+    `registry.resolve`).
     """
     task_keys = {f.name for f in fields(settings_cls)}
     values = merge_settings(config_file, flags, task_keys | set(TRAIN_KEYS))
@@ -62,7 +62,7 @@ def train_task(
     task_values = {k: v for k, v in values.items() if k in task_keys}
     train_values = {TRAIN_KEYS[k]: v for k, v in values.items() if k in TRAIN_KEYS}
     defaults = {f.name: f.default for f in fields(settings_cls)}
-    for key in dict.fromkeys((*paths, *path_fields(settings_cls))):
+    for key in path_fields(settings_cls):
         value = task_values.get(key)
         if key not in task_values and resume is None:
             value = defaults.get(key)  # e.g. music's "jsb-chorales"

@@ -155,7 +155,7 @@ def train(
 
     with torch_threads(threads):
         return train_task(NAME, ForecastConfig, make_task, TRAIN_DEFAULTS, flags, config_file,
-                          out, resume, paths=("csv",))  # fmt: skip
+                          out, resume)  # fmt: skip
 
 
 @dataclass
@@ -295,13 +295,12 @@ def load_predictor(run_dir: str | Path, checkpoint: str = "best") -> ForecastPre
 
 SPEC = TaskSpec(
     NAME,
-    "Train a forecaster on a CSV (`rnnkit predict RUN --horizon N` forecasts with it).",
+    "",
     ForecastConfig,
     TRAIN_DEFAULTS,
     train,
     format_fit,
     load_predictor,
-    paths=("csv",),
     internal=("targets", "freq", "interval_scale"),
     examples=(
         "rnnkit data fetch airline-passengers",

@@ -35,7 +35,6 @@ class TaskSpec:
         train: ``train(flags, config_file, out, resume, **extras)``: trains or resumes a run.
         report: the text printed when ``train`` returns, from its result.
         load_predictor: ``load_predictor(run_dir, checkpoint)``: a run's `Predictor`.
-        paths: settings naming files, folders or data sets of the registry.
         internal: settings filled in by the task, not flags.
         shown: defaults shown in the help where the task's differ from the dataclass's.
         extras: flags passed to ``train`` beside the settings.
@@ -50,7 +49,6 @@ class TaskSpec:
     train: Callable[..., Any]
     report: Callable[[Any], str]
     load_predictor: Callable[..., Any] | None = None
-    paths: tuple[str, ...] = ()
     internal: tuple[str, ...] = ()
     shown: dict[str, str] = field(default_factory=dict)
     extras: tuple[Flag, ...] = ()
