@@ -2,7 +2,7 @@
 prints JSON.
 
     python -m benchmarks.serve [--charlm RUN] [--sentiment RUN] [--clients 64] [--streams 32]
-                               [--repeat 3] [--server-threads N]
+                               [--repeat 3] [--server-env NAME=VALUE ...]
 
 Without RUN arguments it makes runs of the docs' architectures (docs/charlm.md: a 3 x 512 LSTM
 over characters with embedding 128; docs/sentiment.md: a bidirectional LSTM of 100 over word
@@ -14,8 +14,10 @@ Predict: the same sentiment requests (one sentence each) sent one at a time, the
 ``--clients`` concurrent clients; requests/s of each and their ratio, p50/p99 latency.
 Generation: one stream of ``--tokens`` tokens alone, then ``--streams`` at once, the pair
 ``--repeat`` times; aggregate tokens/s of each, the ratio of their medians, p99 time to first
-token. Every request is counted by status; the load average before and after is printed with the
-figures (the clients and the server share the machine: other work on it skews the ratio).
+token, and the CPU time the server and the clients spent per token (they share the machine).
+Every request is counted by status; the load average before and after is printed with the
+figures (other work on the machine skews the ratio). ``--server-env`` sets variables in the
+server's environment (e.g. OMP_NUM_THREADS=1).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 
@@ -62,16 +65,21 @@ def make_runs(root: Path) -> dict[str, Path]:
     return {"charlm": root / "charlm", "sentiment": root / "sentiment"}
 
 
+class Server(NamedTuple):
+    url: str
+    pid: int
+
+
 @contextlib.contextmanager
-def server_process(runs: dict[str, Path], threads: int | None = None):
+def server_process(runs: dict[str, Path], env: dict[str, str] | None = None):
     """``rnnkit serve`` of ``runs`` in a process of its own (the clients here do not share its
-    interpreter), with ``threads`` torch threads (OMP_NUM_THREADS; None: torch's default);
-    yields its URL."""
+    interpreter), ``env`` added to its environment; yields its `Server`."""
     port = free_port()
     command = [sys.executable, "-m", "rnnkit.serve", *map(str, runs.values()), "--port", str(port),
                "--max-streams", "256"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env)
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, env={**os.environ, **(env or {})}
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(1200):
@@ -79,7 +87,7 @@ def server_process(runs: dict[str, Path], threads: int | None = None):
                 if httpx.get(url + "/health", timeout=1).status_code == 200:
                     break
             time.sleep(0.05)
-        yield url
+        yield Server(url, process.pid)
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -116,8 +124,15 @@ async def predicts(url: str, sentences: list[str], clients: int) -> dict:
             "statuses": dict(statuses)}  # fmt: skip
 
 
-async def streams(url: str, count: int, tokens: int) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) of process ``pid`` so far (Linux: /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def streams(server: Server, count: int, tokens: int) -> dict:
     """``count`` concurrent streams of ``tokens`` tokens each."""
+    url = server.url
     statuses: Counter = Counter()
     first: list[float] = []
     received = 0
@@ -136,12 +151,16 @@ async def streams(url: str, count: int, tokens: int) -> dict:
                             first.append(time.perf_counter() - start)
                         received += 1
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), (cpu_seconds(server.pid), time.process_time())
         await asyncio.gather(*(one(seed) for seed in range(count)))
         seconds = time.perf_counter() - start
+        server_cpu, client_cpu = cpu_seconds(server.pid) - cpu[0], time.process_time() - cpu[1]
+    per_token = 1e3 / max(received, 1)
     return {"streams": count, "tokens": received, "seconds": round(seconds, 3),
             "tokens_per_s": round(received / seconds, 1),
             "p99_first_token_ms": round(1e3 * percentile(first, 0.99), 2),
+            "server_cpu_ms_per_token": round(server_cpu * per_token, 3),
+            "client_cpu_ms_per_token": round(client_cpu * per_token, 3),
             "statuses": dict(statuses)}  # fmt: skip
 
 
@@ -154,7 +173,8 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3, help="one stream, then many: N times")
-    parser.add_argument("--server-threads", type=int, help="torch threads in the server")
+    parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a variable for the server's environment (repeatable)")  # fmt: skip
     args = parser.parse_args()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as folder:
@@ -164,20 +184,23 @@ def main() -> None:
         rng = random.Random(1)
         sentences = [" ".join(rng.choices(WORDS, k=rng.randint(5, 40)))
                      for _ in range(args.requests)]  # fmt: skip
-        with server_process(runs, args.server_threads) as url:
+        env = dict(item.split("=", 1) for item in args.server_env)
+        with server_process(runs, env) as server:
+            url = server.url
             asyncio.run(predicts(url, sentences[:16], 1))  # warm-up
             alone = asyncio.run(predicts(url, sentences[: args.requests // 4], 1))
             together = asyncio.run(predicts(url, sentences, args.clients))
-            asyncio.run(streams(url, 1, 10))  # warm-up
-            pairs = [(asyncio.run(streams(url, 1, args.tokens)),
-                      asyncio.run(streams(url, args.streams, args.tokens)))
+            asyncio.run(streams(server, 1, 10))  # warm-up
+            pairs = [(asyncio.run(streams(server, 1, args.tokens)),
+                      asyncio.run(streams(server, args.streams, args.tokens)))
                      for _ in range(args.repeat)]  # fmt: skip
     print(json.dumps({
         "runs": {k: str(v) for k, v in runs.items()} if args.charlm else "made here (1 step)",
         "predict": {"one_at_a_time": alone, "concurrent": together,
                     "speedup": round(together["requests_per_s"] / alone["requests_per_s"], 2)},
         "generate": generation_summary(pairs),
-        "server_threads": args.server_threads or __import__("torch").get_num_threads(),
+        "server_env": env,
+        "threads": __import__("torch").get_num_threads(),
         "load_average": {"before": load_before, "after": os.getloadavg()},
     }, indent=2))  # fmt: skip
 
@@ -191,6 +214,10 @@ def generation_summary(pairs: list[tuple[dict, dict]]) -> dict:
             "speedup_of_medians": round(many / one, 2),
             "speedups": [round(b["tokens_per_s"] / a["tokens_per_s"], 2) for a, b in pairs],
             "p99_first_token_ms": [b["p99_first_token_ms"] for _, b in pairs],
+            "server_cpu_ms_per_token": [[r["server_cpu_ms_per_token"] for r in pair]
+                                        for pair in pairs],
+            "client_cpu_ms_per_token": [[r["client_cpu_ms_per_token"] for r in pair]
+                                        for pair in pairs],
             "runs": [{"one_stream": a, "concurrent": b} for a, b in pairs]}  # fmt: skip
 
 
