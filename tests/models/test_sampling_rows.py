@@ -98,6 +98,23 @@ def test_a_row_draws_the_same_in_any_batch_and_greedy_rows_draw_nothing():
         assert torch.equal(settings.kth, fresh.kth)
 
 
+def test_draws_made_ahead_in_blocks_are_the_draws_step_by_step():
+    """The streams' scheduler draws each row's Exp(1) noise for many steps in one call."""
+    rows = [SETTINGS[(5 * b) % len(SETTINGS)] for b in range(6)]
+    settings = Sampling.of(rows, 65)
+    steps = [distinct_logits(6, 65, seed=s) for s in range(9)]
+    generators = [torch.Generator().manual_seed(b) for b in range(6)]
+    want = [draw_rows(logits, settings, generators) for logits in steps]
+    noise = torch.ones(6, 9, 65)  # rows of temperature 0 draw nothing
+    for b, row in enumerate(noise):  # the first 4 steps in one call, then the other 5
+        if settings.drawn[b]:
+            ahead = torch.Generator().manual_seed(b)
+            row[:4].exponential_(generator=ahead)
+            row[4:].exponential_(generator=ahead)
+    got = [draw_rows(logits, settings, noise=noise[:, t]) for t, logits in enumerate(steps)]
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+
+
 def test_draws_follow_the_filtered_probabilities():
     logits = torch.tensor([[2.0, 1.5, 1.0, 0.6, 0.3, 0.0, -0.5, -1.0, -2.0, -3.0]])
     settings = (0.7, 6, 0.95)

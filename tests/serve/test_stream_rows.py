@@ -1,5 +1,6 @@
 """`StreamScheduler` without HTTP: streams with different prompts and settings, joining while
-others run, finishing at different steps or cancelled, each draw what they draw alone."""
+others run (within a block of draws made ahead and across blocks), finishing at different steps
+or cancelled, each draw what they draw alone."""
 
 from __future__ import annotations
 
@@ -9,15 +10,16 @@ import time
 import pytest
 
 import rnnkit
+from rnnkit.serve import streams
 from rnnkit.serve.streams import Stream, StreamScheduler
 
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
         "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 6  # fmt: skip
 #: (prompt, max_tokens, temperature, top_k, top_p, seed)
-FIRST = [("First", 40, 0.8, 40, None, 1), ("A", 0, 0.8, 40, None, 2),
+FIRST = [("First", 150, 0.8, 40, None, 1), ("A", 0, 0.8, 40, None, 2),
          ("You are all resolved", 1, 1.0, None, None, 3), ("Sp", 25, 0.0, None, None, 4),
          ("All:\n", 2000, 0.8, 40, None, 5), ("hear", 33, 1.3, 5, 0.9, 6)]  # fmt: skip
-LATER = [("Before we", 30, 0.7, None, 0.8, 7), ("F", 12, 1.0, 3, None, 8),
+LATER = [("Before we", 130, 0.7, None, 0.8, 7), ("F", 12, 1.0, 3, None, 8),
          ("speak", 50, 0.0, 10, 0.5, 9), ("First", 40, 0.8, 40, None, 1)]  # fmt: skip
 
 
@@ -59,7 +61,10 @@ def wait_for(condition, seconds: float = 60) -> None:
         time.sleep(0.001)
 
 
-def test_streams_joining_and_leaving_draw_what_they_draw_alone(lm):
+@pytest.mark.parametrize("block", [None, 3])
+def test_streams_joining_and_leaving_draw_what_they_draw_alone(lm, block, monkeypatch):
+    if block:  # draws made ahead for 3 steps at a time (64 by default): blocks end often
+        monkeypatch.setattr(streams, "_block", lambda classes: block)
     scheduler = StreamScheduler(lm)
     try:
         first = [Collected(lm, s) for s in FIRST]

@@ -120,6 +120,7 @@ def draw_rows(
     logits: Tensor,
     settings: Sampling,
     generator: torch.Generator | Sequence[torch.Generator | None] | None = None,
+    noise: Tensor | None = None,
 ) -> Tensor:
     """One class per row of logits (B, V) -> (B,) int64, row b with settings b (`Sampling`):
     the likeliest class where its temperature is 0, else a draw from `filtered_probs`.
@@ -128,27 +129,38 @@ def draw_rows(
     same generator gives the same classes as ``torch.multinomial(p, 1)``. ``generator``: one
     for all rows (one call fills q for them all, as multinomial does), or a sequence of B, row
     b's q drawn by generator b alone, so that a row draws the same class in any batch; rows
-    with temperature 0 draw nothing from theirs.
+    with temperature 0 draw nothing from theirs. ``noise``: q (B, V) drawn ahead by the caller
+    (a generator's draws for several steps in one call are its draws step by step), used
+    instead of ``generator``.
     """
     if not any(settings.drawn):
         return logits.argmax(-1)
     probs = filtered_probs(logits, settings)
     greedy = not all(settings.drawn)
-    q = torch.ones_like(probs) if greedy else torch.empty_like(probs)
-    if generator is None or isinstance(generator, torch.Generator):
-        q.exponential_(generator=generator)
-    else:
-        if len(generator) != logits.shape[0]:
-            raise RnnkitError(f"{len(generator)} generators for a batch of {logits.shape[0]}")
-        for row, drawn, row_generator in zip(q, settings.drawn, generator):
-            if drawn:
-                row.exponential_(generator=row_generator)
+    q = noise if noise is not None else _exponentials(probs, settings.drawn, generator)
     best, drawn = (probs / q).max(-1)
     if bool(best.isnan().any()):
         raise RnnkitError("the model's outputs are not numbers (NaN); nothing to draw from")
     if greedy:
         drawn = torch.where(torch.tensor(settings.drawn), drawn, logits.argmax(-1))
     return drawn
+
+
+def _exponentials(
+    probs: Tensor,
+    drawn: Sequence[bool],
+    generator: torch.Generator | Sequence[torch.Generator | None] | None,
+) -> Tensor:
+    """q ~ Exp(1) shaped as probs (B, V), as `draw_rows` describes (1 in rows not drawn)."""
+    q = torch.ones_like(probs) if not all(drawn) else torch.empty_like(probs)
+    if generator is None or isinstance(generator, torch.Generator):
+        return q.exponential_(generator=generator)
+    if len(generator) != probs.shape[0]:
+        raise RnnkitError(f"{len(generator)} generators for a batch of {probs.shape[0]}")
+    for row, row_drawn, row_generator in zip(q, drawn, generator):
+        if row_drawn:
+            row.exponential_(generator=row_generator)
+    return q
 
 
 class GaussianHead(torch.nn.Module):

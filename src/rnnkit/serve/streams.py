@@ -60,11 +60,14 @@ class StreamScheduler:
         self.waiting: queue.Queue[Stream | None] = queue.Queue()
         self.active: list[Stream] = []  # the streams of the batch's rows, in order
         # the batch's rows, stacked: state (axis 1), logits (B, V) the next tokens are drawn
-        # from, sampling settings, generators
+        # from, sampling settings, generators, and each row's Exp(1) draws (`draw_rows`) for
+        # the rest of the current block of steps: noise[:, position] is this step's
         self.state: Any = None
         self.last: Tensor | None = None
         self.settings: Sampling | None = None
         self.generators: list[torch.Generator] = []
+        self.noise: Tensor | None = None  # (B, K, V)
+        self.position = 0
         self.outbox: list[tuple[Stream, dict[str, Any]]] = []  # this step's events
         self.steps = 0  # batched model steps taken (for the tests and the benchmark)
         self.thread = threading.Thread(target=self._run, name="rnnkit-streams", daemon=True)
@@ -139,6 +142,12 @@ class StreamScheduler:
         rows = [(s.temperature, s.top_k, s.top_p) for s in joining]
         settings = Sampling.of(rows, last.shape[-1])
         generators = [torch.Generator().manual_seed(s.seed) for s in joining]
+        # the rest of this block of steps: a generator's draws for several steps in one call
+        # are its draws step by step, so a row draws as it would alone
+        noise = torch.ones(len(joining), _block(last.shape[-1]), last.shape[-1])
+        for row, drawn, generator in zip(noise, settings.drawn, generators):
+            if drawn:
+                row[self.position :].exponential_(generator=generator)
         for stream in joining:
             stream.previous = int(stream.ids[-1])
         if self.active:
@@ -146,7 +155,9 @@ class StreamScheduler:
             last = torch.cat([self.last, last])
             settings = Sampling.cat([self.settings, settings], last.shape[-1])
             generators = self.generators + generators
+            noise = torch.cat([self.noise, noise])
         self.state, self.last, self.settings, self.generators = state, last, settings, generators
+        self.noise = noise
         self.active = self.active + joining
 
     def _step(self) -> None:
@@ -155,10 +166,17 @@ class StreamScheduler:
         self._keep([b for b, s in enumerate(self.active) if not s.cancelled])
         if not self.active:
             return
-        tokens = draw_rows(self.last, self.settings, self.generators)  # (B,)
-        chances = self.last.float().softmax(-1).gather(1, tokens.unsqueeze(1)).squeeze(1)
+        if self.position == self.noise.shape[1]:  # a new block of steps for every row
+            for row, drawn, generator in zip(self.noise, self.settings.drawn, self.generators):
+                if drawn:
+                    row.exponential_(generator=generator)
+            self.position = 0
+        tokens = draw_rows(self.last, self.settings, noise=self.noise[:, self.position])  # (B,)
+        self.position += 1
+        logits = self.last if self.last.dtype == torch.float32 else self.last.float()
+        chances = logits.softmax(-1).gather(1, tokens[:, None])  # (B, 1)
         going = []
-        for row, (stream, token, chance) in enumerate(
+        for row, (stream, token, (chance,)) in enumerate(
             zip(self.active, tokens.tolist(), chances.tolist())
         ):
             piece = self.predictor._piece(stream.previous, token)
@@ -185,12 +203,13 @@ class StreamScheduler:
             return
         self.active = [self.active[b] for b in rows]
         if not rows:
-            self.state = self.last = self.settings = None
-            self.generators = []
+            self.state = self.last = self.settings = self.noise = None
+            self.generators, self.position = [], 0
             return
         index = torch.tensor(rows)
         self.state = _select(self.state, index)
         self.last = self.last.index_select(0, index)
+        self.noise = self.noise.index_select(0, index)
         self.settings = self.settings.rows(rows, self.last.shape[-1])
         self.generators = [self.generators[b] for b in rows]
 
@@ -198,6 +217,11 @@ class StreamScheduler:
 def _deliver(items: list[tuple[Stream, dict[str, Any]]]) -> None:
     for stream, event in items:
         stream.emit(event)
+
+
+def _block(classes: int) -> int:
+    """Steps of Exp(1) draws made at once per row: up to 64, at most 2^16 floats a row."""
+    return max(1, min(64, (1 << 16) // classes))
 
 
 def _cat(states: list[Any]) -> Any:
