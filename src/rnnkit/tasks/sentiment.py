@@ -156,16 +156,9 @@ def train(
     runs/sentiment-cv-DATE-TIME) and summarise; returns the test report or the summary."""
 
     def run(extra: dict[str, Any], run_out: str | None) -> dict[str, Any]:
-        return classify.train_and_test(
-            NAME,
-            SentimentConfig,
-            make_task,
-            DEFAULT_TRAIN,
-            {**flags, **extra},
-            config_file,
-            run_out,
-            resume,
-        )
+        values = {**flags, **extra}
+        return classify.train_and_test(NAME, SentimentConfig, make_task, DEFAULT_TRAIN, values,
+                                       config_file, run_out, resume)  # fmt: skip
 
     if not cv:
         return run({}, out)

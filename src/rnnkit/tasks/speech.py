@@ -108,16 +108,9 @@ def train(
     (default runs/speech-loso-DATE-TIME) and summarise."""
 
     def run(extra: dict[str, Any], run_out: str | None) -> dict[str, Any]:
-        return classify.train_and_test(
-            NAME,
-            SpeechConfig,
-            make_task,
-            DEFAULT_TRAIN,
-            {**flags, **extra},
-            config_file,
-            run_out,
-            resume,
-        )
+        values = {**flags, **extra}
+        return classify.train_and_test(NAME, SpeechConfig, make_task, DEFAULT_TRAIN, values,
+                                       config_file, run_out, resume)  # fmt: skip
 
     if not loso:
         return run({}, out)
